@@ -1,0 +1,1 @@
+"""rlmeta agents: networks, actors, learners and loops joining ``rlmeta`` and ``envs``."""

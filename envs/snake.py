@@ -1,0 +1,396 @@
+"""Snake, vectorized in numba, following Jumanji's rules (InstaDeep, ``jumanji`` ``Snake``).
+
+The game, per sub-env, on a board of ``rows x cols`` cells:
+
+* Reset: a snake of length 1 on a uniformly random cell, a fruit uniformly on a free cell.
+* Actions 0, 1, 2, 3 move the head Up, Right, Down, Left (row -1, col +1, row +1, col -1).
+* A move is valid when the new head cell is on the board and is not part of the body once the tail
+  has moved: moving into the cell the tail is leaving is allowed, as in Jumanji (this also allows a
+  length-2 snake to turn back onto its tail).
+* Eating the fruit gives reward 1 and grows the snake by one (the tail stays this step); a new
+  fruit is placed uniformly on a free cell.
+* The episode **terminates** on an invalid move (wall or body) or when the snake fills the board,
+  and is **truncated** after ``time_limit`` steps. Jumanji reports the time limit as a termination;
+  we follow gymnasium, so learners can bootstrap from ``info["final_obs"]``.
+* Observation ``(rows, cols, 5)`` float32 (or ``(5, rows, cols)`` with ``channels_first=True``):
+  body, head, tail, fruit, and the body order divided by the snake's length (head 1, tail
+  1/length), as Jumanji's ``norm_body_state``. With ``observation="dict"`` it is Jumanji's
+  observation: ``{"grid", "step_count", "action_mask"}``.
+* Jumanji's action mask (the valid moves from the current state) is in ``info["action_mask"]``
+  when made with ``action_mask=True`` (and in the dict observation).
+
+On an invalid move the snake does not enter the wall or its body: the final observation of the
+episode shows the board as it was before that move (Jumanji's own last frame is undefined there).
+
+Every sub-env has its own random stream (SplitMix64) derived from the seed, so a trajectory
+depends only on the seed, the env index and the actions, never on threading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numba
+import numpy as np
+
+from envs.core import VectorEnv, check_num_envs, check_seed
+
+UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
+MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
+NUM_CHANNELS = 5  # body, head, tail, fruit, normalized body order
+
+# Indices into the int64 state matrix [B, NUM_FIELDS]. The body is a ring buffer of cells per
+# sub-env, tail first: queue[i, (start + j) % cells] is the cell of body order j + 1 (the tail has
+# order 1, the head order LENGTH), so a move costs O(1) and no per-cell decrement is needed.
+HEAD, FRUIT, LENGTH, STEP, START = 0, 1, 2, 3, 4
+NUM_FIELDS = 5
+
+
+@numba.njit(cache=True, inline="always")
+def _next_random(rng: np.ndarray, i: int) -> np.uint64:
+    """SplitMix64 step of sub-env ``i``'s stream."""
+    rng[i] += np.uint64(0x9E3779B97F4A7C15)
+    z = rng[i]
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, inline="always")
+def _random_below(rng: np.ndarray, i: int, n: int) -> int:
+    """Uniform integer in [0, n) from sub-env ``i``'s stream (Lemire's multiply-shift)."""
+    return int(((_next_random(rng, i) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+
+
+@numba.njit(cache=True)
+def _place_fruit(occupied: np.ndarray, state: np.ndarray, rng: np.ndarray, i: int) -> None:
+    """Put the fruit of sub-env ``i`` on a uniformly chosen free cell (the board must not be full)."""
+    cells = occupied.shape[1]
+    k = _random_below(rng, i, cells - state[i, LENGTH])
+    for cell in range(cells):
+        if occupied[i, cell] == 0:
+            if k == 0:
+                state[i, FRUIT] = cell
+                return
+            k -= 1
+
+
+@numba.njit(cache=True)
+def _reset_one(occupied: np.ndarray, queue: np.ndarray, state: np.ndarray, rng: np.ndarray, i: int) -> None:
+    """New episode for sub-env ``i``: length-1 snake on a random cell, fruit on a free cell."""
+    cells = occupied.shape[1]
+    occupied[i, :] = 0
+    head = _random_below(rng, i, cells)
+    occupied[i, head] = 1
+    queue[i, 0] = head
+    state[i, HEAD] = head
+    state[i, LENGTH] = 1
+    state[i, STEP] = 0
+    state[i, START] = 0
+    _place_fruit(occupied, state, rng, i)
+
+
+@numba.njit(cache=True, inline="always")
+def _target_cell(state: np.ndarray, i: int, action: int, rows: int, cols: int) -> int:
+    """Cell the head of sub-env ``i`` moves to under ``action``, or -1 if that leaves the board."""
+    head = state[i, HEAD]
+    r = head // cols + MOVES[action, 0]
+    c = head % cols + MOVES[action, 1]
+    if r < 0 or r >= rows or c < 0 or c >= cols:
+        return -1
+    return r * cols + c
+
+
+@numba.njit(cache=True, inline="always")
+def _is_free(occupied: np.ndarray, queue: np.ndarray, state: np.ndarray, i: int, cell: int) -> bool:
+    """Jumanji's rule: a cell is enterable if not in the body once the tail has moved."""
+    return occupied[i, cell] == 0 or cell == queue[i, state[i, START]]
+
+
+@numba.njit(cache=True)
+def _write_obs(queue: np.ndarray, state: np.ndarray, i: int, out: np.ndarray, channels_first: bool) -> None:
+    """Write sub-env ``i``'s observation into ``out`` ([cells, 5] or [5, cells] float32)."""
+    cells = queue.shape[1]
+    out[:] = 0.0
+    length = state[i, LENGTH]
+    start = state[i, START]
+    inv_length = np.float32(1.0) / np.float32(length)
+    for j in range(length):
+        cell = queue[i, (start + j) % cells]
+        order = np.float32(j + 1) * inv_length
+        if channels_first:
+            out[0, cell] = 1.0
+            out[4, cell] = order
+        else:
+            out[cell, 0] = 1.0
+            out[cell, 4] = order
+    tail = queue[i, start]
+    head = state[i, HEAD]
+    fruit = state[i, FRUIT]
+    if channels_first:
+        out[1, head] = 1.0
+        out[2, tail] = 1.0
+        if fruit >= 0:
+            out[3, fruit] = 1.0
+    else:
+        out[head, 1] = 1.0
+        out[tail, 2] = 1.0
+        if fruit >= 0:
+            out[fruit, 3] = 1.0
+
+
+@numba.njit(cache=True)
+def _write_extras(occupied, queue, state, i, rows, cols, mask_out, step_out) -> None:
+    """Write the action mask and step count of sub-env ``i`` (arrays of size 0 are skipped)."""
+    if mask_out.shape[0] > 0:
+        for a in range(4):
+            cell = _target_cell(state, i, a, rows, cols)
+            mask_out[i, a] = cell >= 0 and _is_free(occupied, queue, state, i, cell)
+    if step_out.shape[0] > 0:
+        step_out[i] = state[i, STEP]
+
+
+@numba.njit(cache=True)
+def _reset_kernel(occupied, queue, state, rng, rows, cols, obs, channels_first, mask_out, step_out) -> None:
+    """Reset every sub-env and write its first observation."""
+    for i in range(occupied.shape[0]):
+        _reset_one(occupied, queue, state, rng, i)
+        _write_obs(queue, state, i, obs[i], channels_first)
+        _write_extras(occupied, queue, state, i, rows, cols, mask_out, step_out)
+
+
+def _make_step_kernel(parallel: bool):
+    """Compile the step kernel, with ``prange`` over sub-envs when ``parallel``."""
+
+    @numba.njit(cache=True, parallel=parallel)
+    def step_kernel(
+        actions, occupied, queue, state, rng, rows, cols, time_limit, ep_return, channels_first,
+        obs, final_obs, reward, terminated, truncated, done_return, done_length, mask_out, step_out,
+        final_mask, final_step,
+    ) -> int:
+        """Advance every sub-env by one move; returns the number of ended episodes, or -1 on a bad action.
+
+        Rows of ``final_obs``, ``final_mask``, ``final_step``, ``done_return`` and ``done_length``
+        are written only for sub-envs whose episode ended; the others keep stale values.
+        """
+        num_envs = occupied.shape[0]
+        cells = occupied.shape[1]
+        for i in range(num_envs):  # validate everything before changing any state
+            if actions[i] < 0 or actions[i] > 3:
+                return -1
+        num_done = 0
+        for i in numba.prange(num_envs):
+            new_head = _target_cell(state, i, actions[i], rows, cols)
+            valid = new_head >= 0 and _is_free(occupied, queue, state, i, new_head)
+            state[i, STEP] += 1
+            ate = False
+            full = False
+            if valid:
+                ate = new_head == state[i, FRUIT]
+                if ate:
+                    state[i, LENGTH] += 1
+                else:  # the tail leaves its cell (it may be the cell the head enters)
+                    occupied[i, queue[i, state[i, START]]] = 0
+                    state[i, START] = (state[i, START] + 1) % cells
+                queue[i, (state[i, START] + state[i, LENGTH] - 1) % cells] = new_head
+                occupied[i, new_head] = 1
+                state[i, HEAD] = new_head
+                if ate:
+                    if state[i, LENGTH] == cells:
+                        full = True
+                        state[i, FRUIT] = -1
+                    else:
+                        _place_fruit(occupied, state, rng, i)
+            r = np.float32(1.0) if ate else np.float32(0.0)
+            reward[i] = r
+            ep_return[i] += r
+            term = (not valid) or full
+            trunc = (not term) and state[i, STEP] >= time_limit
+            terminated[i] = term
+            truncated[i] = trunc
+            if term or trunc:
+                num_done += 1
+                _write_obs(queue, state, i, final_obs[i], channels_first)
+                _write_extras(occupied, queue, state, i, rows, cols, final_mask, final_step)
+                done_return[i] = ep_return[i]
+                done_length[i] = state[i, STEP]
+                ep_return[i] = 0.0
+                _reset_one(occupied, queue, state, rng, i)
+            _write_obs(queue, state, i, obs[i], channels_first)
+            _write_extras(occupied, queue, state, i, rows, cols, mask_out, step_out)
+        return num_done
+
+    return step_kernel
+
+
+@numba.njit(cache=True)
+def _gather_ended(terminated, truncated, scratch, returns_scratch, lengths_scratch, final, done, returns, lengths):
+    """Copy the ended sub-envs' rows out of the scratch buffers; zero the other rows."""
+    for i in range(terminated.shape[0]):
+        d = terminated[i] or truncated[i]
+        done[i] = d
+        if d:
+            final[i] = scratch[i]
+            returns[i] = returns_scratch[i]
+            lengths[i] = lengths_scratch[i]
+        else:
+            final[i] = 0.0
+            returns[i] = 0.0
+            lengths[i] = 0
+
+
+_step_serial = _make_step_kernel(parallel=False)
+_step_parallel = _make_step_kernel(parallel=True)
+
+
+class SnakeVectorEnv(VectorEnv):
+    """``num_envs`` Snake games stepped together by one numba kernel (see module docstring)."""
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        seed: int | None = 0,
+        rows: int = 12,
+        cols: int = 12,
+        time_limit: int = 4000,
+        observation: str = "grid",
+        channels_first: bool = False,
+        action_mask: bool = False,
+        parallel: bool = False,
+    ):
+        num_envs = check_num_envs(num_envs)
+        for name, value in (("rows", rows), ("cols", cols)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+                raise ValueError(f"snake board needs {name} >= 2 (a board of at least 2x2), got {name}={value!r}")
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, np.integer)) or time_limit < 1:
+            raise ValueError(f"snake time_limit must be an integer >= 1, got {time_limit!r}")
+        if observation not in ("grid", "dict"):
+            raise ValueError(f"snake observation must be 'grid' or 'dict', got {observation!r}")
+        self.rows, self.cols, self.time_limit = int(rows), int(cols), int(time_limit)
+        self.channels_first = bool(channels_first)
+        self.dict_obs = observation == "dict"
+        self.want_mask = bool(action_mask) or self.dict_obs
+        grid_shape = (NUM_CHANNELS, rows, cols) if channels_first else (rows, cols, NUM_CHANNELS)
+        grid_space = gym.spaces.Box(0.0, 1.0, grid_shape, np.float32)
+        if self.dict_obs:
+            obs_space: gym.Space = gym.spaces.Dict(
+                {
+                    "grid": grid_space,
+                    "step_count": gym.spaces.Box(0, self.time_limit, (), np.int32),
+                    "action_mask": gym.spaces.MultiBinary(4),
+                }
+            )
+        else:
+            obs_space = grid_space
+        super().__init__(num_envs, obs_space, gym.spaces.Discrete(4), seed=check_seed(seed))
+        cells = self.rows * self.cols
+        self._grid_shape = grid_shape
+        self._kernel_shape = (NUM_CHANNELS, cells) if channels_first else (cells, NUM_CHANNELS)
+        self._occupied = np.zeros((num_envs, cells), dtype=np.uint8)
+        self._queue = np.zeros((num_envs, cells), dtype=np.int32)
+        # Scratch rows the kernel writes for ended episodes (see _gather_ended).
+        self._final_scratch = self._new_obs()
+        self._done_return = np.zeros(num_envs, dtype=np.float64)
+        self._done_length = np.zeros(num_envs, dtype=np.int64)
+        self._state = np.zeros((num_envs, NUM_FIELDS), dtype=np.int64)
+        self._rng = np.zeros(num_envs, dtype=np.uint64)
+        self._ep_return = np.zeros(num_envs, dtype=np.float64)
+        self._step_kernel = _step_parallel if parallel else _step_serial
+        self._empty_i8 = np.zeros((0, 4), dtype=np.bool_)
+        self._empty_i32 = np.zeros(0, dtype=np.int32)
+        self._final_mask = np.zeros((num_envs, 4), dtype=np.bool_) if self.dict_obs else self._empty_i8
+        self._final_step = np.zeros(num_envs, dtype=np.int32) if self.dict_obs else self._empty_i32
+
+    def _seed_streams(self, seed: int | None) -> None:
+        ss = np.random.SeedSequence(seed)  # seed None draws fresh OS entropy
+        self._rng[:] = ss.generate_state(self.num_envs, dtype=np.uint64)
+
+    def _new_obs(self) -> np.ndarray:
+        return np.empty((self.num_envs, *self._kernel_shape), dtype=np.float32)
+
+    def _extras(self) -> tuple[np.ndarray, np.ndarray]:
+        mask = np.empty((self.num_envs, 4), dtype=np.bool_) if self.want_mask else self._empty_i8
+        steps = np.empty(self.num_envs, dtype=np.int32) if self.dict_obs else self._empty_i32
+        return mask, steps
+
+    def _package(self, grid: np.ndarray, mask: np.ndarray, steps: np.ndarray, info: dict) -> Any:
+        grid = grid.reshape(self.num_envs, *self._grid_shape)
+        if self.want_mask:
+            info["action_mask"] = mask
+        if self.dict_obs:
+            return {"grid": grid, "step_count": steps, "action_mask": mask}
+        return grid
+
+    def _reset(self, seed: int | None, options: dict | None) -> tuple[Any, dict]:
+        if seed is not None or not self._rng.any():
+            self._seed_streams(seed)
+        self._ep_return[:] = 0.0
+        grid = self._new_obs()
+        mask, steps = self._extras()
+        _reset_kernel(self._occupied, self._queue, self._state, self._rng, self.rows, self.cols, grid, self.channels_first, mask, steps)
+        info: dict = {}
+        return self._package(grid, mask, steps, info), info
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Move every snake; see the module docstring for the rules and ``envs.core`` for the contract."""
+        if (
+            self.closed or self._needs_reset or type(actions) is not np.ndarray or actions.ndim != 1
+            or actions.shape[0] != self.num_envs or actions.dtype.kind not in "iu"
+        ):
+            actions = self.check_actions(actions)  # slow path: full checks and clear errors
+        n = self.num_envs
+        grid = self._new_obs()
+        reward = np.empty(n, dtype=np.float32)
+        terminated = np.empty(n, dtype=np.bool_)
+        truncated = np.empty(n, dtype=np.bool_)
+        mask, steps = self._extras()
+        num_done = self._step_kernel(
+            actions, self._occupied, self._queue, self._state, self._rng, self.rows, self.cols, self.time_limit,
+            self._ep_return, self.channels_first, grid, self._final_scratch, reward, terminated, truncated,
+            self._done_return, self._done_length, mask, steps, self._final_mask, self._final_step,
+        )
+        if num_done < 0:
+            self.check_actions(actions)  # raises the contract's error message
+        info: dict = {}
+        if num_done > 0:
+            final = np.empty_like(grid)
+            done = np.empty(n, dtype=np.bool_)
+            returns = np.empty(n, dtype=np.float64)
+            lengths = np.empty(n, dtype=np.int64)
+            _gather_ended(terminated, truncated, self._final_scratch, self._done_return, self._done_length,
+                          final, done, returns, lengths)
+            final = final.reshape(n, *self._grid_shape)
+            if self.dict_obs:
+                final = {
+                    "grid": final,
+                    "step_count": np.where(done, self._final_step, 0).astype(np.int32),
+                    "action_mask": self._final_mask & done[:, None],
+                }
+            info["final_obs"] = final
+            info["_final_obs"] = done
+            info["episode"] = {"return": returns, "length": lengths}
+            info["_episode"] = done.copy()
+        return self._package(grid, mask, steps, info), reward, terminated, truncated, info
+
+
+def make_snake(num_envs: int = 1, seed: int | None = 0, **options: Any) -> SnakeVectorEnv:
+    """Build a :class:`SnakeVectorEnv`; unknown options raise ValueError listing the allowed ones."""
+    from envs.registry import check_options
+
+    check_options("snake", options, ["rows", "cols", "time_limit", "observation", "channels_first", "action_mask", "parallel"])
+    return SnakeVectorEnv(num_envs=num_envs, seed=seed, **options)
+
+
+def register_snake() -> None:
+    """Register the built-in Snake presets."""
+    from envs.registry import register
+
+    register(
+        "snake", make_snake, vectorized=True, overwrite=True,
+        description="native numba Snake (Jumanji rules), 12x12, time limit 4000",
+    )
+    register(
+        "snake-6x6", make_snake, vectorized=True, overwrite=True, rows=6, cols=6, time_limit=500,
+        description="native numba Snake (Jumanji rules), 6x6, time limit 500",
+    )
