@@ -115,10 +115,10 @@ def _write_obs(queue: np.ndarray, state: np.ndarray, i: int, out: np.ndarray, ch
     out[:] = 0.0
     length = state[i, LENGTH]
     start = state[i, START]
-    inv_length = np.float32(1.0) / np.float32(length)
+    fl = np.float32(length)
     for j in range(length):
         cell = queue[i, (start + j) % cells]
-        order = np.float32(j + 1) * inv_length
+        order = np.float32(j + 1) / fl  # body order / length, exactly as Jumanji divides
         if channels_first:
             out[0, cell] = 1.0
             out[4, cell] = order
@@ -331,6 +331,61 @@ class SnakeVectorEnv(VectorEnv):
         _reset_kernel(self._occupied, self._queue, self._state, self._rng, self.rows, self.cols, grid, self.channels_first, mask, steps)
         info: dict = {}
         return self._package(grid, mask, steps, info), info
+
+    def set_state(self, index: int, body: list[tuple[int, int]], fruit: tuple[int, int] | None,
+                  step_count: int = 0) -> Any:
+        """Place sub-env ``index`` in a hand-made state and return its observation.
+
+        ``body`` lists the snake's cells ``(row, col)`` from tail to head, each next to the one
+        before; ``fruit`` is a free cell (None only when the body fills the board).
+        """
+        if self._needs_reset:
+            raise RuntimeError("call reset() before set_state()")
+        if not 0 <= index < self.num_envs:
+            raise ValueError(f"index must be in [0, {self.num_envs - 1}], got {index}")
+        cells = [self._cell(rc, "body cell") for rc in body]
+        if not cells or len(set(cells)) != len(cells):
+            raise ValueError(f"body must be a non-empty list of distinct cells, got {body}")
+        for (r0, c0), (r1, c1) in zip(body, body[1:]):
+            if abs(r0 - r1) + abs(c0 - c1) != 1:
+                raise ValueError(f"body cells {(r0, c0)} and {(r1, c1)} are not next to each other")
+        if fruit is None and len(cells) != self.rows * self.cols:
+            raise ValueError("fruit may be None only when the body fills the board")
+        fruit_cell = -1 if fruit is None else self._cell(fruit, "fruit")
+        if fruit_cell in cells:
+            raise ValueError(f"fruit {fruit} is on the snake's body")
+        if not 0 <= step_count < self.time_limit:
+            raise ValueError(f"step_count must be in [0, {self.time_limit - 1}], got {step_count}")
+        self._occupied[index] = 0
+        self._occupied[index, cells] = 1
+        self._queue[index, : len(cells)] = cells
+        self._state[index] = 0
+        self._state[index, HEAD] = cells[-1]
+        self._state[index, FRUIT] = fruit_cell
+        self._state[index, LENGTH] = len(cells)
+        self._state[index, STEP] = step_count
+        self._ep_return[index] = 0.0
+        grid = np.empty(self._kernel_shape, dtype=np.float32)
+        _write_obs(self._queue, self._state, index, grid, self.channels_first)
+        return grid.reshape(self._grid_shape)
+
+    def get_state(self, index: int) -> dict[str, Any]:
+        """Sub-env ``index``'s state: body cells tail to head, fruit cell (or None), step count."""
+        cells = self.rows * self.cols
+        start, length = int(self._state[index, START]), int(self._state[index, LENGTH])
+        body = [divmod(int(self._queue[index, (start + j) % cells]), self.cols) for j in range(length)]
+        fruit = int(self._state[index, FRUIT])
+        return {
+            "body": body,
+            "fruit": None if fruit < 0 else divmod(fruit, self.cols),
+            "step_count": int(self._state[index, STEP]),
+        }
+
+    def _cell(self, rc: tuple[int, int], what: str) -> int:
+        r, c = rc
+        if not (0 <= r < self.rows and 0 <= c < self.cols):
+            raise ValueError(f"{what} {rc} is off the {self.rows}x{self.cols} board")
+        return int(r) * self.cols + int(c)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Move every snake; see the module docstring for the rules and ``envs.core`` for the contract."""
