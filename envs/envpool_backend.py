@@ -46,6 +46,8 @@ class EnvpoolVectorEnv(VectorEnv):
         act_space = _as_gymnasium_space(spec.action_space)
         super().__init__(num_envs, obs_space, act_space, seed=seed, clip_actions=clip_actions)
         self._pool = None
+        # Enforced here too, since some envpool tasks (e.g. Snake-v1) ignore their own time limit.
+        self.max_episode_steps = getattr(spec.config, "max_episode_steps", None)
         self.has_success = "info:success" in getattr(spec, "_state_keys", ())
         self._tracker = EpisodeTracker(self.num_envs, has_success=self.has_success)
 
@@ -79,7 +81,10 @@ class EnvpoolVectorEnv(VectorEnv):
         info = self._env_info(raw_info)
         reward = np.asarray(reward, dtype=np.float32)
         terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool) & ~terminated
+        truncated = np.asarray(truncated, dtype=bool)
+        if self.max_episode_steps is not None:
+            truncated = truncated | (raw_info["elapsed_step"] >= self.max_episode_steps)
+        truncated &= ~terminated
         done = terminated | truncated
         success = info.get("success")
         self._tracker.update(reward, done, info, None if success is None else np.asarray(success) > 0)

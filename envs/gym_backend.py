@@ -131,7 +131,14 @@ def make_gym_vector(
     ):
         raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
     env_fns = [partial(_build_one, factory, max_episode_steps, **kwargs) for _ in range(num_envs)]
-    return GymVectorEnv(env_fns, seed=seed, vectorization=vectorization, clip_actions=clip_actions, name=name)
+    try:
+        if vectorization == "async":  # sub-envs are built in worker processes: check the options here first
+            env_fns[0]().close()
+        return GymVectorEnv(env_fns, seed=seed, vectorization=vectorization, clip_actions=clip_actions, name=name)
+    except TypeError as error:
+        if "argument" not in str(error):
+            raise
+        raise ValueError(f"invalid option(s) for {name}: {error}") from error
 
 
 def make_gym(env_id: str, num_envs: int = 1, seed: int | None = 0, **options: Any) -> GymVectorEnv:

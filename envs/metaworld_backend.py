@@ -44,15 +44,20 @@ Task sampling (as Meta-World intends)
   returning ``(obs, info)`` like ``reset``. The first ``reset()`` samples the first tasks itself,
   so Meta-World's "call sample_tasks before reset" pitfall cannot happen. The goal is hidden
   (``obs[36:39]`` is zero) as in Meta-World's ML benchmarks.
-* The 50 tasks per class are drawn once, when the env is made, from the ``seed`` given to make
-  (Meta-World's benchmark seed; ML1's test tasks use ``seed + 1`` as Meta-World does). With
-  ``seed=None`` they are random. ``reset(seed=s)`` re-seeds every sub-env (which task is picked,
-  and for ML restarts the task sequence) but keeps the task set.
+* The 50 tasks per class (the benchmark's task set) are drawn once, when the env is made, from
+  ``benchmark_seed`` (default 0; ML1's test tasks use ``benchmark_seed + 1`` as Meta-World does),
+  *not* from ``seed``: the task set is part of the benchmark, like a data set, and ``seed`` only
+  seeds the sub-envs (which task each episode gets, and for ML the order of the task sequence).
+  This keeps the contract's rule that ``make(seed=s)`` and ``reset(seed=s)`` are the same thing:
+  ``reset(seed=s)`` re-seeds every sub-env and restarts the ML task sequence, and gives exactly
+  the trajectory of a fresh ``make(seed=s)``. Meta-World's own ``make_mt_envs(seed=s)`` uses one
+  seed for both; pass ``benchmark_seed=s`` to get its task set.
 
 Options
 -------
 ``task``                 Meta-World v3 task name, required by MT1/ML1, rejected by the others.
 ``split``                ``"train"`` (default) or ``"test"``, ML benchmarks only.
+``benchmark_seed``       seed of the task set (default 0; None draws a random task set).
 ``one_hot``              append the one-hot task-class id (length C) to the observation;
                          default True for MT10/MT50, False for MT1. MT only (ML hides the task).
 ``max_episode_steps``    episode length, 1..500 (default 500, Meta-World's horizon); reaching it
@@ -88,14 +93,22 @@ it) through ``envs.envpool_backend.make_envpool``. Measured differences from ``b
   episode in both.
 * **Seeding.** Different random streams: the same seed gives different goals in the two
   backends (each is deterministic on its own; envpool seeds sub-env ``i`` with ``seed + i``).
-* **Dynamics/reward.** Same observation layout, same reward function and success test; started
-  from the same goal and object position and given the same actions, rewards agree to float32
-  precision on reach-v3 and observations to about 1e-3 (small differences in the simulation of
-  the reset), so trajectories of contact-rich tasks drift apart slowly.
-* **Horizon.** Both truncate at ``max_episode_steps`` (default 500); envpool never terminates on
-  success, so ``terminate_on_success=True`` and ``one_hot=True`` are not available there, nor are
-  ``vectorization`` and ``sample_tasks`` semantics beyond MT's (``sample_tasks`` is absent).
-* **Info.** envpool adds ``task_id`` (the class index among the 50 tasks, constant).
+* **Dynamics/reward.** Same observation layout, same reward function and success test. Started
+  from the same goal and object position and given the same 100 random actions, reach-v3 rewards
+  agreed to float32 precision; observations differ by up to ~1e-3, starting with the object
+  quaternion (~5e-4 apart right after reset), so contact-rich tasks drift apart slowly (push-v3
+  rewards within 5e-4, pick-place-v3 within 0.04 after 100 steps).
+* **Horizon.** Both truncate at ``max_episode_steps`` (default 500) and neither terminates on
+  success by default; envpool cannot, so ``terminate_on_success=True`` is rejected there.
+* **Not available with envpool:** ``one_hot=True``, ``vectorization``, ``benchmark_seed`` (there
+  is no task set) and ``sample_tasks()``; ``num_threads`` is envpool-only.
+* **Spaces/info.** envpool declares the observation box as unbounded (same shape and float64
+  dtype) and adds ``info["task_id"]`` (the class index among the 50 tasks, constant).
+
+Building cost: Meta-World samples the 50 tasks of every class when a benchmark is made (about
+1 s for MT1/ML1, 7 s for MT10, 11 s for ML10, several times more for MT50/ML45 on one core); the
+task set is cached per ``(benchmark, task, benchmark_seed)``, so making the same benchmark
+again (e.g. an evaluation env) only builds the sub-envs (~0.15 s each).
 """
 
 from __future__ import annotations
@@ -123,6 +136,7 @@ _SINGLE_TASK = ("MT1", "ML1")
 _OPTIONS = (
     "task",
     "split",
+    "benchmark_seed",
     "one_hot",
     "max_episode_steps",
     "terminate_on_success",
@@ -131,7 +145,15 @@ _OPTIONS = (
     "backend",
     "num_threads",
 )
-_ENVPOOL_OPTIONS = ("task", "max_episode_steps", "clip_actions", "backend", "num_threads", "one_hot", "terminate_on_success")
+_ENVPOOL_OPTIONS = (
+    "task",
+    "max_episode_steps",
+    "clip_actions",
+    "backend",
+    "num_threads",
+    "one_hot",
+    "terminate_on_success",
+)
 
 
 def task_names() -> list[str]:
@@ -170,8 +192,8 @@ def valid_num_envs(name: str, split: str = "train", limit: int = 6) -> list[int]
 
 def _unknown_benchmark_message(name: Any) -> str:
     near = difflib.get_close_matches(str(name).upper(), BENCHMARKS, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-    msg = f"unknown Meta-World benchmark {name!r}{hint} Known benchmarks: {', '.join(BENCHMARKS)}"
+    hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
+    msg = f"unknown Meta-World benchmark {name!r}{hint}; known benchmarks: {', '.join(BENCHMARKS)}"
     if isinstance(name, str) and name in task_names():
         msg += f". For the single task {name!r} use metaworld:MT1 or metaworld:ML1 with task={name!r}"
     return msg
@@ -279,12 +301,18 @@ def make_metaworld(name: str, num_envs: int | None = None, seed: int | None = 0,
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     clip_actions = _check_bool("clip_actions", options.get("clip_actions", False))
+    benchmark_seed = options.get("benchmark_seed", 0)
+    try:
+        benchmark_seed = check_seed(benchmark_seed)
+    except ValueError:
+        raise ValueError(f"benchmark_seed must be a non-negative integer or None, got {benchmark_seed!r}") from None
 
     return MetaWorldVectorEnv(
         name,
         classes,
         num_envs,
         seed,
+        benchmark_seed=benchmark_seed,
         task=task or None,
         split=split if is_ml else None,
         one_hot=one_hot,
@@ -397,6 +425,7 @@ class MetaWorldVectorEnv(VectorEnv):
         num_envs: int,
         seed: int | None,
         *,
+        benchmark_seed: int | None,
         task: str | None,
         split: str | None,
         one_hot: bool,
@@ -432,7 +461,8 @@ class MetaWorldVectorEnv(VectorEnv):
         action_space = gym.spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
         super().__init__(num_envs, space, action_space, seed=seed, clip_actions=clip_actions)
 
-        bench = _benchmark(benchmark, task, seed)
+        self.benchmark_seed = benchmark_seed
+        bench = _benchmark(benchmark, task, benchmark_seed)
         classes = bench.test_classes if split == "test" else bench.train_classes
         all_tasks = bench.test_tasks if split == "test" else bench.train_tasks
         seeds = sub_seeds(seed, num_envs)
@@ -523,7 +553,8 @@ class MetaWorldVectorEnv(VectorEnv):
             self._vec.close()
 
     def __repr__(self) -> str:
-        what = self.benchmark + (f"[{self.task}]" if self.task else "") + (f", split={self.split!r}" if self.split else "")
+        what = self.benchmark + (f"[{self.task}]" if self.task else "")
+        what += f", split={self.split!r}" if self.split else ""
         return f"MetaWorldVectorEnv({what}, num_envs={getattr(self, 'num_envs', '?')})"
 
 
@@ -548,7 +579,9 @@ def _make_envpool(name: str, task: str, num_envs: int | None, seed: int | None, 
         )
     bad = sorted(set(options) - set(_ENVPOOL_OPTIONS))
     if bad:
-        raise ValueError(f"option(s) {bad} are not available with backend='envpool'; allowed: {sorted(_ENVPOOL_OPTIONS)}")
+        raise ValueError(
+            f"option(s) {bad} are not available with backend='envpool'; allowed: {sorted(_ENVPOOL_OPTIONS)}"
+        )
     if options.get("one_hot"):
         raise ValueError("one_hot=True is not available with backend='envpool' (MT1 has a single class)")
     if options.get("terminate_on_success"):
@@ -560,7 +593,7 @@ def _make_envpool(name: str, task: str, num_envs: int | None, seed: int | None, 
 
     from envs.envpool_backend import make_envpool
 
-    venv = make_envpool(
+    return make_envpool(  # has_success is read from the task's info keys
         envpool_task_id(task),
         num_envs=num_envs,
         seed=seed,
@@ -569,9 +602,4 @@ def _make_envpool(name: str, task: str, num_envs: int | None, seed: int | None, 
         clip_actions=clip_actions,
         **extra,
     )
-    # envpool's Meta-World always reports ``success``: say so before the first step.
-    venv.has_success = True
-    tracker = getattr(venv, "_tracker", None)
-    if tracker is not None:
-        tracker.has_success = True
-    return venv
+

@@ -53,8 +53,9 @@ def register(
     vector API (``vectorization="sync"`` or ``"async"`` at make time). With ``vectorized=True``,
     ``factory(num_envs=..., seed=..., **options)`` must itself return an ``envs.VectorEnv``.
     ``defaults`` are options used when make does not give them. Re-registering an existing name
-    raises unless ``overwrite=True``.
+    (a built-in one too) raises unless ``overwrite=True``.
     """
+    _ensure_builtins()
     if not isinstance(name, str) or not name or ":" in name or name != name.strip():
         raise ValueError(f"env name must be a non-empty string without ':' or surrounding spaces, got {name!r}")
     if not callable(factory):

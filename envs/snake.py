@@ -442,10 +442,10 @@ def register_snake() -> None:
     from envs.registry import register
 
     register(
-        "snake", make_snake, vectorized=True, overwrite=True,
+        "snake", make_snake, vectorized=True,
         description="native numba Snake (Jumanji rules), 12x12, time limit 4000",
     )
     register(
-        "snake-6x6", make_snake, vectorized=True, overwrite=True, rows=6, cols=6, time_limit=500,
+        "snake-6x6", make_snake, vectorized=True, rows=6, cols=6, time_limit=500,
         description="native numba Snake (Jumanji rules), 6x6, time limit 500",
     )
