@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -125,6 +126,8 @@ def _metaworld_contenders(cfg: BenchEnvsConfig) -> dict[str, Callable]:
     actions = rng.uniform(-1, 1, size=(256, n, 4)).astype(np.float32)
 
     def raw():
+        # gym.make_vec's passive checker warns about Meta-World's declared observation bounds.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"gymnasium\.utils\.passive_env_checker")
         env = gym.make_vec("Meta-World/MT1", env_name=cfg.metaworld_task, num_envs=n, seed=cfg.seed,
                            vector_strategy="sync")
         env.reset(seed=cfg.seed)

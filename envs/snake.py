@@ -225,8 +225,13 @@ def _make_step_kernel(parallel: bool):
 
 
 @numba.njit(cache=True)
-def _gather_ended(terminated, truncated, scratch, returns_scratch, lengths_scratch, final, done, returns, lengths):
-    """Copy the ended sub-envs' rows out of the scratch buffers; zero the other rows."""
+def _gather_ended(terminated, truncated, scratch, returns_scratch, lengths_scratch, mask_scratch, step_scratch,
+                  final, done, returns, lengths, final_mask, final_step):
+    """Copy the ended sub-envs' rows out of the scratch buffers; zero the other rows.
+
+    ``mask_scratch``/``step_scratch`` and their outputs have zero rows unless observations are dicts.
+    """
+    extras = final_mask.shape[0] > 0
     for i in range(terminated.shape[0]):
         d = terminated[i] or truncated[i]
         done[i] = d
@@ -238,6 +243,10 @@ def _gather_ended(terminated, truncated, scratch, returns_scratch, lengths_scrat
             final[i] = 0.0
             returns[i] = 0.0
             lengths[i] = 0
+        if extras:
+            final_step[i] = step_scratch[i] if d else 0
+            for a in range(4):
+                final_mask[i, a] = mask_scratch[i, a] and d
 
 
 _step_serial = _make_step_kernel(parallel=False)
@@ -413,15 +422,12 @@ class SnakeVectorEnv(VectorEnv):
             done = np.empty(n, dtype=np.bool_)
             returns = np.empty(n, dtype=np.float64)
             lengths = np.empty(n, dtype=np.int64)
+            final_mask, final_step = self._extras() if self.dict_obs else (self._empty_i8, self._empty_i32)
             _gather_ended(terminated, truncated, self._final_scratch, self._done_return, self._done_length,
-                          final, done, returns, lengths)
+                          self._final_mask, self._final_step, final, done, returns, lengths, final_mask, final_step)
             final = final.reshape(n, *self._grid_shape)
             if self.dict_obs:
-                final = {
-                    "grid": final,
-                    "step_count": np.where(done, self._final_step, 0).astype(np.int32),
-                    "action_mask": self._final_mask & done[:, None],
-                }
+                final = {"grid": final, "step_count": final_step, "action_mask": final_mask}
             info["final_obs"] = final
             info["_final_obs"] = done
             info["episode"] = {"return": returns, "length": lengths}

@@ -1,0 +1,137 @@
+"""Actor-critic networks for vector and grid observations, usable functionally.
+
+One module, :class:`ActorCritic`, picks its torso from the observation space (an MLP for vectors,
+a small CNN for ``(rows, cols, channels)`` grids such as Snake's) and its policy head from the
+action space (categorical logits for ``Discrete``, a diagonal Gaussian for ``Box``). It can be
+conditioned on the current hyperparameters (an embedding of their values joined to the torso's
+features, as in Xu et al. 2018, "Meta-Gradient Reinforcement Learning") and can carry extra
+outputs that learned objectives need (e.g. LPG's categorical prediction vector).
+
+Learners call it through ``torch.func.functional_call(net, params, (obs, hparams))`` with
+``params`` a dict of tensors, so an update can be differentiated.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+class AgentOutput(NamedTuple):
+    """Network outputs: policy parameters ``[..., A]``, value ``[...]`` and named extras."""
+
+    policy: Tensor  # logits (discrete) or Gaussian mean (continuous)
+    value: Tensor
+    log_std: Tensor | None = None  # continuous actions only, broadcastable to policy
+    extras: dict[str, Tensor] | None = None
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), activation()]
+    return nn.Sequential(*layers)
+
+
+def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ActorCritic(nn.Module):
+    """Shared-torso actor-critic for one observation and action space (see module docstring)."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: tuple[int, ...] = (64, 64),
+        conv_channels: tuple[int, ...] = (16, 32),
+        activation: str = "tanh",
+        num_hparams: int = 0,
+        hparam_embedding: int = 16,
+        extra_outputs: dict[str, int] | None = None,
+        init_log_std: float = 0.0,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive sizes, got {hidden}")
+        act = ACTIVATIONS[activation]
+        if isinstance(observation_space, gym.spaces.Dict):
+            raise ValueError("dict observations need a key: make the env with a plain array observation")
+        shape = observation_space.shape
+        self.grid = len(shape) == 3
+        if self.grid:  # (rows, cols, channels), channels last as the env gives them
+            rows, cols, channels = shape
+            convs: list[nn.Module] = []
+            c_in = channels
+            for c_out in conv_channels:
+                convs += [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), act()]
+                c_in = c_out
+            self.conv = nn.Sequential(*convs, nn.Flatten())
+            features = c_in * rows * cols
+        elif len(shape) == 1:
+            self.conv = None
+            features = int(shape[0])
+        else:
+            raise ValueError(f"observations of shape {shape} are not supported (need (D,) or (rows, cols, C))")
+        self.num_hparams = num_hparams
+        if num_hparams:
+            self.hparam_embed = nn.Sequential(nn.Linear(num_hparams, hparam_embedding), act())
+            features += hparam_embedding
+        self.torso = _mlp([features, *hidden], act)
+        width = hidden[-1]
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.continuous = False
+            self.policy_head = _init_linear(nn.Linear(width, int(action_space.n)), 0.01)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            self.continuous = True
+            self.policy_head = _init_linear(nn.Linear(width, action_space.shape[0]), 0.01)
+            self.log_std = nn.Parameter(torch.full((action_space.shape[0],), float(init_log_std)))
+        else:
+            raise ValueError(f"action space {action_space} is not supported (need Discrete or a 1-D Box)")
+        self.value_head = _init_linear(nn.Linear(width, 1), 1.0)
+        self.extra_heads = nn.ModuleDict(
+            {name: nn.Linear(width, size) for name, size in (extra_outputs or {}).items()}
+        )
+
+    def forward(self, obs: Tensor, hparams: Tensor | None = None) -> AgentOutput:
+        """Outputs for observations ``[N, *obs_shape]`` and optional hyperparameters ``[N, H]`` or ``[H]``."""
+        x = obs.float()
+        if self.conv is not None:
+            x = self.conv(x.movedim(-1, -3))
+        if self.num_hparams:
+            if hparams is None:
+                raise ValueError(f"this network is conditioned on {self.num_hparams} hyperparameters; pass hparams")
+            h = hparams.to(x.dtype).expand(x.shape[0], self.num_hparams)
+            x = torch.cat([x, self.hparam_embed(h)], dim=-1)
+        z = self.torso(x)
+        extras = {name: head(z) for name, head in self.extra_heads.items()} or None
+        return AgentOutput(
+            policy=self.policy_head(z),
+            value=self.value_head(z).squeeze(-1),
+            log_std=self.log_std if self.continuous else None,
+            extras=extras,
+        )
+
+
+def distribution(output: AgentOutput) -> Distribution:
+    """The policy distribution of network outputs (Categorical, or a diagonal Normal)."""
+    if output.log_std is None:
+        return Categorical(logits=output.policy)
+    return Independent(Normal(output.policy, output.log_std.exp().expand_as(output.policy)), 1)
+
+
+def obs_to_tensor(obs: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """A float32 tensor on ``device`` from a numpy batch of observations."""
+    return torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)
