@@ -103,6 +103,14 @@ def set_rows(target: Obs, rows: np.ndarray, source: Obs, source_rows: Any = slic
         target[rows] = source[source_rows]
 
 
+def normalize_step(reward: Any, terminated: Any, truncated: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Backend step outputs as the contract's dtypes, truncated only where not terminated; plus done."""
+    reward = np.asarray(reward, dtype=np.float32)
+    terminated = np.asarray(terminated, dtype=bool)
+    truncated = np.asarray(truncated, dtype=bool) & ~terminated
+    return reward, terminated, truncated, terminated | truncated
+
+
 class EpisodeTracker:
     """Accumulates per-env return, length and success, and reports ended episodes in ``info``."""
 

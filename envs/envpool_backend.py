@@ -19,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.core import EpisodeTracker, Obs, VectorEnv, map_obs, set_rows
+from envs.core import EpisodeTracker, Obs, VectorEnv, map_obs, normalize_step, set_rows
 
 # Keys of envpool's info that describe the batch layout rather than the environment.
 _LAYOUT_KEYS = ("env_id", "players", "elapsed_step")
@@ -79,13 +79,9 @@ class EnvpoolVectorEnv(VectorEnv):
             actions = actions.astype(np.int32, copy=False)
         obs, reward, terminated, truncated, raw_info = self._pool.step(actions)
         info = self._env_info(raw_info)
-        reward = np.asarray(reward, dtype=np.float32)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
         if self.max_episode_steps is not None:
-            truncated = truncated | (raw_info["elapsed_step"] >= self.max_episode_steps)
-        truncated &= ~terminated
-        done = terminated | truncated
+            truncated = np.asarray(truncated, dtype=bool) | (raw_info["elapsed_step"] >= self.max_episode_steps)
+        reward, terminated, truncated, done = normalize_step(reward, terminated, truncated)
         success = info.get("success")
         self._tracker.update(reward, done, info, None if success is None else np.asarray(success) > 0)
         if done.any():

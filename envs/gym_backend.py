@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from envs.core import EpisodeTracker, Obs, VectorEnv, check_num_envs, sub_seeds, zeros_like_batch
+from envs.core import EpisodeTracker, Obs, VectorEnv, check_num_envs, normalize_step, sub_seeds, zeros_like_batch
 
 VECTORIZATIONS = ("sync", "async")
 _SUCCESS_KEYS = ("success", "is_success")
@@ -64,10 +64,7 @@ class GymVectorEnv(VectorEnv):
         """Step every sub-env; ended ones are reset in the same step by gymnasium."""
         actions = self.check_actions(actions)
         obs, reward, terminated, truncated, info = self._vec.step(actions)
-        reward = np.asarray(reward, dtype=np.float32)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool) & ~terminated
-        done = terminated | truncated
+        reward, terminated, truncated, done = normalize_step(reward, terminated, truncated)
         final_info = info.pop("final_info", None)
         info.pop("_final_info", None)
         success = _success_of(info, self.num_envs)

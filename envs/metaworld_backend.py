@@ -120,7 +120,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.core import EpisodeTracker, VectorEnv, check_num_envs, check_seed, sub_seeds
+from envs.core import EpisodeTracker, VectorEnv, check_num_envs, check_seed, normalize_step, sub_seeds
 
 #: The Meta-World benchmarks this backend builds (``envs.make("metaworld:<name>")``).
 BENCHMARKS = ("MT1", "MT10", "MT50", "ML1", "ML10", "ML45")
@@ -516,10 +516,7 @@ class MetaWorldVectorEnv(VectorEnv):
         """Step every sub-env; ended ones are reset in the same step (see ``envs.core``)."""
         actions = self.check_actions(actions)
         obs, reward, terminated, truncated, raw = self._vec.step(actions)
-        reward = np.asarray(reward, dtype=np.float32)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool) & ~terminated
-        done = terminated | truncated
+        reward, terminated, truncated, done = normalize_step(reward, terminated, truncated)
         info = self._step_info(raw, done)
         self._tracker.update(reward, done, info, success=info["success"] > 0)
         obs = self._obs(obs)
