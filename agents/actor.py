@@ -1,0 +1,90 @@
+"""The actor: runs a policy in a vector env and returns ``Rollout``s of torch tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from agents.networks import ActorCritic, distribution
+from rlmeta.rollout import Rollout
+
+
+def make_policy_value(net: ActorCritic):
+    """``policy_value(params, obs, hparams) -> (distribution, values)`` for a network, functionally."""
+
+    def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
+        conditioning = hparams.get("_vector") if isinstance(hparams, dict) else None
+        out = functional_call(net, params, (obs, conditioning))
+        return distribution(out), out.value
+
+    return policy_value
+
+
+class Actor:
+    """Steps ``env`` with the policy of the given parameters, ``num_steps`` at a time."""
+
+    def __init__(self, env: Any, net: ActorCritic, num_steps: int, device: str = "cpu"):
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.env, self.net, self.num_steps, self.device = env, net, num_steps, torch.device(device)
+        self.policy_value = make_policy_value(net)
+        self.obs, _ = env.reset()
+        self.episodes: list[dict[str, float]] = []  # ended episodes since the last collect
+        self.steps = 0
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def collect(self, params: dict, hparams: dict | None = None) -> Rollout:
+        """One rollout of ``num_steps`` steps with the policy ``params`` (no gradients)."""
+        hparams = hparams or {}
+        n, b = self.num_steps, self.env.num_envs
+        obs, actions, rewards, terms, truncs, logps = [], [], [], [], [], []
+        final_obs, final_index = [], []
+        for t in range(n):
+            o = self._tensor(self.obs)
+            dist, _ = self.policy_value(params, o, hparams)
+            a = dist.sample()
+            action_np = a.cpu().numpy()
+            next_obs, r, term, trunc, info = self.env.step(action_np)
+            obs.append(o)
+            actions.append(a)
+            logps.append(dist.log_prob(a))
+            rewards.append(torch.as_tensor(r, device=self.device))
+            terms.append(torch.as_tensor(term, dtype=torch.float32, device=self.device))
+            truncs.append(torch.as_tensor(trunc, dtype=torch.float32, device=self.device))
+            if trunc.any():
+                idx = np.flatnonzero(trunc)
+                final_obs.append(self._tensor(info["final_obs"][idx]))
+                final_index.append(torch.as_tensor(t * b + idx, device=self.device))
+            if "episode" in info:
+                ended = info["_episode"]
+                ep = info["episode"]
+                for i in np.flatnonzero(ended):
+                    record = {"return": float(ep["return"][i]), "length": float(ep["length"][i])}
+                    if "success" in ep:
+                        record["success"] = float(ep["success"][i])
+                    self.episodes.append(record)
+            self.obs = next_obs
+        self.steps += n * b
+        obs_shape = obs[0].shape[1:]
+        return Rollout(
+            obs=torch.stack(obs),
+            actions=torch.stack(actions),
+            rewards=torch.stack(rewards),
+            terminated=torch.stack(terms),
+            truncated=torch.stack(truncs),
+            behaviour_logp=torch.stack(logps),
+            last_obs=self._tensor(self.obs),
+            final_obs=torch.cat(final_obs) if final_obs else torch.zeros((0, *obs_shape), device=self.device),
+            final_index=torch.cat(final_index) if final_index else torch.zeros(0, dtype=torch.long, device=self.device),
+        )
+
+    def pop_episodes(self) -> list[dict[str, float]]:
+        """Ended episodes' statistics since the last call."""
+        out, self.episodes = self.episodes, []
+        return out

@@ -1,0 +1,63 @@
+"""The learner: one functional update ``params', opt_state' = update(params, opt_state, rollout, hparams)``.
+
+The same function serves plain training (``create_graph=False``: the new parameters are fresh
+leaves) and meta-gradients (``create_graph=True``: the new parameters stay a differentiable
+function of the hyperparameters and of the old parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlmeta.optim import Optimizer, global_norm
+
+
+def gradient_step(
+    objective: Any, optimizer: Optimizer, params: dict, opt_state: dict, data: Any, hparams: dict,
+    progress: float = 0.0, create_graph: bool = False,
+) -> tuple[dict, dict, dict[str, float]]:
+    """One optimizer step on ``objective(params, data, hparams, progress)``."""
+    loss, metrics = objective(params, data, hparams, progress)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {float(loss)}")
+    keys = list(params)
+    grads = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph)
+    grads = dict(zip(keys, grads))
+    new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None)
+    if not create_graph:
+        new_params = {k: v.detach().requires_grad_(True) for k, v in new_params.items()}
+        new_state = _detach(new_state)
+    metrics = {**metrics, "loss": float(loss.detach()), "grad_norm": float(global_norm(grads).detach())}
+    return new_params, new_state, metrics
+
+
+def update(
+    objective: Any, optimizer: Optimizer, params: dict, opt_state: dict, rollout: Any, hparams: dict,
+    progress: float = 0.0, create_graph: bool = False, generator: torch.Generator | None = None,
+) -> tuple[dict, dict, dict[str, float]]:
+    """The learner's update on one rollout: one step, or PPO's epochs x minibatches of steps."""
+    if not hasattr(objective, "prepare"):
+        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, create_graph)
+    batch = objective.prepare(params, rollout, hparams)
+    size = next(iter(batch.values())).shape[0]
+    per = max(1, size // objective.minibatches)
+    metrics: dict[str, float] = {}
+    for _ in range(objective.epochs):
+        order = torch.randperm(size, generator=generator, device="cpu").to(batch["obs"].device)
+        for start in range(0, per * objective.minibatches, per):
+            idx = order[start : start + per]
+            minibatch = {k: v[idx] for k, v in batch.items()}
+            params, opt_state, metrics = gradient_step(
+                objective, optimizer, params, opt_state, minibatch, hparams, progress, create_graph
+            )
+    return params, opt_state, metrics
+
+
+def _detach(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return {k: _detach(v) for k, v in tree.items()}
+    return tree

@@ -1,0 +1,147 @@
+"""Hand-written actor-critic objectives: A2C, IMPALA's V-trace actor-critic, and PPO.
+
+Each is a callable ``objective(params, rollout, hparams, progress) -> (loss, metrics)``: a pure
+function of the parameters (a dict of tensors) and of the hyperparameters, which may be tensors
+that require grad (meta-gradients flow through gamma and lambda inside the returns, and through
+the loss weights). ``policy_value(params, obs, hparams) -> (distribution, values)`` runs the
+network; see :mod:`rlmeta.rollout`.
+
+References: Mnih et al. (2016), "Asynchronous Methods for Deep RL" (A2C/A3C); Espeholt et al.
+(2018), "IMPALA"; Schulman et al. (2017), "Proximal Policy Optimization Algorithms".
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from rlmeta.returns import generalized_advantages, lambda_returns, vtrace
+from rlmeta.rollout import PolicyValue, Rollout, evaluate
+
+# Hyperparameters every objective reads; missing ones take these values.
+DEFAULT_HPARAMS: dict[str, float] = {
+    "gamma": 0.99,
+    "lambda": 0.95,
+    "policy_cost": 1.0,
+    "value_cost": 0.5,
+    "entropy_cost": 0.01,
+    "vtrace_alpha": 1.0,
+}
+
+HParams = Mapping[str, float | Tensor]
+
+
+def _hp(hparams: HParams, name: str) -> float | Tensor:
+    return hparams[name] if name in hparams else DEFAULT_HPARAMS[name]
+
+
+def _metrics(**values: Tensor) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in values.items()}
+
+
+class A2C:
+    """Advantage actor-critic with lambda-returns (``lambda=1``: n-step returns to the horizon)."""
+
+    def __init__(self, policy_value: PolicyValue, normalize_advantages: bool = False):
+        self.policy_value = policy_value
+        self.normalize_advantages = normalize_advantages
+
+    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0):
+        """Loss ``policy_cost * PG + value_cost * 0.5 (G - V)^2 - entropy_cost * H`` and metrics."""
+        ev = evaluate(self.policy_value, params, rollout, hparams)
+        discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
+        returns = lambda_returns(rollout.rewards, discounts, ev.next_values.detach(), ev.continues, _hp(hparams, "lambda"))
+        advantages = returns - ev.values.detach()
+        if self.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = -(ev.logp * advantages).mean()
+        value_loss = 0.5 * ((returns - ev.values) ** 2).mean()
+        entropy = ev.entropy.mean()
+        loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
+                - _hp(hparams, "entropy_cost") * entropy)
+        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
+
+
+class VTraceActorCritic:
+    """IMPALA's actor-critic with V-trace targets (leaky when ``hparams['vtrace_alpha'] < 1``)."""
+
+    def __init__(self, policy_value: PolicyValue, rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0):
+        self.policy_value = policy_value
+        self.rho_bar, self.c_bar, self.pg_rho_bar = rho_bar, c_bar, pg_rho_bar
+
+    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0):
+        """V-trace policy-gradient, value and entropy losses; metrics include the mean ratio."""
+        ev = evaluate(self.policy_value, params, rollout, hparams)
+        discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
+        rhos = torch.exp(ev.logp.detach() - rollout.behaviour_logp)
+        out = vtrace(
+            ev.values.detach(), ev.next_values.detach(), rollout.rewards, discounts, ev.continues, rhos,
+            lambda_=_hp(hparams, "lambda"), rho_bar=self.rho_bar, c_bar=self.c_bar, pg_rho_bar=self.pg_rho_bar,
+            alpha=_hp(hparams, "vtrace_alpha"),
+        )
+        policy_loss = -(ev.logp * out.pg_advantages).mean()
+        value_loss = 0.5 * ((out.vs - ev.values) ** 2).mean()
+        entropy = ev.entropy.mean()
+        loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
+                - _hp(hparams, "entropy_cost") * entropy)
+        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
+
+
+class PPO:
+    """PPO's clipped surrogate; advantages (GAE) and returns are fixed once per rollout by ``prepare``.
+
+    The learner calls ``prepare`` once, then the objective on ``epochs x minibatches`` subsets of
+    the prepared batch (see ``agents.learner``).
+    """
+
+    def __init__(self, policy_value: PolicyValue, clip: float = 0.2, value_clip: float | None = None,
+                 normalize_advantages: bool = True, epochs: int = 4, minibatches: int = 4):
+        if not clip > 0:
+            raise ValueError(f"PPO clip must be > 0, got {clip}")
+        if epochs < 1 or minibatches < 1:
+            raise ValueError(f"PPO epochs and minibatches must be >= 1, got {epochs} and {minibatches}")
+        self.policy_value = policy_value
+        self.clip, self.value_clip = clip, value_clip
+        self.normalize_advantages = normalize_advantages
+        self.epochs, self.minibatches = epochs, minibatches
+
+    def prepare(self, params: dict, rollout: Rollout, hparams: HParams) -> dict[str, Tensor]:
+        """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns."""
+        ev = evaluate(self.policy_value, params, rollout, hparams)
+        discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
+        advantages = generalized_advantages(
+            rollout.rewards, discounts, ev.values.detach(), ev.next_values.detach(), ev.continues, _hp(hparams, "lambda")
+        )
+        returns = advantages + ev.values.detach()
+        n = rollout.num_steps * rollout.num_envs
+        return {
+            "obs": rollout.obs.reshape(n, *rollout.obs.shape[2:]),
+            "actions": rollout.actions.reshape(n, *rollout.actions.shape[2:]),
+            "old_logp": rollout.behaviour_logp.reshape(n),
+            "old_values": ev.values.detach().reshape(n),
+            "advantages": advantages.reshape(n),
+            "returns": returns.reshape(n),
+        }
+
+    def __call__(self, params: dict, batch: dict[str, Tensor], hparams: HParams, progress: float = 0.0):
+        """Clipped-surrogate, value and entropy losses on a prepared (mini)batch."""
+        dist, values = self.policy_value(params, batch["obs"], hparams)
+        logp = dist.log_prob(batch["actions"])
+        advantages = batch["advantages"]
+        if self.normalize_advantages and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        ratio = torch.exp(logp - batch["old_logp"])
+        surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - self.clip, 1 + self.clip) * advantages)
+        policy_loss = -surrogate.mean()
+        if self.value_clip is None:
+            value_loss = 0.5 * ((batch["returns"] - values) ** 2).mean()
+        else:
+            clipped = batch["old_values"] + torch.clamp(values - batch["old_values"], -self.value_clip, self.value_clip)
+            value_loss = 0.5 * torch.max((batch["returns"] - values) ** 2, (batch["returns"] - clipped) ** 2).mean()
+        entropy = dist.entropy().mean()
+        loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
+                - _hp(hparams, "entropy_cost") * entropy)
+        clip_fraction = ((ratio - 1).abs() > self.clip).float().mean()
+        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction)

@@ -1,0 +1,93 @@
+"""The ``Rollout``: T steps of B sub-envs as torch tensors, and how to evaluate a policy on it.
+
+A rollout stores what the actor saw and did; values and log-probabilities under the *current*
+parameters are recomputed by :func:`evaluate`, so an objective stays a pure function of
+``params``. Truncated episodes keep their true final observations (sparse: only the ``(t, b)``
+where a time limit cut the episode), so bootstrapping uses ``V(final_obs)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+# policy_value(params, obs [N, ...], hparams) -> (distribution over N actions, values [N])
+PolicyValue = Callable[[dict, Tensor, dict], tuple[Distribution, Tensor]]
+
+
+class Rollout(NamedTuple):
+    """T consecutive steps of B sub-envs; shapes in brackets."""
+
+    obs: Tensor  # [T, B, *obs_shape] observation the action was taken in
+    actions: Tensor  # [T, B, *action_shape]
+    rewards: Tensor  # [T, B]
+    terminated: Tensor  # [T, B] float 0/1: terminal state reached (no bootstrap)
+    truncated: Tensor  # [T, B] float 0/1: cut by a time limit (bootstrap from final obs)
+    behaviour_logp: Tensor  # [T, B] log mu(a_t | s_t) of the policy that acted
+    last_obs: Tensor  # [B, *obs_shape] observation after the last step (bootstrap)
+    final_obs: Tensor  # [N, *obs_shape] true final observations of truncated episodes
+    final_index: Tensor  # [N] long, flat index t * B + b of each row of final_obs
+
+    @property
+    def num_steps(self) -> int:
+        """T."""
+        return self.rewards.shape[0]
+
+    @property
+    def num_envs(self) -> int:
+        """B."""
+        return self.rewards.shape[1]
+
+    def to(self, device: torch.device | str) -> "Rollout":
+        """The same rollout on ``device``."""
+        return Rollout(*(t.to(device) for t in self))
+
+
+class Evaluation(NamedTuple):
+    """A policy evaluated on a rollout: ``[T, B]`` log-probs, entropies, values and next values."""
+
+    logp: Tensor
+    entropy: Tensor
+    values: Tensor
+    next_values: Tensor
+    continues: Tensor
+    dist: Distribution
+
+
+def evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> Evaluation:
+    """Run the network once on every observation of the rollout (plus bootstrap and final ones)."""
+    num_steps, num_envs = rollout.num_steps, rollout.num_envs
+    obs_shape = rollout.obs.shape[2:]
+    flat = rollout.obs.reshape(num_steps * num_envs, *obs_shape)
+    everything = torch.cat([flat, rollout.last_obs, rollout.final_obs.reshape(-1, *obs_shape)], dim=0)
+    dist_all, values_all = policy_value(params, everything, hparams)
+    n = num_steps * num_envs
+    values = values_all[:n].reshape(num_steps, num_envs)
+    bootstrap = values_all[n : n + num_envs]
+    final_values = values_all[n + num_envs :]
+    next_values = torch.cat([values[1:], bootstrap[None]], dim=0).reshape(-1)
+    if rollout.final_index.numel():
+        next_values = next_values.index_copy(0, rollout.final_index, final_values)
+    next_values = next_values.reshape(num_steps, num_envs)
+    # The distribution over the rollout's own observations only.
+    dist = _slice_distribution(dist_all, n)
+    actions = rollout.actions.reshape(n, *rollout.actions.shape[2:])
+    logp = dist.log_prob(actions).reshape(num_steps, num_envs)
+    entropy = dist.entropy().reshape(num_steps, num_envs)
+    continues = 1.0 - torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
+    return Evaluation(logp, entropy, values, next_values, continues, dist)
+
+
+def _slice_distribution(dist: Distribution, n: int) -> Distribution:
+    """The first ``n`` rows of a batched Categorical or Independent(Normal) distribution."""
+    from torch.distributions import Categorical, Independent, Normal
+
+    if isinstance(dist, Categorical):
+        return Categorical(logits=dist.logits[:n])
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        base = dist.base_dist
+        return Independent(Normal(base.loc[:n], base.scale[:n]), dist.reinterpreted_batch_ndims)
+    raise TypeError(f"unsupported distribution {type(dist).__name__}")
