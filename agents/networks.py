@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
@@ -131,7 +130,3 @@ def distribution(output: AgentOutput) -> Distribution:
         return Categorical(logits=output.policy)
     return Independent(Normal(output.policy, output.log_std.exp().expand_as(output.policy)), 1)
 
-
-def obs_to_tensor(obs: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """A float32 tensor on ``device`` from a numpy batch of observations."""
-    return torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)
