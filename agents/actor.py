@@ -31,6 +31,7 @@ class Actor:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.env, self.net, self.num_steps, self.device = env, net, num_steps, torch.device(device)
         self.policy_value = make_policy_value(net)
+        self.action_bounds = _box_bounds(env.single_action_space)
         self.obs, _ = env.reset()
         self.episodes: list[dict[str, float]] = []  # ended episodes since the last collect
         self.steps = 0
@@ -50,6 +51,8 @@ class Actor:
             dist, _ = self.policy_value(params, o, hparams)
             a = dist.sample()
             action_np = a.cpu().numpy()
+            if self.action_bounds is not None:  # Gaussian samples are unbounded; the env gets them clipped
+                action_np = np.clip(action_np, *self.action_bounds)
             next_obs, r, term, trunc, info = self.env.step(action_np)
             obs.append(o)
             actions.append(a)
@@ -61,14 +64,7 @@ class Actor:
                 idx = np.flatnonzero(trunc)
                 final_obs.append(self._tensor(info["final_obs"][idx]))
                 final_index.append(torch.as_tensor(t * b + idx, device=self.device))
-            if "episode" in info:
-                ended = info["_episode"]
-                ep = info["episode"]
-                for i in np.flatnonzero(ended):
-                    record = {"return": float(ep["return"][i]), "length": float(ep["length"][i])}
-                    if "success" in ep:
-                        record["success"] = float(ep["success"][i])
-                    self.episodes.append(record)
+            self.episodes += ended_episodes(info)
             self.obs = next_obs
         self.steps += n * b
         obs_shape = obs[0].shape[1:]
@@ -88,3 +84,57 @@ class Actor:
         """Ended episodes' statistics since the last call."""
         out, self.episodes = self.episodes, []
         return out
+
+
+def ended_episodes(info: dict, rows: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Statistics (return, length, success if any) of the episodes an env step reports as ended."""
+    if "episode" not in info:
+        return []
+    ended = info["_episode"] if rows is None else info["_episode"] & rows
+    ep = info["episode"]
+    records = []
+    for i in np.flatnonzero(ended):
+        record = {"return": float(ep["return"][i]), "length": float(ep["length"][i])}
+        if "success" in ep:
+            record["success"] = float(ep["success"][i])
+        records.append(record)
+    return records
+
+
+def _box_bounds(space: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Box):
+        return space.low, space.high
+    return None
+
+
+@torch.no_grad()
+def evaluate_policy(
+    env: Any, net: ActorCritic, params: dict, hparams: dict | None = None, greedy: bool = True,
+    device: str = "cpu", max_steps: int = 100_000,
+) -> list[dict[str, float]]:
+    """The first episode of every sub-env of ``env`` under ``params`` (greedy: the distribution's mode).
+
+    Returns one record per sub-env (``return``, ``length``, and ``success`` where the env has
+    one). Episodes still running after ``max_steps`` steps raise RuntimeError.
+    """
+    policy_value = make_policy_value(net)
+    bounds = _box_bounds(env.single_action_space)
+    obs, _ = env.reset()
+    records: list[dict[str, float] | None] = [None] * env.num_envs
+    done = np.zeros(env.num_envs, bool)
+    for _ in range(max_steps):
+        dist, _ = policy_value(params, torch.as_tensor(obs, dtype=torch.float32, device=device), hparams or {})
+        actions = (dist.mode if greedy else dist.sample()).cpu().numpy()
+        if bounds is not None:
+            actions = np.clip(actions, *bounds)
+        obs, _, _, _, info = env.step(actions)
+        if "episode" in info:
+            fresh = info["_episode"] & ~done
+            for i, record in zip(np.flatnonzero(fresh), ended_episodes(info, fresh)):
+                records[i] = record
+            done |= fresh
+        if done.all():
+            return records  # type: ignore[return-value]
+    raise RuntimeError(f"evaluation: {int((~done).sum())} of {env.num_envs} episodes still running after {max_steps} steps")

@@ -21,15 +21,18 @@ def gradient_step(
     """One optimizer step on ``objective(params, data, hparams, progress)``."""
     loss, metrics = objective(params, data, hparams, progress)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {float(loss)}")
+        raise FloatingPointError(f"non-finite loss {float(loss.detach())}")
     keys = list(params)
     grads = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph)
     grads = dict(zip(keys, grads))
+    grad_norm = global_norm(grads)
+    if not torch.isfinite(grad_norm):
+        raise FloatingPointError(f"non-finite gradient norm {float(grad_norm)} (loss {float(loss.detach())})")
     new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None)
     if not create_graph:
         new_params = {k: v.detach().requires_grad_(True) for k, v in new_params.items()}
         new_state = _detach(new_state)
-    metrics = {**metrics, "loss": float(loss.detach()), "grad_norm": float(global_norm(grads).detach())}
+    metrics = {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm.detach())}
     return new_params, new_state, metrics
 
 

@@ -14,9 +14,12 @@ Options are passed to ``envpool.make`` (``max_episode_steps``, ``num_threads``, 
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import warnings
+from typing import Any, Iterator
 
 import gymnasium as gym
+
 import numpy as np
 
 from envs.core import EpisodeTracker, Obs, VectorEnv, map_obs, normalize_step, set_rows
@@ -42,8 +45,9 @@ class EnvpoolVectorEnv(VectorEnv):
         self.task = task
         self._options = options
         spec = envpool.make_spec(task, **options)
-        obs_space = _as_gymnasium_space(spec.observation_space)
-        act_space = _as_gymnasium_space(spec.action_space)
+        with _quiet_casts():
+            obs_space = _as_gymnasium_space(spec.observation_space)
+            act_space = _as_gymnasium_space(spec.action_space)
         super().__init__(num_envs, obs_space, act_space, seed=seed, clip_actions=clip_actions)
         self._pool = None
         # Enforced here too, since some envpool tasks (e.g. Snake-v1) ignore their own time limit.
@@ -58,9 +62,11 @@ class EnvpoolVectorEnv(VectorEnv):
             self._pool.close()
         # envpool seeds sub-env i with seed + i; an unseeded env draws a seed once.
         base = int(np.random.SeedSequence(seed).generate_state(1)[0] >> 1) if seed is None else seed
-        self._pool = envpool.make(
-            self.task, env_type="gymnasium", num_envs=self.num_envs, seed=base, **self._options
-        )
+        with _quiet_casts():
+            self._pool = envpool.make(
+                self.task, env_type="gymnasium", num_envs=self.num_envs, seed=base, **self._options
+            )
+            self._pool.observation_space, self._pool.action_space  # noqa: B018 - cached now, quietly
 
     def _reset(self, seed: int | None, options: dict | None) -> tuple[Obs, dict]:
         if self._pool is None or seed is not None:
@@ -123,3 +129,11 @@ def make_envpool(task: str, num_envs: int = 1, seed: int | None = 0, **options: 
         allowed = sorted(config_keys - set(_RESERVED) - {"env_seed", "base_path", "max_num_players"})
         raise ValueError(f"unknown option(s) {unknown} for envpool:{task}; allowed: {allowed + ['clip_actions']}")
     return EnvpoolVectorEnv(task, num_envs=num_envs, seed=seed, clip_actions=clip_actions, **options)
+
+
+@contextlib.contextmanager
+def _quiet_casts() -> Iterator[None]:
+    """Silence gymnasium's float64-to-float32 bound warnings, raised by envpool's own float64 specs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+        yield

@@ -97,7 +97,7 @@ class PPO:
     """
 
     def __init__(self, policy_value: PolicyValue, clip: float = 0.2, value_clip: float | None = None,
-                 normalize_advantages: bool = True, epochs: int = 4, minibatches: int = 4):
+                 normalize_advantages: bool = True, epochs: int = 4, minibatches: int = 4, anneal_clip: bool = False):
         if not clip > 0:
             raise ValueError(f"PPO clip must be > 0, got {clip}")
         if epochs < 1 or minibatches < 1:
@@ -106,6 +106,7 @@ class PPO:
         self.clip, self.value_clip = clip, value_clip
         self.normalize_advantages = normalize_advantages
         self.epochs, self.minibatches = epochs, minibatches
+        self.anneal_clip = anneal_clip  # clip * (1 - progress), as RL Zoo's linear schedules
 
     def prepare(self, params: dict, rollout: Rollout, hparams: HParams) -> dict[str, Tensor]:
         """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns."""
@@ -133,7 +134,8 @@ class PPO:
         if self.normalize_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         ratio = torch.exp(logp - batch["old_logp"])
-        surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - self.clip, 1 + self.clip) * advantages)
+        clip = self.clip * (1.0 - progress) if self.anneal_clip else self.clip
+        surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
         policy_loss = -surrogate.mean()
         if self.value_clip is None:
             value_loss = 0.5 * ((batch["returns"] - values) ** 2).mean()
@@ -143,5 +145,5 @@ class PPO:
         entropy = dist.entropy().mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        clip_fraction = ((ratio - 1).abs() > self.clip).float().mean()
+        clip_fraction = ((ratio - 1).abs() > clip).float().mean()
         return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction)

@@ -1,0 +1,397 @@
+"""A training run from a :class:`~agents.config.TrainConfig`: build, act, learn, log, checkpoint, evaluate.
+
+    summary = train(TrainConfig(env="envpool:CartPole-v1", total_steps=50_000))
+
+A run lives in one directory::
+
+    config.json        the full config (what --resume reads back)
+    events.out.tfevents.*   TensorBoard logs
+    checkpoints/       ckpt-<step>.pt every checkpoint_interval steps, and latest.pt
+    summary.json       env, agent, steps, wall-clock, evaluation (written at the end, also on failure)
+
+Failures: an invalid config or an existing run directory raises ``ValueError`` before any env is
+built; a non-finite loss or gradient raises :class:`TrainingFailed` naming the step, after writing
+``summary.json`` and leaving the last good checkpoint alone; ``KeyboardInterrupt`` writes a
+checkpoint and :class:`TrainingInterrupted` tells the caller where it is.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import json
+
+import torch
+
+import envs
+from agents.actor import Actor, evaluate_policy, make_policy_value
+from agents.config import TrainConfig, load_config, save_config, to_dict
+from agents.learner import update
+from agents.loops import AsyncLoop, SyncLoop
+from agents.networks import ActorCritic
+from rlmeta.objectives import A2C, PPO, VTraceActorCritic
+
+CHECKPOINT_VERSION = 1
+# Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
+RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name")
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped on a non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was interrupted (Ctrl-C); a checkpoint was written and it can be resumed."""
+
+
+def build_objective(config: TrainConfig, policy_value: Any) -> Any:
+    """The objective ``config.algo`` names, from its section of the config."""
+    if config.algo == "ppo":
+        p = config.ppo
+        return PPO(policy_value, clip=p.clip, value_clip=p.value_clip, normalize_advantages=p.normalize_advantages,
+                   epochs=p.epochs, minibatches=p.minibatches, anneal_clip=p.anneal_clip)
+    if config.algo == "vtrace":
+        v = config.vtrace
+        return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar)
+    return A2C(policy_value, normalize_advantages=config.normalize_advantages)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<env>-<algo>-s<seed>-<YYYYmmdd-HHMMSS>`` (``:`` and ``/`` in the env id become ``_``)."""
+    env = config.env.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{env}-{config.algo}-s{config.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_run_dir(config: TrainConfig) -> Path:
+    """Where the run goes; refuses an existing non-empty directory unless resuming or overwriting."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    if config.resume:
+        if not (run_dir / "checkpoints" / "latest.pt").is_file():
+            raise ValueError(f"cannot resume {str(run_dir)!r}: it has no checkpoints/latest.pt")
+        saved = load_config(run_dir / "config.json")
+        for name in RESUME_FIXED:
+            section, _, key = name.partition(".")
+            old, new = getattr(saved, section), getattr(config, section)
+            if key:
+                old, new = getattr(old, key), getattr(new, key)
+            if old != new:
+                raise ValueError(f"cannot resume with a different {name}: the run has {old!r}, got {new!r}")
+    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if not config.overwrite:
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already exists; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --run-dir"
+            )
+    return run_dir
+
+
+def _check_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here; use --device cpu")
+    return torch.device(device)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Owns one run: its envs, network, parameters, optimizer state, loop, writer and run directory."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.reached = False
+        self.device = _check_device(config.device)
+        self.run_dir = check_run_dir(config)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.checkpoint: dict | None = None
+        if config.resume:
+            self.checkpoint = torch.load(self.run_dir / "checkpoints" / "latest.pt", map_location=self.device,
+                                         weights_only=True)
+            if self.checkpoint.get("version") != CHECKPOINT_VERSION:
+                raise ValueError(f"checkpoint format {self.checkpoint.get('version')!r} is not {CHECKPOINT_VERSION}")
+        start = self.checkpoint["step"] if self.checkpoint else 0
+        torch.manual_seed(config.seed)
+        # Envs restart on resume (their states are not checkpointed), seeded apart from the first start.
+        env_seed = config.seed + start
+        make_env = lambda seed: envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)  # noqa: E731
+        first_env = make_env(env_seed)  # validates the id and options before anything is written
+        self.net = ActorCritic(
+            first_env.single_observation_space, first_env.single_action_space, hidden=config.network.hidden,
+            conv_channels=config.network.conv_channels, activation=config.network.activation,
+            init_log_std=config.network.init_log_std,
+        ).to(self.device)
+        self.has_success = bool(getattr(first_env, "has_success", False))
+        self.observation_space = first_env.single_observation_space
+        self.action_space = first_env.single_action_space
+        self.policy_value = make_policy_value(self.net)
+        self.objective = build_objective(config, self.policy_value)
+        self.optimizer = config.optimizer.build()
+        if config.mode == "sync":
+            self.loop: SyncLoop | AsyncLoop = SyncLoop(Actor(first_env, self.net, config.num_steps, str(self.device)))
+        else:
+            envs_made = [first_env]
+
+            def make_actor(i: int) -> Actor:
+                env = envs_made.pop() if envs_made else make_env(env_seed + 10_007 * i)
+                # functional_call swaps a module's tensors while it runs: one network copy per thread.
+                return Actor(env, copy.deepcopy(self.net), config.num_steps, str(self.device))
+
+            self.loop = AsyncLoop(make_actor, config.num_actors, config.queue_size)
+        self._prepare_run_dir()
+        self._restore()
+
+    # ----------------------------------------------------------------------------------------
+    # Setup.
+
+    def _prepare_run_dir(self) -> None:
+        if self.run_dir.exists() and self.config.overwrite and not self.config.resume:
+            shutil.rmtree(self.run_dir) if self.run_dir.is_dir() else self.run_dir.unlink()
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(replace(self.config, run_dir=str(self.run_dir), resume=False, overwrite=False),
+                    self.run_dir / "config.json")
+
+    def _restore(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.recent: collections.deque[dict[str, float]] = collections.deque(maxlen=100)
+        self.evaluations: list[dict[str, float]] = []
+        ckpt = self.checkpoint
+        if ckpt is None:
+            self.params = {k: v.detach().clone().requires_grad_(True) for k, v in self.net.named_parameters()}
+            self.opt_state = self.optimizer.init(self.params)
+            self.step, self.updates, self.wall_seconds, self.episodes_seen = 0, 0, 0.0, 0
+        else:
+            self.params = {k: v.to(self.device).requires_grad_(True) for k, v in ckpt["params"].items()}
+            expected = {k: tuple(v.shape) for k, v in self.net.named_parameters()}
+            got = {k: tuple(v.shape) for k, v in self.params.items()}
+            if expected != got:
+                raise ValueError("the checkpoint's parameters do not fit this network (was the config changed?)")
+            self.opt_state = _to_device(ckpt["opt_state"], self.device)
+            self.step, self.updates = ckpt["step"], ckpt["updates"]
+            self.wall_seconds, self.episodes_seen = ckpt["wall_seconds"], ckpt["episodes_seen"]
+            self.recent.extend(ckpt["recent"])
+            self.evaluations = list(ckpt["evaluations"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            self.generator.set_state(ckpt["rng"]["minibatch"])
+            if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        # purge_step drops the events the resumed run logged after its checkpoint (steps > step).
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.step + 1 if ckpt else None)
+
+    # ----------------------------------------------------------------------------------------
+    # Pieces of the loop.
+
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters of the next update (the learning rate annealed if asked)."""
+        out: dict[str, Any] = self.config.hparams.as_dict()
+        if self.config.optimizer.anneal_lr:
+            out["lr"] = self.config.optimizer.lr * max(0.0, 1.0 - self.step / self.config.total_steps)
+        return out
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/ckpt-<step>.pt`` and ``checkpoints/latest.pt`` (atomically)."""
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "updates": self.updates,
+            "wall_seconds": self.wall_seconds,
+            "episodes_seen": self.episodes_seen,
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "opt_state": _to_device(self.opt_state, torch.device("cpu")),
+            "recent": list(self.recent),
+            "evaluations": self.evaluations,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "minibatch": self.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+        folder = self.run_dir / "checkpoints"
+        path = folder / f"ckpt-{self.step:012d}.pt"
+        _atomic_save(state, path)
+        shutil.copyfile(path, folder / "latest.pt.tmp")
+        os.replace(folder / "latest.pt.tmp", folder / "latest.pt")
+        return path
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluation episodes in a fresh env (seeded apart from training); logs and returns the stats."""
+        c = self.config
+        env = envs.make(c.env, num_envs=c.eval_episodes, seed=c.seed + 1_000_003, **c.env_options)
+        try:
+            records = evaluate_policy(env, self.net, self.params, self.hparams(), c.eval_greedy, str(self.device))
+        finally:
+            env.close()
+        returns = [r["return"] for r in records]
+        stats = {
+            "step": self.step,
+            "return_mean": statistics.fmean(returns),
+            "return_std": statistics.pstdev(returns),
+            "length_mean": statistics.fmean(r["length"] for r in records),
+        }
+        if self.has_success:
+            stats["success_rate"] = statistics.fmean(r.get("success", 0.0) for r in records)
+        self.evaluations.append(stats)
+        for key, value in stats.items():
+            if key != "step":
+                self.writer.add_scalar(f"eval/{key}", value, self.step)
+        return stats
+
+    def _log(self, metrics: dict[str, float], episodes: list[dict[str, float]], hparams: dict, sps: float,
+             lag: int) -> None:
+        w, step = self.writer, self.step
+        if episodes:
+            for key in ("return", "length", "success"):
+                values = [e[key] for e in episodes if key in e]
+                if values:
+                    w.add_scalar(f"episode/{key}", statistics.fmean(values), step)
+        for key, value in metrics.items():
+            w.add_scalar(f"train/{key}" if key == "grad_norm" else f"loss/{key}", value, step)
+        for key, value in hparams.items():
+            w.add_scalar(f"hparams/{key}", float(value), step)
+        if self.config.algo == "ppo":
+            clip = self.config.ppo.clip * (1 - step / self.config.total_steps if self.config.ppo.anneal_clip else 1)
+            w.add_scalar("hparams/ppo_clip", clip, step)
+        w.add_scalar("train/steps_per_second", sps, step)
+        if self.config.mode == "async":
+            w.add_scalar("async/policy_lag", lag, step)
+
+    def summary(self, status: str, message: str = "") -> dict[str, Any]:
+        """The machine-readable ``summary.json`` of the run as it stands."""
+        c = self.config
+        last = self.evaluations[-1] if self.evaluations else None
+        out: dict[str, Any] = {
+            "status": status,
+            "env": c.env,
+            "env_options": c.env_options,
+            "agent": {"algo": c.algo, "mode": c.mode, "network": to_dict(c.network)},
+            "seed": c.seed,
+            "total_steps": self.step,
+            "updates": self.updates,
+            "wall_clock_seconds": round(self.wall_seconds, 3),
+            "steps_per_second": round(self.step / self.wall_seconds, 1) if self.wall_seconds else None,
+            "episodes": self.episodes_seen,
+            "train_return_mean_last_100": statistics.fmean(e["return"] for e in self.recent) if self.recent else None,
+            "eval": None,
+            "evaluations": self.evaluations,
+            "run_dir": str(self.run_dir),
+        }
+        if c.target_return is not None:
+            out["target_return"] = c.target_return
+            out["target_reached"] = self.reached
+        if last is not None:
+            out["eval"] = {"episodes": c.eval_episodes, "greedy": c.eval_greedy, **last}
+        if message:
+            out["message"] = message
+        _atomic_json(out, self.run_dir / "summary.json")
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # The run.
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or ``target_return``), evaluate, write ``summary.json`` and return it."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        bar = tqdm(total=c.total_steps, initial=min(self.step, c.total_steps), unit="step", unit_scale=True,
+                   dynamic_ncols=True, disable=not c.progress, desc=Path(self.run_dir).name[:40])
+        next_checkpoint = _next_multiple(self.step, c.checkpoint_interval)
+        next_eval = _next_multiple(self.step, c.eval_interval)
+        hparams = self.hparams()
+        self.loop.publish(self.params, hparams, self.updates)
+        self.reached = False
+        started = time.perf_counter()
+        base_seconds = self.wall_seconds
+        try:
+            while self.step < c.total_steps and not self.reached:
+                tick = time.perf_counter()
+                batch = self.loop.next()
+                rollout = batch.rollout
+                try:
+                    params, opt_state, metrics = update(
+                        self.objective, self.optimizer, self.params, self.opt_state, rollout, hparams,
+                        progress=min(1.0, self.step / c.total_steps), generator=self.generator,
+                    )
+                except FloatingPointError as error:
+                    raise TrainingFailed(
+                        f"stopped at env step {self.step} (update {self.updates + 1}): {error}. "
+                        f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
+                    ) from error
+                self.params, self.opt_state = params, opt_state
+                self.updates += 1
+                self.step += batch.steps
+                self.wall_seconds = base_seconds + time.perf_counter() - started
+                hparams_used, hparams = hparams, self.hparams()
+                self.loop.publish(self.params, hparams, self.updates)
+                self.episodes_seen += len(batch.episodes)
+                self.recent.extend(batch.episodes)
+                sps = batch.steps / max(time.perf_counter() - tick, 1e-9)
+                self._log(metrics, batch.episodes, hparams_used, sps, batch.lag)
+                if c.checkpoint_interval and self.step >= next_checkpoint:
+                    self.save_checkpoint()
+                    next_checkpoint = _next_multiple(self.step, c.checkpoint_interval)
+                if c.eval_interval and self.step >= next_eval:
+                    stats = self.evaluate()
+                    next_eval = _next_multiple(self.step, c.eval_interval)
+                    self.reached = c.target_return is not None and stats["return_mean"] >= c.target_return
+                bar.update(min(self.step, c.total_steps) - bar.n)
+                if self.recent:
+                    bar.set_postfix(ret=f"{statistics.fmean(e['return'] for e in self.recent):.3g}",
+                                    loss=f"{metrics['loss']:.3g}", refresh=False)
+        except TrainingFailed as error:
+            self.summary("failed", str(error))
+            raise
+        except KeyboardInterrupt:
+            path = self.save_checkpoint()
+            self.summary("interrupted", f"interrupted at env step {self.step}; checkpoint {path}")
+            raise TrainingInterrupted(
+                f"interrupted at env step {self.step}; checkpoint written to {path}. "
+                f"Continue with: rlmeta train --run-dir {self.run_dir} --resume"
+            ) from None
+        finally:
+            bar.close()
+            self.loop.close()
+        self.save_checkpoint()
+        if not (self.evaluations and self.evaluations[-1]["step"] == self.step):
+            self.evaluate()
+        self.wall_seconds = base_seconds + time.perf_counter() - started
+        self.writer.close()
+        return self.summary("completed")
+
+
+def _next_multiple(step: int, interval: int) -> int:
+    return (step // interval + 1) * interval if interval else math.inf  # type: ignore[return-value]
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    return tree
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run ``config`` to the end and return its summary (see the module docstring for failures)."""
+    return Trainer(config).run()

@@ -1,0 +1,277 @@
+"""The training run: config validation, run directories, checkpoints, resume, failures, CLI, logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.config import (
+    HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, from_dict, load_config, to_dict,
+)
+from agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
+from rlmeta.cli import main
+
+
+def tiny(tmp_path: Path, **overrides) -> TrainConfig:
+    """A run of a few updates on CartPole (4 envs x 8 steps = 32 env steps per update)."""
+    base = dict(
+        env="envpool:CartPole-v1", num_envs=4, num_steps=8, total_steps=32 * 6, algo="a2c",
+        run_dir=str(tmp_path / "run"), progress=False, eval_episodes=2, checkpoint_interval=64,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) pairs TensorBoard would show for ``tag``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Config validation: clear errors before anything is built.
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_envs=0), "num_envs must be an integer >= 1, got 0"),
+        (dict(num_steps=-3), "num_steps must be an integer >= 1"),
+        (dict(total_steps=0), "total_steps"),
+        (dict(algo="dqn"), "algo must be one of"),
+        (dict(mode="ray"), "mode must be 'sync' or 'async'"),
+        (dict(mode="async", algo="ppo"), "use algo='vtrace'"),
+        (dict(device="tpu"), "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        (dict(resume=True, overwrite=True), "exclude each other"),
+        (dict(resume=True, run_dir=None), "resume needs run_dir"),
+        (dict(checkpoint_interval=-1), "checkpoint_interval must be an integer >= 0"),
+        (dict(env=""), "env must be a non-empty env id"),
+        (dict(target_return=float("nan")), "target_return must be a finite number"),
+    ],
+)
+def test_invalid_train_config_is_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**overrides)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: OptimizerConfig(lr=0.0), "optimizer.lr must be > 0, got 0.0"),
+        (lambda: OptimizerConfig(lr=float("inf")), "optimizer.lr must be > 0"),
+        (lambda: OptimizerConfig(max_grad_norm=-1.0), "optimizer.max_grad_norm must be > 0"),
+        (lambda: HParamsConfig(gamma=1.5), r"hparams.gamma must be in \[0, 1\], got 1.5"),
+        (lambda: HParamsConfig(td_lambda=-0.1), r"hparams.td_lambda must be in \[0, 1\]"),
+        (lambda: HParamsConfig(entropy_cost=-0.01), "hparams.entropy_cost must be >= 0"),
+        (lambda: PPOConfig(clip=0.0), "ppo.clip must be > 0"),
+        (lambda: PPOConfig(epochs=0), "ppo.epochs and ppo.minibatches must be >= 1"),
+        (lambda: NetworkConfig(hidden=()), "network.hidden must be a non-empty list"),
+    ],
+)
+def test_invalid_sections_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_config_round_trips_through_dict_and_files(tmp_path):
+    config = TrainConfig(env="snake-6x6", env_options={"observation": "grid"}, network=NetworkConfig(hidden=(32,)),
+                         hparams=HParamsConfig(gamma=0.9), target_return=3.0)
+    assert from_dict(TrainConfig, to_dict(config)) == config
+    toml = tmp_path / "c.toml"
+    toml.write_text('env = "snake-6x6"\nalgo = "a2c"\n[network]\nhidden = [32, 32]\n[hparams]\ngamma = 0.9\n')
+    loaded = load_config(toml)
+    assert (loaded.env, loaded.algo, loaded.network.hidden, loaded.hparams.gamma) == ("snake-6x6", "a2c", (32, 32), 0.9)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[hparams]\ngama = 0.9\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['hparams.gama'\]"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="must end in .toml or .json"):
+        (tmp_path / "c.yaml").write_text("env: x\n")
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_bad_env_or_options_build_nothing(tmp_path):
+    with pytest.raises(ValueError, match="unknown env id 'envpool:CartPol-v1'.*envpool:CartPole-v1"):
+        Trainer(tiny(tmp_path, env="envpool:CartPol-v1"))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['rows'\]"):
+        Trainer(tiny(tmp_path, env_options={"rows": 6}))
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# A whole run: directory layout, summary, logs.
+
+
+def test_run_writes_config_logs_checkpoints_and_summary(tmp_path):
+    config = tiny(tmp_path, algo="ppo", ppo=PPOConfig(epochs=2, minibatches=2))
+    summary = train(config)
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert summary["status"] == "completed"
+    assert summary["env"] == "envpool:CartPole-v1" and summary["agent"]["algo"] == "ppo"
+    assert summary["total_steps"] == 192 and summary["updates"] == 6
+    assert summary["wall_clock_seconds"] > 0
+    ev = summary["eval"]
+    assert ev["episodes"] == 2 and ev["return_mean"] >= 8 and ev["return_std"] >= 0
+    assert "success_rate" not in ev  # CartPole has no notion of success
+    assert load_config(run / "config.json") == TrainConfig(**{**config.__dict__, "run_dir": str(run)})
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["ckpt-000000000064.pt", "ckpt-000000000128.pt", "ckpt-000000000192.pt", "latest.pt"]
+    ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 192 and ckpt["updates"] == 6
+    assert ckpt["opt_state"]["count"] == 6 * 2 * 2  # adam steps: updates x epochs x minibatches
+    # TensorBoard: losses, gradient norms, speed and every hyperparameter, at each update's step.
+    for tag in ("loss/policy_loss", "loss/value_loss", "loss/entropy", "train/grad_norm", "train/steps_per_second",
+                "hparams/gamma", "hparams/lambda", "hparams/entropy_cost", "hparams/value_cost", "hparams/ppo_clip"):
+        assert [s for s, _ in scalars(run, tag)] == [32 * i for i in range(1, 7)], tag
+    assert scalars(run, "hparams/gamma")[0][1] == pytest.approx(0.99)
+    assert scalars(run, "eval/return_mean")[-1] == (192, pytest.approx(ev["return_mean"]))
+    assert len(scalars(run, "episode/return")) >= 1
+
+
+def test_existing_run_dir_is_never_overwritten_silently(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already exists; pass --resume to continue it, --overwrite"):
+        Trainer(tiny(tmp_path))
+    assert (run / "notes.txt").read_text() == "mine"
+    train(tiny(tmp_path, overwrite=True, total_steps=32))
+    assert not (run / "notes.txt").exists() and (run / "summary.json").is_file()
+
+
+def test_lr_annealing_reaches_zero_linearly(tmp_path):
+    train(tiny(tmp_path, optimizer=OptimizerConfig(lr=1e-3, anneal_lr=True), total_steps=128))
+    lrs = scalars(tmp_path / "run", "hparams/lr")
+    assert [s for s, _ in lrs] == [32, 64, 96, 128]
+    assert [v for _, v in lrs] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume, interruption and failure.
+
+
+class InterruptAfter:
+    """Wraps a loop's ``next`` to raise KeyboardInterrupt on its ``n``-th call."""
+
+    def __init__(self, loop, n: int):
+        self.loop, self.n, self.calls = loop, n, 0
+        self.original = loop.next
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.original()
+
+
+def test_interrupt_writes_checkpoint_and_resume_continues(tmp_path):
+    config = tiny(tmp_path, total_steps=32 * 8, checkpoint_interval=0,
+                  optimizer=OptimizerConfig(name="adam", lr=1e-3))
+    trainer = Trainer(config)
+    trainer.loop.next = InterruptAfter(trainer.loop, 4)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at env step 96.*--resume"):
+        trainer.run()
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert saved["step"] == 96 and saved["updates"] == 3 and saved["opt_state"]["count"] == 3
+
+    resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True}))
+    # It starts from the checkpoint: same parameters, optimizer moments and counters.
+    assert resumed.step == 96 and resumed.updates == 3
+    for k, v in saved["params"].items():
+        assert torch.equal(resumed.params[k].detach(), v)
+    for k, v in saved["opt_state"]["nu"].items():
+        assert torch.equal(resumed.opt_state["nu"][k], v)
+    summary = resumed.run()
+    assert summary["total_steps"] == 256 and summary["updates"] == 8 and summary["status"] == "completed"
+    final = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert final["opt_state"]["count"] == 8  # the optimizer kept counting from 3
+    # Curves continue: one point per update, steps 32..256, no duplicates across the resume.
+    assert [s for s, _ in scalars(run, "loss/policy_loss")] == [32 * i for i in range(1, 9)]
+
+
+def test_resume_refuses_a_changed_model_or_a_run_without_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="has no checkpoints/latest.pt"):
+        Trainer(tiny(tmp_path, resume=True))
+    train(tiny(tmp_path, total_steps=64))
+    with pytest.raises(ValueError, match=r"cannot resume with a different network"):
+        Trainer(tiny(tmp_path, resume=True, network=NetworkConfig(hidden=(8,))))
+    with pytest.raises(ValueError, match=r"cannot resume with a different env"):
+        Trainer(tiny(tmp_path, resume=True, env="snake-6x6"))
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = Trainer(tiny(tmp_path, total_steps=32 * 10, checkpoint_interval=64))
+    objective = trainer.objective
+    calls = {"n": 0}
+
+    def poisoned(params, rollout, hparams, progress=0.0):
+        calls["n"] += 1
+        loss, metrics = objective(params, rollout, hparams, progress)
+        return (loss * float("nan") if calls["n"] == 5 else loss), metrics
+
+    trainer.objective = poisoned
+    with pytest.raises(TrainingFailed, match=r"stopped at env step 128 \(update 5\): non-finite loss"):
+        trainer.run()
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 128  # written after update 4; the failed update wrote nothing
+    assert all(torch.isfinite(v).all() for v in ckpt["params"].values())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "env step 128" in summary["message"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Asynchronous loop: same learner, lag measured.
+
+
+def test_async_vtrace_run_logs_policy_lag(tmp_path):
+    config = tiny(tmp_path, algo="vtrace", mode="async", num_actors=2, queue_size=2, total_steps=32 * 12)
+    summary = train(config)
+    assert summary["total_steps"] == 384 and summary["status"] == "completed"
+    lags = [v for _, v in scalars(tmp_path / "run", "async/policy_lag")]
+    assert len(lags) == 12 and min(lags) >= 0
+    # Two actors and a queue of two: rollouts wait while the learner updates, so some are stale.
+    assert max(lags) >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line.
+
+
+def test_cli_rejects_bad_values_before_creating_anything(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--num-envs", "0", "--run-dir", str(run)])
+    assert exit_info.value.code == 2
+    assert "num_envs must be an integer >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", "snak", "--run-dir", str(run)])
+    assert "unknown env id 'snak'" in str(exit_info.value.code)
+    assert not run.exists()
+
+
+def test_cli_config_file_and_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    config = tmp_path / "c.toml"
+    config.write_text('env = "snake-6x6"\nalgo = "a2c"\nnum_envs = 4\nnum_steps = 8\ntotal_steps = 64\n'
+                      'eval_episodes = 2\nprogress = false\n[network]\nhidden = [16]\nconv_channels = [4]\n')
+    main(["train", "--config", str(config), "--run-dir", str(run), "--seed", "3"])
+    out = capsys.readouterr().out
+    assert "env steps: 64" in out and "evaluation over 2 episodes" in out
+    saved = load_config(run / "config.json")
+    assert (saved.env, saved.seed, saved.network.hidden, saved.total_steps) == ("snake-6x6", 3, (16,), 64)
+    # Resume reads the run's own config; only the given flags change.
+    main(["train", "--run-dir", str(run), "--resume", "--total-steps", "96"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["total_steps"] == 96 and summary["env"] == "snake-6x6"
+    assert load_config(run / "config.json").total_steps == 96
