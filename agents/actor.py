@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from agents.networks import ActorCritic, distribution
 from rlmeta.rollout import Rollout
@@ -17,20 +16,32 @@ def make_policy_value(net: ActorCritic):
 
     def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
         conditioning = hparams.get("_vector") if isinstance(hparams, dict) else None
-        out = functional_call(net, params, (obs, conditioning))
+        out = net.apply_params(params, obs, conditioning)
         return distribution(out), out.value
 
     return policy_value
 
 
+def make_policy(net: ActorCritic):
+    """``policy(params, obs, hparams) -> distribution``: the policy alone (no value), for acting."""
+
+    def policy(params: dict, obs: torch.Tensor, hparams: Any):
+        conditioning = hparams.get("_vector") if isinstance(hparams, dict) else None
+        return distribution(net.apply_params(params, obs, conditioning, value=False))
+
+    return policy
+
+
 class Actor:
     """Steps ``env`` with the policy of the given parameters, ``num_steps`` at a time."""
 
-    def __init__(self, env: Any, net: ActorCritic, num_steps: int, device: str = "cpu"):
+    def __init__(self, env: Any, net: ActorCritic, num_steps: int, device: str = "cpu", reward_scale: float = 1.0):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.reward_scale = reward_scale  # rollouts hold reward * reward_scale; episode stats stay unscaled
         self.env, self.net, self.num_steps, self.device = env, net, num_steps, torch.device(device)
         self.policy_value = make_policy_value(net)
+        self.policy = make_policy(net)
         self.action_bounds = _box_bounds(env.single_action_space)
         self.obs, _ = env.reset()
         self.episodes: list[dict[str, float]] = []  # ended episodes since the last collect
@@ -48,7 +59,7 @@ class Actor:
         final_obs, final_index = [], []
         for t in range(n):
             o = self._tensor(self.obs)
-            dist, _ = self.policy_value(params, o, hparams)
+            dist = self.policy(params, o, hparams)
             a = dist.sample()
             action_np = a.cpu().numpy()
             if self.action_bounds is not None:  # Gaussian samples are unbounded; the env gets them clipped
@@ -57,7 +68,7 @@ class Actor:
             obs.append(o)
             actions.append(a)
             logps.append(dist.log_prob(a))
-            rewards.append(torch.as_tensor(r, device=self.device))
+            rewards.append(torch.as_tensor(r, dtype=torch.float32, device=self.device) * self.reward_scale)
             terms.append(torch.as_tensor(term, dtype=torch.float32, device=self.device))
             truncs.append(torch.as_tensor(trunc, dtype=torch.float32, device=self.device))
             if trunc.any():
@@ -119,13 +130,13 @@ def evaluate_policy(
     Returns one record per sub-env (``return``, ``length``, and ``success`` where the env has
     one). Episodes still running after ``max_steps`` steps raise RuntimeError.
     """
-    policy_value = make_policy_value(net)
+    policy = make_policy(net)
     bounds = _box_bounds(env.single_action_space)
     obs, _ = env.reset()
     records: list[dict[str, float] | None] = [None] * env.num_envs
     done = np.zeros(env.num_envs, bool)
     for _ in range(max_steps):
-        dist, _ = policy_value(params, torch.as_tensor(obs, dtype=torch.float32, device=device), hparams or {})
+        dist = policy(params, torch.as_tensor(obs, dtype=torch.float32, device=device), hparams or {})
         actions = (dist.mode if greedy else dist.sample()).cpu().numpy()
         if bounds is not None:
             actions = np.clip(actions, *bounds)

@@ -40,6 +40,8 @@ class NetworkConfig:
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian policies (continuous actions)."""
+    shared_torso: bool = False
+    """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)
@@ -171,6 +173,8 @@ class TrainConfig:
     vtrace: VTraceConfig = field(default_factory=VTraceConfig)
     normalize_advantages: bool = False
     """A2C: normalize advantages per rollout."""
+    reward_scale: float = 1.0
+    """Multiply rewards by this before learning (episode returns are logged unscaled)."""
     seed: int = 0
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``cuda:N``."""
@@ -217,6 +221,10 @@ class TrainConfig:
             raise ValueError("resume and overwrite exclude each other: resuming keeps the run, overwriting deletes it")
         if self.resume and not self.run_dir:
             raise ValueError("resume needs run_dir: the directory of the run to continue")
+        _positive("reward_scale", self.reward_scale)
+        if self.algo == "ppo" and self.num_envs * self.num_steps < self.ppo.minibatches:
+            raise ValueError(f"ppo.minibatches={self.ppo.minibatches} exceeds the {self.num_envs * self.num_steps} "
+                             "samples of a rollout (num_envs x num_steps)")
         if self.target_return is not None and not math.isfinite(self.target_return):
             raise ValueError(f"target_return must be a finite number, got {self.target_return!r}")
 

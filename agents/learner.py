@@ -7,6 +7,7 @@ function of the hyperparameters and of the old parameters).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -20,19 +21,21 @@ def gradient_step(
 ) -> tuple[dict, dict, dict[str, float]]:
     """One optimizer step on ``objective(params, data, hparams, progress)``."""
     loss, metrics = objective(params, data, hparams, progress)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {float(loss.detach())}")
     keys = list(params)
     grads = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph)
     grads = dict(zip(keys, grads))
     grad_norm = global_norm(grads)
-    if not torch.isfinite(grad_norm):
-        raise FloatingPointError(f"non-finite gradient norm {float(grad_norm)} (loss {float(loss.detach())})")
-    new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None)
+    loss_value, norm_value = float(loss.detach()), float(grad_norm.detach())
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"non-finite loss {loss_value}")
+    if not math.isfinite(norm_value):
+        raise FloatingPointError(f"non-finite gradient norm {norm_value} (loss {loss_value})")
+    new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None,
+                                             grad_norm=grad_norm)
     if not create_graph:
         new_params = {k: v.detach().requires_grad_(True) for k, v in new_params.items()}
         new_state = _detach(new_state)
-    metrics = {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm.detach())}
+    metrics = {**metrics, "loss": loss_value, "grad_norm": norm_value}
     return new_params, new_state, metrics
 
 
@@ -45,7 +48,10 @@ def update(
         return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, create_graph)
     batch = objective.prepare(params, rollout, hparams)
     size = next(iter(batch.values())).shape[0]
-    per = max(1, size // objective.minibatches)
+    if size < objective.minibatches:
+        raise ValueError(f"a rollout of {size} samples cannot make {objective.minibatches} minibatches; "
+                         "collect more steps or use fewer minibatches")
+    per = size // objective.minibatches  # the remainder of an uneven split sits out that epoch
     metrics: dict[str, float] = {}
     for _ in range(objective.epochs):
         order = torch.randperm(size, generator=generator, device="cpu").to(batch["obs"].device)

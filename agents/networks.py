@@ -18,6 +18,7 @@ from typing import NamedTuple
 import gymnasium as gym
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
@@ -27,7 +28,7 @@ class AgentOutput(NamedTuple):
     """Network outputs: policy parameters ``[..., A]``, value ``[...]`` and named extras."""
 
     policy: Tensor  # logits (discrete) or Gaussian mean (continuous)
-    value: Tensor
+    value: Tensor | None  # None when asked for the policy only
     log_std: Tensor | None = None  # continuous actions only, broadcastable to policy
     extras: dict[str, Tensor] | None = None
 
@@ -59,6 +60,7 @@ class ActorCritic(nn.Module):
         hparam_embedding: int = 16,
         extra_outputs: dict[str, int] | None = None,
         init_log_std: float = 0.0,
+        shared_torso: bool = False,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -89,6 +91,8 @@ class ActorCritic(nn.Module):
             self.hparam_embed = nn.Sequential(nn.Linear(num_hparams, hparam_embedding), act())
             features += hparam_embedding
         self.torso = _mlp([features, *hidden], act)
+        # shared_torso=False: the value gets its own MLP (the convolutions stay shared), as SB3 and CleanRL do.
+        self.value_torso = None if shared_torso else _mlp([features, *hidden], act)
         width = hidden[-1]
         if isinstance(action_space, gym.spaces.Discrete):
             self.continuous = False
@@ -106,27 +110,61 @@ class ActorCritic(nn.Module):
 
     def forward(self, obs: Tensor, hparams: Tensor | None = None) -> AgentOutput:
         """Outputs for observations ``[N, *obs_shape]`` and optional hyperparameters ``[N, H]`` or ``[H]``."""
-        x = obs.float()
+        return self.apply_params(dict(self.named_parameters()), obs, hparams)
+
+    def apply_params(
+        self, params: dict[str, Tensor], obs: Tensor, hparams: Tensor | None = None, value: bool = True
+    ) -> AgentOutput:
+        """The network with ``params`` (a dict named as ``named_parameters()``) in place of its own.
+
+        A plain functional forward (``F.linear``/``F.conv2d`` on the given tensors), equal to
+        ``torch.func.functional_call(self, params, (obs, hparams))`` but without swapping the
+        module's tensors: faster, and safe to call from several threads at once. ``value=False``
+        skips the value (``output.value`` is then None), as acting needs only the policy.
+        """
+        p = params
+        x = obs.to(p["value_head.weight"].dtype)
         if self.conv is not None:
-            x = self.conv(x.movedim(-1, -3))
+            x = _apply(self.conv, "conv", p, x.movedim(-1, -3))
         if self.num_hparams:
             if hparams is None:
                 raise ValueError(f"this network is conditioned on {self.num_hparams} hyperparameters; pass hparams")
-            h = hparams.to(x.dtype).expand(x.shape[0], self.num_hparams)
-            x = torch.cat([x, self.hparam_embed(h)], dim=-1)
-        z = self.torso(x)
-        extras = {name: head(z) for name, head in self.extra_heads.items()} or None
+            h = torch.as_tensor(hparams).to(x.dtype)
+            if h.shape[-1] != self.num_hparams:
+                raise ValueError(f"hparams must end in a dimension of {self.num_hparams}, got shape {tuple(h.shape)}")
+            x = torch.cat([x, _apply(self.hparam_embed, "hparam_embed", p, h.expand(x.shape[0], self.num_hparams))], -1)
+        z = _apply(self.torso, "torso", p, x)
+        z_value = None
+        if value:
+            z_value = z if self.value_torso is None else _apply(self.value_torso, "value_torso", p, x)
+        extras = {name: F.linear(z, p[f"extra_heads.{name}.weight"], p[f"extra_heads.{name}.bias"])
+                  for name in self.extra_heads} or None
         return AgentOutput(
-            policy=self.policy_head(z),
-            value=self.value_head(z).squeeze(-1),
-            log_std=self.log_std if self.continuous else None,
+            policy=F.linear(z, p["policy_head.weight"], p["policy_head.bias"]),
+            value=None if z_value is None else F.linear(z_value, p["value_head.weight"], p["value_head.bias"]).squeeze(-1),
+            log_std=p["log_std"] if self.continuous else None,
             extras=extras,
         )
+
+
+def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Run ``seq`` (Linear, Conv2d, Flatten and activations) with the tensors in ``params``."""
+    for i, module in enumerate(seq):
+        if isinstance(module, nn.Linear):
+            x = F.linear(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"])
+        elif isinstance(module, nn.Conv2d):
+            x = F.conv2d(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"], module.stride, module.padding)
+        elif isinstance(module, nn.Flatten):
+            x = x.flatten(module.start_dim, module.end_dim)
+        else:  # a parameter-free activation
+            x = module(x)
+    return x
 
 
 def distribution(output: AgentOutput) -> Distribution:
     """The policy distribution of network outputs (Categorical, or a diagonal Normal)."""
     if output.log_std is None:
-        return Categorical(logits=output.policy)
-    return Independent(Normal(output.policy, output.log_std.exp().expand_as(output.policy)), 1)
+        return Categorical(logits=output.policy, validate_args=False)
+    scale = output.log_std.exp().expand_as(output.policy)
+    return Independent(Normal(output.policy, scale, validate_args=False), 1, validate_args=False)
 

@@ -138,7 +138,7 @@ class Trainer:
         self.net = ActorCritic(
             first_env.single_observation_space, first_env.single_action_space, hidden=config.network.hidden,
             conv_channels=config.network.conv_channels, activation=config.network.activation,
-            init_log_std=config.network.init_log_std,
+            init_log_std=config.network.init_log_std, shared_torso=config.network.shared_torso,
         ).to(self.device)
         self.has_success = bool(getattr(first_env, "has_success", False))
         self.observation_space = first_env.single_observation_space
@@ -147,14 +147,15 @@ class Trainer:
         self.objective = build_objective(config, self.policy_value)
         self.optimizer = config.optimizer.build()
         if config.mode == "sync":
-            self.loop: SyncLoop | AsyncLoop = SyncLoop(Actor(first_env, self.net, config.num_steps, str(self.device)))
+            self.loop: SyncLoop | AsyncLoop = SyncLoop(Actor(first_env, self.net, config.num_steps, str(self.device),
+                                          config.reward_scale))
         else:
             envs_made = [first_env]
 
             def make_actor(i: int) -> Actor:
                 env = envs_made.pop() if envs_made else make_env(env_seed + 10_007 * i)
                 # functional_call swaps a module's tensors while it runs: one network copy per thread.
-                return Actor(env, copy.deepcopy(self.net), config.num_steps, str(self.device))
+                return Actor(env, copy.deepcopy(self.net), config.num_steps, str(self.device), config.reward_scale)
 
             self.loop = AsyncLoop(make_actor, config.num_actors, config.queue_size)
         self._prepare_run_dir()

@@ -86,8 +86,9 @@ def _slice_distribution(dist: Distribution, n: int) -> Distribution:
     from torch.distributions import Categorical, Independent, Normal
 
     if isinstance(dist, Categorical):
-        return Categorical(logits=dist.logits[:n])
+        return Categorical(logits=dist.logits[:n], validate_args=False)
     if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
         base = dist.base_dist
-        return Independent(Normal(base.loc[:n], base.scale[:n]), dist.reinterpreted_batch_ndims)
+        return Independent(Normal(base.loc[:n], base.scale[:n], validate_args=False), dist.reinterpreted_batch_ndims,
+                           validate_args=False)
     raise TypeError(f"unsupported distribution {type(dist).__name__}")

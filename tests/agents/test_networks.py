@@ -1,0 +1,324 @@
+"""Tests of ``agents.networks``: output shapes, distributions, initialisation, hyperparameter
+conditioning, extra outputs, input validation and functional (``torch.func``) use.
+
+Networks are small and built from gymnasium spaces; every test seeds torch so it is deterministic.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, Normal
+from torch.func import functional_call
+
+from agents.networks import ActorCritic, AgentOutput, distribution
+
+N = 5
+
+
+def box(*shape: int, low: float = -1.0, high: float = 1.0) -> gym.spaces.Box:
+    return gym.spaces.Box(low, high, shape=shape, dtype=np.float32)
+
+
+def mlp_net(**kwargs) -> ActorCritic:
+    return ActorCritic(box(4), gym.spaces.Discrete(2), hidden=(32, 32), **kwargs)
+
+
+def cnn_net(**kwargs) -> ActorCritic:
+    return ActorCritic(box(6, 6, 5, low=0.0), gym.spaces.Discrete(4), hidden=(32,), conv_channels=(4, 8), **kwargs)
+
+
+def gauss_net(**kwargs) -> ActorCritic:
+    return ActorCritic(box(39, low=-10.0, high=10.0), box(4), hidden=(32, 32), **kwargs)
+
+
+def grid_obs(n: int, rows: int = 6, cols: int = 6, channels: int = 5, seed: int = 0) -> torch.Tensor:
+    """A 0/1 grid, channels last, as an env such as Snake gives it."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, rows, cols, channels, generator=g) < 0.3).to(torch.uint8)
+
+
+def clone_params(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes and distributions
+# --------------------------------------------------------------------------------------------
+
+
+def test_mlp_discrete_shapes_and_distribution():
+    net = mlp_net()
+    assert net.conv is None
+    out = net(torch.randn(N, 4))
+    assert isinstance(out, AgentOutput)
+    assert out.policy.shape == (N, 2)
+    assert out.value.shape == (N,)
+    assert out.log_std is None and out.extras is None
+    dist = distribution(out)
+    assert isinstance(dist, Categorical)
+    assert dist.batch_shape == (N,)
+    torch.testing.assert_close(dist.probs.sum(-1), torch.ones(N))
+    torch.testing.assert_close(dist.probs, torch.softmax(out.policy, -1))
+    actions = torch.tensor([0, 1, 1, 0, 1])
+    torch.testing.assert_close(dist.log_prob(actions), torch.log_softmax(out.policy, -1)[torch.arange(N), actions])
+
+
+def test_cnn_grid_shapes_and_distribution():
+    net = cnn_net()
+    assert net.conv is not None
+    out = net(grid_obs(N).float())
+    assert out.policy.shape == (N, 4)
+    assert out.value.shape == (N,)
+    assert out.log_std is None
+    dist = distribution(out)
+    assert isinstance(dist, Categorical) and dist.batch_shape == (N,)
+    torch.testing.assert_close(dist.probs.sum(-1), torch.ones(N))
+
+
+def test_gaussian_head_shapes_and_log_prob():
+    net = gauss_net(init_log_std=-0.5)
+    out = net(torch.randn(N, 39))
+    assert out.policy.shape == (N, 4)
+    assert out.value.shape == (N,)
+    assert out.log_std is not None and out.log_std.shape == (4,)
+    torch.testing.assert_close(out.log_std.detach(), torch.full((4,), -0.5))
+    dist = distribution(out)
+    assert isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)
+    assert dist.batch_shape == (N,) and dist.event_shape == (4,)
+    actions = torch.randn(N, 4)
+    logp = dist.log_prob(actions)
+    assert logp.shape == (N,)
+    std = torch.exp(torch.tensor(-0.5))
+    expected = (-0.5 * ((actions - out.policy) / std) ** 2 - torch.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    torch.testing.assert_close(logp, expected)
+    assert dist.sample().shape == (N, 4)
+    assert dist.entropy().shape == (N,)
+
+
+def test_log_std_is_a_learned_parameter():
+    net = gauss_net()
+    names = dict(net.named_parameters())
+    assert "log_std" in names
+    out = net(torch.randn(N, 39))
+    loss = -distribution(out).log_prob(torch.randn(N, 4) * 3).mean()
+    (g,) = torch.autograd.grad(loss, [net.log_std])
+    assert torch.all(g != 0)
+
+
+@pytest.mark.parametrize("make, obs", [
+    (mlp_net, lambda: torch.randn(64, 4) * 10),
+    (cnn_net, lambda: grid_obs(64).float()),
+    (gauss_net, lambda: torch.randn(64, 39) * 10),
+])
+def test_initial_policy_is_near_uniform(make, obs):
+    # the policy head is initialised with a tiny gain: logits (means) near zero for any input
+    for seed in range(3):
+        torch.manual_seed(seed)
+        out = make()(obs())
+        assert out.policy.abs().max() < 0.1
+    if out.log_std is None:
+        probs = distribution(out).probs
+        assert torch.allclose(probs, torch.full_like(probs, 1.0 / probs.shape[-1]), atol=0.05)
+
+
+def test_value_head_is_not_tiny():
+    # only the policy head is scaled down; the value head has gain 1 so values vary with inputs
+    out = mlp_net()(torch.randn(64, 4) * 3)
+    assert out.value.std() > 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter conditioning and extra outputs
+# --------------------------------------------------------------------------------------------
+
+
+def test_hparam_conditioning_is_required():
+    net = mlp_net(num_hparams=2)
+    with pytest.raises(ValueError, match="hparams"):
+        net(torch.randn(N, 4))
+
+
+def test_hparam_conditioning_changes_outputs_and_broadcasts():
+    net = mlp_net(num_hparams=2)
+    obs = torch.randn(N, 4)
+    h1 = torch.tensor([0.99, 0.95])
+    h2 = torch.tensor([0.5, 0.1])
+    a, b = net(obs, h1), net(obs, h2)
+    assert not torch.allclose(a.value, b.value)
+    assert not torch.allclose(a.policy, b.policy)
+    # [H] is broadcast over the batch exactly like [N, H] with identical rows
+    c = net(obs, h1.expand(N, 2).clone())
+    torch.testing.assert_close(a.value, c.value)
+    torch.testing.assert_close(a.policy, c.policy)
+    # per-row hparams: row i uses its own hparams
+    per_row = torch.stack([h1, h2, h1, h2, h1])
+    d = net(obs, per_row)
+    torch.testing.assert_close(d.value[[0, 2, 4]], a.value[[0, 2, 4]])
+    torch.testing.assert_close(d.value[[1, 3]], b.value[[1, 3]])
+
+
+def test_unconditioned_network_ignores_hparams_argument():
+    net = mlp_net()
+    obs = torch.randn(N, 4)
+    torch.testing.assert_close(net(obs).value, net(obs, None).value)
+
+
+def test_gradient_flows_into_hparams():
+    net = mlp_net(num_hparams=2)
+    hp = torch.tensor([0.99, 0.95], requires_grad=True)
+    out = net(torch.randn(N, 4), hp)
+    (g,) = torch.autograd.grad(out.value.sum() + out.policy.pow(2).sum(), [hp])
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    # and through per-row hparams as well
+    hp_rows = torch.rand(N, 2, requires_grad=True)
+    (g2,) = torch.autograd.grad(net(torch.randn(N, 4), hp_rows).value.sum(), [hp_rows])
+    assert g2.shape == (N, 2) and torch.all(g2.abs().sum(-1) > 0)
+
+
+def test_hparam_conditioning_on_grid_and_gaussian():
+    for net, obs in ((cnn_net(num_hparams=3), grid_obs(N).float()), (gauss_net(num_hparams=3), torch.randn(N, 39))):
+        a = net(obs, torch.zeros(3))
+        b = net(obs, torch.ones(3))
+        assert a.value.shape == (N,)
+        assert not torch.allclose(a.value, b.value)
+
+
+def test_extra_outputs():
+    net = mlp_net(extra_outputs={"y": 7, "z": 1})
+    out = net(torch.randn(N, 4))
+    assert set(out.extras) == {"y", "z"}
+    assert out.extras["y"].shape == (N, 7)
+    assert out.extras["z"].shape == (N, 1)
+    # the extras depend on the input
+    assert not torch.allclose(out.extras["y"][0], out.extras["y"][1])
+    grid = cnn_net(extra_outputs={"y": 7})(grid_obs(N).float())
+    assert grid.extras["y"].shape == (N, 7)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(activation="gelu"), "activation"),
+    (dict(hidden=()), "hidden"),
+    (dict(hidden=(32, 0)), "hidden"),
+    (dict(observation_space=gym.spaces.Dict({"a": box(3)})), "dict"),
+    (dict(observation_space=box(3, 4)), r"\(3, 4\)"),
+    (dict(observation_space=box(2, 3, 4, 5)), "not supported"),
+    (dict(action_space=gym.spaces.MultiDiscrete([2, 3])), "action space"),
+    (dict(action_space=box(2, 2)), "action space"),
+])
+def test_bad_configuration_raises(kwargs, match):
+    args = dict(observation_space=box(4), action_space=gym.spaces.Discrete(2))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ActorCritic(**args)
+
+
+# --------------------------------------------------------------------------------------------
+# Functional use
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, obs", [
+    (lambda: mlp_net(num_hparams=2), lambda: torch.randn(N, 4)),
+    (lambda: cnn_net(num_hparams=2), lambda: grid_obs(N).float()),
+    (lambda: gauss_net(num_hparams=2), lambda: torch.randn(N, 39)),
+])
+def test_functional_call_matches_module_and_all_params_get_gradients(make, obs):
+    net = make()
+    x = obs()
+    hp = torch.tensor([0.9, 0.5])
+    params = clone_params(net)
+    out = functional_call(net, params, (x, hp))
+    ref = net(x, hp)
+    torch.testing.assert_close(out.policy, ref.policy)
+    torch.testing.assert_close(out.value, ref.value)
+    if ref.log_std is not None:
+        torch.testing.assert_close(out.log_std, ref.log_std)
+    # a loss on the policy and the value reaches every parameter (no allow_unused)
+    dist = distribution(out)
+    loss = -dist.log_prob(dist.sample()).mean() + (out.value - 1.0).pow(2).mean()
+    keys = list(params)
+    grads = dict(zip(keys, torch.autograd.grad(loss, [params[k] for k in keys])))
+    groups = {"policy_head", "value_head", "torso", "hparam_embed"} | ({"conv"} if net.conv is not None else set())
+    for group in groups:
+        assert any(k.startswith(group + ".") for k in keys), group
+    for k, g in grads.items():
+        assert torch.isfinite(g).all(), k
+        if k.endswith("weight") or k == "log_std":
+            assert g.abs().sum() > 0, k
+
+
+def test_functional_call_uses_the_given_params_not_the_modules():
+    net = mlp_net()
+    x = torch.randn(N, 4)
+    params = clone_params(net)
+    with torch.no_grad():
+        params["value_head.bias"] += 3.0
+    out = functional_call(net, params, (x,))
+    torch.testing.assert_close(out.value, net(x).value + 3.0)
+    # the module itself is unchanged
+    assert torch.all(net.value_head.bias == 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Grid observations: channels last
+# --------------------------------------------------------------------------------------------
+
+
+def _reference_grid_forward(net: ActorCritic, obs: torch.Tensor) -> AgentOutput:
+    """The CNN written out by hand for a channels-last ``[N, rows, cols, C]`` grid."""
+    x = obs.float().permute(0, 3, 1, 2)  # [N, C, rows, cols]
+    convs = [m for m in net.conv if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        x = torch.tanh(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+    features = x.reshape(x.shape[0], -1)  # flattened channel-major, as nn.Flatten does on [N, C, H, W]
+    z = net.torso(features)
+    # the value may have its own MLP on the same (shared) convolutional features
+    value_torso = getattr(net, "value_torso", None)
+    z_value = z if value_torso is None else value_torso(features)
+    return AgentOutput(net.policy_head(z), net.value_head(z_value).squeeze(-1))
+
+
+def test_cnn_reads_grids_channels_last():
+    # rows, cols and channels all differ so any transposition would change the result or fail
+    net = ActorCritic(box(5, 7, 3, low=0.0), gym.spaces.Discrete(4), hidden=(16,), conv_channels=(4, 6))
+    obs = grid_obs(N, 5, 7, 3)
+    out = net(obs.float())
+    ref = _reference_grid_forward(net, obs)
+    torch.testing.assert_close(out.policy, ref.policy)
+    torch.testing.assert_close(out.value, ref.value)
+    # a channels-first grid is rejected rather than silently misread
+    with pytest.raises(RuntimeError):
+        net(obs.permute(0, 3, 1, 2).float())
+
+
+def test_cnn_is_sensitive_to_spatial_layout():
+    net = cnn_net()
+    obs = grid_obs(N).float()
+    flipped_rows = obs.flip(1)
+    transposed = obs.transpose(1, 2)
+    base = net(obs).value
+    assert not torch.allclose(base, net(flipped_rows).value)
+    assert not torch.allclose(base, net(transposed).value)
+
+
+def test_cnn_accepts_uint8_and_bool_grids():
+    net = cnn_net()
+    obs = grid_obs(N)
+    ref = net(obs.float())
+    for raw in (obs, obs.bool()):
+        out = net(raw)
+        torch.testing.assert_close(out.policy, ref.policy)
+        torch.testing.assert_close(out.value, ref.value)
