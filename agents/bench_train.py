@@ -97,6 +97,8 @@ class BenchTrainConfig:
     snake_num_steps: int = 20
     snake_iterations: int = 30
     """Timed updates of the Snake run (the first is excluded from the rate)."""
+    snake_threads: int = 0
+    """torch threads for the Snake run (0: torch's default, all cores: the CNN is the work there)."""
     json_out: str | None = None
     """Write the results as JSON to this path."""
 
@@ -283,23 +285,33 @@ def _summarize(contender: str, results: list[RunResult]) -> Summary:
 # Snake.
 
 
+def _default_threads() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _snake_rate(cfg: BenchTrainConfig, tmp: Path) -> dict[str, Any]:
     """Steps/second of A2C's training loop on Snake 12x12, first update excluded (see module docstring)."""
-    from agents.config import TrainConfig
+    from agents.config import NetworkConfig, TrainConfig
     from agents.train import Trainer
 
     batch = cfg.snake_num_envs * cfg.snake_num_steps
+    network = NetworkConfig(hidden=(64,), conv_channels=(16, 16), activation="relu")  # as configs/snake6_a2c.toml
 
     def make(name: str, iterations: int) -> Trainer:
         config = TrainConfig(env="snake", num_envs=cfg.snake_num_envs, num_steps=cfg.snake_num_steps, algo="a2c",
                              total_steps=batch * iterations, seed=0, run_dir=str(tmp / name), progress=False,
-                             checkpoint_interval=0, eval_interval=0, eval_episodes=1, torch_threads=cfg.threads)
+                             checkpoint_interval=0, eval_interval=0, eval_episodes=1, network=network,
+                             torch_threads=cfg.snake_threads)
         trainer = Trainer(config)
         trainer.evaluate = lambda: {}  # type: ignore[method-assign]  # the rate is the training loop's
         return trainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.snake_threads:
+        torch.set_num_threads(cfg.snake_threads)
+    else:
+        torch.set_num_threads(_default_threads())
     make("snake-warmup", 2).run()
     trainer = make("snake", cfg.snake_iterations)
     marks: list[tuple[float, int]] = []  # (time, env steps) at the end of each update
@@ -314,6 +326,7 @@ def _snake_rate(cfg: BenchTrainConfig, tmp: Path) -> dict[str, Any]:
     # marks[0] is before the first update, marks[1] at its end.
     (t1, s1), (tn, sn) = marks[1], marks[-1]
     return {"num_envs": cfg.snake_num_envs, "num_steps": cfg.snake_num_steps, "updates": summary["updates"],
+            "threads": torch.get_num_threads(),
             "timed_steps": sn - s1, "timed_seconds": tn - t1, "steps_per_second": (sn - s1) / (tn - t1),
             "run_steps_per_second": summary["steps_per_second"]}
 
@@ -324,6 +337,11 @@ def _snake_rate(cfg: BenchTrainConfig, tmp: Path) -> dict[str, Any]:
 
 def run(cfg: BenchTrainConfig) -> dict[str, Any]:
     """Run the benchmark, print its tables and return (and optionally write) the results."""
+    import importlib.util
+
+    if "sb3" in cfg.contenders and importlib.util.find_spec("stable_baselines3") is None:
+        raise SystemExit("the 'sb3' contender needs Stable-Baselines3: pip install -e '.[bench]' "
+                         "(or leave it out: --contenders ours ours-zoo)")
     threads = cfg.threads or torch.get_num_threads()
     print(f"torch threads: {threads}{'' if cfg.threads else ' (torch default)'}; budget {cfg.budget:,} steps; "
           f"eval every {cfg.eval_interval:,} steps, {cfg.eval_episodes} greedy episodes, target {cfg.target_return}; "
@@ -427,7 +445,8 @@ def format_report(cfg: BenchTrainConfig, results: dict[str, list[RunResult]], su
     if snake is not None:
         if lines:
             lines.append("")
-        lines.append(f"### Snake 12x12, A2C, {snake['num_envs']} envs x {snake['num_steps']} steps per update")
+        lines.append(f"### Snake 12x12, A2C, {snake['num_envs']} envs x {snake['num_steps']} steps per update "
+                     f"({snake['threads']} torch threads)")
         lines.append("")
         lines.append("| updates | timed steps | timed s | steps/s (first update excluded) | steps/s (whole run) |")
         lines.append("|---:|---:|---:|---:|---:|")

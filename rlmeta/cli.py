@@ -8,6 +8,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from agents.bench_train import BenchTrainConfig
 from agents.config import TrainConfig
 from envs.bench import BenchEnvsConfig
 
@@ -113,10 +114,21 @@ def _fields(config: TrainConfig) -> dict:
     return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
+@dataclass
+class BenchTrain(BenchTrainConfig):
+    """Benchmark training: time to solve CartPole, ours vs Stable-Baselines3 PPO; A2C steps/s on Snake."""
+
+    def run(self) -> None:
+        from agents.bench_train import run
+
+        run(self)
+
+
 Command = Union[
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[ListEnvs, tyro.conf.subcommand("envs")],
     Annotated[BenchEnvs, tyro.conf.subcommand("bench-envs")],
+    Annotated[BenchTrain, tyro.conf.subcommand("bench-train")],
 ]
 
 

@@ -2,7 +2,7 @@
 and A2C's steps/second on Snake 12x12 with 512 envs. See ``agents/bench_train.py`` for the protocol.
 
 Usage: python scripts/bench_train.py [--seeds 3] [--budget 100000] [--threads 1]
-       [--contenders sb3 ours ours-tuned] [--no-snake] [--json-out results.json]
+       [--contenders sb3 ours ours-zoo] [--no-snake] [--json-out results.json]
 """
 
 import tyro

@@ -3,6 +3,7 @@
 # PyTorch: torch==2.13.0 is pinned here so that machines with a local CPU wheel (like our CI)
 # use it; elsewhere pip fetches that release from PyPI. Set RLMETA_TORCH to choose another spec,
 # e.g. RLMETA_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+# RLMETA_EXTRAS picks the extras (default "dev"; "dev,bench" adds the benchmark peers: SB3, TorchOpt, higher).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,8 +15,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # shellcheck disable=SC2086
   $PIP install ${RLMETA_TORCH:-torch==2.13.0}
 fi
-stamp=.venv/.rlmeta-installed
+extras=${RLMETA_EXTRAS:-dev}
+stamp=.venv/.rlmeta-installed-${extras//,/-}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  $PIP install -e ".[dev]"
+  $PIP install -e ".[$extras]"
   touch "$stamp"
 fi

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rlmeta.returns import generalized_advantages, lambda_returns, vtrace
-from rlmeta.rollout import PolicyValue, Rollout, evaluate
+from rlmeta.rollout import Evaluation, PolicyValue, Rollout, evaluate
 
 # Hyperparameters every objective reads; missing ones take these values.
 DEFAULT_HPARAMS: dict[str, float] = {
@@ -48,12 +48,19 @@ class A2C:
         self.policy_value = policy_value
         self.normalize_advantages = normalize_advantages
 
-    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0):
-        """Loss ``policy_cost * PG + value_cost * 0.5 (G - V)^2 - entropy_cost * H`` and metrics."""
+    supports_target_params = True
+
+    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
+                 target_params: dict | None = None):
+        """Loss ``policy_cost * PG + value_cost * 0.5 (G - V)^2 - entropy_cost * H`` and metrics.
+
+        Targets and baselines use ``target_params`` when given (see :func:`_targets`).
+        """
         ev = evaluate(self.policy_value, params, rollout, hparams)
+        fixed = _targets(self.policy_value, ev, target_params, rollout, hparams)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
-        returns = lambda_returns(rollout.rewards, discounts, ev.next_values.detach(), ev.continues, _hp(hparams, "lambda"))
-        advantages = returns - ev.values.detach()
+        returns = lambda_returns(rollout.rewards, discounts, fixed.next_values, ev.continues, _hp(hparams, "lambda"))
+        advantages = returns - fixed.values
         if self.normalize_advantages:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = -(ev.logp * advantages).mean()
@@ -71,13 +78,17 @@ class VTraceActorCritic:
         self.policy_value = policy_value
         self.rho_bar, self.c_bar, self.pg_rho_bar = rho_bar, c_bar, pg_rho_bar
 
-    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0):
+    supports_target_params = True
+
+    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
+                 target_params: dict | None = None):
         """V-trace policy-gradient, value and entropy losses; metrics include the mean ratio."""
         ev = evaluate(self.policy_value, params, rollout, hparams)
+        fixed = _targets(self.policy_value, ev, target_params, rollout, hparams)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
-        rhos = torch.exp(ev.logp.detach() - rollout.behaviour_logp)
+        rhos = torch.exp(fixed.logp - rollout.behaviour_logp)
         out = vtrace(
-            ev.values.detach(), ev.next_values.detach(), rollout.rewards, discounts, ev.continues, rhos,
+            fixed.values, fixed.next_values, rollout.rewards, discounts, ev.continues, rhos,
             lambda_=_hp(hparams, "lambda"), rho_bar=self.rho_bar, c_bar=self.c_bar, pg_rho_bar=self.pg_rho_bar,
             alpha=_hp(hparams, "vtrace_alpha"),
         )
@@ -87,6 +98,22 @@ class VTraceActorCritic:
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
         return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
+
+
+def _targets(policy_value: PolicyValue, ev: Evaluation, target_params: dict | None, rollout: Rollout,
+             hparams: HParams) -> Evaluation:
+    """What an objective holds fixed (bootstrap values, baselines, importance ratios).
+
+    Without ``target_params``: ``ev`` detached, the usual semi-gradient. With them (the learner
+    passes the same parameters there when it differentiates through an update): the fixed terms
+    come from a second evaluation that is not part of this loss's gradient in ``params`` but stays
+    a differentiable function of ``target_params``, so a meta-gradient through several updates is
+    the exact derivative of the unrolled update map (checked against finite differences).
+    """
+    if target_params is None:
+        return Evaluation(ev.logp.detach(), ev.entropy.detach(), ev.values.detach(), ev.next_values.detach(),
+                          ev.continues, ev.dist)
+    return evaluate(policy_value, target_params, rollout, hparams)
 
 
 class PPO:
@@ -108,20 +135,27 @@ class PPO:
         self.epochs, self.minibatches = epochs, minibatches
         self.anneal_clip = anneal_clip  # clip * (1 - progress), as RL Zoo's linear schedules
 
-    def prepare(self, params: dict, rollout: Rollout, hparams: HParams) -> dict[str, Tensor]:
-        """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns."""
+    def prepare(self, params: dict, rollout: Rollout, hparams: HParams, keep_graph: bool = False) -> dict[str, Tensor]:
+        """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns.
+
+        ``keep_graph``: the advantages and returns stay differentiable functions of ``params``
+        (for exact meta-gradients through PPO's updates); the learner never differentiates the
+        minibatch losses through them.
+        """
         ev = evaluate(self.policy_value, params, rollout, hparams)
+        values = ev.values if keep_graph else ev.values.detach()
+        next_values = ev.next_values if keep_graph else ev.next_values.detach()
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
         advantages = generalized_advantages(
-            rollout.rewards, discounts, ev.values.detach(), ev.next_values.detach(), ev.continues, _hp(hparams, "lambda")
+            rollout.rewards, discounts, values, next_values, ev.continues, _hp(hparams, "lambda")
         )
-        returns = advantages + ev.values.detach()
+        returns = advantages + values
         n = rollout.num_steps * rollout.num_envs
         return {
             "obs": rollout.obs.reshape(n, *rollout.obs.shape[2:]),
             "actions": rollout.actions.reshape(n, *rollout.actions.shape[2:]),
             "old_logp": rollout.behaviour_logp.reshape(n),
-            "old_values": ev.values.detach().reshape(n),
+            "old_values": values.reshape(n),
             "advantages": advantages.reshape(n),
             "returns": returns.reshape(n),
         }

@@ -1,0 +1,48 @@
+"""The outer objective of meta-gradient RL: how good the updated agent is, judged with fixed references.
+
+Xu, van Hasselt and Silver (2018) evaluate the updated parameters with an actor-critic loss whose
+discount and bootstrapping use *reference* values (gamma', lambda'), not the meta-learned ones, on
+a rollout the update has not seen. Optional terms: a value loss, an entropy bonus, and (STAC,
+Zahavy et al. 2020, "A Self-Tuning Actor-Critic Algorithm") a KL from the policy before the last
+update to the updated one, which keeps meta-steps small.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlmeta.objectives.actor_critic import A2C
+from rlmeta.rollout import PolicyValue, Rollout
+
+
+class OuterObjective:
+    """``outer(params, rollout, previous_params=None) -> loss`` with reference hyperparameters."""
+
+    def __init__(self, policy_value: PolicyValue, gamma: float = 0.99, lambda_: float = 1.0,
+                 value_cost: float = 0.0, entropy_cost: float = 0.0, kl_cost: float = 0.0):
+        for name, value in (("gamma", gamma), ("lambda_", lambda_)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"outer {name} must be in [0, 1], got {value!r}")
+        for name, value in (("value_cost", value_cost), ("entropy_cost", entropy_cost), ("kl_cost", kl_cost)):
+            if not value >= 0:
+                raise ValueError(f"outer {name} must be >= 0, got {value!r}")
+        self.policy_value = policy_value
+        self.reference = {"gamma": gamma, "lambda": lambda_, "policy_cost": 1.0, "value_cost": value_cost,
+                          "entropy_cost": entropy_cost}
+        self.kl_cost = kl_cost
+        self._actor_critic = A2C(policy_value)
+
+    def __call__(self, params: dict, rollout: Rollout, previous: dict | None = None) -> Tensor:
+        """The outer loss of ``params`` on ``rollout`` (``previous``: parameters before the last update)."""
+        loss, _ = self._actor_critic(params, rollout, self.reference)
+        if self.kl_cost and previous is not None:
+            obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
+            with torch.no_grad():
+                before, _ = self.policy_value(previous, obs, self.reference)
+            after, _ = self.policy_value(params, obs, self.reference)
+            loss = loss + self.kl_cost * torch.distributions.kl_divergence(before, after).mean()
+        return loss
+
+
+__all__ = ["OuterObjective"]

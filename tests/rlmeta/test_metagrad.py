@@ -1,0 +1,299 @@
+"""Meta-gradient estimators: exact against central finite differences, float64, fixed rollouts.
+
+A tabular actor-critic (one-hot states; logits and values are parameter tables) keeps everything
+smooth and cheap. Rollouts contain terminations and truncations, and gamma and lambda enter the
+inner updates through the lambda-returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from agents.learner import gradient_step
+from rlmeta.hparams import KNOWN, MetaParams, from_raw, to_raw
+from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective, mixing_weights
+from rlmeta.objectives import A2C
+from rlmeta.optim import adam, rmsprop, sgd
+from rlmeta.rollout import Rollout
+
+DT = torch.float64
+S, A, T, B = 5, 3, 4, 3
+
+
+def policy_value(params, obs, hparams):
+    logits = obs @ params["logits"]
+    return Categorical(logits=logits, validate_args=False), obs @ params["values"]
+
+
+def make_params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"logits": 0.5 * torch.randn(S, A, generator=g, dtype=DT),
+            "values": torch.randn(S, generator=g, dtype=DT)}
+
+
+def make_rollout(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    states = torch.randint(0, S, (T, B), generator=g)
+    obs = torch.nn.functional.one_hot(states, S).to(DT)
+    terminated = torch.zeros(T, B, dtype=DT)
+    truncated = torch.zeros(T, B, dtype=DT)
+    terminated[1, 0] = 1.0
+    truncated[2, 1] = 1.0
+    final_state = torch.randint(0, S, (1,), generator=g)
+    return Rollout(
+        obs=obs,
+        actions=torch.randint(0, A, (T, B), generator=g),
+        rewards=torch.randn(T, B, generator=g, dtype=DT),
+        terminated=terminated,
+        truncated=truncated,
+        behaviour_logp=torch.full((T, B), -math.log(A), dtype=DT),
+        last_obs=torch.nn.functional.one_hot(torch.randint(0, S, (B,), generator=g), S).to(DT),
+        final_obs=torch.nn.functional.one_hot(final_state, S).to(DT),
+        final_index=torch.tensor([2 * B + 1]),
+    )
+
+
+ROLLOUTS = [make_rollout(i) for i in range(12)]
+
+OPTIMIZERS = {
+    "sgd": lambda: sgd(0.3),
+    "rmsprop": lambda: rmsprop(0.05, decay=0.9, eps=1e-4, eps_root=1e-12),
+    "adam": lambda: adam(0.05, eps=1e-4, eps_root=1e-12),
+}
+
+
+def make_inner(optimizer):
+    objective = A2C(policy_value)
+
+    def inner_update(params, opt_state, rollout, hparams, create_graph):
+        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+        return new, state
+
+    return inner_update
+
+
+def fixed_collect():
+    it = iter(ROLLOUTS)
+    return lambda params: next(it)
+
+
+def make_meta(gamma=0.9, lam=0.8, entropy=0.05):
+    return MetaParams({"gamma": gamma, "lambda": lam, "entropy_cost": entropy},
+                      fixed={"value_cost": 0.5}, dtype=DT)
+
+
+def estimate(estimator, meta, optimizer):
+    params = make_params()
+    return estimator.estimate(meta, params, optimizer.init(params), fixed_collect())
+
+
+class Linearized:
+    """An outer (or matching) loss that records its gradient in the parameters at the base point.
+
+    Meta-gradients differentiate a semi-gradient: the outer loss holds some terms fixed
+    (bootstrap targets, baselines, the KL's reference policy, BMG's target), so its value is not
+    the function whose derivative they are. What they are is the chain rule
+    ``sum_k w_k g_k . d theta_k / d eta`` with ``g_k`` the outer gradient at ``theta_k(eta_0)``.
+    After recording the ``g_k``, this loss returns ``g_k . theta_k``: a plain function of eta
+    whose central differences must equal the estimator's meta-gradient.
+    """
+
+    def __init__(self, loss):
+        self.loss, self.grads, self.recording, self.calls = loss, [], True, 0
+
+    def __call__(self, params, *rest):
+        keys = list(params)
+        if self.recording:
+            value = self.loss(params, *rest)
+            grads = torch.autograd.grad(value, [params[k] for k in keys], retain_graph=True)
+            self.grads.append([g.detach() for g in grads])
+            return value
+        grads = self.grads[self.calls]
+        self.calls += 1
+        return sum((g * params[k]).sum() for g, k in zip(grads, keys))
+
+
+def linearize(estimator):
+    """Wrap the estimator's outer loss (and BMG's matching loss) in :class:`Linearized`."""
+    wrapped = [Linearized(estimator.outer_loss)]
+    estimator.outer_loss = wrapped[0]
+    if isinstance(estimator, Bootstrapped):
+        wrapped.append(Linearized(estimator.match))
+        estimator.match = wrapped[1]
+    return wrapped
+
+
+def check_against_finite_differences(make_estimator, optimizer, h=1e-5, rtol=1e-4):
+    """The estimator's meta-gradient vs central differences of its linearized meta-loss."""
+    estimator = make_estimator()
+    wrapped = linearize(estimator)
+    result = estimate(estimator, make_meta(), optimizer)
+    for w in wrapped:
+        w.recording = False
+    for name in result.grads:
+        values = []
+        for sign in (1, -1):
+            meta = make_meta()
+            with torch.no_grad():
+                meta.raw[name] += sign * h
+            for w in wrapped:
+                w.calls = 0
+            values.append(estimate(estimator, meta, optimizer).meta_loss)
+        fd = (values[0] - values[1]) / (2 * h)
+        got = float(result.grads[name])
+        assert abs(got - fd) <= rtol * max(abs(got), abs(fd)), (type(estimator).__name__, name, got, fd)
+    assert float(result.vector().abs().max()) > 1e-6  # not vacuous
+    return result
+
+
+def estimators(inner, outer, k):
+    return {
+        "one-step": (lambda: OneStep(inner, outer)) if k == 1 else None,
+        "multi-step": lambda: MultiStep(inner, outer, k),
+        "mixed-uniform": lambda: Mixed(inner, outer, k),
+        "mixed-geometric": lambda: Mixed(inner, outer, k, weights="geometric", decay=0.6),
+        "bootstrapped": lambda: Bootstrapped(inner, policy_value, num_updates=k, target_updates=2, value_cost=0.5),
+    }
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_every_estimator_matches_finite_differences(opt_name, k):
+    optimizer = OPTIMIZERS[opt_name]()
+    inner = make_inner(optimizer)
+    outer = OuterObjective(policy_value, gamma=0.99, lambda_=1.0, value_cost=0.1, entropy_cost=0.01, kl_cost=0.2)
+    for name, make in estimators(inner, outer, k).items():
+        if make is not None:
+            check_against_finite_differences(make, optimizer)
+
+
+def test_meta_gradient_of_a_loss_without_stop_gradients_is_its_derivative():
+    """With an outer loss that is a plain function (no fixed terms), no linearization is needed."""
+
+    def plain_outer(params, rollout, previous):
+        dist, values = policy_value(params, rollout.obs, {})
+        return -(dist.log_prob(rollout.actions) * rollout.rewards).mean() + 0.5 * ((values - rollout.rewards) ** 2).mean()
+
+    optimizer = OPTIMIZERS["adam"]()
+    inner = make_inner(optimizer)
+    for make in (lambda: MultiStep(inner, plain_outer, 3), lambda: Mixed(inner, plain_outer, 3)):
+        result = estimate(make(), make_meta(), optimizer)
+        for name in result.grads:
+            values = []
+            for sign in (1, -1):
+                meta = make_meta()
+                with torch.no_grad():
+                    meta.raw[name] += sign * 1e-5
+                values.append(estimate(make(), meta, optimizer).meta_loss)
+            fd = (values[0] - values[1]) / 2e-5
+            assert float(result.grads[name]) == pytest.approx(fd, rel=1e-5, abs=1e-12)
+
+
+def test_one_step_equals_multi_step_with_k_1():
+    optimizer = OPTIMIZERS["sgd"]()
+    inner, outer = make_inner(optimizer), OuterObjective(policy_value)
+    a = estimate(OneStep(inner, outer), make_meta(), optimizer)
+    b = estimate(MultiStep(inner, outer, 1), make_meta(), optimizer)
+    assert torch.allclose(a.vector(), b.vector(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("weights", ["uniform", [0.1, 0.0, 0.3, 0.6]])
+def test_mixed_is_the_weighted_sum_of_k_step_estimates_from_separate_unrolls(weights):
+    optimizer = OPTIMIZERS["rmsprop"]()
+    inner, outer = make_inner(optimizer), OuterObjective(policy_value, kl_cost=0.1)
+    K = 4
+    w = mixing_weights(K, weights)
+    mixed = estimate(Mixed(inner, outer, K, weights=weights), make_meta(), optimizer)
+    # k-step estimates with the same rollouts: k updates on rollouts 0..k-1, outer on rollout k.
+    combined = sum(wk * estimate(MultiStep(inner, outer, k), make_meta(), optimizer).vector()
+                   for k, wk in zip(range(1, K + 1), w))
+    assert torch.allclose(mixed.vector(), combined, rtol=1e-10, atol=1e-13)
+    assert mixed.rollouts_used == K + 1  # one unroll, not K of them
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("k, truncation", [(2, 1), (3, 1), (4, 2), (4, 3)])
+def test_truncated_multi_step_is_multi_step_over_the_last_updates(opt_name, k, truncation):
+    """Truncation to T == the (finite-difference-checked) T-step estimate after K - T plain updates."""
+    optimizer = OPTIMIZERS[opt_name]()
+    inner, outer = make_inner(optimizer), OuterObjective(policy_value, kl_cost=0.2)
+    full = estimate(MultiStep(inner, outer, k), make_meta(), optimizer).vector()
+    truncated = estimate(MultiStep(inner, outer, k, truncation=truncation), make_meta(), optimizer).vector()
+    assert not torch.allclose(full, truncated)
+    params = {k: v.requires_grad_(True) for k, v in make_params().items()}
+    state = optimizer.init(params)
+    collect = fixed_collect()
+    hp = {k: v.detach() if torch.is_tensor(v) else v for k, v in make_meta().hparams().items()}
+    for _ in range(k - truncation):
+        params, state = inner(params, state, collect(params), hp, False)
+    last = MultiStep(inner, outer, truncation).estimate(make_meta(), params, state, collect).vector()
+    assert torch.allclose(truncated, last, rtol=1e-10, atol=1e-13)
+
+
+def test_estimates_leave_the_agent_after_k_updates_detached():
+    optimizer = OPTIMIZERS["adam"]()
+    result = estimate(MultiStep(make_inner(optimizer), OuterObjective(policy_value), 3), make_meta(), optimizer)
+    assert all(p.is_leaf and p.requires_grad for p in result.params.values())
+    assert result.opt_state["count"] == 3
+    assert result.rollouts_used == 4 and len(result.outer_losses) == 1
+    assert not any(torch.equal(result.params[k], v) for k, v in make_params().items())
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters and bad input.
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_transforms_round_trip_inside_bounds(name):
+    b = KNOWN[name]
+    value = 0.37 if b.high == 1.0 else 2.5e-3
+    raw = torch.tensor(to_raw(name, value), dtype=DT)
+    assert float(from_raw(raw, b)) == pytest.approx(value, rel=1e-12)
+
+
+def test_narrowed_bounds_are_respected():
+    meta = MetaParams({"gamma": 0.95}, bounds={"gamma": (0.9, 1.0)}, dtype=DT)
+    assert float(meta.values()["gamma"].detach()) == pytest.approx(0.95)
+    with torch.no_grad():
+        meta.raw["gamma"] -= 100.0
+    assert 0.9 <= float(meta.values()["gamma"].detach()) < 0.9 + 1e-12
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: MetaParams({"gama": 0.9}), r"unknown hyperparameter 'gama'; known: \["),
+        (lambda: MetaParams({"gamma": 1.0}), r"gamma=1.0 is outside its bounds \(0, 1\)"),
+        (lambda: MetaParams({"lambda": -0.1}), r"lambda=-0.1 is outside its bounds"),
+        (lambda: MetaParams({"lr": 0.0}), r"lr=0.0 is outside its bounds \(0, inf\)"),
+        (lambda: MetaParams({"entropy_cost": float("nan")}), "entropy_cost=nan is outside"),
+        (lambda: MetaParams({"gamma": 0.5}, bounds={"gamma": (0.9, 1.0)}), r"gamma=0.5 is outside its bounds \(0.9, 1\)"),
+        (lambda: MetaParams({"gamma": 0.95}, bounds={"gamma": (0.9, 1.5)}), "bounds for gamma must satisfy"),
+        (lambda: MetaParams({"gamma": 0.95}, fixed={"gamma": 0.9}), "both learned and fixed"),
+        (lambda: MetaParams({"gamma": 0.95}, bounds={"lambda": (0.1, 0.9)}), "not learned"),
+        (lambda: MultiStep(None, None, 0), "K must be an integer >= 1, got 0"),
+        (lambda: Mixed(None, None, 2.5), "K must be an integer >= 1, got 2.5"),
+        (lambda: MultiStep(None, None, 3, truncation=4), r"truncation must be an integer in \[1, K=3\]"),
+        (lambda: mixing_weights(3, [0.5, 0.5]), "must have K=3 entries"),
+        (lambda: mixing_weights(2, [0.0, 0.0]), "positive sum"),
+        (lambda: mixing_weights(2, [1.0, -0.5]), ">= 0 with a positive sum"),
+        (lambda: mixing_weights(2, "cosine"), "must be 'uniform', 'geometric'"),
+        (lambda: mixing_weights(2, "geometric", decay=0.0), r"decay in \(0, 1\]"),
+        (lambda: Bootstrapped(None, None, target_updates=0), "target_updates"),
+        (lambda: OuterObjective(None, gamma=1.2), r"outer gamma must be in \[0, 1\]"),
+    ],
+)
+def test_bad_meta_configuration_is_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_mixing_weights_are_normalized():
+    assert mixing_weights(4) == pytest.approx([0.25] * 4)
+    geo = mixing_weights(3, "geometric", decay=0.5)
+    assert geo == pytest.approx([0.25 / 1.75, 0.5 / 1.75, 1 / 1.75])
+    assert mixing_weights(2, [1, 3]) == pytest.approx([0.25, 0.75])
