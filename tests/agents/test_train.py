@@ -275,3 +275,10 @@ def test_cli_config_file_and_resume(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["total_steps"] == 96 and summary["env"] == "snake-6x6"
     assert load_config(run / "config.json").total_steps == 96
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="device 'cuda' asked for, but torch sees no CUDA device"):
+        Trainer(tiny(tmp_path, device="cuda"))
+    assert not (tmp_path / "run").exists()
