@@ -66,23 +66,29 @@ class OptimizerConfig:
     rmsprop_decay: float = 0.99
     momentum: float = 0.0
     """SGD's momentum."""
+    eps_root: float = 0.0
+    """Adam/RMSProp: epsilon inside the square root (0: as torch.optim). Meta-gradient runs use at
+    least 1e-12, which keeps second derivatives finite where a second moment is zero."""
 
     def __post_init__(self) -> None:
         _positive("optimizer.lr", self.lr)
         if self.max_grad_norm is not None:
             _positive("optimizer.max_grad_norm", self.max_grad_norm)
         _positive("optimizer.eps", self.eps, strict=False)
+        _positive("optimizer.eps_root", self.eps_root, strict=False)
         _unit("optimizer.rmsprop_decay", self.rmsprop_decay)
         _unit("optimizer.momentum", self.momentum)
 
-    def build(self):
-        """The ``rlmeta.optim.Optimizer`` this config describes."""
+    def build(self, differentiable: bool = False):
+        """The ``rlmeta.optim.Optimizer`` this config describes (``differentiable``: eps_root >= 1e-12)."""
         from rlmeta.optim import adam, rmsprop, sgd
 
+        eps_root = max(self.eps_root, 1e-12) if differentiable else self.eps_root
         if self.name == "adam":
-            return adam(self.lr, eps=self.eps, max_grad_norm=self.max_grad_norm)
+            return adam(self.lr, eps=self.eps, eps_root=eps_root, max_grad_norm=self.max_grad_norm)
         if self.name == "rmsprop":
-            return rmsprop(self.lr, decay=self.rmsprop_decay, eps=self.eps, max_grad_norm=self.max_grad_norm)
+            return rmsprop(self.lr, decay=self.rmsprop_decay, eps=self.eps, eps_root=eps_root,
+                           max_grad_norm=self.max_grad_norm)
         return sgd(self.lr, momentum=self.momentum, max_grad_norm=self.max_grad_norm)
 
 
@@ -147,6 +153,86 @@ class VTraceConfig:
 
 
 @dataclass
+class MetaConfig:
+    """Online meta-gradient tuning of hyperparameters (``--meta.learn gamma lambda``; empty: off)."""
+
+    learn: tuple[str, ...] = ()
+    """Hyperparameters to meta-learn: gamma, lambda, policy_cost, value_cost, entropy_cost, lr, vtrace_alpha."""
+    init: dict[str, float] = field(default_factory=dict)
+    """Initial values (default: the hparams section's, and optimizer.lr for lr)."""
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Narrower intervals for sigmoid-bounded ones, e.g. ``--meta.bounds gamma 0.9 1.0``."""
+    estimator: Literal["one-step", "multi-step", "mixed", "bootstrapped"] = "one-step"
+    num_updates: int = 1
+    """K: differentiable inner updates per meta-update."""
+    truncation: int | None = None
+    """Multi-step only: keep the graph of the last T inner updates."""
+    weights: str = "uniform"
+    """Mixed only: 'uniform', 'geometric', or K comma-separated numbers."""
+    decay: float = 0.5
+    """Mixed with geometric weights: w_k proportional to decay ** (K - k)."""
+    target_updates: int = 1
+    """Bootstrapped only: L further updates that make the target."""
+    bmg_value_cost: float = 0.0
+    outer_gamma: float = 0.99
+    outer_lambda: float = 1.0
+    outer_value_cost: float = 0.0
+    outer_entropy_cost: float = 0.0
+    outer_kl_cost: float = 0.0
+    """STAC's KL from the policy before the last inner update."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    """The meta-optimizer's learning rate (on the raw, unbounded values)."""
+    max_grad_norm: float | None = 1.0
+    variance_window: int = 0
+    """Log the trace of the meta-gradient covariance over the last N meta-updates (0: off)."""
+
+    def __post_init__(self) -> None:
+        from rlmeta.hparams import check_name
+        from rlmeta.metagrad import check_num_updates, mixing_weights
+
+        self.learn = tuple(self.learn)
+        for name in self.learn:
+            check_name(name)
+        if len(set(self.learn)) != len(self.learn):
+            raise ValueError(f"meta.learn names a hyperparameter twice: {list(self.learn)}")
+        stray = sorted(set(self.init) - set(self.learn))
+        if stray:
+            raise ValueError(f"meta.init gives {stray}, which meta.learn does not learn ({list(self.learn)})")
+        check_num_updates(self.num_updates)
+        if self.estimator == "one-step" and self.num_updates != 1:
+            raise ValueError(f"the one-step estimator makes one inner update; got num_updates={self.num_updates}")
+        if self.truncation is not None and self.estimator != "multi-step":
+            raise ValueError("meta.truncation applies to the multi-step estimator only")
+        if self.estimator == "mixed":
+            mixing_weights(self.num_updates, self.mixing_weights(), self.decay)
+        if self.target_updates < 1:
+            raise ValueError(f"meta.target_updates must be >= 1, got {self.target_updates}")
+        _positive("meta.lr", self.lr)
+        if self.max_grad_norm is not None:
+            _positive("meta.max_grad_norm", self.max_grad_norm)
+        _unit("meta.outer_gamma", self.outer_gamma)
+        _unit("meta.outer_lambda", self.outer_lambda)
+        if self.variance_window < 0 or self.variance_window == 1:
+            raise ValueError(f"meta.variance_window must be 0 (off) or >= 2, got {self.variance_window}")
+
+    def mixing_weights(self) -> str | list[float]:
+        """``weights`` as mixing_weights() takes it."""
+        if self.weights in ("uniform", "geometric"):
+            return self.weights
+        try:
+            return [float(w) for w in self.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"meta.weights must be 'uniform', 'geometric' or comma-separated numbers, "
+                             f"got {self.weights!r}") from None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any hyperparameter is meta-learned."""
+        return bool(self.learn)
+
+
+@dataclass
 class TrainConfig:
     """Train an actor-critic agent. ``--config FILE`` (TOML/JSON) sets defaults; ``--resume`` continues a run."""
 
@@ -171,6 +257,7 @@ class TrainConfig:
     hparams: HParamsConfig = field(default_factory=HParamsConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     vtrace: VTraceConfig = field(default_factory=VTraceConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     normalize_advantages: bool = False
     """A2C: normalize advantages per rollout."""
     reward_scale: float = 1.0
@@ -222,11 +309,28 @@ class TrainConfig:
         if self.resume and not self.run_dir:
             raise ValueError("resume needs run_dir: the directory of the run to continue")
         _positive("reward_scale", self.reward_scale)
+        if self.meta.enabled:
+            if self.mode != "sync":
+                raise ValueError("meta-gradients run in mode='sync' for now")
+            self.meta_params()  # initial values inside their bounds, or a ValueError now
         if self.algo == "ppo" and self.num_envs * self.num_steps < self.ppo.minibatches:
             raise ValueError(f"ppo.minibatches={self.ppo.minibatches} exceeds the {self.num_envs * self.num_steps} "
                              "samples of a rollout (num_envs x num_steps)")
         if self.target_return is not None and not math.isfinite(self.target_return):
             raise ValueError(f"target_return must be a finite number, got {self.target_return!r}")
+
+
+    def meta_params(self, dtype=None, device: str = "cpu"):
+        """The :class:`~rlmeta.hparams.MetaParams` of ``meta``: learned names, the rest fixed."""
+        import torch
+
+        from rlmeta.hparams import MetaParams
+
+        base = {**self.hparams.as_dict(), "lr": self.optimizer.lr}
+        learn = {name: float(self.meta.init.get(name, base[name])) for name in self.meta.learn}
+        fixed = {k: v for k, v in self.hparams.as_dict().items() if k not in learn}
+        return MetaParams(learn, fixed=fixed, bounds=dict(self.meta.bounds), dtype=dtype or torch.float32,
+                          device=device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,13 +37,13 @@ import envs
 from agents.actor import Actor, evaluate_policy, make_policy_value
 from agents.config import TrainConfig, load_config, save_config, to_dict
 from agents.learner import update
-from agents.loops import AsyncLoop, SyncLoop
+from agents.loops import AsyncLoop, Batch, SyncLoop
 from agents.networks import ActorCritic
 from rlmeta.objectives import A2C, PPO, VTraceActorCritic
 
 CHECKPOINT_VERSION = 1
 # Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
-RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name")
+RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name", "meta.learn")
 
 
 class TrainingFailed(RuntimeError):
@@ -145,7 +145,10 @@ class Trainer:
         self.action_space = first_env.single_action_space
         self.policy_value = make_policy_value(self.net)
         self.objective = build_objective(config, self.policy_value)
-        self.optimizer = config.optimizer.build()
+        self.optimizer = config.optimizer.build(differentiable=config.meta.enabled)
+        self.meta = None
+        if config.meta.enabled:
+            self._setup_meta()
         if config.mode == "sync":
             self.loop: SyncLoop | AsyncLoop = SyncLoop(Actor(first_env, self.net, config.num_steps, str(self.device),
                                           config.reward_scale))
@@ -163,6 +166,61 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------
     # Setup.
+
+    def _setup_meta(self) -> None:
+        """Meta-parameters, estimator, outer objective and meta-optimizer from ``config.meta``."""
+        from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective
+        from rlmeta.optim import adam, sgd
+
+        m = self.config.meta
+        self.meta = self.config.meta_params(device=str(self.device))
+
+        def inner_update(params, opt_state, rollout, hparams, create_graph):
+            progress = min(1.0, self.step / self.config.total_steps)
+            new, state, _ = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
+                                   progress=progress, create_graph=create_graph, generator=self.generator)
+            return new, state
+
+        outer = OuterObjective(self.policy_value, gamma=m.outer_gamma, lambda_=m.outer_lambda,
+                               value_cost=m.outer_value_cost, entropy_cost=m.outer_entropy_cost,
+                               kl_cost=m.outer_kl_cost)
+        if m.estimator == "one-step":
+            self.estimator = OneStep(inner_update, outer)
+        elif m.estimator == "multi-step":
+            self.estimator = MultiStep(inner_update, outer, m.num_updates, truncation=m.truncation)
+        elif m.estimator == "mixed":
+            self.estimator = Mixed(inner_update, outer, m.num_updates, weights=m.mixing_weights(), decay=m.decay)
+        else:
+            self.estimator = Bootstrapped(inner_update, self.policy_value, m.num_updates, m.target_updates,
+                                          value_cost=m.bmg_value_cost)
+        self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
+        self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
+        self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
+
+    def _meta_iteration(self) -> tuple[int, list[dict[str, float]], dict[str, float]]:
+        """One meta-update: K inner updates inside the estimator, then the meta-optimizer's step."""
+        actor = self.loop.actor  # type: ignore[union-attr]
+        acting = self.hparams()
+        before = actor.steps
+        result = self.estimator.estimate(self.meta, self.params, self.opt_state,
+                                         lambda params: actor.collect(params, acting))
+        norm = result.norm()
+        if not (math.isfinite(result.meta_loss) and math.isfinite(norm)):
+            raise FloatingPointError(f"non-finite meta-gradient (meta-loss {result.meta_loss}, norm {norm})")
+        raw = {k: v.detach() for k, v in self.meta.raw.items()}
+        new_raw, self.meta_state = self.meta_optimizer.update(raw, result.grads, self.meta_state)
+        for name, value in new_raw.items():
+            self.meta.raw[name] = value.detach().requires_grad_(True)
+        self.params, self.opt_state = result.params, result.opt_state
+        self.updates += self.estimator.num_updates - 1  # the loop counts one
+        metrics = {"meta_loss": result.meta_loss, "meta_grad_norm": norm, "meta_outer_loss": result.outer_losses[-1]}
+        metrics.update({f"meta_grad_{k}": float(g) for k, g in result.grads.items()})
+        if self.config.meta.variance_window:
+            self.meta_grads.append(result.vector())
+            if len(self.meta_grads) >= 2:
+                stacked = torch.stack(list(self.meta_grads))
+                metrics["meta_grad_variance"] = float(stacked.var(dim=0).sum())
+        return actor.steps - before, actor.pop_episodes(), metrics
 
     def _prepare_run_dir(self) -> None:
         if self.run_dir.exists() and self.config.overwrite and not self.config.resume:
@@ -192,6 +250,11 @@ class Trainer:
             self.step, self.updates = ckpt["step"], ckpt["updates"]
             self.wall_seconds, self.episodes_seen = ckpt["wall_seconds"], ckpt["episodes_seen"]
             self.recent.extend(ckpt["recent"])
+            if self.meta is not None:
+                if not ckpt.get("meta"):
+                    raise ValueError("the checkpoint has no meta-parameters; resume without --meta.learn")
+                self.meta.load_state_dict({"raw": ckpt["meta"]["params"]})
+                self.meta_state = _to_device(ckpt["meta"]["opt_state"], self.device)
             self.evaluations = list(ckpt["evaluations"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             self.generator.set_state(ckpt["rng"]["minibatch"])
@@ -206,6 +269,10 @@ class Trainer:
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters of the next update (the learning rate annealed if asked)."""
         out: dict[str, Any] = self.config.hparams.as_dict()
+        if self.meta is not None:
+            out.update({k: float(v.detach()) for k, v in self.meta.values().items()})
+            if "lr" in out:
+                return out
         if self.config.optimizer.anneal_lr:
             out["lr"] = self.config.optimizer.lr * max(0.0, 1.0 - self.step / self.config.total_steps)
         return out
@@ -222,6 +289,10 @@ class Trainer:
             "opt_state": _to_device(self.opt_state, torch.device("cpu")),
             "recent": list(self.recent),
             "evaluations": self.evaluations,
+            "meta": None if self.meta is None else {
+                "params": self.meta.state_dict()["raw"],
+                "opt_state": _to_device(self.meta_state, torch.device("cpu")),
+            },
             "rng": {
                 "torch": torch.get_rng_state(),
                 "minibatch": self.generator.get_state(),
@@ -267,7 +338,10 @@ class Trainer:
                 if values:
                     w.add_scalar(f"episode/{key}", statistics.fmean(values), step)
         for key, value in metrics.items():
-            w.add_scalar(f"train/{key}" if key == "grad_norm" else f"loss/{key}", value, step)
+            if key.startswith("meta_"):
+                w.add_scalar(f"meta/{key[5:]}", value, step)
+            else:
+                w.add_scalar(f"train/{key}" if key == "grad_norm" else f"loss/{key}", value, step)
         for key, value in hparams.items():
             w.add_scalar(f"hparams/{key}", float(value), step)
         if self.config.algo == "ppo":
@@ -327,19 +401,22 @@ class Trainer:
         try:
             while self.step < c.total_steps and not self.reached:
                 tick = time.perf_counter()
-                batch = self.loop.next()
-                rollout = batch.rollout
                 try:
-                    params, opt_state, metrics = update(
-                        self.objective, self.optimizer, self.params, self.opt_state, rollout, hparams,
-                        progress=min(1.0, self.step / c.total_steps), generator=self.generator,
-                    )
+                    if self.meta is None:
+                        batch = self.loop.next()
+                        params, opt_state, metrics = update(
+                            self.objective, self.optimizer, self.params, self.opt_state, batch.rollout, hparams,
+                            progress=min(1.0, self.step / c.total_steps), generator=self.generator,
+                        )
+                        self.params, self.opt_state = params, opt_state
+                    else:
+                        steps, episodes, metrics = self._meta_iteration()
+                        batch = Batch(None, episodes, steps, 0, 0)  # type: ignore[arg-type]
                 except FloatingPointError as error:
                     raise TrainingFailed(
                         f"stopped at env step {self.step} (update {self.updates + 1}): {error}. "
                         f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
                     ) from error
-                self.params, self.opt_state = params, opt_state
                 self.updates += 1
                 self.step += batch.steps
                 self.wall_seconds = base_seconds + time.perf_counter() - started
@@ -359,7 +436,8 @@ class Trainer:
                 bar.update(min(self.step, c.total_steps) - bar.n)
                 if self.recent:
                     bar.set_postfix(ret=f"{statistics.fmean(e['return'] for e in self.recent):.3g}",
-                                    loss=f"{metrics['loss']:.3g}", refresh=False)
+                                    loss=f"{metrics.get('loss', metrics.get('meta_loss', math.nan)):.3g}",
+                                    refresh=False)
         except TrainingFailed as error:
             self.summary("failed", str(error))
             raise

@@ -282,3 +282,67 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="device 'cuda' asked for, but torch sees no CUDA device"):
         Trainer(tiny(tmp_path, device="cuda"))
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Meta-gradient runs.
+
+
+@pytest.mark.parametrize("estimator, k", [("one-step", 1), ("multi-step", 2), ("mixed", 3), ("bootstrapped", 2)])
+def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k):
+    from agents.config import MetaConfig
+
+    meta = MetaConfig(learn=("gamma", "lambda", "entropy_cost"), init={"gamma": 0.9}, estimator=estimator,
+                      num_updates=k, lr=0.05, variance_window=3)
+    config = tiny(tmp_path, meta=meta, total_steps=32 * (k + 1) * 6, checkpoint_interval=0)  # K + 1 rollouts each
+    summary = train(config)
+    run = tmp_path / "run"
+    gammas = [v for _, v in scalars(run, "hparams/gamma")]
+    assert gammas[0] == pytest.approx(0.9, abs=1e-6)
+    assert len(set(round(g, 7) for g in gammas)) > 1  # the meta-optimizer moved it
+    assert all(0 < g < 1 for g in gammas)
+    for tag in ("meta/grad_norm", "meta/loss", "meta/grad_gamma", "meta/grad_lambda", "hparams/entropy_cost"):
+        assert len(scalars(run, tag)) == 6, tag
+    assert len(scalars(run, "meta/grad_variance")) == 5  # from the second meta-update on
+    ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert set(ckpt["meta"]["params"]) == {"gamma", "lambda", "entropy_cost"}
+    assert summary["updates"] == 6 * k  # inner updates
+
+
+def test_meta_run_resumes_its_meta_parameters(tmp_path):
+    from agents.config import MetaConfig
+
+    config = tiny(tmp_path, meta=MetaConfig(learn=("gamma",), lr=0.1), total_steps=64 * 4, checkpoint_interval=0)
+    train(config)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["meta"]["params"]["gamma"]
+    resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 64 * 6}))
+    assert torch.equal(resumed.meta.raw["gamma"].detach(), saved)
+    assert resumed.meta_state["count"] == 4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--meta.learn", "gama"], "unknown hyperparameter 'gama'"),
+        (["--meta.learn", "gamma", "--meta.estimator", "multi-step", "--meta.num-updates", "0"],
+         "K must be an integer >= 1, got 0"),
+        (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.num-updates", "3", "--meta.weights", "1,2"],
+         "must have K=3 entries"),
+        (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.num-updates", "2", "--meta.weights", "0,0"],
+         "positive sum"),
+        (["--meta.learn", "gamma", "--meta.init", "gamma", "1.2"], r"gamma=1.2 is outside its bounds \(0, 1\)"),
+        (["--meta.learn", "lr", "--meta.init", "lr", "-1"], r"lr=-1.0 is outside its bounds"),
+        (["--meta.learn", "gamma", "--meta.init", "lambda", "0.5"], "meta.learn does not learn"),
+        (["--meta.learn", "gamma", "--algo", "vtrace", "--mode", "async"], "mode='sync'"),
+    ],
+)
+def test_bad_meta_options_stop_before_anything_is_built(tmp_path, capsys, flags, message):
+    import re
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--run-dir", str(run), *flags])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro wraps its messages in a box
+    assert re.search(message, err), err
+    assert not run.exists()
