@@ -35,7 +35,7 @@ import torch
 
 import envs
 from agents.actor import Actor, evaluate_policy, make_policy_value
-from agents.config import TrainConfig, load_config, save_config, to_dict
+from agents.config import MetaConfig, TrainConfig, load_config, save_config, to_dict
 from agents.learner import update
 from agents.loops import AsyncLoop, Batch, SyncLoop
 from agents.networks import ActorCritic
@@ -64,6 +64,27 @@ def build_objective(config: TrainConfig, policy_value: Any) -> Any:
         v = config.vtrace
         return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar)
     return A2C(policy_value, normalize_advantages=config.normalize_advantages)
+
+
+def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimator: str | None = None,
+                    num_updates: int | None = None) -> Any:
+    """The meta-gradient estimator ``m`` describes (``estimator``/``num_updates`` override its own)."""
+    from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective
+
+    name = estimator or m.estimator
+    k = num_updates or m.num_updates
+    outer = OuterObjective(policy_value, gamma=m.outer_gamma, lambda_=m.outer_lambda, value_cost=m.outer_value_cost,
+                           entropy_cost=m.outer_entropy_cost, kl_cost=m.outer_kl_cost)
+    if name == "one-step":
+        return OneStep(inner_update, outer)
+    if name == "multi-step":
+        return MultiStep(inner_update, outer, k, truncation=m.truncation if m.truncation and m.truncation <= k else None)
+    if name == "mixed":
+        weights = m.mixing_weights()
+        return Mixed(inner_update, outer, k, weights=weights if isinstance(weights, str) else weights, decay=m.decay)
+    if name == "bootstrapped":
+        return Bootstrapped(inner_update, policy_value, k, m.target_updates, value_cost=m.bmg_value_cost)
+    raise ValueError(f"estimator must be one of ['bootstrapped', 'mixed', 'multi-step', 'one-step'], got {name!r}")
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -169,7 +190,6 @@ class Trainer:
 
     def _setup_meta(self) -> None:
         """Meta-parameters, estimator, outer objective and meta-optimizer from ``config.meta``."""
-        from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective
         from rlmeta.optim import adam, sgd
 
         m = self.config.meta
@@ -181,18 +201,7 @@ class Trainer:
                                    progress=progress, create_graph=create_graph, generator=self.generator)
             return new, state
 
-        outer = OuterObjective(self.policy_value, gamma=m.outer_gamma, lambda_=m.outer_lambda,
-                               value_cost=m.outer_value_cost, entropy_cost=m.outer_entropy_cost,
-                               kl_cost=m.outer_kl_cost)
-        if m.estimator == "one-step":
-            self.estimator = OneStep(inner_update, outer)
-        elif m.estimator == "multi-step":
-            self.estimator = MultiStep(inner_update, outer, m.num_updates, truncation=m.truncation)
-        elif m.estimator == "mixed":
-            self.estimator = Mixed(inner_update, outer, m.num_updates, weights=m.mixing_weights(), decay=m.decay)
-        else:
-            self.estimator = Bootstrapped(inner_update, self.policy_value, m.num_updates, m.target_updates,
-                                          value_cost=m.bmg_value_cost)
+        self.estimator = build_estimator(m, inner_update, self.policy_value)
         self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
         self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
         self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))

@@ -10,6 +10,7 @@ import tyro
 
 from agents.bench_train import BenchTrainConfig
 from agents.config import TrainConfig
+from agents.variance import VarianceConfig
 from envs.bench import BenchEnvsConfig
 
 
@@ -124,11 +125,25 @@ class BenchTrain(BenchTrainConfig):
         run(self)
 
 
+@dataclass
+class Variance(VarianceConfig):
+    """Meta-gradient variance study from a run's checkpoints: variance, cosine to a reference, SNR."""
+
+    def run(self) -> None:
+        from agents.variance import run
+
+        try:
+            run(self)
+        except ValueError as error:  # no checkpoints, results already there, ...
+            raise SystemExit(f"rlmeta variance: error: {error}") from None
+
+
 Command = Union[
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[ListEnvs, tyro.conf.subcommand("envs")],
     Annotated[BenchEnvs, tyro.conf.subcommand("bench-envs")],
     Annotated[BenchTrain, tyro.conf.subcommand("bench-train")],
+    Annotated[Variance, tyro.conf.subcommand("variance")],
 ]
 
 

@@ -1,0 +1,67 @@
+"""The variance study end to end on a tiny Snake run, and its statistics on known samples."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from agents.config import NetworkConfig, TrainConfig
+from agents.train import train
+from agents.variance import VarianceConfig, run, statistics_of
+from rlmeta.cli import main
+
+
+def test_statistics_of_known_samples():
+    samples = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 2.0], [2.0, -2.0]], dtype=torch.float64)
+    stats = statistics_of(samples, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # mean (2, 0); unbiased variances 2/3 and 8/3
+    assert stats["variance"] == pytest.approx(2 / 3 + 8 / 3)
+    assert stats["variance_0"] == pytest.approx(2 / 3) and stats["variance_1"] == pytest.approx(8 / 3)
+    assert stats["cosine_mean"] == pytest.approx(1.0)
+    assert stats["cosine_samples"] == pytest.approx((1 + 1 + 2 / 8**0.5 + 2 / 8**0.5) / 4)
+    assert stats["snr"] == pytest.approx(4 / (10 / 3))
+
+
+def test_variance_study_writes_csv_plots_tensorboard_and_summary(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(TrainConfig(env="snake-6x6", algo="a2c", num_envs=8, num_steps=8, total_steps=64 * 3, checkpoint_interval=64,
+                      run_dir=str(run_dir), progress=False, eval_episodes=2,
+                      network=NetworkConfig(hidden=(16,), conv_channels=(4,), activation="relu")))
+    result = run(VarianceConfig(run_dir=str(run_dir), ks=(1, 2), samples=3, reference_samples=2))
+    out = run_dir / "variance"
+    rows = list(csv.DictReader(open(out / "variance.csv")))
+    assert len(rows) == 3 * 2 * 2  # checkpoints x estimators x K
+    assert {r["estimator"] for r in rows} == {"multi-step", "mixed"}
+    assert {int(r["step"]) for r in rows} == {64, 128, 192}
+    assert all(float(r["variance"]) >= 0 and -1 <= float(r["cosine_mean"]) <= 1 for r in rows)
+    assert {"variance_gamma", "variance_lambda"} <= set(rows[0])
+    for name in ("variance.png", "cosine_mean.png", "summary.md", "config.json"):
+        assert (out / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    summary = (out / "summary.md").read_text()
+    assert "Multi-step variance grows with K" in summary and result["summary"] == summary
+    assert json.loads((out / "config.json").read_text())["reference_k"] == 4
+    # Results are never overwritten silently.
+    with pytest.raises(SystemExit, match="already has results"):
+        main(["variance", "--run-dir", str(run_dir)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(estimators=("multi-stp",)), "estimators must be some of"),
+        (dict(ks=(0,)), "K must be an integer >= 1, got 0"),
+        (dict(samples=1), "samples and reference_samples must be >= 2"),
+        (dict(learn=("gama",)), "unknown hyperparameter 'gama'"),
+    ],
+)
+def test_bad_variance_config(tmp_path, kwargs, message):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=message):
+        VarianceConfig(run_dir=str(tmp_path), **kwargs)
+
+
+def test_variance_needs_a_run_directory(tmp_path):
+    with pytest.raises(ValueError, match="is not a run directory"):
+        VarianceConfig(run_dir=str(tmp_path / "nothing"))
