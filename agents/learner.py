@@ -21,10 +21,12 @@ def gradient_step(
 ) -> tuple[dict, dict, dict[str, float]]:
     """One optimizer step on ``objective(params, data, hparams, progress)``."""
     keys = list(params)
-    if create_graph:
-        # Differentiate the loss in an alias of the parameters only: whatever the objective holds
-        # fixed (targets, computed from `params` itself) stays out of this gradient but remains a
-        # function of `params`, so derivatives through the update are exact.
+    if create_graph and any(v.grad_fn is not None for v in params.values()):
+        # The parameters depend on something (earlier differentiable updates): differentiate the
+        # loss in an alias of them only, so whatever the objective holds fixed (targets, computed
+        # from `params` itself) stays out of this gradient but remains a function of `params`,
+        # and derivatives through the update are exact. Parameters that are plain leaves (the
+        # first update of an unroll) need no second evaluation: nothing upstream can see it.
         alias = {k: v.view_as(v) for k, v in params.items()}
         if getattr(objective, "supports_target_params", False):
             loss, metrics = objective(alias, data, hparams, progress, target_params=params)
@@ -33,7 +35,7 @@ def gradient_step(
         grads = torch.autograd.grad(loss, [alias[k] for k in keys], create_graph=True)
     else:
         loss, metrics = objective(params, data, hparams, progress)
-        grads = torch.autograd.grad(loss, [params[k] for k in keys])
+        grads = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph)
     grads = dict(zip(keys, grads))
     grad_norm = global_norm(grads)
     loss_value, norm_value = float(loss.detach()), float(grad_norm.detach())
@@ -57,7 +59,8 @@ def update(
     """The learner's update on one rollout: one step, or PPO's epochs x minibatches of steps."""
     if not hasattr(objective, "prepare"):
         return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, create_graph)
-    batch = objective.prepare(params, rollout, hparams, keep_graph=create_graph)
+    keep_graph = create_graph and any(v.grad_fn is not None for v in params.values())
+    batch = objective.prepare(params, rollout, hparams, keep_graph=keep_graph)
     size = next(iter(batch.values())).shape[0]
     if size < objective.minibatches:
         raise ValueError(f"a rollout of {size} samples cannot make {objective.minibatches} minibatches; "
