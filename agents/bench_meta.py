@@ -65,7 +65,6 @@ Run directories go to a temporary directory that is removed at the end.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import statistics
@@ -718,19 +717,10 @@ def run(cfg: BenchMetaConfig) -> dict[str, Any]:
     print()
     print(format_report(cfg, out))
     if cfg.json_out:
-        with open(cfg.json_out, "w") as f:
-            json.dump(_finite(out), f, indent=2)
+        from agents.bench_train import write_json
+
+        write_json(out, cfg.json_out)
     return out
-
-
-def _finite(tree: Any) -> Any:
-    if isinstance(tree, float):
-        return tree if math.isfinite(tree) else None
-    if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_finite(v) for v in tree]
-    return tree
 
 
 def _verdict(passed: bool | None) -> str:

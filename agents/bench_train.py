@@ -372,9 +372,14 @@ def run(cfg: BenchTrainConfig) -> dict[str, Any]:
            "runs": {c: [asdict(r) for r in rs] for c, rs in results.items()},
            "summaries": {c: asdict(s) for c, s in summaries.items()}, "check": check, "snake": snake}
     if cfg.json_out:
-        with open(cfg.json_out, "w") as f:
-            json.dump(_finite(out), f, indent=2)
+        write_json(out, cfg.json_out)
     return out
+
+
+def write_json(results: Any, path: str) -> None:
+    """Write benchmark results as standard JSON (non-finite floats, e.g. unreached medians, as null)."""
+    with open(path, "w") as f:
+        json.dump(_finite(results), f, indent=2)
 
 
 def _finite(tree: Any) -> Any:
