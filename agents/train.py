@@ -205,6 +205,7 @@ class Trainer:
         self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
         self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
         self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
+        self._next_rollout = None
 
     def _meta_iteration(self) -> tuple[int, list[dict[str, float]], dict[str, float]]:
         """One meta-update: K inner updates inside the estimator, then the meta-optimizer's step."""
@@ -212,7 +213,10 @@ class Trainer:
         acting = self.hparams()
         before = actor.steps
         result = self.estimator.estimate(self.meta, self.params, self.opt_state,
-                                         lambda params: actor.collect(params, acting))
+                                         lambda params: actor.collect(params, acting), self._next_rollout)
+        # The outer loss's fresh rollout was collected with the new parameters: it is the next
+        # iteration's first inner rollout (Xu et al. 2018), so each env step is learned from.
+        self._next_rollout = result.next_rollout
         norm = result.norm()
         if not (math.isfinite(result.meta_loss) and math.isfinite(norm)):
             raise FloatingPointError(f"non-finite meta-gradient (meta-loss {result.meta_loss}, norm {norm})")

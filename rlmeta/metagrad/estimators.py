@@ -47,7 +47,8 @@ class MetaGradient:
     opt_state: Any  # the inner optimizer's state after them (detached)
     meta_loss: float
     outer_losses: list[float] = field(default_factory=list)  # L_1..L_K where computed
-    rollouts_used: int = 0
+    rollouts_used: int = 0  # rollouts collected (a reused first rollout not counted)
+    next_rollout: Any = None  # the fresh rollout of L_K, collected with ``params``: reusable as the next rollout 0
 
     def norm(self) -> float:
         """Global norm of the meta-gradient."""
@@ -121,8 +122,13 @@ class Estimator:
         """How many of the last inner updates keep their graph."""
         return self.num_updates
 
-    def estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect) -> MetaGradient:
-        """Unroll K inner updates from ``params`` and differentiate the meta-loss w.r.t. ``meta.raw``."""
+    def estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect,
+                 first_rollout: Any = None) -> MetaGradient:
+        """Unroll K inner updates from ``params`` and differentiate the meta-loss w.r.t. ``meta.raw``.
+
+        ``first_rollout``: rollout 0, if the caller has one collected with ``params`` already (the
+        previous estimate's ``next_rollout``, as Xu et al. 2018 reuse it); otherwise collected.
+        """
         hparams = meta.hparams()
         weights = self.weights()
         keep_from = self.num_updates - self.truncation()
@@ -130,9 +136,13 @@ class Estimator:
         outer_losses: list[float] = []
         used = 0
         params, previous = _leaves(params), None
+        self._last_fresh = None
         for k in range(self.num_updates):
-            rollout = collect(_detach(params))
-            used += 1
+            if k == 0 and first_rollout is not None:
+                rollout = first_rollout
+            else:
+                rollout = collect(_detach(params))
+                used += 1
             if k > 0 and weights[k - 1]:
                 loss = self.outer_loss(params, rollout, previous)
                 outer_losses.append(float(loss.detach()))
@@ -149,11 +159,13 @@ class Estimator:
         names = meta.names
         grads = torch.autograd.grad(meta_loss, [meta.raw[n] for n in names], allow_unused=True)
         grads = {n: torch.zeros_like(meta.raw[n]) if g is None else g for n, g in zip(names, grads)}
-        return MetaGradient(grads, _leaves(params), _detach(opt_state), float(meta_loss.detach()), outer_losses, used)
+        return MetaGradient(grads, _leaves(params), _detach(opt_state), float(meta_loss.detach()), outer_losses, used,
+                            self._last_fresh)
 
     def final_loss(self, params: dict, opt_state: Any, previous: dict | None, collect: Collect, used: int):
         """``L_K``: the outer loss on a fresh rollout after the K-th update."""
         rollout = collect(_detach(params))
+        self._last_fresh = rollout
         return self.outer_loss(params, rollout, previous), used + 1
 
 
@@ -220,9 +232,10 @@ class Bootstrapped(Estimator):
         self.target_hparams = target_hparams
         self._current_hparams: dict = {}
 
-    def estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect) -> MetaGradient:
+    def estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect,
+                 first_rollout: Any = None) -> MetaGradient:
         self._current_hparams = _detach(meta.hparams())
-        return super().estimate(meta, params, opt_state, collect)
+        return super().estimate(meta, params, opt_state, collect, first_rollout)
 
     def final_loss(self, params: dict, opt_state: Any, previous: dict | None, collect: Collect, used: int):
         """``KL(pi_target || pi_K)`` (+ value term) after L non-differentiated target updates."""

@@ -301,23 +301,29 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
     assert gammas[0] == pytest.approx(0.9, abs=1e-6)
     assert len(set(round(g, 7) for g in gammas)) > 1  # the meta-optimizer moved it
     assert all(0 < g < 1 for g in gammas)
+    # K + 1 rollouts for the first meta-update; then the outer loss's fresh rollout is reused as
+    # the next first inner rollout (K per meta-update), except for BMG, whose last rollouts
+    # come from the target's parameters.
+    per = k + 1 if estimator == "bootstrapped" else k
+    meta_updates = 1 + -(-(6 * (k + 1) - (k + 1)) // per)  # the loop runs until total_steps is reached
     for tag in ("meta/grad_norm", "meta/loss", "meta/grad_gamma", "meta/grad_lambda", "hparams/entropy_cost"):
-        assert len(scalars(run, tag)) == 6, tag
-    assert len(scalars(run, "meta/grad_variance")) == 5  # from the second meta-update on
+        assert len(scalars(run, tag)) == meta_updates, tag
+    assert len(scalars(run, "meta/grad_variance")) == meta_updates - 1  # from the second meta-update on
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert set(ckpt["meta"]["params"]) == {"gamma", "lambda", "entropy_cost"}
-    assert summary["updates"] == 6 * k  # inner updates
+    assert summary["updates"] == meta_updates * k  # inner updates
+    assert summary["total_steps"] >= 32 * (k + 1) * 6
 
 
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
     from agents.config import MetaConfig
 
     config = tiny(tmp_path, meta=MetaConfig(learn=("gamma",), lr=0.1), total_steps=64 * 4, checkpoint_interval=0)
-    train(config)
+    summary = train(config)
     saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["meta"]["params"]["gamma"]
     resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 64 * 6}))
     assert torch.equal(resumed.meta.raw["gamma"].detach(), saved)
-    assert resumed.meta_state["count"] == 4
+    assert resumed.meta_state["count"] == summary["updates"] == 7  # K=1: 64 steps, then 32 per meta-update
 
 
 @pytest.mark.parametrize(

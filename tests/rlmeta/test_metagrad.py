@@ -234,6 +234,20 @@ def test_truncated_multi_step_is_multi_step_over_the_last_updates(opt_name, k, t
     assert torch.allclose(truncated, last, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_reused_first_rollout_replaces_collecting_it(k):
+    optimizer = OPTIMIZERS["rmsprop"]()
+    inner, outer = make_inner(optimizer), OuterObjective(policy_value)
+    collected = estimate(MultiStep(inner, outer, k), make_meta(), optimizer)
+    params = make_params()
+    rest = iter(ROLLOUTS[1:])
+    reused = MultiStep(inner, outer, k).estimate(make_meta(), params, optimizer.init(params), lambda p: next(rest),
+                                                 first_rollout=ROLLOUTS[0])
+    assert torch.equal(collected.vector(), reused.vector())
+    assert (collected.rollouts_used, reused.rollouts_used) == (k + 1, k)
+    assert reused.next_rollout is ROLLOUTS[k]  # the outer loss's fresh rollout, for the next estimate
+
+
 def test_estimates_leave_the_agent_after_k_updates_detached():
     optimizer = OPTIMIZERS["adam"]()
     result = estimate(MultiStep(make_inner(optimizer), OuterObjective(policy_value), 3), make_meta(), optimizer)
