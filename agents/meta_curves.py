@@ -1,0 +1,144 @@
+"""Learning curves on Snake 6x6: fixed discounts against meta-gradient tuning of gamma and lambda.
+
+Variants, each trained from ``configs/snake6_a2c.toml`` for ``total_steps`` with ``seeds`` seeds:
+
+* ``gamma=0.8`` and ``gamma=0.99``: A2C with a fixed discount;
+* ``one-step``, ``multi-step K=4``, ``mixed K=4``: the same A2C with gamma and lambda meta-learned
+  online (outer gamma 0.99, lambda 1; Adam meta-optimizer at ``meta_lr`` on the raw values).
+
+Every run reuses the outer loss's rollout for the next inner update, so all variants learn from
+the same number of env steps. Reported: the final evaluation (20 sampled episodes) mean and std
+over seeds, the mean training return over the last 100 episodes, the final gamma and lambda,
+and a PNG of the training curves (mean over seeds).
+
+    python scripts/meta_curves.py --seeds 3 --total-steps 300000
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "snake6_a2c.toml"
+VARIANTS = ("gamma=0.8", "gamma=0.99", "one-step", "multi-step K=4", "mixed K=4")
+
+
+@dataclass
+class MetaCurvesConfig:
+    """What to run; the defaults take about half an hour on 2 cores."""
+
+    seeds: int = 3
+    total_steps: int = 300_000
+    variants: tuple[str, ...] = VARIANTS
+    meta_lr: float = 0.02
+    out_dir: str | None = None
+    """Keep run directories, the plot and results.json here (default: a temporary directory; the plot
+    and JSON are then written to the current directory as meta_curves.*)."""
+
+    def __post_init__(self) -> None:
+        self.variants = tuple(self.variants)
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be some of {list(VARIANTS)}, got {list(self.variants)}")
+        if self.seeds < 1 or self.total_steps < 1:
+            raise ValueError(f"seeds and total_steps must be >= 1, got {self.seeds} and {self.total_steps}")
+        if not self.meta_lr > 0:
+            raise ValueError(f"meta_lr must be > 0, got {self.meta_lr}")
+
+
+def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
+    """The TrainConfig of one variant and seed."""
+    from agents.config import HParamsConfig, MetaConfig, TrainConfig, load_config
+
+    base = load_config(CONFIG)
+    fields = {**base.__dict__, "seed": seed, "total_steps": cfg.total_steps, "run_dir": str(run_dir),
+              "progress": False, "checkpoint_interval": 0, "eval_interval": 0}
+    if name.startswith("gamma="):
+        fields["hparams"] = HParamsConfig(**{**base.hparams.__dict__, "gamma": float(name.split("=")[1])})
+        return TrainConfig(**fields)
+    estimator, _, k = name.partition(" K=")
+    fields["meta"] = MetaConfig(learn=("gamma", "lambda"), estimator=estimator, num_updates=int(k or 1),
+                                lr=cfg.meta_lr)
+    return TrainConfig(**fields)
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = ("episode/return", "hparams/gamma", "hparams/lambda")
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags}
+
+
+def run(cfg: MetaCurvesConfig) -> dict[str, Any]:
+    """Train every variant and seed; print the table; write the plot and results.json."""
+    from agents.train import train
+
+    keep = Path(cfg.out_dir) if cfg.out_dir else None
+    root = keep or Path(tempfile.mkdtemp(prefix="rlmeta-meta-curves-"))
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
+    for seed in range(cfg.seeds):
+        for name in cfg.variants:
+            run_dir = root / f"{name.replace(' ', '_').replace('=', '')}-s{seed}"
+            started = time.perf_counter()
+            summary = train(variant_config(name, seed, cfg, run_dir))
+            scalars = _scalars(run_dir)
+            record = {"seed": seed, "eval_mean": summary["eval"]["return_mean"],
+                      "train_last_100": summary["train_return_mean_last_100"],
+                      "seconds": time.perf_counter() - started, "curve": scalars["episode/return"],
+                      "final_gamma": scalars["hparams/gamma"][-1][1], "final_lambda": scalars["hparams/lambda"][-1][1]}
+            results[name].append(record)
+            print(f"{name:<15} seed {seed}: eval {record['eval_mean']:.2f}, train(last 100) "
+                  f"{record['train_last_100']:.2f}, gamma {record['final_gamma']:.3f}, lambda "
+                  f"{record['final_lambda']:.3f}, {record['seconds']:.0f} s", flush=True)
+    table = format_table(results)
+    print(table)
+    out = keep or Path.cwd()
+    _plot(results, out / "meta_curves.png")
+    (out / "meta_curves.json").write_text(json.dumps(
+        {"config": cfg.__dict__ | {"variants": list(cfg.variants)}, "results": results}, indent=1) + "\n")
+    return {"results": results, "table": table}
+
+
+def format_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: final evaluation and training return, mean +- std over seeds, final gamma/lambda."""
+
+    def ms(values: list[float]) -> str:
+        return f"{statistics.fmean(values):.2f} +- {statistics.pstdev(values):.2f}"
+
+    lines = ["| variant | eval return (20 ep.) | train return (last 100 ep.) | final gamma | final lambda |",
+             "|---|---:|---:|---:|---:|"]
+    for name, records in results.items():
+        lines.append(f"| {name} | {ms([r['eval_mean'] for r in records])} | "
+                     f"{ms([r['train_last_100'] for r in records])} | "
+                     f"{statistics.fmean(r['final_gamma'] for r in records):.3f} | "
+                     f"{statistics.fmean(r['final_lambda'] for r in records):.3f} |")
+    return "\n".join(lines)
+
+
+def _plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, records in results.items():
+        end = min(r["curve"][-1][0] for r in records if r["curve"])
+        grid = np.linspace(0, end, 60)
+        curves = [np.interp(grid, [s for s, _ in r["curve"]], [v for _, v in r["curve"]]) for r in records if r["curve"]]
+        ax.plot(grid, np.mean(curves, axis=0), label=name)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return (fruits)")
+    ax.set_title("Snake 6x6, A2C: fixed gamma vs meta-gradient tuning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
