@@ -197,6 +197,8 @@ class Trainer:
 
         def inner_update(params, opt_state, rollout, hparams, create_graph):
             progress = min(1.0, self.step / self.config.total_steps)
+            if self.config.optimizer.anneal_lr and "lr" not in hparams:
+                hparams = {**hparams, "lr": self.config.optimizer.lr * (1.0 - progress)}
             new, state, _ = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
                                    progress=progress, create_graph=create_graph, generator=self.generator)
             return new, state
