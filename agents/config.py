@@ -43,6 +43,14 @@ class NetworkConfig:
     shared_torso: bool = False
     """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
 
+    def build(self, observation_space: Any, action_space: Any):
+        """The ``agents.networks.ActorCritic`` this config describes, for these spaces."""
+        from agents.networks import ActorCritic
+
+        return ActorCritic(observation_space, action_space, hidden=self.hidden, conv_channels=self.conv_channels,
+                           activation=self.activation, init_log_std=self.init_log_std,
+                           shared_torso=self.shared_torso)
+
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)
         if not self.hidden or any(h < 1 for h in self.hidden):

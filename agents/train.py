@@ -38,7 +38,6 @@ from agents.actor import Actor, evaluate_policy, make_policy_value
 from agents.config import MetaConfig, TrainConfig, load_config, save_config, to_dict
 from agents.learner import update
 from agents.loops import AsyncLoop, Batch, SyncLoop
-from agents.networks import ActorCritic
 from rlmeta.objectives import A2C, PPO, VTraceActorCritic
 
 CHECKPOINT_VERSION = 1
@@ -156,11 +155,8 @@ class Trainer:
         env_seed = config.seed + start
         make_env = lambda seed: envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)  # noqa: E731
         first_env = make_env(env_seed)  # validates the id and options before anything is written
-        self.net = ActorCritic(
-            first_env.single_observation_space, first_env.single_action_space, hidden=config.network.hidden,
-            conv_channels=config.network.conv_channels, activation=config.network.activation,
-            init_log_std=config.network.init_log_std, shared_torso=config.network.shared_torso,
-        ).to(self.device)
+        self.net = config.network.build(first_env.single_observation_space,
+                                        first_env.single_action_space).to(self.device)
         self.has_success = bool(getattr(first_env, "has_success", False))
         self.observation_space = first_env.single_observation_space
         self.action_space = first_env.single_action_space
@@ -261,7 +257,7 @@ class Trainer:
             got = {k: tuple(v.shape) for k, v in self.params.items()}
             if expected != got:
                 raise ValueError("the checkpoint's parameters do not fit this network (was the config changed?)")
-            self.opt_state = _to_device(ckpt["opt_state"], self.device)
+            self.opt_state = to_device(ckpt["opt_state"], self.device)
             self.step, self.updates = ckpt["step"], ckpt["updates"]
             self.wall_seconds, self.episodes_seen = ckpt["wall_seconds"], ckpt["episodes_seen"]
             self.recent.extend(ckpt["recent"])
@@ -269,7 +265,7 @@ class Trainer:
                 if not ckpt.get("meta"):
                     raise ValueError("the checkpoint has no meta-parameters; resume without --meta.learn")
                 self.meta.load_state_dict({"raw": ckpt["meta"]["params"]})
-                self.meta_state = _to_device(ckpt["meta"]["opt_state"], self.device)
+                self.meta_state = to_device(ckpt["meta"]["opt_state"], self.device)
             self.evaluations = list(ckpt["evaluations"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             self.generator.set_state(ckpt["rng"]["minibatch"])
@@ -301,12 +297,12 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "episodes_seen": self.episodes_seen,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "opt_state": _to_device(self.opt_state, torch.device("cpu")),
+            "opt_state": to_device(self.opt_state, torch.device("cpu")),
             "recent": list(self.recent),
             "evaluations": self.evaluations,
             "meta": None if self.meta is None else {
                 "params": self.meta.state_dict()["raw"],
-                "opt_state": _to_device(self.meta_state, torch.device("cpu")),
+                "opt_state": to_device(self.meta_state, torch.device("cpu")),
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -478,11 +474,12 @@ def _next_multiple(step: int, interval: int) -> int:
     return (step // interval + 1) * interval if interval else math.inf  # type: ignore[return-value]
 
 
-def _to_device(tree: Any, device: torch.device) -> Any:
+def to_device(tree: Any, device: torch.device) -> Any:
+    """``tree`` (nested dicts of tensors and plain values) with its tensors detached and on ``device``."""
     if isinstance(tree, torch.Tensor):
         return tree.detach().to(device)
     if isinstance(tree, dict):
-        return {k: _to_device(v, device) for k, v in tree.items()}
+        return {k: to_device(v, device) for k, v in tree.items()}
     return tree
 
 

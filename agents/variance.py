@@ -115,16 +115,12 @@ class Sampler:
         import envs
         from agents.actor import Actor, make_policy_value
         from agents.learner import update
-        from agents.networks import ActorCritic
-        from agents.train import build_objective
+        from agents.train import build_objective, to_device
         from rlmeta.hparams import MetaParams
 
         self.config = config
         env = envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)
-        self.net = ActorCritic(env.single_observation_space, env.single_action_space, hidden=config.network.hidden,
-                               conv_channels=config.network.conv_channels, activation=config.network.activation,
-                               init_log_std=config.network.init_log_std,
-                               shared_torso=config.network.shared_torso).to(device)
+        self.net = config.network.build(env.single_observation_space, env.single_action_space).to(device)
         self.actor = Actor(env, self.net, config.num_steps, device, config.reward_scale)
         self.policy_value = make_policy_value(self.net)
         objective = build_objective(config, self.policy_value)
@@ -132,9 +128,7 @@ class Sampler:
         ckpt = torch.load(checkpoint, map_location=device, weights_only=True)
         self.step = int(ckpt["step"])
         self.params = {k: v.to(device) for k, v in ckpt["params"].items()}
-        from agents.train import _to_device
-
-        self.opt_state = _to_device(ckpt["opt_state"], torch.device(device))
+        self.opt_state = to_device(ckpt["opt_state"], torch.device(device))
         base = {**config.hparams.as_dict(), "lr": config.optimizer.lr}
         if ckpt.get("meta"):  # the run meta-learned: study it at its current values
             raw_values = config.meta_params()
