@@ -11,14 +11,14 @@ rollout, CNN ``conv_channels`` + MLP ``hidden``, ``activation``; Adam 1e-3 clipp
 0.99, lambda 0.95, entropy 0.01, as ``configs/snake6_a2c.toml``): plain, and with
 ``--meta.learn gamma lambda --meta.estimator one-step`` (outer gamma 0.99, lambda 1, Adam
 meta-optimizer). Each run does ``warmup + iterations`` iterations of ``Trainer.run``; an iteration
-is plain: one rollout + one update; meta: the estimator's ``estimate`` (two rollouts: one for the
-differentiable inner update, a fresh one for the outer loss) + the meta-optimizer's step. Both
-include what the loop does around them (logging). The end of each iteration is marked where the
-loop publishes the new parameters; the time per iteration is the median over the ``iterations``
-after the first ``warmup`` ones. The runs alternate plain/meta for ``rounds`` rounds (fresh
-trainers each) and their iterations are pooled. Reported: meta / plain per iteration (= per
-inner update, the headline, goal <= ``max_overhead``) and per env step (a meta iteration consumes
-two rollouts), and the time spent collecting rollouts vs learning.
+is plain: one rollout + one update; meta: the estimator's ``estimate`` (one differentiable inner
+update, the outer loss on a fresh rollout; that rollout is the next iteration's inner one, as Xu et
+al. 2018 reuse it, so each iteration collects one rollout after the first) + the meta-optimizer's
+step. Both include what the loop does around them (logging). The end of each iteration is marked
+where the loop publishes the new parameters; the time per iteration is the median over the
+``iterations`` after the first ``warmup`` ones. The runs alternate plain/meta for ``rounds`` rounds
+(fresh trainers each) and their iterations are pooled. Reported: meta / plain per iteration (= per
+inner update = per env step; the headline, goal <= ``max_overhead``), and the time spent collecting rollouts vs learning.
 
 **(b) Ours vs TorchOpt vs higher on one meta-update.** Fixed data: ``K + 1`` rollouts collected
 once from ``env`` with the initial network, then ``optimizer_warmup`` plain RMSProp steps (with
@@ -249,9 +249,13 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def _train_config(cfg: BenchMetaConfig, run_dir: Path, meta: bool, iterations: int):
     from agents.config import HParamsConfig, MetaConfig, NetworkConfig, OptimizerConfig, TrainConfig
 
-    per_iteration = cfg.num_envs * cfg.num_steps * (2 if meta else 1)  # one-step meta: two rollouts
+    batch = cfg.num_envs * cfg.num_steps
+    # Plain: one rollout per iteration. One-step meta: the first iteration collects two (the inner
+    # update's and the outer loss's fresh one); every later one reuses the previous outer rollout
+    # as its inner one and collects one.
+    total_steps = batch * (iterations + 1 if meta else iterations)
     return TrainConfig(
-        env=cfg.env, num_envs=cfg.num_envs, num_steps=cfg.num_steps, algo="a2c", total_steps=per_iteration * iterations,
+        env=cfg.env, num_envs=cfg.num_envs, num_steps=cfg.num_steps, algo="a2c", total_steps=total_steps,
         network=NetworkConfig(hidden=cfg.hidden, conv_channels=cfg.conv_channels, activation=cfg.activation),
         optimizer=OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5),
         hparams=HParamsConfig(gamma=INNER_HPARAMS["gamma"], td_lambda=INNER_HPARAMS["lambda"],
@@ -313,7 +317,7 @@ def part_a(cfg: BenchMetaConfig, tmp: Path) -> dict[str, Any]:
     batch = cfg.num_envs * cfg.num_steps
     result: dict[str, Any] = {"env": cfg.env, "num_envs": cfg.num_envs, "num_steps": cfg.num_steps,
                               "timed_iterations": len(times["plain"]["total"])}
-    for mode, rollouts in (("plain", 1), ("meta", 2)):
+    for mode, rollouts in (("plain", 1), ("meta", 1)):  # meta: one fresh rollout per iteration (reuse)
         total = statistics.median(times[mode]["total"])
         collect = statistics.median(times[mode]["collect"])
         result[mode] = {"rollouts_per_iteration": rollouts, "env_steps_per_iteration": rollouts * batch,

@@ -188,6 +188,9 @@ class MetaConfig:
     outer_entropy_cost: float = 0.0
     outer_kl_cost: float = 0.0
     """STAC's KL from the policy before the last inner update."""
+    recompute: bool = False
+    """Memory-saving path for large K: store each inner update's inputs only and rebuild one update's
+    graph at a time in the backward sweep (same meta-gradient, ~one more update's compute per step)."""
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     """The meta-optimizer's learning rate (on the raw, unbounded values)."""
@@ -318,8 +321,6 @@ class TrainConfig:
             raise ValueError("resume needs run_dir: the directory of the run to continue")
         _positive("reward_scale", self.reward_scale)
         if self.meta.enabled:
-            if self.mode != "sync":
-                raise ValueError("meta-gradients run in mode='sync' for now")
             self.meta_params()  # initial values inside their bounds, or a ValueError now
         if self.algo == "ppo" and self.num_envs * self.num_steps < self.ppo.minibatches:
             raise ValueError(f"ppo.minibatches={self.ppo.minibatches} exceeds the {self.num_envs * self.num_steps} "

@@ -35,7 +35,7 @@ import torch
 
 import envs
 from agents.actor import Actor, evaluate_policy, make_policy_value
-from agents.config import MetaConfig, TrainConfig, load_config, save_config, to_dict
+from agents.config import MetaConfig, TrainConfig, VTraceConfig, load_config, save_config, to_dict
 from agents.learner import update
 from agents.loops import AsyncLoop, Batch, SyncLoop
 from rlmeta.objectives import A2C, PPO, VTraceActorCritic
@@ -66,24 +66,37 @@ def build_objective(config: TrainConfig, policy_value: Any) -> Any:
 
 
 def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimator: str | None = None,
-                    num_updates: int | None = None) -> Any:
-    """The meta-gradient estimator ``m`` describes (``estimator``/``num_updates`` override its own)."""
+                    num_updates: int | None = None, vtrace: VTraceConfig | None = None) -> Any:
+    """The meta-gradient estimator ``m`` describes (``estimator``/``num_updates`` override its own).
+
+    ``vtrace``: the outer loss is importance-corrected with V-trace (as the V-trace learner is).
+    """
     from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective
 
     name = estimator or m.estimator
     k = num_updates or m.num_updates
+    correction = {} if vtrace is None else {"vtrace": True, "rho_bar": vtrace.rho_bar, "c_bar": vtrace.c_bar,
+                                                 "pg_rho_bar": vtrace.pg_rho_bar}
     outer = OuterObjective(policy_value, gamma=m.outer_gamma, lambda_=m.outer_lambda, value_cost=m.outer_value_cost,
-                           entropy_cost=m.outer_entropy_cost, kl_cost=m.outer_kl_cost)
+                           entropy_cost=m.outer_entropy_cost, kl_cost=m.outer_kl_cost, **correction)
+    memory = {"recompute": m.recompute}
     if name == "one-step":
-        return OneStep(inner_update, outer)
+        return OneStep(inner_update, outer, **memory)
     if name == "multi-step":
-        return MultiStep(inner_update, outer, k, truncation=m.truncation if m.truncation and m.truncation <= k else None)
+        return MultiStep(inner_update, outer, k, truncation=m.truncation if m.truncation and m.truncation <= k else None,
+                         **memory)
     if name == "mixed":
         weights = m.mixing_weights()
-        return Mixed(inner_update, outer, k, weights=weights if isinstance(weights, str) else weights, decay=m.decay)
+        return Mixed(inner_update, outer, k, weights=weights if isinstance(weights, str) else weights, decay=m.decay,
+                     **memory)
     if name == "bootstrapped":
-        return Bootstrapped(inner_update, policy_value, k, m.target_updates, value_cost=m.bmg_value_cost)
+        return Bootstrapped(inner_update, policy_value, k, m.target_updates, value_cost=m.bmg_value_cost, **memory)
     raise ValueError(f"estimator must be one of ['bootstrapped', 'mixed', 'multi-step', 'one-step'], got {name!r}")
+
+
+def outer_correction(config: TrainConfig) -> VTraceConfig | None:
+    """V-trace's truncation levels when the outer loss must be importance-corrected (algo 'vtrace')."""
+    return config.vtrace if config.algo == "vtrace" else None
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -199,19 +212,44 @@ class Trainer:
                                    progress=progress, create_graph=create_graph, generator=self.generator)
             return new, state
 
-        self.estimator = build_estimator(m, inner_update, self.policy_value)
+        self.estimator = build_estimator(m, inner_update, self.policy_value, vtrace=outer_correction(self.config))
         self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
         self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
         self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
         self._next_rollout = None
 
-    def _meta_iteration(self) -> tuple[int, list[dict[str, float]], dict[str, float]]:
-        """One meta-update: K inner updates inside the estimator, then the meta-optimizer's step."""
-        actor = self.loop.actor  # type: ignore[union-attr]
+    def _meta_iteration(self) -> tuple[Batch, dict[str, float]]:
+        """One meta-update: K inner updates inside the estimator, then the meta-optimizer's step.
+
+        Rollouts come from the loop: in sync mode collected on demand with the unroll's current
+        parameters; in async mode each inner parameter set is published to the actor threads and
+        the learner takes the next queued rollout (collected by slightly older parameters, which
+        the V-trace inner and outer losses correct for).
+        """
         acting = self.hparams()
-        before = actor.steps
-        result = self.estimator.estimate(self.meta, self.params, self.opt_state,
-                                         lambda params: actor.collect(params, acting), self._next_rollout)
+        episodes: list[dict[str, float]] = []
+        steps, lags, calls = 0, [], 0
+        reused = self._next_rollout is not None
+
+        def collect(params: dict) -> Any:
+            nonlocal steps, calls
+            if isinstance(self.loop, SyncLoop):
+                rollout = self.loop.actor.collect(params, acting)
+                episodes.extend(self.loop.actor.pop_episodes())
+                steps += rollout.num_steps * rollout.num_envs
+                lags.append(0)
+                return rollout
+            # The k-th rollout of the unroll is asked for after k updates (k+1 with a reused first one).
+            self.loop.publish(params, acting, self.updates + calls + int(reused))
+            calls += 1
+            batch = self.loop.next()
+            episodes.extend(batch.episodes)
+            steps += batch.steps
+            lags.append(batch.lag)
+            return batch.rollout
+
+        self.estimator.generator = self.generator  # PPO's minibatches, replayed by the memory-saving path
+        result = self.estimator.estimate(self.meta, self.params, self.opt_state, collect, self._next_rollout)
         # The outer loss's fresh rollout was collected with the new parameters: it is the next
         # iteration's first inner rollout (Xu et al. 2018), so each env step is learned from.
         self._next_rollout = result.next_rollout
@@ -231,7 +269,8 @@ class Trainer:
             if len(self.meta_grads) >= 2:
                 stacked = torch.stack(list(self.meta_grads))
                 metrics["meta_grad_variance"] = float(stacked.var(dim=0).sum())
-        return actor.steps - before, actor.pop_episodes(), metrics
+        lag = round(statistics.fmean(lags)) if lags else 0
+        return Batch(None, episodes, steps, lag, 0), metrics  # type: ignore[arg-type]
 
     def _prepare_run_dir(self) -> None:
         if self.run_dir.exists() and self.config.overwrite and not self.config.resume:
@@ -421,8 +460,7 @@ class Trainer:
                         )
                         self.params, self.opt_state = params, opt_state
                     else:
-                        steps, episodes, metrics = self._meta_iteration()
-                        batch = Batch(None, episodes, steps, 0, 0)  # type: ignore[arg-type]
+                        batch, metrics = self._meta_iteration()
                 except FloatingPointError as error:
                     raise TrainingFailed(
                         f"stopped at env step {self.step} (update {self.updates + 1}): {error}. "

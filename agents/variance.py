@@ -162,7 +162,7 @@ class Sampler:
 def run(cfg: VarianceConfig) -> dict[str, Any]:
     """Sample, write variance.csv, plots, TensorBoard scalars and summary.md; return the rows."""
     from agents.config import load_config
-    from agents.train import build_estimator
+    from agents.train import build_estimator, outer_correction
 
     run_dir = Path(cfg.run_dir)
     config = load_config(run_dir / "config.json")
@@ -183,13 +183,14 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
         sampler = Sampler(config, path, learn, cfg.seed + 1000 * index, cfg.device)
         try:
             reference_estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value,
-                                                  "multi-step", reference_k)
+                                                  "multi-step", reference_k, vtrace=outer_correction(config))
             reference = torch.stack([sampler.sample(reference_estimator) for _ in range(cfg.reference_samples)]).mean(0)
             for name in cfg.estimators:
                 for k in cfg.ks:
                     if name == "one-step" and k != 1:
                         continue
-                    estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k)
+                    estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k,
+                                                vtrace=outer_correction(config))
                     samples = torch.stack([sampler.sample(estimator) for _ in range(cfg.samples)])
                     stats = statistics_of(samples, reference)
                     row = {"checkpoint": path.name, "step": sampler.step, "estimator": name, "k": k, **stats}

@@ -4,7 +4,10 @@ Xu, van Hasselt and Silver (2018) evaluate the updated parameters with an actor-
 discount and bootstrapping use *reference* values (gamma', lambda'), not the meta-learned ones, on
 a rollout the update has not seen. Optional terms: a value loss, an entropy bonus, and (STAC,
 Zahavy et al. 2020, "A Self-Tuning Actor-Critic Algorithm") a KL from the policy before the last
-update to the updated one, which keeps meta-steps small.
+update to the updated one, which keeps meta-steps small. With ``vtrace=True`` the actor-critic
+loss is IMPALA's V-trace one (reference gamma and lambda inside the V-trace targets), as Xu et al.
+(2018) use with IMPALA: rollouts from an asynchronous loop were collected by older parameters, and
+the outer loss of the updated agent is then importance-corrected like the inner one.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlmeta.objectives.actor_critic import A2C
+from rlmeta.objectives.actor_critic import A2C, VTraceActorCritic
 from rlmeta.rollout import PolicyValue, Rollout
 
 
@@ -20,7 +23,8 @@ class OuterObjective:
     """``outer(params, rollout, previous_params=None) -> loss`` with reference hyperparameters."""
 
     def __init__(self, policy_value: PolicyValue, gamma: float = 0.99, lambda_: float = 1.0,
-                 value_cost: float = 0.0, entropy_cost: float = 0.0, kl_cost: float = 0.0):
+                 value_cost: float = 0.0, entropy_cost: float = 0.0, kl_cost: float = 0.0, vtrace: bool = False,
+                 rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0):
         for name, value in (("gamma", gamma), ("lambda_", lambda_)):
             if not 0 <= value <= 1:
                 raise ValueError(f"outer {name} must be in [0, 1], got {value!r}")
@@ -31,7 +35,9 @@ class OuterObjective:
         self.reference = {"gamma": gamma, "lambda": lambda_, "policy_cost": 1.0, "value_cost": value_cost,
                           "entropy_cost": entropy_cost}
         self.kl_cost = kl_cost
-        self._actor_critic = A2C(policy_value)
+        self.vtrace = vtrace
+        self._actor_critic = (VTraceActorCritic(policy_value, rho_bar=rho_bar, c_bar=c_bar, pg_rho_bar=pg_rho_bar)
+                              if vtrace else A2C(policy_value))
 
     def __call__(self, params: dict, rollout: Rollout, previous: dict | None = None) -> Tensor:
         """The outer loss of ``params`` on ``rollout`` (``previous``: parameters before the last update)."""

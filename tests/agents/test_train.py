@@ -315,6 +315,46 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
     assert summary["total_steps"] >= 32 * (k + 1) * 6
 
 
+def test_async_meta_run_learns_on_the_learner_from_queued_rollouts(tmp_path):
+    """Actor threads keep acting while the learner meta-updates; V-trace corrects inner and outer losses."""
+    from agents.config import MetaConfig
+    from rlmeta.metagrad import OuterObjective
+
+    meta = MetaConfig(learn=("gamma", "lambda"), estimator="multi-step", num_updates=2, lr=0.05)
+    config = tiny(tmp_path, algo="vtrace", mode="async", num_actors=2, queue_size=2, meta=meta, total_steps=32 * 13,
+                  checkpoint_interval=0)
+    trainer = Trainer(config)
+    outer = trainer.estimator.outer_loss
+    assert isinstance(outer, OuterObjective) and outer.vtrace  # importance-corrected outer loss
+    summary = trainer.run()
+    assert summary["status"] == "completed" and summary["total_steps"] >= 32 * 13
+    run = tmp_path / "run"
+    gammas = [v for _, v in scalars(run, "hparams/gamma")]
+    assert len(gammas) == 6 and len(set(round(g, 7) for g in gammas)) > 1  # 3 rollouts, then 2 per meta-update
+    lags = [v for _, v in scalars(run, "async/policy_lag")]
+    assert len(lags) == 6 and min(lags) >= 0 and max(lags) >= 1  # queued rollouts from older parameters
+    assert summary["updates"] == 12
+
+
+def test_memory_saving_meta_run_equals_the_full_unroll(tmp_path):
+    """``--meta.recompute`` trains exactly like the full unroll (PPO: minibatch orders replayed)."""
+    from agents.config import MetaConfig, PPOConfig
+
+    finals = []
+    for recompute in (False, True):
+        meta = MetaConfig(learn=("gamma", "entropy_cost"), estimator="mixed", num_updates=2, lr=0.05,
+                          recompute=recompute)
+        config = tiny(tmp_path / str(recompute), algo="ppo", ppo=PPOConfig(epochs=2, minibatches=2), meta=meta,
+                      total_steps=32 * 7, checkpoint_interval=0, torch_threads=1)
+        trainer = Trainer(config)
+        trainer.run()
+        finals.append((trainer.meta.raw["gamma"].detach().clone(), trainer.params))
+    (gamma_a, params_a), (gamma_b, params_b) = finals
+    assert torch.allclose(gamma_a, gamma_b, rtol=1e-4, atol=1e-6)
+    for key in params_a:
+        assert torch.allclose(params_a[key], params_b[key], rtol=1e-4, atol=1e-5), key
+
+
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
     from agents.config import MetaConfig
 
@@ -339,7 +379,7 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
         (["--meta.learn", "gamma", "--meta.init", "gamma", "1.2"], r"gamma=1.2 is outside its bounds \(0, 1\)"),
         (["--meta.learn", "lr", "--meta.init", "lr", "-1"], r"lr=-1.0 is outside its bounds"),
         (["--meta.learn", "gamma", "--meta.init", "lambda", "0.5"], "meta.learn does not learn"),
-        (["--meta.learn", "gamma", "--algo", "vtrace", "--mode", "async"], "mode='sync'"),
+        (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.truncation", "1"], "multi-step estimator only"),
     ],
 )
 def test_bad_meta_options_stop_before_anything_is_built(tmp_path, capsys, flags, message):

@@ -248,6 +248,80 @@ def test_a_reused_first_rollout_replaces_collecting_it(k):
     assert reused.next_rollout is ROLLOUTS[k]  # the outer loss's fresh rollout, for the next estimate
 
 
+def all_estimators(inner, outer, k, **options):
+    """Every estimator with K = k (truncated multi-step too), each built with ``options``."""
+    out = {
+        "multi-step": lambda: MultiStep(inner, outer, k, **options),
+        "mixed": lambda: Mixed(inner, outer, k, weights=[0.2, 0.0, 0.5, 0.3][:k] if k > 1 else "uniform", **options),
+        "bootstrapped": lambda: Bootstrapped(inner, policy_value, num_updates=k, target_updates=2, value_cost=0.5,
+                                             **options),
+    }
+    if k == 1:
+        out["one-step"] = lambda: OneStep(inner, outer, **options)
+    if k > 2:
+        out["truncated"] = lambda: MultiStep(inner, outer, k, truncation=2, **options)
+    return out
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_the_memory_saving_path_computes_the_same_meta_gradient(opt_name, k):
+    """``recompute=True`` (per-update checkpointing) == the full unroll, for every estimator."""
+    optimizer = OPTIMIZERS[opt_name]()
+    inner = make_inner(optimizer)
+    outer = OuterObjective(policy_value, gamma=0.99, lambda_=1.0, value_cost=0.1, entropy_cost=0.01, kl_cost=0.2)
+    full = all_estimators(inner, outer, k)
+    for name, make in all_estimators(inner, outer, k, recompute=True).items():
+        a = estimate(full[name](), make_meta(), optimizer)
+        b = estimate(make(), make_meta(), optimizer)
+        assert float(a.vector().abs().max()) > 1e-6, name  # not vacuous
+        assert torch.allclose(a.vector(), b.vector(), rtol=1e-10, atol=1e-14), (name, a.vector(), b.vector())
+        assert a.meta_loss == pytest.approx(b.meta_loss, rel=1e-12)
+        assert a.outer_losses == pytest.approx(b.outer_losses, rel=1e-12), name
+        assert a.rollouts_used == b.rollouts_used and a.next_rollout is b.next_rollout
+        for key in a.params:
+            assert torch.allclose(a.params[key], b.params[key], rtol=0, atol=1e-14)
+            assert b.params[key].is_leaf and b.params[key].requires_grad
+
+
+def test_the_memory_saving_path_matches_finite_differences():
+    optimizer = OPTIMIZERS["rmsprop"]()
+    inner = make_inner(optimizer)
+    outer = OuterObjective(policy_value, gamma=0.99, lambda_=1.0, value_cost=0.1, kl_cost=0.2)
+    for name, make in all_estimators(inner, outer, 3, recompute=True).items():
+        if name != "truncated":  # biased on purpose: the first update's dependence on eta is cut
+            check_against_finite_differences(make, optimizer)
+
+
+def test_the_memory_saving_path_replays_the_inner_updates_random_numbers():
+    """PPO draws minibatch orders from a generator: the rebuilt updates must see the same ones."""
+    from agents.learner import update
+    from rlmeta.objectives import PPO
+
+    optimizer = OPTIMIZERS["adam"]()
+    objective = PPO(policy_value, epochs=2, minibatches=3, normalize_advantages=False)
+
+    def run(recompute):
+        generator = torch.Generator().manual_seed(7)
+
+        def inner(params, opt_state, rollout, hparams, create_graph):
+            new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams,
+                                   create_graph=create_graph, generator=generator)
+            return new, state
+
+        est = MultiStep(inner, OuterObjective(policy_value), 3, recompute=recompute, generator=generator)
+        return estimate(est, make_meta(), optimizer), generator.get_state()
+
+    (a, state_a), (b, state_b) = run(False), run(True)
+    assert torch.allclose(a.vector(), b.vector(), rtol=1e-10, atol=1e-14)
+    assert torch.equal(state_a, state_b)  # the generator ends where the full unroll leaves it
+
+
+def test_recompute_must_be_a_bool():
+    with pytest.raises(ValueError, match="recompute must be True or False"):
+        OneStep(make_inner(sgd(0.1)), OuterObjective(policy_value), recompute="yes")
+
+
 def test_estimates_leave_the_agent_after_k_updates_detached():
     optimizer = OPTIMIZERS["adam"]()
     result = estimate(MultiStep(make_inner(optimizer), OuterObjective(policy_value), 3), make_meta(), optimizer)
