@@ -18,7 +18,9 @@ step. Both include what the loop does around them (logging). The end of each ite
 where the loop publishes the new parameters; the time per iteration is the median over the
 ``iterations`` after the first ``warmup`` ones. The runs alternate plain/meta for ``rounds`` rounds
 (fresh trainers each) and their iterations are pooled. Reported: meta / plain per iteration (= per
-inner update = per env step; the headline, goal <= ``max_overhead``), and the time spent collecting rollouts vs learning.
+inner update = per env step; the headline, goal <= ``max_overhead``), the floor (a plain iteration
+plus one plain gradient of the outer loss, which a one-step meta-iteration needs on top of the
+plain one, timed alone on fixed data),and the time spent collecting rollouts vs learning.
 
 **(b) Ours vs TorchOpt vs higher on one meta-update.** Fixed data: ``K + 1`` rollouts collected
 once from ``env`` with the initial network, then ``optimizer_warmup`` plain RMSProp steps (with
@@ -36,6 +38,8 @@ gamma 0.99, lambda 1, policy term only) on rollout K:
   the learner's update and ``rlmeta.optim.rmsprop(eps_root=1e-12)``; as the library runs it, the
   exact meta-gradient (targets a differentiable function of the parameters, see
   ``rlmeta.objectives.actor_critic._targets``);
+* ``ours-recompute``: the same with the memory-saving path (``recompute=True``: the K updates run
+  without a graph, then each update's graph is rebuilt in turn in the backward sweep);
 * ``ours-semi``: the same with the usual semi-gradient (targets detached in each inner loss),
   which is what the TorchOpt and higher versions below compute;
 * ``torchopt``: ``torchopt.MetaRMSProp(module)``, ``optim.step(inner_loss)`` K times, the outer
@@ -50,10 +54,14 @@ meta-gradient (the targets of the first update do not depend on the meta-paramet
 ~1e-8); for K > 1 ``ours`` differs from the semi-gradient three, whose agreement is checked. After
 ``warmup`` untimed calls each, the contenders are timed in turn (order rotated each round) for
 ``iterations`` rounds; reported: the median time per meta-update and theirs / ours (goal >=
-``required_speedup``), both against ``ours`` (the headline) and against ``ours-semi``.
+``required_speedup``), both against ``ours`` (the headline) and against ``ours-semi``. Also
+reported, the floor: the K inner and the outer plain gradients (forward + backward each) at the
+fixed parameters, timed alone, which every method computes before its second-order work; theirs /
+floor bounds the speedup any exact method could show.
 
 **(c) Peak memory of a K-step unroll.** For each K in ``memory_ks`` and each of
-``memory_estimators`` (our exact multi-step and mixed estimators, as in (b)), one meta-gradient on
+``memory_estimators`` (our exact multi-step and mixed estimators, as in (b), with the full unroll
+and with the memory-saving path ``recompute=True``), one meta-gradient on
 the same fixed data in a fresh process (spawned): after a warm-up on a tiny slice of the data, the
 peak resident set size is reset (``/proc/self/clear_refs``) and the peak over the meta-update,
 minus the resident size before it, is reported (on CUDA: ``torch.cuda.max_memory_allocated``
@@ -71,22 +79,23 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
 
 Part = Literal["a", "b", "c"]
-Contender = Literal["ours", "ours-semi", "torchopt", "higher"]
+Contender = Literal["ours", "ours-recompute", "ours-semi", "torchopt", "higher"]
 CONTENDERS: dict[str, str] = {
     "ours": "ours (rlmeta.metagrad, exact targets)",
+    "ours-recompute": "ours, memory-saving path (recompute=True)",
     "ours-semi": "ours (semi-gradient, same math as the peers)",
     "torchopt": "TorchOpt MetaRMSProp",
     "higher": "higher innerloop_ctx + RMSprop",
 }
 THEIRS = ("torchopt", "higher")
-MEMORY_ESTIMATORS = ("multi-step", "mixed")
+MEMORY_ESTIMATORS = ("multi-step", "mixed", "multi-step-recompute", "mixed-recompute")
 # The inner objective's hyperparameters (as configs/snake6_a2c.toml); gamma and lambda are learned.
 INNER_HPARAMS = {"gamma": 0.99, "lambda": 0.95, "policy_cost": 1.0, "value_cost": 0.5, "entropy_cost": 0.01}
 LEARNED = ("gamma", "lambda")
@@ -115,7 +124,7 @@ class BenchMetaConfig:
     """(a): alternating plain/meta runs of each (fresh trainers); their iterations are pooled."""
     speed_ks: tuple[int, ...] = (1, 4)
     """(b): numbers of inner updates K to time (K = 1: one-step)."""
-    contenders: tuple[Contender, ...] = ("ours", "ours-semi", "torchopt", "higher")
+    contenders: tuple[Contender, ...] = ("ours", "ours-recompute", "ours-semi", "torchopt", "higher")
     """(b): who computes the meta-update ('ours' is needed for the ratios)."""
     lr: float = 1e-3
     """(b, c): the inner RMSProp's learning rate."""
@@ -131,7 +140,9 @@ class BenchMetaConfig:
     """(b, c): our RMSProp's epsilon inside the square root (as training with meta-gradients uses)."""
     memory_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     """(c): numbers of inner updates K whose peak memory is measured."""
-    memory_estimators: tuple[Literal["multi-step", "mixed"], ...] = MEMORY_ESTIMATORS
+    memory_estimators: tuple[Literal["multi-step", "mixed", "multi-step-recompute", "mixed-recompute"], ...] = \
+        MEMORY_ESTIMATORS
+    """(c): '-recompute': the memory-saving path (per-update checkpointing, ``recompute=True``)."""
     seed: int = 0
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``cuda:N``."""
@@ -331,6 +342,14 @@ def part_a(cfg: BenchMetaConfig, tmp: Path) -> dict[str, Any]:
     result["ratio_learn"] = meta["learn_seconds"] / plain["learn_seconds"]
     result["max_overhead"] = cfg.max_overhead
     result["passed"] = result["ratio_per_iteration"] <= cfg.max_overhead
+    # The floor: a one-step meta-iteration does what a plain one does plus, at least, the outer
+    # loss's gradient at the updated parameters (a second forward + backward pass per iteration),
+    # whatever computes the second-order term.
+    data = make_fixed_data(replace(cfg, optimizer_warmup=0), 1)
+    outer = _gradient_seconds(data, cfg, "outer", 0, cfg.iterations)
+    result["outer_gradient_seconds"] = outer
+    result["floor_ratio"] = (plain["seconds_per_iteration"] + outer) / plain["seconds_per_iteration"]
+    result["goal_reachable"] = result["floor_ratio"] <= cfg.max_overhead
     return result
 
 
@@ -390,13 +409,16 @@ def make_fixed_data(cfg: BenchMetaConfig, num_rollouts: int) -> FixedData:
 
 
 def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exact: bool = True):
-    """Our estimator (one-step, multi-step or mixed) with the learner's RMSProp update of A2C."""
+    """Our estimator (one-step, multi-step or mixed; '-recompute': the memory-saving path) with the
+    learner's RMSProp update of A2C."""
     from agents.actor import make_policy_value
     from agents.learner import update
     from rlmeta.metagrad import Mixed, MultiStep, OneStep, OuterObjective
     from rlmeta.objectives import A2C
     from rlmeta.optim import rmsprop
 
+    recompute = estimator.endswith("-recompute")
+    estimator = estimator.removesuffix("-recompute")
     policy_value = make_policy_value(net)
     objective = A2C(policy_value) if exact else _SemiGradient(A2C(policy_value))
     optimizer = rmsprop(cfg.lr, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps, eps_root=cfg.eps_root)
@@ -407,20 +429,51 @@ def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exac
 
     outer = OuterObjective(policy_value, gamma=OUTER_GAMMA, lambda_=OUTER_LAMBDA)
     if estimator == "mixed":
-        return Mixed(inner_update, outer, k)
+        return Mixed(inner_update, outer, k, recompute=recompute)
     if estimator == "multi-step" and k > 1:
-        return MultiStep(inner_update, outer, k)
+        return MultiStep(inner_update, outer, k, recompute=recompute)
     if k != 1:
         raise ValueError(f"unknown estimator {estimator!r} for K={k}")
-    return OneStep(inner_update, outer)
+    return OneStep(inner_update, outer, recompute=recompute)
+
+
+def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inner", "outer"], index: int,
+                      repeats: int) -> float:
+    """Median seconds of one plain gradient (forward + backward, no graph kept) of the inner A2C loss
+    or of the outer loss at the fixed parameters on rollout ``index``: what any meta-gradient method
+    has to compute at least once per inner update and once for the outer loss."""
+    from agents.actor import make_policy_value
+    from rlmeta.metagrad import OuterObjective
+    from rlmeta.objectives import A2C
+
+    device = _check_device(cfg.device)
+    policy_value = make_policy_value(data.net)
+    params = {n: v.detach().clone().requires_grad_(True) for n, v in data.params.items()}
+    rollout = data.rollouts[index]
+    if which == "inner":
+        inner = A2C(policy_value)
+        loss_fn = lambda: inner(params, rollout, INNER_HPARAMS)[0]  # noqa: E731
+    else:
+        outer = OuterObjective(policy_value, gamma=OUTER_GAMMA, lambda_=OUTER_LAMBDA)
+        loss_fn = lambda: outer(params, rollout)  # noqa: E731
+    times = []
+    for i in range(repeats + 2):
+        _sync(device)
+        start = time.perf_counter()
+        torch.autograd.grad(loss_fn(), list(params.values()))
+        _sync(device)
+        if i >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------
 # (b) The contenders: each is a function computing {name: d outer / d raw} from the same start.
 
 
-def _ours(data: FixedData, cfg: BenchMetaConfig, k: int, exact: bool) -> Callable[[], dict[str, torch.Tensor]]:
-    estimator = _ours_estimator(data.net, cfg, "multi-step", k, exact=exact)
+def _ours(data: FixedData, cfg: BenchMetaConfig, k: int, exact: bool,
+          recompute: bool = False) -> Callable[[], dict[str, torch.Tensor]]:
+    estimator = _ours_estimator(data.net, cfg, "multi-step-recompute" if recompute else "multi-step", k, exact=exact)
     meta = _meta_params(data.params[next(iter(data.params))].device)
     params = {n: v.clone() for n, v in data.params.items()}
     opt_state = {"nu": {n: v.clone() for n, v in data.nu.items()}}
@@ -507,6 +560,8 @@ def _higher(data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[
 def _contender(name: str, data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[str, torch.Tensor]]:
     if name == "ours":
         return _ours(data, cfg, k, exact=True)
+    if name == "ours-recompute":
+        return _ours(data, cfg, k, exact=True, recompute=True)
     if name == "ours-semi":
         return _ours(data, cfg, k, exact=False)
     if name == "torchopt":
@@ -548,16 +603,24 @@ def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
                 "ratio_vs_ours": median / statistics.median(times["ours"]),
                 "ratio_vs_ours_semi": median / statistics.median(times["ours-semi"]) if "ours-semi" in times else None,
             }
-        # The meta-gradients that must agree: all of them at K = 1; the semi-gradient ones at any K.
-        must_agree = [c for c in fns if c != "ours"] if k > 1 else list(fns)
+        # The meta-gradients that must agree: all of them at K = 1; at any K the exact ones with
+        # 'ours' and the semi-gradient ones (the peers') with 'ours-semi'.
+        exact = [c for c in fns if c in ("ours", "ours-recompute")]
+        groups = [("ours", list(fns))] if k == 1 else [("ours", exact), ("ours-semi", [c for c in fns if c not in exact])]
         reference = "ours" if k == 1 else ("ours-semi" if "ours-semi" in fns else None)
-        diffs = [_relative(grads[c], grads[reference]) for c in must_agree if reference and c != reference]
+        diffs = [_relative(grads[c], grads[ref]) for ref, members in groups if ref in fns for c in members if c != ref]
         agree = all(d <= cfg.grad_rtol for d in diffs) if diffs else None  # None: nothing to compare
         speedups = {c: rows[c]["ratio_vs_ours"] for c in THEIRS if c in rows}
+        # The floor: K plain inner gradients and one outer gradient, which every method computes
+        # (and then more: the second-order term through the K updates).
+        floor = (sum(_gradient_seconds(data, cfg, "inner", i, cfg.iterations) for i in range(k))
+                 + _gradient_seconds(data, cfg, "outer", k, cfg.iterations))
+        best = {c: rows[c]["seconds"] / floor for c in THEIRS if c in rows}
         results[str(k)] = {
             "k": k, "contenders": rows, "reference": reference, "agree": agree,
             "max_rel_diff": max(diffs) if diffs else None,
-            "speedups": speedups,
+            "speedups": speedups, "floor_seconds": floor, "best_possible_speedups": best,
+            "goal_reachable": all(b >= cfg.required_speedup for b in best.values()) if best else None,
             "passed": (agree is not False and all(s >= cfg.required_speedup for s in speedups.values()))
             if speedups else None,
         }
@@ -775,11 +838,18 @@ def format_report(cfg: BenchMetaConfig, out: dict[str, Any]) -> str:
             if r["agree"] is None:
                 agree = "meta-gradients not compared (for K > 1 the peers are compared with ours-semi)"
             else:
-                agree = (f"meta-gradients that must agree ({'all' if r['k'] == 1 else 'the semi-gradient ones'}, vs "
-                         f"{r['reference']}) agree within {cfg.grad_rtol:g}: {'yes' if r['agree'] else 'NO'} "
+                which = "all, vs ours" if r["k"] == 1 else "the exact ones vs ours, the semi-gradient ones vs ours-semi"
+                agree = (f"meta-gradients that must agree ({which}) agree within {cfg.grad_rtol:g}: "
+                         f"{'yes' if r['agree'] else 'NO'} "
                          f"(max rel. diff {r['max_rel_diff']:.1e})")
             speed = ", ".join(f"{c} / ours {s:.2f}x" for c, s in r["speedups"].items()) or "no peers"
             lines.append(f"- K={k}: {speed}; required >= {cfg.required_speedup:g}x: {_verdict(r['passed'])}; {agree}.")
+            if r["best_possible_speedups"]:
+                best = ", ".join(f"{c} / floor {s:.2f}x" for c, s in r["best_possible_speedups"].items())
+                lines.append(f"  Floor: {r['k']} inner + 1 outer plain gradients = {1e3 * r['floor_seconds']:.1f} ms, "
+                             f"which any method computes before its second-order work; {best}: the floor alone "
+                             f"{'does not rule out' if r['goal_reachable'] else 'rules out'} the "
+                             f"{cfg.required_speedup:g}x goal here.")
         if any(r["k"] > 1 for r in b["by_k"].values()):
             lines.append("- For K > 1 'ours' is the exact meta-gradient (targets differentiated through the earlier "
                          "updates); TorchOpt and higher, with detached targets, compute the semi-gradient one, "
