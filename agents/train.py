@@ -424,6 +424,10 @@ class Trainer:
         if c.target_return is not None:
             out["target_return"] = c.target_return
             out["target_reached"] = self.reached
+        if self.meta is not None:  # where the meta-learned hyperparameters started and stand now
+            initial = c.meta_params().values()
+            out["meta"] = {name: {"initial": float(initial[name].detach()), "final": float(value.detach())}
+                           for name, value in self.meta.values().items()}
         if last is not None:
             out["eval"] = {"episodes": c.eval_episodes, "greedy": c.eval_greedy, **last}
         if message:

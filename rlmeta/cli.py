@@ -79,6 +79,9 @@ def format_summary(summary: dict) -> str:
         if "success_rate" in ev:
             line += f", success rate {ev['success_rate']:.2f}"
         lines.append(line)
+    if summary.get("meta"):
+        lines.append("meta-learned: " + ", ".join(f"{name} {v['initial']:.4g} -> {v['final']:.4g}"
+                                                  for name, v in summary["meta"].items()))
     if "target_reached" in summary:
         lines.append(f"target return {summary['target_return']}: {'reached' if summary['target_reached'] else 'not reached'}")
     return "\n".join(lines)

@@ -313,6 +313,9 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
     assert set(ckpt["meta"]["params"]) == {"gamma", "lambda", "entropy_cost"}
     assert summary["updates"] == meta_updates * k  # inner updates
     assert summary["total_steps"] >= 32 * (k + 1) * 6
+    assert summary["meta"]["gamma"]["initial"] == pytest.approx(0.9)
+    assert summary["meta"]["gamma"]["final"] == pytest.approx(gammas[-1], abs=0.01)  # moved once more after the log
+    assert set(summary["meta"]) == {"gamma", "lambda", "entropy_cost"}
 
 
 def test_async_meta_run_learns_on_the_learner_from_queued_rollouts(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from agents.config import NetworkConfig, TrainConfig
 from agents.train import train
-from agents.variance import VarianceConfig, run, statistics_of
+from agents.variance import VarianceConfig, _verdict, reference_snr, run, statistics_of
 from rlmeta.cli import main
 
 
@@ -21,6 +21,28 @@ def test_statistics_of_known_samples():
     assert stats["cosine_mean"] == pytest.approx(1.0)
     assert stats["cosine_samples"] == pytest.approx((1 + 1 + 2 / 8**0.5 + 2 / 8**0.5) / 4)
     assert stats["snr"] == pytest.approx(4 / (10 / 3))
+    cosines = torch.tensor([1, 1, 2 / 8**0.5, 2 / 8**0.5], dtype=torch.float64)
+    assert stats["cosine_samples_se"] == pytest.approx(float(cosines.std()) / 2)
+    # The reference's SNR is that of its mean: R times a single sample's.
+    assert reference_snr(samples) == pytest.approx(4 * 4 / (10 / 3))
+
+
+def cell(variance, cosine, se, ref_snr=10.0):
+    return {"variance": variance, "cosine_samples": cosine, "cosine_samples_se": se, "reference_snr": ref_snr}
+
+
+@pytest.mark.parametrize(
+    "mixed, multi, verdict",
+    [
+        (cell(1.0, 0.50, 0.05), cell(4.0, 0.50, 0.05), "claim **holds**"),
+        (cell(1.0, 0.40, 0.05), cell(4.0, 0.50, 0.05), "claim **holds**"),  # within two standard errors
+        (cell(1.0, 0.20, 0.05), cell(4.0, 0.50, 0.05), "claim **does not hold**"),  # lower cosine
+        (cell(2.0, 0.60, 0.05), cell(4.0, 0.50, 0.05), "claim **does not hold**"),  # variance ratio 0.5
+        (cell(1.0, 0.20, 0.05, 2.0), cell(4.0, 0.50, 0.05, 2.0), "cosine **not resolved**"),  # noisy reference
+    ],
+)
+def test_the_paper_claim_verdict_accounts_for_noise(mixed, multi, verdict):
+    assert verdict in _verdict(mixed, multi)
 
 
 def test_variance_study_writes_csv_plots_tensorboard_and_summary(tmp_path, capsys):
