@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from agents.networks import ActorCritic, distribution
+from rlmeta.hparams import CONDITIONING
 from rlmeta.rollout import Rollout
 
 
@@ -15,7 +16,7 @@ def make_policy_value(net: ActorCritic):
     """``policy_value(params, obs, hparams) -> (distribution, values)`` for a network, functionally."""
 
     def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
-        conditioning = hparams.get("_vector") if isinstance(hparams, dict) else None
+        conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
         out = net.apply_params(params, obs, conditioning)
         return distribution(out), out.value
 
@@ -26,7 +27,7 @@ def make_policy(net: ActorCritic):
     """``policy(params, obs, hparams) -> distribution``: the policy alone (no value), for acting."""
 
     def policy(params: dict, obs: torch.Tensor, hparams: Any):
-        conditioning = hparams.get("_vector") if isinstance(hparams, dict) else None
+        conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
         return distribution(net.apply_params(params, obs, conditioning, value=False))
 
     return policy

@@ -43,13 +43,16 @@ class NetworkConfig:
     shared_torso: bool = False
     """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
 
-    def build(self, observation_space: Any, action_space: Any):
-        """The ``agents.networks.ActorCritic`` this config describes, for these spaces."""
+    def build(self, observation_space: Any, action_space: Any, num_hparams: int = 0):
+        """The ``agents.networks.ActorCritic`` this config describes, for these spaces.
+
+        ``num_hparams > 0``: conditioned on that many hyperparameters (see ``MetaConfig.condition``).
+        """
         from agents.networks import ActorCritic
 
         return ActorCritic(observation_space, action_space, hidden=self.hidden, conv_channels=self.conv_channels,
                            activation=self.activation, init_log_std=self.init_log_std,
-                           shared_torso=self.shared_torso)
+                           shared_torso=self.shared_torso, num_hparams=num_hparams)
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)
@@ -188,6 +191,10 @@ class MetaConfig:
     outer_entropy_cost: float = 0.0
     outer_kl_cost: float = 0.0
     """STAC's KL from the policy before the last inner update."""
+    condition: bool = False
+    """Condition the policy and value on the meta-learned values (Xu et al. 2018): the network takes
+    them as an extra input (an embedding joined to the torso's features); the outer loss feeds the
+    reference values there (outer_gamma, outer_lambda; the current value for other names)."""
     recompute: bool = False
     """Memory-saving path for large K: store each inner update's inputs only and rebuild one update's
     graph at a time in the backward sweep (same meta-gradient, ~one more update's compute per step)."""
@@ -224,6 +231,8 @@ class MetaConfig:
             _positive("meta.max_grad_norm", self.max_grad_norm)
         _unit("meta.outer_gamma", self.outer_gamma)
         _unit("meta.outer_lambda", self.outer_lambda)
+        if self.condition and not self.learn:
+            raise ValueError("meta.condition needs meta.learn: the network is conditioned on the learned values")
         if self.variance_window < 0 or self.variance_window == 1:
             raise ValueError(f"meta.variance_window must be 0 (off) or >= 2, got {self.variance_window}")
 
@@ -241,6 +250,10 @@ class MetaConfig:
     def enabled(self) -> bool:
         """Whether any hyperparameter is meta-learned."""
         return bool(self.learn)
+
+    def reference(self) -> dict[str, float]:
+        """The outer objective's reference values of the hyperparameters it fixes (gamma, lambda)."""
+        return {"gamma": self.outer_gamma, "lambda": self.outer_lambda}
 
 
 @dataclass
@@ -329,6 +342,11 @@ class TrainConfig:
             raise ValueError(f"target_return must be a finite number, got {self.target_return!r}")
 
 
+    def build_network(self, observation_space: Any, action_space: Any):
+        """The network of ``network``, conditioned on the meta-learned values if ``meta.condition``."""
+        num_hparams = len(self.meta.learn) if self.meta.condition else 0
+        return self.network.build(observation_space, action_space, num_hparams=num_hparams)
+
     def meta_params(self, dtype=None, device: str = "cpu"):
         """The :class:`~rlmeta.hparams.MetaParams` of ``meta``: learned names, the rest fixed."""
         import torch
@@ -339,7 +357,7 @@ class TrainConfig:
         learn = {name: float(self.meta.init.get(name, base[name])) for name in self.meta.learn}
         fixed = {k: v for k, v in self.hparams.as_dict().items() if k not in learn}
         return MetaParams(learn, fixed=fixed, bounds=dict(self.meta.bounds), dtype=dtype or torch.float32,
-                          device=device)
+                          device=device, condition=self.meta.condition)
 
 
 # --------------------------------------------------------------------------------------------

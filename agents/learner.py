@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from rlmeta.hparams import CONDITIONING
 from rlmeta.optim import Optimizer, global_norm
 
 
@@ -21,12 +22,14 @@ def gradient_step(
 ) -> tuple[dict, dict, dict[str, float]]:
     """One optimizer step on ``objective(params, data, hparams, progress)``."""
     keys = list(params)
-    if create_graph and any(v.grad_fn is not None for v in params.values()):
-        # The parameters depend on something (earlier differentiable updates): differentiate the
-        # loss in an alias of them only, so whatever the objective holds fixed (targets, computed
-        # from `params` itself) stays out of this gradient but remains a function of `params`,
-        # and derivatives through the update are exact. Parameters that are plain leaves (the
-        # first update of an unroll) need no second evaluation: nothing upstream can see it.
+    if create_graph and _targets_differentiable(params, hparams):
+        # The parameters depend on something (earlier differentiable updates), or the network's
+        # input does (conditioning on meta-learned values): differentiate the loss in an alias of
+        # the parameters only, so whatever the objective holds fixed (targets, computed from
+        # `params` itself) stays out of this gradient but remains a function of `params` and of
+        # the conditioning, and derivatives through the update are exact. Parameters that are
+        # plain leaves of an unconditioned network (the first update of an unroll) need no second
+        # evaluation: nothing upstream can see it.
         alias = {k: v.view_as(v) for k, v in params.items()}
         if getattr(objective, "supports_target_params", False):
             loss, metrics = objective(alias, data, hparams, progress, target_params=params)
@@ -59,7 +62,7 @@ def update(
     """The learner's update on one rollout: one step, or PPO's epochs x minibatches of steps."""
     if not hasattr(objective, "prepare"):
         return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, create_graph)
-    keep_graph = create_graph and any(v.grad_fn is not None for v in params.values())
+    keep_graph = create_graph and _targets_differentiable(params, hparams)
     batch = objective.prepare(params, rollout, hparams, keep_graph=keep_graph)
     size = next(iter(batch.values())).shape[0]
     if size < objective.minibatches:
@@ -76,6 +79,15 @@ def update(
                 objective, optimizer, params, opt_state, minibatch, hparams, progress, create_graph
             )
     return params, opt_state, metrics
+
+
+def _targets_differentiable(params: dict, hparams: dict | None) -> bool:
+    """Whether what a loss holds fixed can depend on something a meta-gradient differentiates:
+    parameters produced by earlier differentiable updates, or a conditioning input that requires grad."""
+    if any(v.grad_fn is not None for v in params.values()):
+        return True
+    conditioning = hparams.get(CONDITIONING) if hparams else None
+    return torch.is_tensor(conditioning) and conditioning.requires_grad
 
 
 def _detach(tree: Any) -> Any:

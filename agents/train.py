@@ -38,11 +38,12 @@ from agents.actor import Actor, evaluate_policy, make_policy_value
 from agents.config import MetaConfig, TrainConfig, VTraceConfig, load_config, save_config, to_dict
 from agents.learner import update
 from agents.loops import AsyncLoop, Batch, SyncLoop
+from rlmeta.hparams import CONDITIONING
 from rlmeta.objectives import A2C, PPO, VTraceActorCritic
 
 CHECKPOINT_VERSION = 1
 # Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
-RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name", "meta.learn")
+RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name", "meta.learn", "meta.condition")
 
 
 class TrainingFailed(RuntimeError):
@@ -66,10 +67,12 @@ def build_objective(config: TrainConfig, policy_value: Any) -> Any:
 
 
 def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimator: str | None = None,
-                    num_updates: int | None = None, vtrace: VTraceConfig | None = None) -> Any:
+                    num_updates: int | None = None, vtrace: VTraceConfig | None = None,
+                    conditioning: Any = None) -> Any:
     """The meta-gradient estimator ``m`` describes (``estimator``/``num_updates`` override its own).
 
     ``vtrace``: the outer loss is importance-corrected with V-trace (as the V-trace learner is).
+    ``conditioning``: for a conditioned agent, ``() -> [H]`` reference input of the outer loss.
     """
     from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective
 
@@ -78,7 +81,8 @@ def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimat
     correction = {} if vtrace is None else {"vtrace": True, "rho_bar": vtrace.rho_bar, "c_bar": vtrace.c_bar,
                                                  "pg_rho_bar": vtrace.pg_rho_bar}
     outer = OuterObjective(policy_value, gamma=m.outer_gamma, lambda_=m.outer_lambda, value_cost=m.outer_value_cost,
-                           entropy_cost=m.outer_entropy_cost, kl_cost=m.outer_kl_cost, **correction)
+                           entropy_cost=m.outer_entropy_cost, kl_cost=m.outer_kl_cost, conditioning=conditioning,
+                           **correction)
     memory = {"recompute": m.recompute}
     if name == "one-step":
         return OneStep(inner_update, outer, **memory)
@@ -168,7 +172,7 @@ class Trainer:
         env_seed = config.seed + start
         make_env = lambda seed: envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)  # noqa: E731
         first_env = make_env(env_seed)  # validates the id and options before anything is written
-        self.net = config.network.build(first_env.single_observation_space,
+        self.net = config.build_network(first_env.single_observation_space,
                                         first_env.single_action_space).to(self.device)
         self.has_success = bool(getattr(first_env, "has_success", False))
         self.observation_space = first_env.single_observation_space
@@ -212,7 +216,9 @@ class Trainer:
                                    progress=progress, create_graph=create_graph, generator=self.generator)
             return new, state
 
-        self.estimator = build_estimator(m, inner_update, self.policy_value, vtrace=outer_correction(self.config))
+        conditioning = (lambda: self.meta.reference_vector(m.reference())) if m.condition else None
+        self.estimator = build_estimator(m, inner_update, self.policy_value, vtrace=outer_correction(self.config),
+                                         conditioning=conditioning)
         self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
         self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
         self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
@@ -321,6 +327,8 @@ class Trainer:
         out: dict[str, Any] = self.config.hparams.as_dict()
         if self.meta is not None:
             out.update({k: float(v.detach()) for k, v in self.meta.values().items()})
+            if self.meta.condition:  # the network's input: the values it acts and learns with
+                out[CONDITIONING] = self.meta.vector().detach()
             if "lr" in out:
                 return out
         if self.config.optimizer.anneal_lr:
@@ -393,7 +401,8 @@ class Trainer:
             else:
                 w.add_scalar(f"train/{key}" if key == "grad_norm" else f"loss/{key}", value, step)
         for key, value in hparams.items():
-            w.add_scalar(f"hparams/{key}", float(value), step)
+            if key != CONDITIONING:  # the same values again, as one vector
+                w.add_scalar(f"hparams/{key}", float(value), step)
         if self.config.algo == "ppo":
             clip = self.config.ppo.clip * (1 - step / self.config.total_steps if self.config.ppo.anneal_clip else 1)
             w.add_scalar("hparams/ppo_clip", clip, step)

@@ -12,8 +12,8 @@ estimates with the longest horizon (``reference_k``). Reported per (checkpoint, 
 * ``cosine_mean``: cosine similarity of the samples' mean to the reference;
 * ``snr``: squared norm of the mean over the trace of the covariance of a single sample;
 * ``reference_snr``: the same for the reference itself (squared norm of its mean over the trace
-  of the covariance of that mean): below 4 its direction is uncertain by more than about 30
-  degrees, and cosines to it cannot rank the estimators.
+  of the covariance of that mean, less the 1 that noise alone gives): below 4 its direction is
+  uncertain by more than about 30 degrees, and cosines to it cannot rank the estimators.
 
 Outputs in ``out_dir``: ``variance.csv`` (one row per checkpoint, estimator and K), PNG plots,
 TensorBoard scalars and ``summary.md``, which checks the claims of Bonnet et al. (2021):
@@ -96,10 +96,14 @@ REFERENCE_SNR_FLOOR = 4.0  # below it, cosines to the reference cannot rank the 
 
 
 def reference_snr(samples: torch.Tensor) -> float:
-    """SNR of the mean of ``samples`` [R, H]: ``|mean|^2 / trace(cov) * R``."""
+    """SNR of the mean of ``samples`` [R, H]: ``|mu|^2 / (trace(cov) / R)``, estimated without bias.
+
+    The squared norm of a mean of R noisy samples overestimates ``|mu|^2`` by ``trace(cov) / R``
+    on average, so ``R |mean|^2 / trace(cov)`` is about 1 for pure noise; that 1 is subtracted.
+    """
     total = float(samples.var(0, unbiased=True).sum())
     mean = samples.mean(0)
-    return float(mean @ mean) * len(samples) / total if total > 0 else math.inf
+    return float(mean @ mean) * len(samples) / total - 1.0 if total > 0 else math.inf
 
 
 def statistics_of(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -136,7 +140,7 @@ class Sampler:
 
         self.config = config
         env = envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)
-        self.net = config.network.build(env.single_observation_space, env.single_action_space).to(device)
+        self.net = config.build_network(env.single_observation_space, env.single_action_space).to(device)
         self.actor = Actor(env, self.net, config.num_steps, device, config.reward_scale)
         self.policy_value = make_policy_value(self.net)
         objective = build_objective(config, self.policy_value)
@@ -152,7 +156,11 @@ class Sampler:
             base.update({k: float(v.detach()) for k, v in raw_values.values().items()})
         self.learn = {name: base[name] for name in learn}
         self.fixed = {k: v for k, v in config.hparams.as_dict().items() if k not in self.learn}
-        self.make_meta = lambda: MetaParams(self.learn, fixed=self.fixed, device=device)
+        condition = config.meta.condition
+        self.make_meta = lambda: MetaParams(self.learn, fixed=self.fixed, device=device, condition=condition)
+        at_checkpoint = self.make_meta()
+        # A conditioned agent: the outer loss's reference input (fixed: the values stay at the checkpoint's).
+        self.conditioning = (lambda: at_checkpoint.reference_vector(config.meta.reference())) if condition else None
         generator = torch.Generator().manual_seed(seed)
 
         def inner_update(params, opt_state, rollout, hparams, create_graph):
@@ -161,7 +169,7 @@ class Sampler:
             return new, state
 
         self.inner_update = inner_update
-        self.acting = {**self.fixed, **self.learn}
+        self.acting = {k: v.detach() if torch.is_tensor(v) else v for k, v in at_checkpoint.hparams().items()}
 
     def sample(self, estimator: Any) -> torch.Tensor:
         """One meta-gradient [H] (in the order of ``learn``) from fresh rollouts."""
@@ -199,7 +207,8 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
         sampler = Sampler(config, path, learn, cfg.seed + 1000 * index, cfg.device)
         try:
             reference_estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value,
-                                                  "multi-step", reference_k, vtrace=outer_correction(config))
+                                                  "multi-step", reference_k, vtrace=outer_correction(config),
+                                                  conditioning=sampler.conditioning)
             reference_draws = torch.stack([sampler.sample(reference_estimator) for _ in range(cfg.reference_samples)])
             reference, ref_snr = reference_draws.mean(0), reference_snr(reference_draws)
             print(f"{path.name} step {sampler.step:>9,} reference (K={reference_k} x {cfg.reference_samples}): "
@@ -209,7 +218,7 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
                     if name == "one-step" and k != 1:
                         continue
                     estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k,
-                                                vtrace=outer_correction(config))
+                                                vtrace=outer_correction(config), conditioning=sampler.conditioning)
                     samples = torch.stack([sampler.sample(estimator) for _ in range(cfg.samples)])
                     stats = statistics_of(samples, reference)
                     row = {"checkpoint": path.name, "step": sampler.step, "estimator": name, "k": k, **stats,

@@ -12,6 +12,12 @@ Learning", learn gamma and lambda through a sigmoid):
     meta = MetaParams({"gamma": 0.95, "lambda": 0.9}, fixed={"entropy_cost": 0.01})
     hparams = meta.hparams()            # {"gamma": tensor(0.95, grad), "lambda": ..., "entropy_cost": 0.01}
     meta.raw["gamma"]                   # the leaf a meta-optimizer moves
+
+With ``condition=True`` the agent is conditioned on the learned values (Xu et al. 2018, section
+1.4: the policy and value take an embedding of eta as an extra input, so that one network can
+represent the values of a changing discount): ``hparams()`` then also carries them as one ``[H]``
+tensor under :data:`CONDITIONING`, which networks read; the outer objective feeds the reference
+values instead (:meth:`MetaParams.reference_vector`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class Bounds:
         """``(low, high)`` for messages."""
         return f"({self.low:g}, {self.high:g})"
 
+
+# The key under which ``hparams`` carry the vector a conditioned network takes as input.
+CONDITIONING = "conditioning"
 
 # The hyperparameters the actor-critic objectives and the learner read, and their ranges.
 KNOWN: dict[str, Bounds] = {
@@ -88,7 +97,8 @@ class MetaParams:
 
     ``learn`` maps names to initial values; ``bounds`` may narrow a name's interval (e.g. gamma in
     (0.9, 1)). ``fixed`` values are passed through unchanged. Every name is checked against
-    :data:`KNOWN`; an initial value outside its bounds raises ValueError.
+    :data:`KNOWN`; an initial value outside its bounds raises ValueError. ``condition``: ``hparams()``
+    also carries the learned values as the network's conditioning input (see the module docstring).
     """
 
     def __init__(
@@ -98,7 +108,11 @@ class MetaParams:
         bounds: Mapping[str, tuple[float, float]] | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        condition: bool = False,
     ):
+        if condition and not learn:
+            raise ValueError("condition=True needs at least one learned hyperparameter to condition on")
+        self.condition = bool(condition)
         fixed = dict(fixed or {})
         both = sorted(set(learn) & set(fixed))
         if both:
@@ -137,13 +151,28 @@ class MetaParams:
         return {name: from_raw(raw, self.bounds[name]) for name, raw in self.raw.items()}
 
     def hparams(self) -> dict[str, float | Tensor]:
-        """Fixed values and learned (differentiable) ones together, as objectives read them."""
-        return {**self.fixed, **self.values()}
+        """Fixed values and learned (differentiable) ones together, as objectives read them.
+
+        Conditioned (``condition=True``): also the learned values as one ``[H]`` tensor under
+        :data:`CONDITIONING`, differentiable too (the meta-gradient flows through the network's input).
+        """
+        values = self.values()
+        out: dict[str, float | Tensor] = {**self.fixed, **values}
+        if self.condition:
+            out[CONDITIONING] = torch.stack([values[n] for n in self.names])
+        return out
 
     def vector(self) -> Tensor:
         """The learned values as one ``[H]`` tensor (for conditioning a network on them)."""
         values = self.values()
         return torch.stack([values[n] for n in self.names]) if values else torch.zeros(0)
+
+    def reference_vector(self, reference: Mapping[str, float]) -> Tensor:
+        """The conditioning input of the outer objective ``[H]``, a constant: ``reference[name]`` where
+        given (the outer gamma and lambda), else the learned value, detached."""
+        values = self.values()
+        return torch.stack([torch.as_tensor(reference[n], dtype=values[n].dtype, device=values[n].device)
+                            if n in reference else values[n].detach() for n in self.names])
 
     def state_dict(self) -> dict[str, object]:
         """Raw values and bounds, for checkpoints."""

@@ -8,6 +8,10 @@ update to the updated one, which keeps meta-steps small. With ``vtrace=True`` th
 loss is IMPALA's V-trace one (reference gamma and lambda inside the V-trace targets), as Xu et al.
 (2018) use with IMPALA: rollouts from an asynchronous loop were collected by older parameters, and
 the outer loss of the updated agent is then importance-corrected like the inner one.
+
+A conditioned agent (``MetaParams(condition=True)``) is evaluated here with the *reference* values
+as its input, as Xu et al. (2018, section 1.4) do: ``conditioning()`` returns that ``[H]`` vector
+(e.g. ``lambda: meta.reference_vector({"gamma": 0.99, "lambda": 1.0})``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from typing import Callable
+
+from rlmeta.hparams import CONDITIONING
 from rlmeta.objectives.actor_critic import A2C, VTraceActorCritic
 from rlmeta.rollout import PolicyValue, Rollout
 
@@ -24,7 +31,8 @@ class OuterObjective:
 
     def __init__(self, policy_value: PolicyValue, gamma: float = 0.99, lambda_: float = 1.0,
                  value_cost: float = 0.0, entropy_cost: float = 0.0, kl_cost: float = 0.0, vtrace: bool = False,
-                 rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0):
+                 rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0,
+                 conditioning: Callable[[], Tensor] | None = None):
         for name, value in (("gamma", gamma), ("lambda_", lambda_)):
             if not 0 <= value <= 1:
                 raise ValueError(f"outer {name} must be in [0, 1], got {value!r}")
@@ -36,17 +44,21 @@ class OuterObjective:
                           "entropy_cost": entropy_cost}
         self.kl_cost = kl_cost
         self.vtrace = vtrace
+        self.conditioning = conditioning
         self._actor_critic = (VTraceActorCritic(policy_value, rho_bar=rho_bar, c_bar=c_bar, pg_rho_bar=pg_rho_bar)
                               if vtrace else A2C(policy_value))
 
     def __call__(self, params: dict, rollout: Rollout, previous: dict | None = None) -> Tensor:
         """The outer loss of ``params`` on ``rollout`` (``previous``: parameters before the last update)."""
-        loss, _ = self._actor_critic(params, rollout, self.reference)
+        reference = self.reference
+        if self.conditioning is not None:
+            reference = {**reference, CONDITIONING: self.conditioning()}
+        loss, _ = self._actor_critic(params, rollout, reference)
         if self.kl_cost and previous is not None:
             obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
             with torch.no_grad():
-                before, _ = self.policy_value(previous, obs, self.reference)
-            after, _ = self.policy_value(params, obs, self.reference)
+                before, _ = self.policy_value(previous, obs, reference)
+            after, _ = self.policy_value(params, obs, reference)
             loss = loss + self.kl_cost * torch.distributions.kl_divergence(before, after).mean()
         return loss
 

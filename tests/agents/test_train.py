@@ -358,6 +358,39 @@ def test_memory_saving_meta_run_equals_the_full_unroll(tmp_path):
         assert torch.allclose(params_a[key], params_b[key], rtol=1e-4, atol=1e-5), key
 
 
+def test_conditioned_meta_run_feeds_the_network_its_hyperparameters(tmp_path):
+    """``--meta.condition``: the agent acts and learns with the current values as input, the outer
+    loss evaluates it with the reference ones; checkpointed with the embedding, resumed as such."""
+    from agents.config import MetaConfig
+    from rlmeta.hparams import CONDITIONING
+
+    meta = MetaConfig(learn=("gamma", "entropy_cost"), estimator="multi-step", num_updates=2, lr=0.05,
+                      condition=True, outer_gamma=0.995)
+    config = tiny(tmp_path, meta=meta, total_steps=32 * 9, checkpoint_interval=0)
+    trainer = Trainer(config)
+    assert trainer.net.num_hparams == 2 and "hparam_embed.0.weight" in trainer.params
+    acting = trainer.hparams()
+    assert torch.allclose(acting[CONDITIONING], torch.tensor([acting["gamma"], acting["entropy_cost"]]))
+    reference = trainer.estimator.outer_loss.conditioning()
+    assert torch.allclose(reference, torch.tensor([0.995, acting["entropy_cost"]]))
+    embedding_before = trainer.params["hparam_embed.0.weight"].detach().clone()
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert not torch.equal(trainer.params["hparam_embed.0.weight"], embedding_before)  # it learns through its input
+    run = tmp_path / "run"
+    assert len(set(round(v, 7) for _, v in scalars(run, "hparams/gamma"))) > 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert f"hparams/{CONDITIONING}" not in acc.Tags()["scalars"]  # logged one by one, not as a vector
+    resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 32 * 13}))
+    assert resumed.net.num_hparams == 2 and resumed.run()["status"] == "completed"
+    with pytest.raises(ValueError, match="cannot resume with a different meta.condition"):
+        changed = MetaConfig(**{**meta.__dict__, "condition": False})
+        Trainer(TrainConfig(**{**config.__dict__, "resume": True, "meta": changed}))
+
+
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
     from agents.config import MetaConfig
 
@@ -383,6 +416,7 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
         (["--meta.learn", "lr", "--meta.init", "lr", "-1"], r"lr=-1.0 is outside its bounds"),
         (["--meta.learn", "gamma", "--meta.init", "lambda", "0.5"], "meta.learn does not learn"),
         (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.truncation", "1"], "multi-step estimator only"),
+        (["--meta.condition"], "meta.condition needs meta.learn"),
     ],
 )
 def test_bad_meta_options_stop_before_anything_is_built(tmp_path, capsys, flags, message):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -23,8 +24,18 @@ def test_statistics_of_known_samples():
     assert stats["snr"] == pytest.approx(4 / (10 / 3))
     cosines = torch.tensor([1, 1, 2 / 8**0.5, 2 / 8**0.5], dtype=torch.float64)
     assert stats["cosine_samples_se"] == pytest.approx(float(cosines.std()) / 2)
-    # The reference's SNR is that of its mean: R times a single sample's.
-    assert reference_snr(samples) == pytest.approx(4 * 4 / (10 / 3))
+    # The reference's SNR is that of its mean: R times a single sample's, less the 1 of pure noise.
+    assert reference_snr(samples) == pytest.approx(4 * 4 / (10 / 3) - 1)
+
+
+def test_reference_snr_is_about_zero_for_pure_noise_and_grows_with_the_samples():
+    generator = torch.Generator().manual_seed(0)
+    noise = [reference_snr(torch.randn(50, 2, generator=generator, dtype=torch.float64)) for _ in range(400)]
+    assert abs(sum(noise) / len(noise)) < 0.3  # the raw R |mean|^2 / trace would average 1
+    signal = torch.randn(400, 2, generator=generator, dtype=torch.float64) + torch.tensor([0.5, 0.0], dtype=torch.float64)
+    # true SNR of one sample = 0.25 / 2; of the mean of R: R times that
+    assert reference_snr(signal[:100]) == pytest.approx(100 * 0.125, rel=0.6)
+    assert reference_snr(signal) == pytest.approx(400 * 0.125, rel=0.35)
 
 
 def cell(variance, cosine, se, ref_snr=10.0):
@@ -67,6 +78,22 @@ def test_variance_study_writes_csv_plots_tensorboard_and_summary(tmp_path, capsy
     # Results are never overwritten silently.
     with pytest.raises(SystemExit, match="already has results"):
         main(["variance", "--run-dir", str(run_dir)])
+
+
+def test_variance_study_of_a_conditioned_meta_run(tmp_path):
+    """A run whose agent is conditioned on its meta-learned values is studied at those values."""
+    from agents.config import MetaConfig
+
+    run_dir = tmp_path / "run"
+    meta = MetaConfig(learn=("gamma", "entropy_cost"), lr=0.05, condition=True)
+    train(TrainConfig(env="snake-6x6", algo="a2c", num_envs=8, num_steps=8, total_steps=64 * 2, checkpoint_interval=64,
+                      run_dir=str(run_dir), progress=False, eval_episodes=2, meta=meta,
+                      network=NetworkConfig(hidden=(16,), conv_channels=(4,), activation="relu")))
+    result = run(VarianceConfig(run_dir=str(run_dir), ks=(1, 2), estimators=("mixed",), samples=3, reference_samples=2))
+    rows = result["rows"]
+    assert [(r["estimator"], r["k"]) for r in rows] == [("mixed", 1), ("mixed", 2)]  # one checkpoint (the end)
+    assert {"variance_gamma", "variance_entropy_cost"} <= set(rows[0])
+    assert all(math.isfinite(r["variance"]) and r["variance"] > 0 for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 from torch.distributions import Categorical
 
 from agents.learner import gradient_step
-from rlmeta.hparams import KNOWN, MetaParams, from_raw, to_raw
+from rlmeta.hparams import CONDITIONING, KNOWN, MetaParams, from_raw, to_raw
 from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective, mixing_weights
 from rlmeta.objectives import A2C
 from rlmeta.optim import adam, rmsprop, sgd
@@ -86,8 +86,8 @@ def make_meta(gamma=0.9, lam=0.8, entropy=0.05):
                       fixed={"value_cost": 0.5}, dtype=DT)
 
 
-def estimate(estimator, meta, optimizer):
-    params = make_params()
+def estimate(estimator, meta, optimizer, params_factory=make_params):
+    params = params_factory()
     return estimator.estimate(meta, params, optimizer.init(params), fixed_collect())
 
 
@@ -127,22 +127,23 @@ def linearize(estimator):
     return wrapped
 
 
-def check_against_finite_differences(make_estimator, optimizer, h=1e-5, rtol=1e-4):
+def check_against_finite_differences(make_estimator, optimizer, h=1e-5, rtol=1e-4, meta_factory=make_meta,
+                                     params_factory=make_params):
     """The estimator's meta-gradient vs central differences of its linearized meta-loss."""
     estimator = make_estimator()
     wrapped = linearize(estimator)
-    result = estimate(estimator, make_meta(), optimizer)
+    result = estimate(estimator, meta_factory(), optimizer, params_factory)
     for w in wrapped:
         w.recording = False
     for name in result.grads:
         values = []
         for sign in (1, -1):
-            meta = make_meta()
+            meta = meta_factory()
             with torch.no_grad():
                 meta.raw[name] += sign * h
             for w in wrapped:
                 w.calls = 0
-            values.append(estimate(estimator, meta, optimizer).meta_loss)
+            values.append(estimate(estimator, meta, optimizer, params_factory).meta_loss)
         fd = (values[0] - values[1]) / (2 * h)
         got = float(result.grads[name])
         assert abs(got - fd) <= rtol * max(abs(got), abs(fd)), (type(estimator).__name__, name, got, fd)
@@ -169,6 +170,81 @@ def test_every_estimator_matches_finite_differences(opt_name, k):
     for name, make in estimators(inner, outer, k).items():
         if make is not None:
             check_against_finite_differences(make, optimizer)
+
+
+# A conditioned agent (Xu et al. 2018): an embedding of the learned values enters the logits and,
+# multiplied with a state feature, the values. The outer loss feeds the reference values instead.
+REFERENCE = {"gamma": 0.99, "lambda": 1.0, "entropy_cost": 0.02}
+
+
+def conditioned_policy_value(params, obs, hparams):
+    embedding = torch.tanh(hparams[CONDITIONING] @ params["embed"])  # [E]
+    logits = obs @ params["logits"] + embedding @ params["embed_logits"]
+    values = obs @ params["values"] + (obs @ params["value_scale"]) * (embedding @ params["embed_value"])
+    return Categorical(logits=logits, validate_args=False), values
+
+
+def make_conditioned_params(seed=0):
+    g = torch.Generator().manual_seed(seed + 50)
+    params = make_params(seed)
+    params.update(embed=torch.randn(3, 2, generator=g, dtype=DT), embed_logits=torch.randn(2, A, generator=g, dtype=DT),
+                  value_scale=0.5 * torch.randn(S, generator=g, dtype=DT), embed_value=torch.randn(2, generator=g, dtype=DT))
+    return params
+
+
+def make_conditioned_meta():
+    return MetaParams({"gamma": 0.9, "lambda": 0.8, "entropy_cost": 0.05}, fixed={"value_cost": 0.5}, dtype=DT,
+                      condition=True)
+
+
+def test_conditioning_carries_the_learned_values_and_the_outer_loss_the_reference_ones():
+    meta = make_conditioned_meta()
+    vector = meta.hparams()[CONDITIONING]
+    assert torch.allclose(vector, torch.tensor([0.9, 0.8, 0.05], dtype=DT)) and vector.requires_grad
+    assert CONDITIONING not in make_meta().hparams()
+    reference = meta.reference_vector({"gamma": 0.99, "lambda": 1.0})  # entropy_cost: its current value
+    assert torch.allclose(reference, torch.tensor([0.99, 1.0, 0.05], dtype=DT)) and not reference.requires_grad
+    seen = []
+
+    def recording(params, obs, hparams):
+        seen.append(hparams[CONDITIONING])
+        return conditioned_policy_value(params, obs, hparams)
+
+    OuterObjective(recording, kl_cost=0.1, conditioning=lambda: reference)(make_conditioned_params(), ROLLOUTS[0],
+                                                                           make_conditioned_params())
+    assert len(seen) == 3 and all(torch.equal(v, reference) for v in seen)  # loss, KL before and after
+    with pytest.raises(ValueError, match="condition=True needs at least one learned"):
+        MetaParams({}, condition=True)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_meta_gradients_of_a_conditioned_agent_match_finite_differences(opt_name, k):
+    """The meta-gradient flows through the conditioning input of every inner update as well."""
+    optimizer = OPTIMIZERS[opt_name]()
+    objective = A2C(conditioned_policy_value)
+
+    def inner(params, opt_state, rollout, hparams, create_graph):
+        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+        return new, state
+
+    reference = torch.tensor([REFERENCE[n] for n in ("gamma", "lambda", "entropy_cost")], dtype=DT)
+    outer = OuterObjective(conditioned_policy_value, gamma=0.99, lambda_=1.0, value_cost=0.1, kl_cost=0.2,
+                           conditioning=lambda: reference)
+    makes = {"multi-step": lambda: MultiStep(inner, outer, k), "mixed": lambda: Mixed(inner, outer, k),
+             "recompute": lambda: MultiStep(inner, outer, k, recompute=True),
+             "bootstrapped": lambda: Bootstrapped(inner, conditioned_policy_value, num_updates=k, target_updates=2,
+                                                 value_cost=0.5)}
+    for make in makes.values():
+        check_against_finite_differences(make, optimizer, meta_factory=make_conditioned_meta,
+                                         params_factory=make_conditioned_params)
+    # Not vacuous: cut the conditioning path (the network sees the values as constants) and it changes.
+    cut = make_conditioned_meta()
+    values_of = cut.hparams
+    cut.hparams = lambda: {**values_of(), CONDITIONING: values_of()[CONDITIONING].detach()}
+    without = estimate(MultiStep(inner, outer, k), cut, optimizer, make_conditioned_params).vector()
+    full = estimate(MultiStep(inner, outer, k), make_conditioned_meta(), optimizer, make_conditioned_params).vector()
+    assert not torch.allclose(without, full, rtol=1e-3, atol=0)
 
 
 def test_meta_gradient_of_a_loss_without_stop_gradients_is_its_derivative():

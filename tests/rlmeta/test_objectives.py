@@ -28,6 +28,7 @@ from torch.distributions import Categorical
 from agents.actor import make_policy_value
 from agents.learner import gradient_step, update
 from agents.networks import ActorCritic
+from rlmeta.hparams import CONDITIONING
 from rlmeta.objectives import A2C, DEFAULT_HPARAMS, PPO, VTraceActorCritic
 from rlmeta.optim import adam, sgd
 from rlmeta.rollout import Rollout
@@ -742,13 +743,13 @@ def test_objectives_with_a_conditioned_network_meta_gradient_to_the_hparam_vecto
     rollout = _net_rollout()
     vector = torch.tensor([0.9, 0.8], requires_grad=True)
     gamma = torch.tensor(0.9, requires_grad=True)
-    hp = {**HP, "gamma": gamma, "_vector": vector}
+    hp = {**HP, "gamma": gamma, CONDITIONING: vector}
     objective = objective_cls(policy_value)
     if objective_cls is PPO:
         objective = PPO(policy_value, epochs=1, minibatches=1)
     new, _, _ = update(objective, sgd(0.05), params, {}, rollout, hp, create_graph=True)
     # the meta-objective: A2C on the same data with the updated parameters and fixed hparams
-    meta, _ = A2C(policy_value)(new, rollout, {**HP, "_vector": vector.detach()})
+    meta, _ = A2C(policy_value)(new, rollout, {**HP, CONDITIONING: vector.detach()})
     d_vec, d_gamma = torch.autograd.grad(meta, [vector, gamma])
     assert torch.isfinite(d_vec).all() and d_vec.abs().sum() > 0
     assert torch.isfinite(d_gamma) and d_gamma.abs() > 0
