@@ -4,7 +4,9 @@ Variants, each trained from ``configs/snake6_a2c.toml`` for ``total_steps`` with
 
 * ``gamma=0.8`` and ``gamma=0.99``: A2C with a fixed discount;
 * ``one-step``, ``multi-step K=4``, ``mixed K=4``: the same A2C with gamma and lambda meta-learned
-  online (outer gamma 0.99, lambda 1; Adam meta-optimizer at ``meta_lr`` on the raw values).
+  online (outer gamma 0.99, lambda 1; Adam meta-optimizer at ``meta_lr`` on the raw values);
+* ``... +cond`` (e.g. ``mixed K=4 +cond``): the same, with the agent conditioned on gamma and
+  lambda (``meta.condition``, Xu et al. 2018).
 
 Every run reuses the outer loss's rollout for the next inner update, so all variants learn from
 the same number of env steps. Reported: the final evaluation (20 sampled episodes) mean and std
@@ -26,6 +28,8 @@ from typing import Any
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "snake6_a2c.toml"
 VARIANTS = ("gamma=0.8", "gamma=0.99", "one-step", "multi-step K=4", "mixed K=4")
+CONDITIONED = " +cond"  # suffix of a meta variant whose agent is conditioned on its hyperparameters
+KNOWN_VARIANTS = VARIANTS + tuple(v + CONDITIONED for v in VARIANTS if not v.startswith("gamma="))
 
 
 @dataclass
@@ -42,9 +46,9 @@ class MetaCurvesConfig:
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        unknown = [v for v in self.variants if v not in KNOWN_VARIANTS]
         if unknown or not self.variants:
-            raise ValueError(f"variants must be some of {list(VARIANTS)}, got {list(self.variants)}")
+            raise ValueError(f"variants must be some of {list(KNOWN_VARIANTS)}, got {list(self.variants)}")
         if self.seeds < 1 or self.total_steps < 1:
             raise ValueError(f"seeds and total_steps must be >= 1, got {self.seeds} and {self.total_steps}")
         if not self.meta_lr > 0:
@@ -61,9 +65,10 @@ def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
     if name.startswith("gamma="):
         fields["hparams"] = HParamsConfig(**{**base.hparams.__dict__, "gamma": float(name.split("=")[1])})
         return TrainConfig(**fields)
-    estimator, _, k = name.partition(" K=")
+    condition = name.endswith(CONDITIONED)
+    estimator, _, k = name.removesuffix(CONDITIONED).partition(" K=")
     fields["meta"] = MetaConfig(learn=("gamma", "lambda"), estimator=estimator, num_updates=int(k or 1),
-                                lr=cfg.meta_lr)
+                                lr=cfg.meta_lr, condition=condition)
     return TrainConfig(**fields)
 
 
@@ -85,7 +90,7 @@ def run(cfg: MetaCurvesConfig) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
     for seed in range(cfg.seeds):
         for name in cfg.variants:
-            run_dir = root / f"{name.replace(' ', '_').replace('=', '')}-s{seed}"
+            run_dir = root / f"{name.replace(' ', '_').replace('=', '').replace('+', '')}-s{seed}"
             started = time.perf_counter()
             summary = train(variant_config(name, seed, cfg, run_dir))
             scalars = _scalars(run_dir)
@@ -94,7 +99,7 @@ def run(cfg: MetaCurvesConfig) -> dict[str, Any]:
                       "seconds": time.perf_counter() - started, "curve": scalars["episode/return"],
                       "final_gamma": scalars["hparams/gamma"][-1][1], "final_lambda": scalars["hparams/lambda"][-1][1]}
             results[name].append(record)
-            print(f"{name:<15} seed {seed}: eval {record['eval_mean']:.2f}, train(last 100) "
+            print(f"{name:<21} seed {seed}: eval {record['eval_mean']:.2f}, train(last 100) "
                   f"{record['train_last_100']:.2f}, gamma {record['final_gamma']:.3f}, lambda "
                   f"{record['final_lambda']:.3f}, {record['seconds']:.0f} s", flush=True)
     table = format_table(results)
