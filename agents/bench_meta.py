@@ -238,7 +238,7 @@ def _module_policy_value(module: Any) -> Callable:
 
 
 class _SemiGradient:
-    """An objective without ``supports_target_params``: the learner then detaches its targets."""
+    """An objective without ``supports_output_split``: the learner then detaches its targets."""
 
     def __init__(self, objective: Any):
         self.objective = objective

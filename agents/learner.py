@@ -14,6 +14,7 @@ import torch
 
 from rlmeta.hparams import CONDITIONING
 from rlmeta.optim import Optimizer, global_norm
+from rlmeta.rollout import OutputSplit
 
 
 def gradient_step(
@@ -22,21 +23,26 @@ def gradient_step(
 ) -> tuple[dict, dict, dict[str, float]]:
     """One optimizer step on ``objective(params, data, hparams, progress)``."""
     keys = list(params)
-    if create_graph and _targets_differentiable(params, hparams):
+    if create_graph and _targets_differentiable(params, hparams) and getattr(objective, "supports_output_split", False):
         # The parameters depend on something (earlier differentiable updates), or the network's
-        # input does (conditioning on meta-learned values): differentiate the loss in an alias of
-        # the parameters only, so whatever the objective holds fixed (targets, computed from
-        # `params` itself) stays out of this gradient but remains a function of `params` and of
-        # the conditioning, and derivatives through the update are exact. Parameters that are
-        # plain leaves of an unconditioned network (the first update of an unroll) need no second
-        # evaluation: nothing upstream can see it.
+        # input does (conditioning on meta-learned values): the objective predicts with aliases of
+        # its network outputs and holds the outputs themselves fixed as targets; the gradient is
+        # taken through the aliases only, so the targets stay out of it but remain functions of
+        # `params` and of the conditioning, and derivatives through the update are exact (one
+        # forward pass: see rlmeta.rollout.OutputSplit).
+        split = OutputSplit()
+        loss, metrics = objective(params, data, hparams, progress, split=split)
+        grads = split.grads(loss, [params[k] for k in keys])
+    elif create_graph and _targets_differentiable(params, hparams):
+        # An objective that does not split its outputs: differentiate it in an alias of the
+        # parameters, so that data computed from `params` beforehand (PPO's prepared advantages
+        # and returns) stays out of this gradient but remains a function of `params`.
         alias = {k: v.view_as(v) for k, v in params.items()}
-        if getattr(objective, "supports_target_params", False):
-            loss, metrics = objective(alias, data, hparams, progress, target_params=params)
-        else:
-            loss, metrics = objective(alias, data, hparams, progress)
+        loss, metrics = objective(alias, data, hparams, progress)
         grads = torch.autograd.grad(loss, [alias[k] for k in keys], create_graph=True)
     else:
+        # Plain training, or the first update of an unroll from leaf parameters of an
+        # unconditioned network: nothing upstream can see the targets, which are detached.
         loss, metrics = objective(params, data, hparams, progress)
         grads = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph)
     grads = dict(zip(keys, grads))

@@ -59,11 +59,61 @@ class Evaluation(NamedTuple):
 
 def evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> Evaluation:
     """Run the network once on every observation of the rollout (plus bootstrap and final ones)."""
+    return _evaluation(*_forward(policy_value, params, rollout, hparams), rollout)
+
+
+class OutputSplit:
+    """The network outputs of one forward pass, and the aliases an objective's loss predicts with.
+
+    For exact meta-gradients an update must hold its targets fixed (no gradient through them)
+    while they stay differentiable functions of the parameters. Rather than running the network
+    twice, :func:`evaluate_split` runs it once and gives the loss *aliases* (views) of the outputs
+    as its predictions and the outputs themselves as its targets. The learner then takes the
+    loss's gradient in the aliases only (``grads``): the targets' paths are left out of it, but
+    remain in the graph that a meta-gradient differentiates.
+    """
+
+    def __init__(self) -> None:
+        self.outputs: list[Tensor] = []
+        self.aliases: list[Tensor] = []
+
+    def alias(self, output: Tensor) -> Tensor:
+        """A view of ``output`` to predict with (recorded with it)."""
+        view = output.view_as(output)
+        self.outputs.append(output)
+        self.aliases.append(view)
+        return view
+
+    def grads(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """``d loss / d params`` through the aliases only, keeping the graph (``create_graph=True``)."""
+        cotangents = torch.autograd.grad(loss, self.aliases, create_graph=True, allow_unused=True)
+        used = [(o, c) for o, c in zip(self.outputs, cotangents) if c is not None]
+        grads = torch.autograd.grad([o for o, _ in used], params, grad_outputs=[c for _, c in used],
+                                    create_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def evaluate_split(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict,
+                   split: OutputSplit) -> tuple[Evaluation, Evaluation]:
+    """One forward pass, two evaluations: predictions from aliases (recorded in ``split``) and the
+    targets' evaluation from the outputs themselves (see :class:`OutputSplit`)."""
+    dist_all, values_all = _forward(policy_value, params, rollout, hparams)
+    predictions = _evaluation(_alias_distribution(dist_all, split), split.alias(values_all), rollout)
+    return predictions, _evaluation(dist_all, values_all, rollout)
+
+
+def _forward(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> tuple[Distribution, Tensor]:
+    """The network on every observation of the rollout, then its bootstrap and final observations."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     obs_shape = rollout.obs.shape[2:]
     flat = rollout.obs.reshape(num_steps * num_envs, *obs_shape)
     everything = torch.cat([flat, rollout.last_obs, rollout.final_obs.reshape(-1, *obs_shape)], dim=0)
-    dist_all, values_all = policy_value(params, everything, hparams)
+    return policy_value(params, everything, hparams)
+
+
+def _evaluation(dist_all: Distribution, values_all: Tensor, rollout: Rollout) -> Evaluation:
+    """Log-probs, entropies, values and next values ``[T, B]`` from the outputs of :func:`_forward`."""
+    num_steps, num_envs = rollout.num_steps, rollout.num_envs
     n = num_steps * num_envs
     values = values_all[:n].reshape(num_steps, num_envs)
     bootstrap = values_all[n : n + num_envs]
@@ -79,6 +129,19 @@ def evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams:
     entropy = dist.entropy().reshape(num_steps, num_envs)
     continues = 1.0 - torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
     return Evaluation(logp, entropy, values, next_values, continues, dist)
+
+
+def _alias_distribution(dist: Distribution, split: OutputSplit) -> Distribution:
+    """The same Categorical or Independent(Normal) distribution, built on aliases of its parameters."""
+    from torch.distributions import Categorical, Independent, Normal
+
+    if isinstance(dist, Categorical):
+        return Categorical(logits=split.alias(dist.logits), validate_args=False)
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        base = dist.base_dist
+        return Independent(Normal(split.alias(base.loc), split.alias(base.scale), validate_args=False),
+                           dist.reinterpreted_batch_ndims, validate_args=False)
+    raise TypeError(f"unsupported distribution {type(dist).__name__}")
 
 
 def _slice_distribution(dist: Distribution, n: int) -> Distribution:

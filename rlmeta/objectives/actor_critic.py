@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rlmeta.returns import generalized_advantages, lambda_returns, vtrace
-from rlmeta.rollout import Evaluation, PolicyValue, Rollout, evaluate
+from rlmeta.rollout import Evaluation, OutputSplit, PolicyValue, Rollout, evaluate, evaluate_split
 
 # Hyperparameters every objective reads; missing ones take these values.
 DEFAULT_HPARAMS: dict[str, float] = {
@@ -48,16 +48,15 @@ class A2C:
         self.policy_value = policy_value
         self.normalize_advantages = normalize_advantages
 
-    supports_target_params = True
+    supports_output_split = True
 
     def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
-                 target_params: dict | None = None):
+                 split: OutputSplit | None = None):
         """Loss ``policy_cost * PG + value_cost * 0.5 (G - V)^2 - entropy_cost * H`` and metrics.
 
-        Targets and baselines use ``target_params`` when given (see :func:`_targets`).
+        Targets and baselines are held fixed (see :func:`_evaluate`; ``split`` for exact meta-gradients).
         """
-        ev = evaluate(self.policy_value, params, rollout, hparams)
-        fixed = _targets(self.policy_value, ev, target_params, rollout, hparams)
+        ev, fixed = _evaluate(self.policy_value, params, rollout, hparams, split)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
         returns = lambda_returns(rollout.rewards, discounts, fixed.next_values, ev.continues, _hp(hparams, "lambda"))
         advantages = returns - fixed.values
@@ -78,13 +77,12 @@ class VTraceActorCritic:
         self.policy_value = policy_value
         self.rho_bar, self.c_bar, self.pg_rho_bar = rho_bar, c_bar, pg_rho_bar
 
-    supports_target_params = True
+    supports_output_split = True
 
     def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
-                 target_params: dict | None = None):
+                 split: OutputSplit | None = None):
         """V-trace policy-gradient, value and entropy losses; metrics include the mean ratio."""
-        ev = evaluate(self.policy_value, params, rollout, hparams)
-        fixed = _targets(self.policy_value, ev, target_params, rollout, hparams)
+        ev, fixed = _evaluate(self.policy_value, params, rollout, hparams, split)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
         rhos = torch.exp(fixed.logp - rollout.behaviour_logp)
         out = vtrace(
@@ -100,20 +98,21 @@ class VTraceActorCritic:
         return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
 
 
-def _targets(policy_value: PolicyValue, ev: Evaluation, target_params: dict | None, rollout: Rollout,
-             hparams: HParams) -> Evaluation:
-    """What an objective holds fixed (bootstrap values, baselines, importance ratios).
+def _evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: HParams,
+              split: OutputSplit | None) -> tuple[Evaluation, Evaluation]:
+    """The predictions of a loss, and what it holds fixed (bootstrap values, baselines, importance ratios).
 
-    Without ``target_params``: ``ev`` detached, the usual semi-gradient. With them (the learner
-    passes the same parameters there when it differentiates through an update): the fixed terms
-    come from a second evaluation that is not part of this loss's gradient in ``params`` but stays
-    a differentiable function of ``target_params``, so a meta-gradient through several updates is
-    the exact derivative of the unrolled update map (checked against finite differences).
+    Without ``split``: the fixed terms are the predictions detached, the usual semi-gradient. With
+    it (the learner passes one when it differentiates through an update): the fixed terms come
+    from the same forward pass but are left out of the loss's gradient only, staying
+    differentiable functions of ``params``, so a meta-gradient through several updates is the
+    exact derivative of the unrolled update map (checked against finite differences).
     """
-    if target_params is None:
-        return Evaluation(ev.logp.detach(), ev.entropy.detach(), ev.values.detach(), ev.next_values.detach(),
+    if split is not None:
+        return evaluate_split(policy_value, params, rollout, hparams, split)
+    ev = evaluate(policy_value, params, rollout, hparams)
+    return ev, Evaluation(ev.logp.detach(), ev.entropy.detach(), ev.values.detach(), ev.next_values.detach(),
                           ev.continues, ev.dist)
-    return evaluate(policy_value, target_params, rollout, hparams)
 
 
 class PPO:
