@@ -76,6 +76,9 @@ def test_main_job_meta_gradient_a2c_on_snake_6x6_learns_and_moves_gamma(tmp_path
     summary = run("snake6_meta.toml", tmp_path)
     ev = summary["eval"]
     assert ev["return_mean"] >= max(1.0, 5 * random_snake_score()), summary["evaluations"]
+    gamma = summary["meta"]["gamma"]
+    assert gamma["initial"] == pytest.approx(0.9)
+    assert abs(gamma["final"] - gamma["initial"]) > 0.01, gamma  # visibly tuned (about +0.07 in our runs)
     for name in ("gamma", "lambda"):
         moved = summary["meta"][name]
         assert moved["final"] != pytest.approx(moved["initial"], abs=1e-4), (name, moved)
