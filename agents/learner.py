@@ -23,7 +23,8 @@ def gradient_step(
 ) -> tuple[dict, dict, dict[str, float]]:
     """One optimizer step on ``objective(params, data, hparams, progress)``."""
     keys = list(params)
-    if create_graph and _targets_differentiable(params, hparams) and getattr(objective, "supports_output_split", False):
+    exact = create_graph and _targets_differentiable(params, hparams)
+    if exact and getattr(objective, "supports_output_split", False):
         # The parameters depend on something (earlier differentiable updates), or the network's
         # input does (conditioning on meta-learned values): the objective predicts with aliases of
         # its network outputs and holds the outputs themselves fixed as targets; the gradient is
@@ -33,7 +34,7 @@ def gradient_step(
         split = OutputSplit()
         loss, metrics = objective(params, data, hparams, progress, split=split)
         grads = split.grads(loss, [params[k] for k in keys])
-    elif create_graph and _targets_differentiable(params, hparams):
+    elif exact:
         # An objective that does not split its outputs: differentiate it in an alias of the
         # parameters, so that data computed from `params` beforehand (PPO's prepared advantages
         # and returns) stays out of this gradient but remains a function of `params`.
