@@ -132,26 +132,23 @@ def _evaluation(dist_all: Distribution, values_all: Tensor, rollout: Rollout) ->
 
 
 def _alias_distribution(dist: Distribution, split: OutputSplit) -> Distribution:
-    """The same Categorical or Independent(Normal) distribution, built on aliases of its parameters."""
-    from torch.distributions import Categorical, Independent, Normal
-
-    if isinstance(dist, Categorical):
-        return Categorical(logits=split.alias(dist.logits), validate_args=False)
-    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
-        base = dist.base_dist
-        return Independent(Normal(split.alias(base.loc), split.alias(base.scale), validate_args=False),
-                           dist.reinterpreted_batch_ndims, validate_args=False)
-    raise TypeError(f"unsupported distribution {type(dist).__name__}")
+    """The same distribution, built on aliases of its parameters."""
+    return _map_distribution(dist, split.alias)
 
 
 def _slice_distribution(dist: Distribution, n: int) -> Distribution:
-    """The first ``n`` rows of a batched Categorical or Independent(Normal) distribution."""
+    """The first ``n`` rows of a batched distribution."""
+    return _map_distribution(dist, lambda t: t[:n])
+
+
+def _map_distribution(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution:
+    """A Categorical or Independent(Normal) distribution with ``fn`` applied to each parameter tensor."""
     from torch.distributions import Categorical, Independent, Normal
 
     if isinstance(dist, Categorical):
-        return Categorical(logits=dist.logits[:n], validate_args=False)
+        return Categorical(logits=fn(dist.logits), validate_args=False)
     if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
         base = dist.base_dist
-        return Independent(Normal(base.loc[:n], base.scale[:n], validate_args=False), dist.reinterpreted_batch_ndims,
+        return Independent(Normal(fn(base.loc), fn(base.scale), validate_args=False), dist.reinterpreted_batch_ndims,
                            validate_args=False)
     raise TypeError(f"unsupported distribution {type(dist).__name__}")
