@@ -12,13 +12,30 @@ from rlmeta.hparams import CONDITIONING
 from rlmeta.rollout import Rollout
 
 
-def make_policy_value(net: ActorCritic):
-    """``policy_value(params, obs, hparams) -> (distribution, values)`` for a network, functionally."""
+VALUES = ("value", "both", "outer")
+
+
+def make_policy_value(net: ActorCritic, values: str = "value"):
+    """``policy_value(params, obs, hparams) -> (distribution, values)`` for a network, functionally.
+
+    ``values``: which value heads give ``values``: ``"value"`` ([N], the critic), ``"outer"`` ([N],
+    the outer critic) or ``"both"`` ([N, 2]: critic, outer critic; objectives then also train the
+    outer critic, see ``rlmeta.objectives.OuterCritic``). The last two need a network built with
+    ``outer_critic=True``.
+    """
+    if values not in VALUES:
+        raise ValueError(f"values must be one of {list(VALUES)}, got {values!r}")
+    if values != "value" and net.outer_value_head is None:
+        raise ValueError(f"values={values!r} needs a network with an outer critic (ActorCritic(outer_critic=True))")
 
     def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
         conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
         out = net.apply_params(params, obs, conditioning)
-        return distribution(out), out.value
+        if values == "value":
+            return distribution(out), out.value
+        if values == "outer":
+            return distribution(out), out.outer_value
+        return distribution(out), torch.stack([out.value, out.outer_value], dim=-1)
 
     return policy_value
 

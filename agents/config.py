@@ -43,16 +43,17 @@ class NetworkConfig:
     shared_torso: bool = False
     """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
 
-    def build(self, observation_space: Any, action_space: Any, num_hparams: int = 0):
+    def build(self, observation_space: Any, action_space: Any, num_hparams: int = 0, outer_critic: bool = False):
         """The ``agents.networks.ActorCritic`` this config describes, for these spaces.
 
-        ``num_hparams > 0``: conditioned on that many hyperparameters (see ``MetaConfig.condition``).
+        ``num_hparams > 0``: conditioned on that many hyperparameters (see ``MetaConfig.condition``);
+        ``outer_critic``: with a second value head for the outer loss (see ``MetaConfig.outer_critic``).
         """
         from agents.networks import ActorCritic
 
         return ActorCritic(observation_space, action_space, hidden=self.hidden, conv_channels=self.conv_channels,
                            activation=self.activation, init_log_std=self.init_log_std,
-                           shared_torso=self.shared_torso, num_hparams=num_hparams)
+                           shared_torso=self.shared_torso, num_hparams=num_hparams, outer_critic=outer_critic)
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)
@@ -191,6 +192,12 @@ class MetaConfig:
     outer_entropy_cost: float = 0.0
     outer_kl_cost: float = 0.0
     """STAC's KL from the policy before the last inner update."""
+    outer_critic: bool = False
+    """Debias the outer loss (Bonnet et al. 2022): a second value head, trained alongside the critic
+    with outer_gamma and outer_lambda, gives the outer loss its values (instead of the critic of the
+    meta-learned discount)."""
+    outer_critic_cost: float = 0.5
+    """Weight of the outer critic's value loss in the inner loss."""
     condition: bool = False
     """Condition the policy and value on the meta-learned values (Xu et al. 2018): the network takes
     them as an extra input (an embedding joined to the torso's features); the outer loss feeds the
@@ -233,6 +240,12 @@ class MetaConfig:
         _unit("meta.outer_lambda", self.outer_lambda)
         if self.condition and not self.learn:
             raise ValueError("meta.condition needs meta.learn: the network is conditioned on the learned values")
+        if self.outer_critic and not self.learn:
+            raise ValueError("meta.outer_critic needs meta.learn: the outer critic serves the meta-gradient's outer loss")
+        if self.outer_critic and self.estimator == "bootstrapped":
+            raise ValueError("meta.outer_critic needs an outer actor-critic loss; the bootstrapped estimator has none "
+                             "(use one-step, multi-step or mixed)")
+        _positive("meta.outer_critic_cost", self.outer_critic_cost)
         if self.variance_window < 0 or self.variance_window == 1:
             raise ValueError(f"meta.variance_window must be 0 (off) or >= 2, got {self.variance_window}")
 
@@ -254,6 +267,14 @@ class MetaConfig:
     def reference(self) -> dict[str, float]:
         """The outer objective's reference values of the hyperparameters it fixes (gamma, lambda)."""
         return {"gamma": self.outer_gamma, "lambda": self.outer_lambda}
+
+    def outer_critic_spec(self):
+        """The :class:`~rlmeta.objectives.OuterCritic` the inner objective trains, or None."""
+        from rlmeta.objectives import OuterCritic
+
+        if not (self.enabled and self.outer_critic):
+            return None
+        return OuterCritic(self.outer_gamma, self.outer_lambda, self.outer_critic_cost)
 
 
 @dataclass
@@ -343,9 +364,24 @@ class TrainConfig:
 
 
     def build_network(self, observation_space: Any, action_space: Any):
-        """The network of ``network``, conditioned on the meta-learned values if ``meta.condition``."""
+        """The network of ``network``, conditioned on the meta-learned values if ``meta.condition``,
+        with an outer critic if ``meta.outer_critic``."""
         num_hparams = len(self.meta.learn) if self.meta.condition else 0
-        return self.network.build(observation_space, action_space, num_hparams=num_hparams)
+        return self.network.build(observation_space, action_space, num_hparams=num_hparams,
+                                  outer_critic=self.meta.outer_critic_spec() is not None)
+
+    def policy_values(self, net: Any) -> tuple[Any, Any]:
+        """``(learner's, outer loss's)`` ``policy_value`` functions of ``net`` (built by ``build_network``).
+
+        With an outer critic the learner's gives both value columns (its objective trains both) and
+        the outer loss's gives the outer critic's; otherwise both are the plain critic's.
+        """
+        from agents.actor import make_policy_value
+
+        if self.meta.outer_critic_spec() is None:
+            policy_value = make_policy_value(net)
+            return policy_value, policy_value
+        return make_policy_value(net, "both"), make_policy_value(net, "outer")
 
     def meta_params(self, dtype=None, device: str = "cpu"):
         """The :class:`~rlmeta.hparams.MetaParams` of ``meta``: learned names, the rest fixed."""

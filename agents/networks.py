@@ -4,8 +4,11 @@ One module, :class:`ActorCritic`, picks its torso from the observation space (an
 a small CNN for ``(rows, cols, channels)`` grids such as Snake's) and its policy head from the
 action space (categorical logits for ``Discrete``, a diagonal Gaussian for ``Box``). It can be
 conditioned on the current hyperparameters (an embedding of their values joined to the torso's
-features, as in Xu et al. 2018, "Meta-Gradient Reinforcement Learning") and can carry extra
-outputs that learned objectives need (e.g. LPG's categorical prediction vector).
+features, as in Xu et al. 2018, "Meta-Gradient Reinforcement Learning"), can carry a second
+value head, the *outer critic* (Bonnet, Midgley and Laterre 2022, "Debiasing Meta-Gradient RL by
+Learning the Outer Value Function": a value of the meta-gradient's outer discount, next to the
+one of the meta-learned discount), and can carry extra outputs that learned objectives need
+(e.g. LPG's categorical prediction vector).
 
 Learners call it through ``torch.func.functional_call(net, params, (obs, hparams))`` with
 ``params`` a dict of tensors, so an update can be differentiated.
@@ -31,6 +34,7 @@ class AgentOutput(NamedTuple):
     value: Tensor | None  # None when asked for the policy only
     log_std: Tensor | None = None  # continuous actions only, broadcastable to policy
     extras: dict[str, Tensor] | None = None
+    outer_value: Tensor | None = None  # [...]: the outer critic's value, for networks that have one
 
 
 def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
@@ -61,6 +65,7 @@ class ActorCritic(nn.Module):
         extra_outputs: dict[str, int] | None = None,
         init_log_std: float = 0.0,
         shared_torso: bool = False,
+        outer_critic: bool = False,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -104,6 +109,8 @@ class ActorCritic(nn.Module):
         else:
             raise ValueError(f"action space {action_space} is not supported (need Discrete or a 1-D Box)")
         self.value_head = _init_linear(nn.Linear(width, 1), 1.0)
+        # The outer critic: a second value head on the value torso (Bonnet et al. 2022).
+        self.outer_value_head = _init_linear(nn.Linear(width, 1), 1.0) if outer_critic else None
         self.extra_heads = nn.ModuleDict(
             {name: nn.Linear(width, size) for name, size in (extra_outputs or {}).items()}
         )
@@ -120,7 +127,8 @@ class ActorCritic(nn.Module):
         A plain functional forward (``F.linear``/``F.conv2d`` on the given tensors), equal to
         ``torch.func.functional_call(self, params, (obs, hparams))`` but without swapping the
         module's tensors: faster, and safe to call from several threads at once. ``value=False``
-        skips the value (``output.value`` is then None), as acting needs only the policy.
+        skips the value (``output.value`` and ``output.outer_value`` are then None), as acting
+        needs only the policy.
         """
         p = params
         x = obs.to(p["value_head.weight"].dtype)
@@ -144,6 +152,8 @@ class ActorCritic(nn.Module):
             value=None if z_value is None else F.linear(z_value, p["value_head.weight"], p["value_head.bias"]).squeeze(-1),
             log_std=p["log_std"] if self.continuous else None,
             extras=extras,
+            outer_value=None if z_value is None or self.outer_value_head is None else
+            F.linear(z_value, p["outer_value_head.weight"], p["outer_value_head.bias"]).squeeze(-1),
         )
 
 

@@ -34,7 +34,7 @@ import json
 import torch
 
 import envs
-from agents.actor import Actor, evaluate_policy, make_policy_value
+from agents.actor import Actor, evaluate_policy
 from agents.config import MetaConfig, TrainConfig, VTraceConfig, load_config, save_config, to_dict
 from agents.learner import update
 from agents.loops import AsyncLoop, Batch, SyncLoop
@@ -43,7 +43,8 @@ from rlmeta.objectives import A2C, PPO, VTraceActorCritic
 
 CHECKPOINT_VERSION = 1
 # Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
-RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name", "meta.learn", "meta.condition")
+RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name", "meta.learn", "meta.condition",
+                "meta.outer_critic")
 
 
 class TrainingFailed(RuntimeError):
@@ -55,15 +56,18 @@ class TrainingInterrupted(RuntimeError):
 
 
 def build_objective(config: TrainConfig, policy_value: Any) -> Any:
-    """The objective ``config.algo`` names, from its section of the config."""
+    """The objective ``config.algo`` names, from its section of the config (training the outer critic
+    too if ``meta.outer_critic``: pass the learner's ``policy_value`` of ``config.policy_values``)."""
+    outer_critic = config.meta.outer_critic_spec()
     if config.algo == "ppo":
         p = config.ppo
         return PPO(policy_value, clip=p.clip, value_clip=p.value_clip, normalize_advantages=p.normalize_advantages,
-                   epochs=p.epochs, minibatches=p.minibatches, anneal_clip=p.anneal_clip)
+                   epochs=p.epochs, minibatches=p.minibatches, anneal_clip=p.anneal_clip, outer_critic=outer_critic)
     if config.algo == "vtrace":
         v = config.vtrace
-        return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar)
-    return A2C(policy_value, normalize_advantages=config.normalize_advantages)
+        return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar,
+                                 outer_critic=outer_critic)
+    return A2C(policy_value, normalize_advantages=config.normalize_advantages, outer_critic=outer_critic)
 
 
 def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimator: str | None = None,
@@ -71,6 +75,8 @@ def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimat
                     conditioning: Any = None) -> Any:
     """The meta-gradient estimator ``m`` describes (``estimator``/``num_updates`` override its own).
 
+    ``policy_value``: the outer loss's (``TrainConfig.policy_values``; with ``meta.outer_critic``
+    its values are the outer critic's).
     ``vtrace``: the outer loss is importance-corrected with V-trace (as the V-trace learner is).
     ``conditioning``: for a conditioned agent, ``() -> [H]`` reference input of the outer loss.
     """
@@ -177,7 +183,7 @@ class Trainer:
         self.has_success = bool(getattr(first_env, "has_success", False))
         self.observation_space = first_env.single_observation_space
         self.action_space = first_env.single_action_space
-        self.policy_value = make_policy_value(self.net)
+        self.policy_value, self.outer_policy_value = config.policy_values(self.net)
         self.objective = build_objective(config, self.policy_value)
         self.optimizer = config.optimizer.build(differentiable=config.meta.enabled)
         self.meta = None
@@ -212,17 +218,19 @@ class Trainer:
             progress = min(1.0, self.step / self.config.total_steps)
             if self.config.optimizer.anneal_lr and "lr" not in hparams:
                 hparams = {**hparams, "lr": self.config.optimizer.lr * (1.0 - progress)}
-            new, state, _ = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
-                                   progress=progress, create_graph=create_graph, generator=self.generator)
+            new, state, metrics = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
+                                         progress=progress, create_graph=create_graph, generator=self.generator)
+            self._inner_metrics.append(metrics)
             return new, state
 
         conditioning = (lambda: self.meta.reference_vector(m.reference())) if m.condition else None
-        self.estimator = build_estimator(m, inner_update, self.policy_value, vtrace=outer_correction(self.config),
+        self.estimator = build_estimator(m, inner_update, self.outer_policy_value, vtrace=outer_correction(self.config),
                                          conditioning=conditioning)
         self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
         self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
         self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
         self._next_rollout = None
+        self._inner_metrics: list[dict[str, float]] = []  # of the inner update calls of one meta-update
 
     def _meta_iteration(self) -> tuple[Batch, dict[str, float]]:
         """One meta-update: K inner updates inside the estimator, then the meta-optimizer's step.
@@ -255,6 +263,7 @@ class Trainer:
             return batch.rollout
 
         self.estimator.generator = self.generator  # PPO's minibatches, replayed by the memory-saving path
+        self._inner_metrics.clear()
         result = self.estimator.estimate(self.meta, self.params, self.opt_state, collect, self._next_rollout)
         # The outer loss's fresh rollout was collected with the new parameters: it is the next
         # iteration's first inner rollout (Xu et al. 2018), so each env step is learned from.
@@ -268,7 +277,9 @@ class Trainer:
             self.meta.raw[name] = value.detach().requires_grad_(True)
         self.params, self.opt_state = result.params, result.opt_state
         self.updates += self.estimator.num_updates - 1  # the loop counts one
-        metrics = {"meta_loss": result.meta_loss, "meta_grad_norm": norm, "meta_outer_loss": result.outer_losses[-1]}
+        # The losses of the K-th inner update (the last of the forward unroll, recomputed or not).
+        metrics = dict(self._inner_metrics[self.estimator.num_updates - 1])
+        metrics.update({"meta_loss": result.meta_loss, "meta_grad_norm": norm, "meta_outer_loss": result.outer_losses[-1]})
         metrics.update({f"meta_grad_{k}": float(g) for k, g in result.grads.items()})
         if self.config.meta.variance_window:
             self.meta_grads.append(result.vector())

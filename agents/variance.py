@@ -133,7 +133,7 @@ class Sampler:
 
     def __init__(self, config: Any, checkpoint: Path, learn: tuple[str, ...], seed: int, device: str):
         import envs
-        from agents.actor import Actor, make_policy_value
+        from agents.actor import Actor
         from agents.learner import update
         from agents.train import build_objective, to_device
         from rlmeta.hparams import MetaParams
@@ -142,8 +142,8 @@ class Sampler:
         env = envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)
         self.net = config.build_network(env.single_observation_space, env.single_action_space).to(device)
         self.actor = Actor(env, self.net, config.num_steps, device, config.reward_scale)
-        self.policy_value = make_policy_value(self.net)
-        objective = build_objective(config, self.policy_value)
+        learner_policy_value, self.policy_value = config.policy_values(self.net)  # the outer loss's
+        objective = build_objective(config, learner_policy_value)
         optimizer = config.optimizer.build(differentiable=True)
         ckpt = torch.load(checkpoint, map_location=device, weights_only=True)
         self.step = int(ckpt["step"])

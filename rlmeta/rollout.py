@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-# policy_value(params, obs [N, ...], hparams) -> (distribution over N actions, values [N])
+# policy_value(params, obs [N, ...], hparams) -> (distribution over N actions, values [N]), or values
+# [N, 2] for a network with an outer critic: the critic's, then the outer critic's (see ``Evaluation``).
 PolicyValue = Callable[[dict, Tensor, dict], tuple[Distribution, Tensor]]
 
 
@@ -47,7 +48,11 @@ class Rollout(NamedTuple):
 
 
 class Evaluation(NamedTuple):
-    """A policy evaluated on a rollout: ``[T, B]`` log-probs, entropies, values and next values."""
+    """A policy evaluated on a rollout: ``[T, B]`` log-probs, entropies, values and next values.
+
+    ``outer_values``/``outer_next_values``: the same for the outer critic, where ``policy_value``
+    gives two value columns (Bonnet et al. 2022; see ``rlmeta.objectives.OuterCritic``), else None.
+    """
 
     logp: Tensor
     entropy: Tensor
@@ -55,6 +60,12 @@ class Evaluation(NamedTuple):
     next_values: Tensor
     continues: Tensor
     dist: Distribution
+    outer_values: Tensor | None = None
+    outer_next_values: Tensor | None = None
+
+    def detached(self) -> "Evaluation":
+        """The same evaluation with every tensor held fixed (the semi-gradient's targets)."""
+        return self._replace(**{k: v.detach() for k, v in self._asdict().items() if isinstance(v, Tensor)})
 
 
 def evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> Evaluation:
@@ -115,20 +126,34 @@ def _evaluation(dist_all: Distribution, values_all: Tensor, rollout: Rollout) ->
     """Log-probs, entropies, values and next values ``[T, B]`` from the outputs of :func:`_forward`."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     n = num_steps * num_envs
-    values = values_all[:n].reshape(num_steps, num_envs)
-    bootstrap = values_all[n : n + num_envs]
-    final_values = values_all[n + num_envs :]
-    next_values = torch.cat([values[1:], bootstrap[None]], dim=0).reshape(-1)
-    if rollout.final_index.numel():
-        next_values = next_values.index_copy(0, rollout.final_index, final_values)
-    next_values = next_values.reshape(num_steps, num_envs)
+    if values_all.dim() == 2 and values_all.shape[-1] == 2:  # critic and outer critic
+        values, next_values = _values_and_next(values_all[:, 0], rollout)
+        outer = _values_and_next(values_all[:, 1], rollout)
+    elif values_all.dim() == 1:
+        values, next_values = _values_and_next(values_all, rollout)
+        outer = (None, None)
+    else:
+        raise ValueError(f"policy_value must give values of shape [N] or [N, 2], got {tuple(values_all.shape)}")
     # The distribution over the rollout's own observations only.
     dist = _slice_distribution(dist_all, n)
     actions = rollout.actions.reshape(n, *rollout.actions.shape[2:])
     logp = dist.log_prob(actions).reshape(num_steps, num_envs)
     entropy = dist.entropy().reshape(num_steps, num_envs)
     continues = 1.0 - torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
-    return Evaluation(logp, entropy, values, next_values, continues, dist)
+    return Evaluation(logp, entropy, values, next_values, continues, dist, *outer)
+
+
+def _values_and_next(values_all: Tensor, rollout: Rollout) -> tuple[Tensor, Tensor]:
+    """``[T, B]`` values and next values (bootstrap and true final values spliced in) from ``[N]`` outputs."""
+    num_steps, num_envs = rollout.num_steps, rollout.num_envs
+    n = num_steps * num_envs
+    values = values_all[:n].reshape(num_steps, num_envs)
+    bootstrap = values_all[n : n + num_envs]
+    final_values = values_all[n + num_envs :]
+    next_values = torch.cat([values[1:], bootstrap[None]], dim=0).reshape(-1)
+    if rollout.final_index.numel():
+        next_values = next_values.index_copy(0, rollout.final_index, final_values)
+    return values, next_values.reshape(num_steps, num_envs)
 
 
 def _alias_distribution(dist: Distribution, split: OutputSplit) -> Distribution:

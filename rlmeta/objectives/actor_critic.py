@@ -12,6 +12,7 @@ References: Mnih et al. (2016), "Asynchronous Methods for Deep RL" (A2C/A3C); Es
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -41,12 +42,58 @@ def _metrics(**values: Tensor) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in values.items()}
 
 
+@dataclass(frozen=True)
+class OuterCritic:
+    """Train an outer critic alongside the critic (Bonnet, Midgley and Laterre 2022, "Debiasing
+    Meta-Gradient Reinforcement Learning by Learning the Outer Value Function").
+
+    The outer loss of a meta-gradient judges the updated agent with fixed reference values of
+    gamma and lambda, but its advantages usually bootstrap from the critic, which learns the
+    values of the *meta-learned* discount: a bias that can pull the meta-gradient toward myopic
+    policies. The fix is a second value head trained with the reference values, which the outer
+    loss uses instead. An objective given an ``OuterCritic`` adds ``cost * 0.5 (G' - V'(s))^2``
+    to its loss: ``V'`` the outer critic (the second value column of ``policy_value``), ``G'`` its
+    targets with ``gamma``/``lambda_`` (TD(lambda) returns for A2C and PPO, V-trace targets for
+    V-trace), held fixed like the critic's. The meta-learned values never enter this term.
+    """
+
+    gamma: float = 0.99
+    lambda_: float = 1.0
+    cost: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("gamma", "lambda_"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"outer critic {name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.cost > 0:
+            raise ValueError(f"outer critic cost must be > 0, got {self.cost!r}")
+
+    def discounts(self, rollout: Rollout) -> Tensor:
+        """``gamma * (1 - terminated)`` with the reference discount."""
+        return self.gamma * (1.0 - rollout.terminated)
+
+    def check(self, ev: Evaluation) -> None:
+        """Raise unless ``policy_value`` gave the outer critic's values too."""
+        if ev.outer_values is None:
+            raise ValueError("this objective trains an outer critic, but policy_value gives one value column: use "
+                             "make_policy_value(net, 'both') with a network built with outer_critic=True")
+
+    def loss(self, ev: Evaluation, fixed: Evaluation, rollout: Rollout) -> Tensor:
+        """``0.5 (G' - V')^2`` with TD(lambda) targets ``G'`` (A2C)."""
+        self.check(ev)
+        targets = lambda_returns(rollout.rewards, self.discounts(rollout), fixed.outer_next_values, ev.continues,
+                                 self.lambda_)
+        return 0.5 * ((targets - ev.outer_values) ** 2).mean()
+
+
 class A2C:
     """Advantage actor-critic with lambda-returns (``lambda=1``: n-step returns to the horizon)."""
 
-    def __init__(self, policy_value: PolicyValue, normalize_advantages: bool = False):
+    def __init__(self, policy_value: PolicyValue, normalize_advantages: bool = False,
+                 outer_critic: OuterCritic | None = None):
         self.policy_value = policy_value
         self.normalize_advantages = normalize_advantages
+        self.outer_critic = outer_critic
 
     supports_output_split = True
 
@@ -54,7 +101,8 @@ class A2C:
                  split: OutputSplit | None = None):
         """Loss ``policy_cost * PG + value_cost * 0.5 (G - V)^2 - entropy_cost * H`` and metrics.
 
-        Targets and baselines are held fixed (see :func:`_evaluate`; ``split`` for exact meta-gradients).
+        Targets and baselines are held fixed (see :func:`_evaluate`; ``split`` for exact meta-gradients);
+        with an ``outer_critic``, plus its term (see :class:`OuterCritic`).
         """
         ev, fixed = _evaluate(self.policy_value, params, rollout, hparams, split)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
@@ -67,21 +115,30 @@ class A2C:
         entropy = ev.entropy.mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
+        extra = {}
+        if self.outer_critic is not None:
+            extra["outer_value_loss"] = self.outer_critic.loss(ev, fixed, rollout)
+            loss = loss + self.outer_critic.cost * extra["outer_value_loss"]
+        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, **extra)
 
 
 class VTraceActorCritic:
     """IMPALA's actor-critic with V-trace targets (leaky when ``hparams['vtrace_alpha'] < 1``)."""
 
-    def __init__(self, policy_value: PolicyValue, rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0):
+    def __init__(self, policy_value: PolicyValue, rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0,
+                 outer_critic: OuterCritic | None = None):
         self.policy_value = policy_value
         self.rho_bar, self.c_bar, self.pg_rho_bar = rho_bar, c_bar, pg_rho_bar
+        self.outer_critic = outer_critic
 
     supports_output_split = True
 
     def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
                  split: OutputSplit | None = None):
-        """V-trace policy-gradient, value and entropy losses; metrics include the mean ratio."""
+        """V-trace policy-gradient, value and entropy losses; metrics include the mean ratio.
+
+        With an ``outer_critic``, plus its term with V-trace targets of the reference gamma and lambda.
+        """
         ev, fixed = _evaluate(self.policy_value, params, rollout, hparams, split)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
         rhos = torch.exp(fixed.logp - rollout.behaviour_logp)
@@ -95,7 +152,17 @@ class VTraceActorCritic:
         entropy = ev.entropy.mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
+        extra = {}
+        if self.outer_critic is not None:
+            oc = self.outer_critic
+            oc.check(ev)
+            outer = vtrace(fixed.outer_values, fixed.outer_next_values, rollout.rewards, oc.discounts(rollout),
+                           ev.continues, rhos, lambda_=oc.lambda_, rho_bar=self.rho_bar, c_bar=self.c_bar,
+                           pg_rho_bar=self.pg_rho_bar)
+            extra["outer_value_loss"] = 0.5 * ((outer.vs - ev.outer_values) ** 2).mean()
+            loss = loss + oc.cost * extra["outer_value_loss"]
+        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean(),
+                              **extra)
 
 
 def _evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: HParams,
@@ -111,8 +178,7 @@ def _evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams
     if split is not None:
         return evaluate_split(policy_value, params, rollout, hparams, split)
     ev = evaluate(policy_value, params, rollout, hparams)
-    return ev, Evaluation(ev.logp.detach(), ev.entropy.detach(), ev.values.detach(), ev.next_values.detach(),
-                          ev.continues, ev.dist)
+    return ev, ev.detached()
 
 
 class PPO:
@@ -123,7 +189,8 @@ class PPO:
     """
 
     def __init__(self, policy_value: PolicyValue, clip: float = 0.2, value_clip: float | None = None,
-                 normalize_advantages: bool = True, epochs: int = 4, minibatches: int = 4, anneal_clip: bool = False):
+                 normalize_advantages: bool = True, epochs: int = 4, minibatches: int = 4, anneal_clip: bool = False,
+                 outer_critic: OuterCritic | None = None):
         if not clip > 0:
             raise ValueError(f"PPO clip must be > 0, got {clip}")
         if epochs < 1 or minibatches < 1:
@@ -133,9 +200,11 @@ class PPO:
         self.normalize_advantages = normalize_advantages
         self.epochs, self.minibatches = epochs, minibatches
         self.anneal_clip = anneal_clip  # clip * (1 - progress), as RL Zoo's linear schedules
+        self.outer_critic = outer_critic
 
     def prepare(self, params: dict, rollout: Rollout, hparams: HParams, keep_graph: bool = False) -> dict[str, Tensor]:
-        """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns.
+        """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns (and
+        with an ``outer_critic``, its TD(lambda) returns ``outer_returns``).
 
         ``keep_graph``: the advantages and returns stay differentiable functions of ``params``
         (for exact meta-gradients through PPO's updates); the learner never differentiates the
@@ -150,7 +219,7 @@ class PPO:
         )
         returns = advantages + values
         n = rollout.num_steps * rollout.num_envs
-        return {
+        batch = {
             "obs": rollout.obs.reshape(n, *rollout.obs.shape[2:]),
             "actions": rollout.actions.reshape(n, *rollout.actions.shape[2:]),
             "old_logp": rollout.behaviour_logp.reshape(n),
@@ -158,10 +227,21 @@ class PPO:
             "advantages": advantages.reshape(n),
             "returns": returns.reshape(n),
         }
+        if self.outer_critic is not None:
+            oc = self.outer_critic
+            oc.check(ev)
+            fixed = ev if keep_graph else ev.detached()
+            outer_returns = lambda_returns(rollout.rewards, oc.discounts(rollout), fixed.outer_next_values,
+                                           ev.continues, oc.lambda_)
+            batch["outer_returns"] = outer_returns.reshape(n)
+        return batch
 
     def __call__(self, params: dict, batch: dict[str, Tensor], hparams: HParams, progress: float = 0.0):
         """Clipped-surrogate, value and entropy losses on a prepared (mini)batch."""
         dist, values = self.policy_value(params, batch["obs"], hparams)
+        outer_values = None
+        if values.dim() == 2:  # critic and outer critic
+            values, outer_values = values[:, 0], values[:, 1]
         logp = dist.log_prob(batch["actions"])
         advantages = batch["advantages"]
         if self.normalize_advantages and advantages.numel() > 1:
@@ -179,4 +259,12 @@ class PPO:
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
         clip_fraction = ((ratio - 1).abs() > clip).float().mean()
-        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction)
+        extra = {}
+        if self.outer_critic is not None:
+            if outer_values is None or "outer_returns" not in batch:
+                raise ValueError("this PPO trains an outer critic: prepare the batch with it, and use "
+                                 "make_policy_value(net, 'both') with a network built with outer_critic=True")
+            extra["outer_value_loss"] = 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean()
+            loss = loss + self.outer_critic.cost * extra["outer_value_loss"]
+        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction,
+                              **extra)
