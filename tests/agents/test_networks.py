@@ -203,6 +203,46 @@ def test_extra_outputs():
     assert grid.extras["y"].shape == (N, 7)
 
 
+@pytest.mark.parametrize("make, obs", [
+    (lambda: mlp_net(outer_critic=True), lambda: torch.randn(N, 4)),
+    (lambda: cnn_net(outer_critic=True, num_hparams=2), lambda: grid_obs(N).float()),
+    (lambda: gauss_net(outer_critic=True, shared_torso=True), lambda: torch.randn(N, 39)),
+])
+def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
+    from agents.actor import make_policy_value
+
+    torch.manual_seed(0)
+    net, x = make(), obs()
+    hp = {"conditioning": torch.tensor([0.9, 0.5])} if net.num_hparams else {}
+    out = net.apply_params(dict(net.named_parameters()), x, hp.get("conditioning"))
+    assert out.outer_value.shape == out.value.shape == (N,)
+    assert not torch.allclose(out.outer_value, out.value)  # its own weights
+    assert not torch.allclose(out.outer_value[0], out.outer_value[1])  # a function of the input
+    assert net.apply_params(dict(net.named_parameters()), x, hp.get("conditioning"), value=False).outer_value is None
+    # It reads the value torso's features (or the shared torso's): a gradient on it reaches them only.
+    params = clone_params(net)
+    grads = torch.autograd.grad(net.apply_params(params, x, hp.get("conditioning")).outer_value.sum(),
+                                list(params.values()), allow_unused=True)
+    reached = {k for k, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
+    torso = "torso" if net.value_torso is None else "value_torso"
+    assert {"outer_value_head.weight", f"{torso}.0.weight"} <= reached
+    assert not reached & {"value_head.weight", "policy_head.weight"}
+    for values, expected in (("value", out.value), ("outer", out.outer_value),
+                             ("both", torch.stack([out.value, out.outer_value], -1))):
+        _, got = make_policy_value(net, values)(dict(net.named_parameters()), x, hp)
+        torch.testing.assert_close(got, expected)
+
+
+def test_outer_critic_policy_values_need_the_head():
+    from agents.actor import make_policy_value
+
+    assert mlp_net().outer_value_head is None and mlp_net()(torch.randn(N, 4)).outer_value is None
+    with pytest.raises(ValueError, match="needs a network with an outer critic"):
+        make_policy_value(mlp_net(), "both")
+    with pytest.raises(ValueError, match=r"values must be one of \['value', 'both', 'outer'\], got 'outer_value'"):
+        make_policy_value(mlp_net(outer_critic=True), "outer_value")
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inputs
 # --------------------------------------------------------------------------------------------

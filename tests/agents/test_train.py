@@ -391,6 +391,41 @@ def test_conditioned_meta_run_feeds_the_network_its_hyperparameters(tmp_path):
         Trainer(TrainConfig(**{**config.__dict__, "resume": True, "meta": changed}))
 
 
+@pytest.mark.parametrize("algo", ["a2c", "vtrace", "ppo"])
+def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path, algo):
+    """``--meta.outer-critic`` (Bonnet et al. 2022): the network gets a second value head, the inner
+    updates train it (its loss is logged), the outer loss reads it; checkpointed and resumed as such."""
+    from agents.config import MetaConfig
+    from rlmeta.objectives import OuterCritic
+
+    meta = MetaConfig(learn=("gamma",), estimator="mixed", num_updates=2, lr=0.05, outer_critic=True,
+                      outer_gamma=0.995, outer_lambda=0.9, outer_critic_cost=0.25)
+    config = tiny(tmp_path, algo=algo, meta=meta, total_steps=32 * 9, checkpoint_interval=0,
+                  ppo=PPOConfig(epochs=2, minibatches=2))
+    trainer = Trainer(config)
+    assert trainer.objective.outer_critic == OuterCritic(0.995, 0.9, 0.25)
+    head = trainer.params["outer_value_head.weight"].detach().clone()
+    obs = torch.randn(5, 4)
+    out = trainer.net.apply_params(trainer.params, obs)
+    _, outer_values = trainer.estimator.outer_loss.policy_value(trainer.params, obs, {})
+    assert torch.equal(outer_values, out.outer_value) and not torch.equal(out.outer_value, out.value)
+    _, both = trainer.policy_value(trainer.params, obs, {})
+    assert both.shape == (5, 2) and torch.equal(both[:, 1], out.outer_value)
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert not torch.equal(trainer.params["outer_value_head.weight"], head)  # trained
+    run = tmp_path / "run"
+    losses = [v for _, v in scalars(run, "loss/outer_value_loss")]
+    assert losses and all(v >= 0 for v in losses)
+    assert len(set(round(v, 7) for _, v in scalars(run, "hparams/gamma"))) > 1
+    resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 32 * 13}))
+    assert torch.equal(resumed.params["outer_value_head.weight"], trainer.params["outer_value_head.weight"])
+    assert resumed.run()["status"] == "completed"
+    with pytest.raises(ValueError, match="cannot resume with a different meta.outer_critic"):
+        changed = MetaConfig(**{**meta.__dict__, "outer_critic": False})
+        Trainer(TrainConfig(**{**config.__dict__, "resume": True, "meta": changed}))
+
+
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
     from agents.config import MetaConfig
 
@@ -417,6 +452,11 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
         (["--meta.learn", "gamma", "--meta.init", "lambda", "0.5"], "meta.learn does not learn"),
         (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.truncation", "1"], "multi-step estimator only"),
         (["--meta.condition"], "meta.condition needs meta.learn"),
+        (["--meta.outer-critic"], "meta.outer_critic needs meta.learn"),
+        (["--meta.learn", "gamma", "--meta.estimator", "bootstrapped", "--meta.outer-critic"],
+         "bootstrapped estimator has none"),
+        (["--meta.learn", "gamma", "--meta.outer-critic", "--meta.outer-critic-cost", "0"],
+         "meta.outer_critic_cost must be > 0, got 0"),
     ],
 )
 def test_bad_meta_options_stop_before_anything_is_built(tmp_path, capsys, flags, message):

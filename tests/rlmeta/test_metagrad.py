@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from agents.learner import gradient_step
+from agents.learner import gradient_step, update
 from rlmeta.hparams import CONDITIONING, KNOWN, MetaParams, from_raw, to_raw
 from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective, mixing_weights
-from rlmeta.objectives import A2C
+from rlmeta.objectives import A2C, PPO, OuterCritic, VTraceActorCritic
 from rlmeta.optim import adam, rmsprop, sgd
 from rlmeta.rollout import Rollout
 
@@ -245,6 +245,76 @@ def test_meta_gradients_of_a_conditioned_agent_match_finite_differences(opt_name
     without = estimate(MultiStep(inner, outer, k), cut, optimizer, make_conditioned_params).vector()
     full = estimate(MultiStep(inner, outer, k), make_conditioned_meta(), optimizer, make_conditioned_params).vector()
     assert not torch.allclose(without, full, rtol=1e-3, atol=0)
+
+
+# The outer critic (Bonnet et al. 2022): a second value table, trained by the inner loss with the
+# reference gamma and lambda, gives the outer loss its values instead of the critic.
+OUTER_CRITIC = OuterCritic(gamma=0.97, lambda_=0.7, cost=0.5)
+
+
+def two_critics_policy_value(params, obs, hparams):
+    dist, values = policy_value(params, obs, hparams)
+    return dist, torch.stack([values, obs @ params["outer_values"]], dim=-1)
+
+
+def outer_critic_policy_value(params, obs, hparams):
+    dist, values = two_critics_policy_value(params, obs, hparams)
+    return dist, values[..., 1]
+
+
+def make_two_critics_params(seed=0):
+    params = make_params(seed)
+    params["outer_values"] = torch.randn(S, generator=torch.Generator().manual_seed(seed + 70), dtype=DT)
+    return params
+
+
+def outer_critic_inner(objective, optimizer):
+    def inner(params, opt_state, rollout, hparams, create_graph):
+        new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+        return new, state
+
+    return inner
+
+
+@pytest.mark.parametrize("algo", ["a2c", "vtrace", "ppo"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("k", [1, 3])
+def test_meta_gradients_with_an_outer_critic_match_finite_differences(algo, opt_name, k):
+    """Exact through updates that train both critics, with the outer loss reading the outer one."""
+    optimizer = OPTIMIZERS[opt_name]()
+    objective = {
+        "a2c": lambda: A2C(two_critics_policy_value, outer_critic=OUTER_CRITIC),
+        "vtrace": lambda: VTraceActorCritic(two_critics_policy_value, rho_bar=1.2, outer_critic=OUTER_CRITIC),
+        # one minibatch: the epochs' random orders do not change the (mean) loss
+        "ppo": lambda: PPO(two_critics_policy_value, epochs=2, minibatches=1, normalize_advantages=False,
+                           outer_critic=OUTER_CRITIC),
+    }[algo]()
+    inner = outer_critic_inner(objective, optimizer)
+    outer = OuterObjective(outer_critic_policy_value, gamma=OUTER_CRITIC.gamma, lambda_=OUTER_CRITIC.lambda_,
+                           value_cost=0.1, kl_cost=0.2, vtrace=algo == "vtrace")
+    makes = {"multi-step": lambda: MultiStep(inner, outer, k), "mixed": lambda: Mixed(inner, outer, k),
+             "recompute": lambda: MultiStep(inner, outer, k, recompute=True)}
+    for make in makes.values():
+        check_against_finite_differences(make, optimizer, params_factory=make_two_critics_params)
+
+
+def test_the_outer_loss_reads_the_outer_critic_and_the_inner_updates_train_it():
+    optimizer = OPTIMIZERS["adam"]()
+    inner = outer_critic_inner(A2C(two_critics_policy_value, outer_critic=OUTER_CRITIC), optimizer)
+
+    def meta_gradient(values_of_outer_loss):
+        outer = OuterObjective(values_of_outer_loss, gamma=OUTER_CRITIC.gamma, lambda_=OUTER_CRITIC.lambda_)
+        return estimate(MultiStep(inner, outer, 2), make_meta(), optimizer, make_two_critics_params)
+
+    with_outer, with_critic = meta_gradient(outer_critic_policy_value), meta_gradient(policy_value)
+    assert not torch.allclose(with_outer.vector(), with_critic.vector(), rtol=1e-3, atol=0)
+    before = make_two_critics_params()
+    assert not torch.allclose(with_outer.params["outer_values"], before["outer_values"])  # trained
+    # Without the outer critic's term the outer table gets no gradient and stays where it was.
+    plain = outer_critic_inner(A2C(two_critics_policy_value), optimizer)
+    after = estimate(MultiStep(plain, OuterObjective(outer_critic_policy_value), 2), make_meta(), optimizer,
+                     make_two_critics_params)
+    assert torch.equal(after.params["outer_values"], before["outer_values"])
 
 
 def test_meta_gradient_of_a_loss_without_stop_gradients_is_its_derivative():
