@@ -6,7 +6,13 @@ Variants, each trained from ``configs/snake6_a2c.toml`` for ``total_steps`` with
 * ``one-step``, ``multi-step K=4``, ``mixed K=4``: the same A2C with gamma and lambda meta-learned
   online (outer gamma 0.99, lambda 1; Adam meta-optimizer at ``meta_lr`` on the raw values);
 * ``... +cond`` (e.g. ``mixed K=4 +cond``): the same, with the agent conditioned on gamma and
-  lambda (``meta.condition``, Xu et al. 2018).
+  lambda (``meta.condition``, Xu et al. 2018);
+* ``... +oc`` (e.g. ``mixed K=4 +oc``, or ``mixed K=4 +cond +oc``): the same, with an outer critic
+  giving the outer loss its values (``meta.outer_critic``, Bonnet et al. 2022);
+* ``gamma=X`` with any X in [0, 1]: a fixed discount.
+
+``init_gamma`` starts the meta variants' gamma elsewhere than the config's 0.99 (e.g. 0.9, where
+the critic of the meta-learned discount and the outer loss's discount differ most).
 
 Every run reuses the outer loss's rollout for the next inner update, so all variants learn from
 the same number of env steps. Reported: the final evaluation (20 sampled episodes) mean and std
@@ -28,8 +34,22 @@ from typing import Any
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "snake6_a2c.toml"
 VARIANTS = ("gamma=0.8", "gamma=0.99", "one-step", "multi-step K=4", "mixed K=4")
+META_VARIANTS = tuple(v for v in VARIANTS if not v.startswith("gamma="))
 CONDITIONED = " +cond"  # suffix of a meta variant whose agent is conditioned on its hyperparameters
-KNOWN_VARIANTS = VARIANTS + tuple(v + CONDITIONED for v in VARIANTS if not v.startswith("gamma="))
+OUTER_CRITIC = " +oc"  # suffix of a meta variant with an outer critic (after +cond when both)
+SUFFIXES = ("", CONDITIONED, OUTER_CRITIC, CONDITIONED + OUTER_CRITIC)
+KNOWN_VARIANTS = ("gamma=X",) + tuple(v + suffix for v in META_VARIANTS for suffix in SUFFIXES)
+
+
+def _fixed_gamma(name: str) -> float | None:
+    """X of a ``gamma=X`` variant (None for other names)."""
+    if not name.startswith("gamma="):
+        return None
+    try:
+        value = float(name.removeprefix("gamma="))
+    except ValueError:
+        return None
+    return value if 0 <= value <= 1 else None
 
 
 @dataclass
@@ -40,19 +60,23 @@ class MetaCurvesConfig:
     total_steps: int = 300_000
     variants: tuple[str, ...] = VARIANTS
     meta_lr: float = 0.02
+    init_gamma: float | None = None
+    """Initial gamma of the meta variants (default: the config's, 0.99)."""
     out_dir: str | None = None
     """Keep run directories, the plot and results.json here (default: a temporary directory; the plot
     and JSON are then written to the current directory as meta_curves.*)."""
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
-        unknown = [v for v in self.variants if v not in KNOWN_VARIANTS]
+        unknown = [v for v in self.variants if v not in KNOWN_VARIANTS and _fixed_gamma(v) is None]
         if unknown or not self.variants:
             raise ValueError(f"variants must be some of {list(KNOWN_VARIANTS)}, got {list(self.variants)}")
         if self.seeds < 1 or self.total_steps < 1:
             raise ValueError(f"seeds and total_steps must be >= 1, got {self.seeds} and {self.total_steps}")
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr must be > 0, got {self.meta_lr}")
+        if self.init_gamma is not None and not 0 < self.init_gamma < 1:
+            raise ValueError(f"init_gamma must be in (0, 1), got {self.init_gamma}")
 
 
 def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
@@ -62,13 +86,17 @@ def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
     base = load_config(CONFIG)
     fields = {**base.__dict__, "seed": seed, "total_steps": cfg.total_steps, "run_dir": str(run_dir),
               "progress": False, "checkpoint_interval": 0, "eval_interval": 0}
-    if name.startswith("gamma="):
-        fields["hparams"] = HParamsConfig(**{**base.hparams.__dict__, "gamma": float(name.split("=")[1])})
+    gamma = _fixed_gamma(name)
+    if gamma is not None:
+        fields["hparams"] = HParamsConfig(**{**base.hparams.__dict__, "gamma": gamma})
         return TrainConfig(**fields)
+    outer_critic = name.endswith(OUTER_CRITIC)
+    name = name.removesuffix(OUTER_CRITIC)
     condition = name.endswith(CONDITIONED)
     estimator, _, k = name.removesuffix(CONDITIONED).partition(" K=")
-    fields["meta"] = MetaConfig(learn=("gamma", "lambda"), estimator=estimator, num_updates=int(k or 1),
-                                lr=cfg.meta_lr, condition=condition)
+    init = {} if cfg.init_gamma is None else {"gamma": cfg.init_gamma}
+    fields["meta"] = MetaConfig(learn=("gamma", "lambda"), init=init, estimator=estimator, num_updates=int(k or 1),
+                                lr=cfg.meta_lr, condition=condition, outer_critic=outer_critic)
     return TrainConfig(**fields)
 
 

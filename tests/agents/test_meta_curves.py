@@ -16,12 +16,23 @@ def test_variants_build_the_runs_they_name(tmp_path):
     conditioned = variant_config("one-step +cond", 0, cfg, tmp_path)
     assert (conditioned.meta.estimator, conditioned.meta.num_updates, conditioned.meta.condition) == ("one-step", 1, True)
     assert conditioned.meta.learn == ("gamma", "lambda") and conditioned.meta.lr == cfg.meta_lr
+    assert not conditioned.meta.outer_critic and conditioned.meta.init == {}
+    debiased = variant_config("mixed K=4 +cond +oc", 0, MetaCurvesConfig(init_gamma=0.9), tmp_path)
+    assert (debiased.meta.estimator, debiased.meta.condition, debiased.meta.outer_critic) == ("mixed", True, True)
+    assert debiased.meta.init == {"gamma": 0.9}
+    assert variant_config("one-step +oc", 0, cfg, tmp_path).meta.outer_critic
+    assert variant_config("gamma=0.9", 0, cfg, tmp_path).hparams.gamma == 0.9
 
 
-@pytest.mark.parametrize("variants", [("mixed K=3",), ("gamma=0.8 +cond",), ()])
+@pytest.mark.parametrize("variants", [("mixed K=3",), ("gamma=0.8 +cond",), ("gamma=1.5",), ("one-step +oc +cond",), ()])
 def test_unknown_variants_are_rejected(variants):
     with pytest.raises(ValueError, match="variants must be some of"):
         MetaCurvesConfig(variants=variants)
+
+
+def test_init_gamma_must_be_a_discount():
+    with pytest.raises(ValueError, match="init_gamma must be in"):
+        MetaCurvesConfig(init_gamma=1.0)
 
 
 def test_a_tiny_run_writes_the_table_plot_and_results(tmp_path):
