@@ -785,3 +785,379 @@ def test_output_split_gives_the_semi_gradient_with_targets_kept_differentiable(o
     full = torch.autograd.grad(split_loss, [params[k] for k in keys], retain_graph=True)
     assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(full, grads))
     assert all(o.requires_grad for o in split.outputs) and len(split.outputs) == (3 if continuous else 2)
+
+
+# --------------------------------------------------------------------------------------------
+# The outer critic (Bonnet et al. 2022): a second value column trained with reference gamma/lambda
+# --------------------------------------------------------------------------------------------
+#
+# The tabular agent gets a second value table, ``params["outer_values"]`` ([S]), returned as column 1
+# of ``[N, 2]`` values; ``tabular_policy_value`` (column 0 only) is the same agent without it. The
+# reference targets are ``ref_lambda_returns`` / ``ref_vtrace`` above, run on the outer table with
+# the outer critic's gamma and lambda, chosen different from the hparams' so the two cannot be confused.
+
+from rlmeta.objectives import OuterCritic  # noqa: E402
+from rlmeta.returns import vtrace  # noqa: E402
+
+OC = OuterCritic(gamma=0.97, lambda_=0.5, cost=0.3)
+ONE_COLUMN = r"make_policy_value\(net, 'both'\)"
+
+
+def both_policy_value(params: dict, obs: torch.Tensor, hparams) -> tuple[Categorical, torch.Tensor]:
+    idx = obs.long()
+    return Categorical(logits=params["logits"][idx]), torch.stack(
+        [params["values"][idx], params["outer_values"][idx]], dim=-1)
+
+
+def make_outer_params(seed: int = 0) -> dict[str, torch.Tensor]:
+    params = make_params(seed)
+    g = torch.Generator().manual_seed(seed + 50)
+    params["outer_values"] = (torch.randn(NUM_STATES, generator=g, dtype=DT) * 2.0).requires_grad_(True)
+    return params
+
+
+def ref_outer_value_loss(params: dict, rollout: Rollout, targets: np.ndarray) -> torch.Tensor:
+    """``0.5 mean((G' - V')^2)`` with ``G'`` constant: differentiable in the outer table only."""
+    v_outer = params["outer_values"][rollout.obs]
+    return 0.5 * ((torch.as_tensor(targets, dtype=DT) - v_outer) ** 2).mean()
+
+
+def ref_outer_next_values(rollout: Rollout, values: torch.Tensor) -> torch.Tensor:
+    """``V'(s'_t)`` ``[T, B]`` built by hand (final obs at truncations, last_obs at the horizon)."""
+    V = values.detach().numpy()
+    return torch.tensor([[next_state_value(rollout, V, t, b) for b in range(B)] for t in range(T)], dtype=DT)
+
+
+def off_policy_rollout(params: dict, seed: int = 0) -> tuple[Rollout, np.ndarray]:
+    rollout0 = make_rollout(seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    log_ratio = torch.empty(T, B, dtype=DT).uniform_(math.log(0.3), math.log(3.0), generator=g)
+    rollout = rollout0._replace(behaviour_logp=current_logp(params, rollout0) - log_ratio)
+    rhos = log_ratio.exp().numpy()
+    assert (rhos > 1).any() and (rhos < 1).any()
+    return rollout, rhos
+
+
+def test_outer_critic_reference_targets_differ_from_the_hparams_ones():
+    """Guards the tests below: the outer targets with the outer gamma/lambda are not those of the hparams."""
+    params = make_outer_params()
+    rollout = make_rollout()
+    outer = ref_lambda_returns(rollout, params["outer_values"], OC.gamma, OC.lambda_)
+    with_hparams = ref_lambda_returns(rollout, params["outer_values"], HP["gamma"], HP["lambda"])
+    assert np.abs(outer - with_hparams).max() > 1e-2
+    assert ref_outer_value_loss(params, rollout, outer).item() != pytest.approx(
+        ref_outer_value_loss(params, rollout, with_hparams).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("oc", [OC, OuterCritic(gamma=1.0, lambda_=1.0, cost=2.0), OuterCritic(gamma=0.5, lambda_=0.0)])
+def test_a2c_outer_critic_adds_its_td_lambda_value_loss(oc):
+    params = make_outer_params()
+    rollout = make_rollout()
+    with_oc, metrics = A2C(both_policy_value, outer_critic=oc)(params, rollout, HP)
+    without, metrics0 = A2C(tabular_policy_value)(params, rollout, HP)
+    G = ref_lambda_returns(rollout, params["outer_values"], oc.gamma, oc.lambda_)
+    expected = ref_outer_value_loss(params, rollout, G).item()
+    assert expected > 1e-2
+    assert with_oc.item() - without.item() == pytest.approx(oc.cost * expected, rel=1e-10, abs=1e-12)
+    assert metrics["outer_value_loss"] == pytest.approx(expected, rel=1e-12)
+    assert "outer_value_loss" not in metrics0
+    for k in ("policy_loss", "value_loss", "entropy"):  # the critic's part is untouched
+        assert metrics[k] == pytest.approx(metrics0[k], rel=1e-12, abs=1e-15)
+    # and it is the full loss of the reference (critic from column 0, outer critic from column 1)
+    assert with_oc.item() == pytest.approx(ref_a2c_loss(params, rollout, HP).item() + oc.cost * expected, rel=1e-12)
+
+
+def test_a2c_outer_critic_ignores_the_meta_learned_gamma_and_lambda():
+    params = make_outer_params()
+    rollout = make_rollout()
+    a2c = A2C(both_policy_value, outer_critic=OC)
+    seen = {a2c(params, rollout, {**HP, "gamma": g, "lambda": l})[1]["outer_value_loss"]
+            for g, l in [(0.9, 0.8), (0.5, 0.0), (1.0, 1.0), (0.99, 0.95)]}
+    assert max(seen) - min(seen) < 1e-12
+    G = ref_lambda_returns(rollout, params["outer_values"], OC.gamma, OC.lambda_)
+    assert seen.pop() == pytest.approx(ref_outer_value_loss(params, rollout, G).item(), rel=1e-12)
+
+
+def test_a2c_outer_critic_gradients():
+    params = make_outer_params()
+    rollout = make_rollout()
+    gamma = torch.tensor(HP["gamma"], dtype=DT, requires_grad=True)
+    lam = torch.tensor(HP["lambda"], dtype=DT, requires_grad=True)
+    hp = {**HP, "gamma": gamma, "lambda": lam}
+    keys = ["logits", "values", "outer_values"]
+    with_oc, _ = A2C(both_policy_value, outer_critic=OC)(params, rollout, hp)
+    without, _ = A2C(tabular_policy_value)(params, rollout, hp)
+    g_with = dict(zip(keys + ["gamma", "lambda"],
+                      torch.autograd.grad(with_oc, [params[k] for k in keys] + [gamma, lam])))
+    g_without = dict(zip(keys[:2] + ["gamma", "lambda"],
+                         torch.autograd.grad(without, [params[k] for k in keys[:2]] + [gamma, lam])))
+    # the meta-learned gamma and lambda get the same meta-gradient: the outer term does not depend on them
+    for k in ("gamma", "lambda"):
+        assert g_with[k].abs() > 1e-4
+        torch.testing.assert_close(g_with[k], g_without[k], rtol=0.0, atol=1e-12)
+    # the actor and the critic get the same gradient
+    assert_grads_close(g_with, {k: g_without[k] for k in ("logits", "values")})
+    # the outer table: the semi-gradient of cost * 0.5 mean((G' - V')^2), G' held fixed (its
+    # bootstrap states, the final and last obs, get nothing from the outer term)
+    G = ref_lambda_returns(rollout, params["outer_values"], OC.gamma, OC.lambda_)
+    expected = grads(OC.cost * ref_outer_value_loss(params, rollout, G), params, ["outer_values"])["outer_values"]
+    torch.testing.assert_close(g_with["outer_values"], expected, rtol=0.0, atol=1e-12)
+    assert torch.all(g_with["outer_values"][LAST + list(FINAL.values())] == 0)
+
+    # ... which is not the full gradient through the targets
+    def full(ov):
+        G = lambda_returns_of(rollout, ov, OC.gamma, OC.lambda_)
+        return OC.cost * 0.5 * ((G - ov[rollout.obs]) ** 2).mean()
+
+    assert (torch.autograd.grad(full(params["outer_values"]), params["outer_values"])[0] - expected).abs().max() > 1e-3
+
+
+def lambda_returns_of(rollout: Rollout, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """``ref_lambda_returns`` written on tensors, differentiable in ``values`` (for the full gradient)."""
+    G = [[None] * B for _ in range(T)]
+    for b in range(B):
+        for t in reversed(range(T)):
+            r = rollout.rewards[t, b]
+            if rollout.terminated[t, b]:
+                G[t][b] = r
+            elif rollout.truncated[t, b]:
+                G[t][b] = r + gamma * values[FINAL[(t, b)]]
+            elif t == T - 1:
+                G[t][b] = r + gamma * values[LAST[b]]
+            else:
+                G[t][b] = r + gamma * ((1 - lam) * values[state(t + 1, b)] + lam * G[t + 1][b])
+    return torch.stack([torch.stack(row) for row in G])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vtrace_outer_critic_adds_its_vtrace_value_loss(seed):
+    params = make_outer_params(seed)
+    rollout, rhos = off_policy_rollout(params, seed)
+    clips = dict(rho_bar=1.5, c_bar=0.8, pg_rho_bar=2.0)
+    hp = {**HP, "vtrace_alpha": 0.6}  # leaky V-trace for the critic: not for the outer critic
+    with_oc, metrics = VTraceActorCritic(both_policy_value, outer_critic=OC, **clips)(params, rollout, hp)
+    without, metrics0 = VTraceActorCritic(tabular_policy_value, **clips)(params, rollout, hp)
+    ov = params["outer_values"].detach()
+    targets = vtrace(ov[rollout.obs], ref_outer_next_values(rollout, ov), rollout.rewards,
+                     OC.gamma * (1.0 - rollout.terminated), 1.0 - rollout.terminated - rollout.truncated,
+                     torch.as_tensor(rhos), lambda_=OC.lambda_, **clips).vs
+    # the independent reference loop agrees on the targets
+    np.testing.assert_allclose(targets.numpy(), ref_vtrace(rollout, ov, rhos, OC.gamma, OC.lambda_, **clips)[0],
+                               atol=1e-12)
+    expected = ref_outer_value_loss(params, rollout, targets.numpy()).item()
+    assert expected > 1e-2
+    assert with_oc.item() - without.item() == pytest.approx(OC.cost * expected, rel=1e-10, abs=1e-12)
+    assert metrics["outer_value_loss"] == pytest.approx(expected, rel=1e-12)
+    assert metrics["mean_rho"] == pytest.approx(metrics0["mean_rho"], rel=1e-12)
+    # with rhos = 1 the targets would be the lambda-returns: the ratios really are used
+    G = ref_lambda_returns(rollout, ov, OC.gamma, OC.lambda_)
+    assert abs(ref_outer_value_loss(params, rollout, G).item() - expected) > 1e-3
+    # gradients: the semi-gradient in the outer table, nothing else changes
+    keys = ["logits", "values", "outer_values"]
+    g_with = grads(with_oc, params, keys)
+    g_without = grads(without, params, keys[:2])
+    assert_grads_close(g_with, g_without)
+    expected_g = grads(OC.cost * ref_outer_value_loss(params, rollout, targets.numpy()), params, ["outer_values"])
+    assert_grads_close(g_with, expected_g)
+
+
+def test_vtrace_outer_critic_ignores_the_meta_learned_hparams():
+    params = make_outer_params()
+    rollout, _ = off_policy_rollout(params)
+    vt = VTraceActorCritic(both_policy_value, outer_critic=OC)
+    gamma = torch.tensor(0.9, dtype=DT, requires_grad=True)
+    seen = []
+    for hp in ({**HP, "gamma": gamma}, {**HP, "gamma": 0.5, "lambda": 0.1, "vtrace_alpha": 0.3}, {**HP, "lambda": 1.0}):
+        loss, metrics = vt(params, rollout, hp)
+        seen.append(metrics["outer_value_loss"])
+    assert max(seen) - min(seen) < 1e-12
+    d_with = torch.autograd.grad(vt(params, rollout, {**HP, "gamma": gamma})[0], gamma)[0]
+    d_without = torch.autograd.grad(VTraceActorCritic(tabular_policy_value)(params, rollout, {**HP, "gamma": gamma})[0],
+                                    gamma)[0]
+    assert d_with.abs() > 1e-4
+    torch.testing.assert_close(d_with, d_without, rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep_graph", [False, True])
+def test_ppo_prepare_gives_the_outer_critics_td_lambda_returns(keep_graph):
+    params = make_outer_params()
+    rollout = make_rollout(behaviour_logp=torch.randn(T, B, dtype=DT))
+    batch = PPO(both_policy_value, outer_critic=OC).prepare(params, rollout, HP, keep_graph=keep_graph)
+    plain = PPO(tabular_policy_value).prepare(params, rollout, HP)
+    assert set(batch) == set(plain) | {"outer_returns"}
+    for k in plain:  # the critic's part is untouched
+        torch.testing.assert_close(batch[k].detach(), plain[k].detach(), rtol=0.0, atol=1e-12)
+    G = ref_lambda_returns(rollout, params["outer_values"], OC.gamma, OC.lambda_)
+    assert batch["outer_returns"].shape == (T * B,)
+    np.testing.assert_allclose(batch["outer_returns"].detach().numpy(), G.reshape(-1), atol=1e-12)
+    # not the hparams' gamma/lambda
+    G_hp = ref_lambda_returns(rollout, params["outer_values"], HP["gamma"], HP["lambda"])
+    assert np.abs(batch["outer_returns"].detach().numpy() - G_hp.reshape(-1)).max() > 1e-2
+    assert batch["outer_returns"].requires_grad == keep_graph
+    if keep_graph:  # a function of the outer table's bootstrap values, as the reference
+        d = torch.autograd.grad(batch["outer_returns"].sum(), params["outer_values"])[0]
+        expected = torch.autograd.grad(lambda_returns_of(rollout, params["outer_values"], OC.gamma, OC.lambda_).sum(),
+                                       params["outer_values"])[0]
+        torch.testing.assert_close(d, expected, rtol=0.0, atol=1e-12)
+
+
+def test_ppo_outer_critic_minibatch_loss():
+    params = make_outer_params()
+    rollout = make_rollout(behaviour_logp=torch.randn(T, B, dtype=DT))
+    ppo = PPO(both_policy_value, outer_critic=OC)
+    batch = ppo.prepare(params, rollout, HP)
+    idx = torch.tensor([0, 3, 4, 8, 11, 14])
+    minibatch = {k: v[idx] for k, v in batch.items()}
+    gamma = torch.tensor(HP["gamma"], dtype=DT, requires_grad=True)
+    hp = {**HP, "gamma": gamma}
+    with_oc, metrics = ppo(params, minibatch, hp)
+    without, metrics0 = PPO(tabular_policy_value)(params, minibatch, hp)
+    v_outer = params["outer_values"][minibatch["obs"]]
+    ref = 0.5 * ((minibatch["outer_returns"] - v_outer) ** 2).mean()
+    assert ref.item() > 1e-2
+    assert with_oc.item() - without.item() == pytest.approx(OC.cost * ref.item(), rel=1e-10, abs=1e-12)
+    assert metrics["outer_value_loss"] == pytest.approx(ref.item(), rel=1e-12)
+    for k in ("policy_loss", "value_loss", "entropy", "clip_fraction"):
+        assert metrics[k] == pytest.approx(metrics0[k], rel=1e-12, abs=1e-15)
+    keys = ["logits", "values", "outer_values"]
+    g_with = grads(with_oc, params, keys)
+    g_without = grads(without, params, keys[:2])
+    assert_grads_close(g_with, g_without)
+    assert_grads_close(g_with, grads(OC.cost * ref, params, ["outer_values"]))
+    # PPO's minibatch loss does not involve gamma at all (the targets were prepared)
+    assert torch.autograd.grad(with_oc, gamma, allow_unused=True)[0] is None
+
+
+def test_update_with_ppo_and_an_outer_critic_trains_the_outer_table():
+    params = make_outer_params()
+    rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
+    opt = sgd(0.1)
+    new, _, metrics = update(PPO(both_policy_value, outer_critic=OC, epochs=2, minibatches=3), opt, params,
+                             opt.init(params), rollout, HP, generator=torch.Generator().manual_seed(0))
+    assert "outer_value_loss" in metrics
+    assert not torch.equal(new["outer_values"].detach(), params["outer_values"].detach())
+    # one A2C step moves the outer table by -lr * its semi-gradient, exactly
+    new, _, _ = update(A2C(both_policy_value, outer_critic=OC), sgd(0.1), params, {}, rollout, HP)
+    G = ref_lambda_returns(rollout, params["outer_values"], OC.gamma, OC.lambda_)
+    g = grads(OC.cost * ref_outer_value_loss(params, rollout, G), params, ["outer_values"])["outer_values"]
+    torch.testing.assert_close(new["outer_values"], params["outer_values"].detach() - 0.1 * g, rtol=0.0, atol=1e-12)
+
+
+def test_objectives_with_an_outer_critic_refuse_a_single_value_column():
+    params = make_outer_params()
+    rollout = make_rollout()
+    with pytest.raises(ValueError, match=ONE_COLUMN):
+        A2C(tabular_policy_value, outer_critic=OC)(params, rollout, HP)
+    with pytest.raises(ValueError, match=ONE_COLUMN):
+        VTraceActorCritic(tabular_policy_value, outer_critic=OC)(params, rollout, HP)
+    ppo = PPO(tabular_policy_value, outer_critic=OC)
+    with pytest.raises(ValueError, match=ONE_COLUMN):
+        ppo.prepare(params, rollout, HP)
+    # the minibatch loss too: one value column, or a batch prepared without the outer critic
+    batch = PPO(both_policy_value, outer_critic=OC).prepare(params, rollout, HP)
+    with pytest.raises(ValueError, match=ONE_COLUMN):
+        ppo(params, batch, HP)
+    plain_batch = PPO(tabular_policy_value).prepare(params, rollout, HP)
+    with pytest.raises(ValueError, match=ONE_COLUMN):
+        PPO(both_policy_value, outer_critic=OC)(params, plain_batch, HP)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(gamma=1.01), "gamma"), (dict(gamma=-0.1), "gamma"), (dict(gamma=float("nan")), "gamma"),
+    (dict(lambda_=1.5), "lambda_"), (dict(lambda_=-1e-9), "lambda_"),
+    (dict(cost=0.0), "cost"), (dict(cost=-0.5), "cost"), (dict(cost=float("nan")), "cost"),
+])
+def test_outer_critic_bad_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OuterCritic(**kwargs)
+
+
+def test_outer_critic_accepts_the_bounds():
+    for g in (0.0, 1.0):
+        for lam in (0.0, 1.0):
+            assert OuterCritic(gamma=g, lambda_=lam, cost=1e-9).gamma == g
+    assert OuterCritic() == OuterCritic(gamma=0.99, lambda_=1.0, cost=0.5)
+
+
+def _outer_net(**kwargs):
+    torch.manual_seed(0)
+    box = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+    net = ActorCritic(box, gym.spaces.Discrete(2), hidden=(16,), outer_critic=True, **kwargs)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
+    return net, params
+
+
+@pytest.mark.parametrize("objective_cls", [A2C, VTraceActorCritic])
+def test_real_network_outer_critic_trains_the_outer_value_head(objective_cls):
+    net, params = _outer_net()
+    rollout = _net_rollout()
+    keys = list(params)
+    assert "outer_value_head.weight" in keys
+    with_oc, metrics = objective_cls(make_policy_value(net, "both"), outer_critic=OC)(params, rollout, HP)
+    without, _ = objective_cls(make_policy_value(net, "value"))(params, rollout, HP)
+    assert metrics["outer_value_loss"] > 0
+    assert with_oc.item() - without.item() == pytest.approx(OC.cost * metrics["outer_value_loss"], rel=1e-5)
+    g_with = dict(zip(keys, torch.autograd.grad(with_oc, [params[k] for k in keys], allow_unused=True)))
+    g_without = dict(zip(keys, torch.autograd.grad(without, [params[k] for k in keys], allow_unused=True)))
+    assert g_with["outer_value_head.weight"] is not None and g_with["outer_value_head.weight"].abs().sum() > 0
+    assert g_with["outer_value_head.bias"].abs().sum() > 0
+    # without an outer critic the head is not used at all
+    assert g_without["outer_value_head.weight"] is None and g_without["outer_value_head.bias"] is None
+    # the heads that are not shared with the outer critic get the same gradient
+    for k in ("policy_head.weight", "value_head.weight", "value_head.bias"):
+        torch.testing.assert_close(g_with[k], g_without[k], rtol=1e-5, atol=1e-7)
+    # the value torso also learns from the outer critic (a second head on it)
+    torso = [k for k in keys if k.startswith("value_torso") and k.endswith("weight")]
+    assert torso and any(not torch.allclose(g_with[k], g_without[k], rtol=1e-4, atol=1e-7) for k in torso)
+
+
+def test_real_network_outer_critic_values_are_column_1():
+    net, params = _outer_net()
+    rollout = _net_rollout()
+    loss, metrics = A2C(make_policy_value(net, "both"), outer_critic=OC)(params, rollout, HP)
+    # the same loss with the columns assembled by hand: critic from "value", outer critic from "outer"
+    value_pv, outer_pv = make_policy_value(net, "value"), make_policy_value(net, "outer")
+
+    def swapped(p, obs, hp):
+        dist, v = value_pv(p, obs, hp)
+        return dist, torch.stack([v, outer_pv(p, obs, hp)[1]], dim=-1)
+
+    loss2, metrics2 = A2C(swapped, outer_critic=OC)(params, rollout, HP)
+    assert loss.item() == pytest.approx(loss2.item(), rel=1e-6)
+    assert metrics["outer_value_loss"] == pytest.approx(metrics2["outer_value_loss"], rel=1e-6)
+    # with the hparams' gamma/lambda, the outer critic's loss is A2C's value loss of the column it reads
+    same = OuterCritic(gamma=HP["gamma"], lambda_=HP["lambda"])
+    _, m_outer = A2C(outer_pv)(params, rollout, HP)
+    _, m_value = A2C(value_pv)(params, rollout, HP)
+    assert m_outer["value_loss"] != pytest.approx(m_value["value_loss"], rel=1e-3)
+    assert A2C(swapped, outer_critic=same)(params, rollout, HP)[1]["outer_value_loss"] == pytest.approx(
+        m_outer["value_loss"], rel=1e-6)
+
+    def exchanged(p, obs, hp):
+        dist, v = swapped(p, obs, hp)
+        return dist, v.flip(-1)
+
+    assert A2C(exchanged, outer_critic=same)(params, rollout, HP)[1]["outer_value_loss"] == pytest.approx(
+        m_value["value_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("objective_cls", [A2C, VTraceActorCritic])
+def test_real_network_outer_critic_output_split_gives_the_semi_gradient(objective_cls):
+    from rlmeta.rollout import OutputSplit
+
+    net, params = _outer_net()
+    rollout = _net_rollout()
+    keys = list(params)
+    objective = objective_cls(make_policy_value(net, "both"), outer_critic=OC)
+    loss, metrics = objective(params, rollout, HP)
+    semi = torch.autograd.grad(loss, [params[k] for k in keys])
+    split = OutputSplit()
+    split_loss, split_metrics = objective(params, rollout, HP, split=split)
+    assert split_metrics["outer_value_loss"] == pytest.approx(metrics["outer_value_loss"], rel=1e-6)
+    got = split.grads(split_loss, [params[k] for k in keys])
+    for k, a, b in zip(keys, semi, got):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), k
+    # the outer critic's bootstrap values stay in the graph (for exact meta-gradients) but out of the gradient
+    full = torch.autograd.grad(split_loss, [params[k] for k in keys])
+    i = keys.index("outer_value_head.weight")
+    assert not torch.allclose(full[i], got[i], rtol=1e-4, atol=1e-6)
