@@ -37,6 +37,8 @@ def make_policy_value(net: ActorCritic, values: str = "value"):
             return distribution(out), out.outer_value
         return distribution(out), torch.stack([out.value, out.outer_value], dim=-1)
 
+    policy_value.shares_forward = True  # reads hparams through the conditioning input only (rlmeta.rollout.ForwardMemo)
+
     return policy_value
 
 

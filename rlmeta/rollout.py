@@ -8,11 +8,15 @@ where a time limit cut the episode), so bootstrapping uses ``V(final_obs)``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import contextlib
+import contextvars
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
+
+from rlmeta.hparams import CONDITIONING
 
 # policy_value(params, obs [N, ...], hparams) -> (distribution over N actions, values [N]), or values
 # [N, 2] for a network with an outer critic: the critic's, then the outer critic's (see ``Evaluation``).
@@ -113,13 +117,85 @@ def evaluate_split(policy_value: PolicyValue, params: dict, rollout: Rollout, hp
     return predictions, _evaluation(dist_all, values_all, rollout)
 
 
+class ForwardMemo:
+    """Network outputs on rollouts, shared by the losses that evaluate the same parameters on the same rollout.
+
+    A meta-gradient unroll evaluates the agent twice at several points: the outer loss of the
+    parameters after k updates is taken on rollout k, from which the next inner update then
+    learns with the same parameters (within a mixed unroll, and from one meta-update to the next
+    when the outer loss's rollout is reused). While a memo is active (``with memo.active():``),
+    :func:`evaluate` and :func:`evaluate_split` run the network once per (``policy_value``,
+    parameter tensors, rollout, conditioning input) and give every loss the same outputs: one
+    graph with several consumers, so derivatives are unchanged.
+
+    Only a ``policy_value`` with ``shares_forward = True`` takes part: it declares that it reads
+    ``hparams`` through the conditioning input only (``agents.actor.make_policy_value``'s do),
+    since the outer loss passes other hyperparameter values than the inner one.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[tuple, tuple[Distribution, Tensor]]] = []
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["ForwardMemo"]:
+        """Make this memo the one :func:`evaluate` consults, for the ``with`` block."""
+        token = _ACTIVE_MEMO.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE_MEMO.reset(token)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _key(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict | None) -> tuple:
+        conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
+        return (policy_value, rollout, conditioning, *params.values())
+
+    def lookup(self, policy_value: PolicyValue, params: dict, rollout: Rollout,
+               hparams: dict | None) -> tuple[Distribution, Tensor] | None:
+        """The stored outputs for these very objects (compared by identity), or None."""
+        key = self._key(policy_value, params, rollout, hparams)
+        for stored, outputs in self._entries:
+            if len(stored) == len(key) and all(a is b for a, b in zip(stored, key)):
+                return outputs
+        return None
+
+    def store(self, policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict | None,
+              outputs: tuple[Distribution, Tensor]) -> None:
+        """Remember ``outputs`` (the key's objects are held, so their identities stay theirs)."""
+        self._entries.append((self._key(policy_value, params, rollout, hparams), outputs))
+
+    def keep_only(self, params: dict, rollout: Rollout) -> "ForwardMemo":
+        """A memo with only the entries of ``params`` on ``rollout`` (what a next meta-update can reuse)."""
+        kept = ForwardMemo()
+        tensors = list(params.values())
+        kept._entries = [(key, outputs) for key, outputs in self._entries
+                         if key[1] is rollout and len(key) == 3 + len(tensors)
+                         and all(a is b for a, b in zip(key[3:], tensors))]
+        return kept
+
+
+_ACTIVE_MEMO: contextvars.ContextVar[ForwardMemo | None] = contextvars.ContextVar("rlmeta_forward_memo", default=None)
+
+
 def _forward(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> tuple[Distribution, Tensor]:
-    """The network on every observation of the rollout, then its bootstrap and final observations."""
+    """The network on every observation of the rollout, then its bootstrap and final observations
+    (reused from the active :class:`ForwardMemo` where it has them)."""
+    memo = _ACTIVE_MEMO.get() if getattr(policy_value, "shares_forward", False) else None
+    if memo is not None:
+        outputs = memo.lookup(policy_value, params, rollout, hparams)
+        if outputs is not None:
+            return outputs
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     obs_shape = rollout.obs.shape[2:]
     flat = rollout.obs.reshape(num_steps * num_envs, *obs_shape)
     everything = torch.cat([flat, rollout.last_obs, rollout.final_obs.reshape(-1, *obs_shape)], dim=0)
-    return policy_value(params, everything, hparams)
+    outputs = policy_value(params, everything, hparams)
+    if memo is not None:
+        memo.store(policy_value, params, rollout, hparams, outputs)
+    return outputs
 
 
 def _evaluation(dist_all: Distribution, values_all: Tensor, rollout: Rollout) -> Evaluation:

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from rlmeta.hparams import MetaParams
+from rlmeta.rollout import ForwardMemo
 
 InnerUpdate = Callable[[dict, Any, Any, dict, bool], tuple[dict, Any]]
 OuterLoss = Callable[[dict, Any, dict | None], Tensor]  # (params, rollout, params before the update) -> loss
@@ -137,9 +138,11 @@ class Estimator:
     """Shared machinery: the unroll, the meta-loss and its gradient (see the module docstring)."""
 
     name = "estimator"
+    shares_final_forward = True  # L_K is the outer loss on a fresh rollout (see _estimate)
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int = 1,
                  recompute: bool = False, generator: torch.Generator | None = None):
+        self._carried: ForwardMemo | None = None  # the last L_K's forward, for the next first update
         self.inner_update = inner_update
         self.outer_loss = outer_loss
         self.num_updates = check_num_updates(num_updates)
@@ -165,13 +168,22 @@ class Estimator:
         """
         if self.recompute:
             return self._estimate_recomputing(meta, params, opt_state, collect, first_rollout)
+        carried, self._carried = self._carried, None
+        memo = carried if carried is not None and self._continues(carried, params, first_rollout) else ForwardMemo()
+        with memo.active():
+            return self._estimate(meta, params if len(memo) else _leaves(params), opt_state, collect, first_rollout,
+                                  memo)
+
+    def _estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect, first_rollout: Any,
+                  memo: ForwardMemo) -> MetaGradient:
+        """The full unroll (``estimate`` without ``recompute``), inside an active forward memo."""
         hparams = meta.hparams()
         weights = self.weights()
         keep_from = self.num_updates - self.truncation()
         meta_loss: Tensor | float = 0.0
         outer_losses: list[float] = []
         used = 0
-        params, previous = _leaves(params), None
+        previous = None
         self._last_fresh = None
         for k in range(self.num_updates):
             if k == 0 and first_rollout is not None:
@@ -185,18 +197,41 @@ class Estimator:
                 meta_loss = meta_loss + weights[k - 1] * loss
             differentiable = k >= keep_from
             if k == keep_from:  # cut the graph: only the last `truncation` updates carry meta-gradient
-                params, opt_state = _leaves(params), _detach(opt_state)
+                # (at k = 0 the parameters are leaves already, possibly the carried ones: kept as they are)
+                params, opt_state = (_leaves(params) if k else params), _detach(opt_state)
             previous = _detach(params)
             step_hparams = hparams if differentiable else _detach(hparams)
             params, opt_state = self.inner_update(params, opt_state, rollout, step_hparams, differentiable)
-        final, used = self.final_loss(params, opt_state, previous, collect, used)
+        if self.shares_final_forward:
+            # L_K at leaf copies of the parameters: its gradient there, pushed through the unroll
+            # (sum of params * gradient has the same derivative in eta), gives the same meta-gradient,
+            # and its forward pass stays for the next meta-update's first inner update, which learns
+            # from the same rollout with the same parameters.
+            final_params = _leaves(params)
+            final, used = self.final_loss(final_params, opt_state, previous, collect, used)
+            keys = [n for n in final_params if params[n].requires_grad]
+            outer_grads = torch.autograd.grad(final, [final_params[n] for n in keys], retain_graph=True,
+                                              allow_unused=True)
+            through = sum((params[n] * g).sum() for n, g in zip(keys, outer_grads) if g is not None)
+            self._carried = memo.keep_only(final_params, self._last_fresh)
+        else:
+            final, used = self.final_loss(params, opt_state, previous, collect, used)
+            final_params, through = _leaves(params), final
         outer_losses.append(float(final.detach()))
-        meta_loss = meta_loss + weights[-1] * final
+        meta_value = float((meta_loss + weights[-1] * final).detach())
+        meta_loss = meta_loss + weights[-1] * through
         names = meta.names
-        grads = torch.autograd.grad(meta_loss, [meta.raw[n] for n in names], allow_unused=True)
+        raw = [meta.raw[n] for n in names]
+        if isinstance(meta_loss, Tensor) and meta_loss.requires_grad:
+            grads = torch.autograd.grad(meta_loss, raw, allow_unused=True)
+        else:  # nothing depends on the meta-parameters (e.g. every update sits before the truncation)
+            grads = (None,) * len(raw)
         grads = {n: torch.zeros_like(meta.raw[n]) if g is None else g for n, g in zip(names, grads)}
-        return MetaGradient(grads, _leaves(params), _detach(opt_state), float(meta_loss.detach()), outer_losses, used,
-                            self._last_fresh)
+        return MetaGradient(grads, final_params, _detach(opt_state), meta_value, outer_losses, used, self._last_fresh)
+
+    def _continues(self, memo: ForwardMemo, params: dict, first_rollout: Any) -> bool:
+        """Whether ``memo`` (carried from the last estimate) holds ``params`` on ``first_rollout``."""
+        return first_rollout is not None and len(memo.keep_only(params, first_rollout)) > 0
 
     def _estimate_recomputing(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect,
                               first_rollout: Any) -> MetaGradient:
@@ -334,6 +369,7 @@ class Bootstrapped(Estimator):
     """
 
     name = "bootstrapped"
+    shares_final_forward = False  # its L_K is the matching loss after L target updates
 
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,

@@ -29,6 +29,9 @@ def policy_value(params, obs, hparams):
     return Categorical(logits=logits, validate_args=False), obs @ params["values"]
 
 
+policy_value.shares_forward = True  # reads no hparams: losses of the same params on the same rollout share its forward
+
+
 def make_params(seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"logits": 0.5 * torch.randn(S, A, generator=g, dtype=DT),
@@ -184,6 +187,9 @@ def conditioned_policy_value(params, obs, hparams):
     return Categorical(logits=logits, validate_args=False), values
 
 
+conditioned_policy_value.shares_forward = True  # reads hparams through the conditioning input only
+
+
 def make_conditioned_params(seed=0):
     g = torch.Generator().manual_seed(seed + 50)
     params = make_params(seed)
@@ -315,6 +321,71 @@ def test_the_outer_loss_reads_the_outer_critic_and_the_inner_updates_train_it():
     after = estimate(MultiStep(plain, OuterObjective(outer_critic_policy_value), 2), make_meta(), optimizer,
                      make_two_critics_params)
     assert torch.equal(after.params["outer_values"], before["outer_values"])
+
+
+class CountingPolicyValue:
+    """``policy_value`` that counts the network's evaluations; ``shares`` sets ``shares_forward``."""
+
+    def __init__(self, shares):
+        self.shares_forward, self.calls = shares, 0
+
+    def __call__(self, params, obs, hparams):
+        self.calls += 1
+        return policy_value(params, obs, hparams)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pass(opt_name, k):
+    """Within a mixed unroll L_k and the (k+1)-th update share rollout k's forward; from one meta-update
+    to the next, the first update reuses the last L_K's. The meta-gradients stay the same."""
+    results = {}
+    for shares in (False, True):
+        optimizer = OPTIMIZERS[opt_name]()
+        counting = CountingPolicyValue(shares)
+        objective = A2C(counting)
+
+        def inner(params, opt_state, rollout, hparams, create_graph):
+            new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams,
+                                          create_graph=create_graph)
+            return new, state
+
+        estimator = Mixed(inner, OuterObjective(counting, value_cost=0.1), k)
+        collect = fixed_collect()
+        first = estimator.estimate(make_meta(), make_params(), optimizer.init(make_params()), collect)
+        calls_first = counting.calls
+        second = estimator.estimate(make_meta(), first.params, first.opt_state, collect, first.next_rollout)
+        results[shares] = (first, second, calls_first, counting.calls - calls_first)
+    (a1, a2, calls_a1, calls_a2), (b1, b2, calls_b1, calls_b2) = results[False], results[True]
+    for plain, shared in ((a1, b1), (a2, b2)):
+        assert torch.allclose(plain.vector(), shared.vector(), rtol=1e-12, atol=0)
+        assert plain.meta_loss == pytest.approx(shared.meta_loss, rel=1e-12)
+        for key in plain.params:
+            assert torch.allclose(plain.params[key], shared.params[key], rtol=1e-12, atol=0)
+    assert (calls_a1, calls_a2) == (2 * k, 2 * k)  # K updates and K outer losses, each its own forward
+    assert (calls_b1, calls_b2) == (k + 1, k)  # L_1..L_{K-1} shared; then L_K of the first one too
+
+
+def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
+    optimizer = OPTIMIZERS["sgd"]()
+    counting = CountingPolicyValue(True)
+    objective = A2C(counting)
+
+    def inner(params, opt_state, rollout, hparams, create_graph):
+        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)[:2]
+
+    estimator = OneStep(inner, OuterObjective(counting))
+    collect = fixed_collect()
+    first = estimator.estimate(make_meta(), make_params(), {}, collect)
+    # Other parameters (a copy) on the same rollout: no reuse, and the same meta-gradient as a fresh start.
+    copy = {k: v.detach().clone().requires_grad_(True) for k, v in first.params.items()}
+    before = counting.calls
+    outer_rollout = lambda params: ROLLOUTS[5]  # noqa: E731
+    again = estimator.estimate(make_meta(), copy, {}, outer_rollout, first.next_rollout)
+    assert counting.calls - before == 2
+    fresh = OneStep(inner, OuterObjective(counting)).estimate(make_meta(), copy, {}, outer_rollout,
+                                                              first.next_rollout)
+    assert torch.allclose(again.vector(), fresh.vector(), rtol=1e-12, atol=0)
 
 
 def test_meta_gradient_of_a_loss_without_stop_gradients_is_its_derivative():
