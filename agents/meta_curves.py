@@ -62,6 +62,8 @@ class MetaCurvesConfig:
     meta_lr: float = 0.02
     init_gamma: float | None = None
     """Initial gamma of the meta variants (default: the config's, 0.99)."""
+    outer_critic_cost: float = 0.5
+    """``+oc`` variants: weight of the outer critic's value loss (``meta.outer_critic_cost``)."""
     out_dir: str | None = None
     """Keep run directories, the plot and results.json here (default: a temporary directory; the plot
     and JSON are then written to the current directory as meta_curves.*)."""
@@ -75,6 +77,8 @@ class MetaCurvesConfig:
             raise ValueError(f"seeds and total_steps must be >= 1, got {self.seeds} and {self.total_steps}")
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr must be > 0, got {self.meta_lr}")
+        if not self.outer_critic_cost > 0:
+            raise ValueError(f"outer_critic_cost must be > 0, got {self.outer_critic_cost}")
         if self.init_gamma is not None and not 0 < self.init_gamma < 1:
             raise ValueError(f"init_gamma must be in (0, 1), got {self.init_gamma}")
 
@@ -96,7 +100,8 @@ def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
     estimator, _, k = name.removesuffix(CONDITIONED).partition(" K=")
     init = {} if cfg.init_gamma is None else {"gamma": cfg.init_gamma}
     fields["meta"] = MetaConfig(learn=("gamma", "lambda"), init=init, estimator=estimator, num_updates=int(k or 1),
-                                lr=cfg.meta_lr, condition=condition, outer_critic=outer_critic)
+                                lr=cfg.meta_lr, condition=condition, outer_critic=outer_critic,
+                                outer_critic_cost=cfg.outer_critic_cost)
     return TrainConfig(**fields)
 
 

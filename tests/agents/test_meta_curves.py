@@ -30,9 +30,13 @@ def test_unknown_variants_are_rejected(variants):
         MetaCurvesConfig(variants=variants)
 
 
-def test_init_gamma_must_be_a_discount():
+def test_init_gamma_and_outer_critic_cost_are_checked():
     with pytest.raises(ValueError, match="init_gamma must be in"):
         MetaCurvesConfig(init_gamma=1.0)
+    with pytest.raises(ValueError, match="outer_critic_cost must be > 0, got 0"):
+        MetaCurvesConfig(outer_critic_cost=0)
+    cfg = MetaCurvesConfig(outer_critic_cost=0.1)
+    assert variant_config("mixed K=4 +oc", 0, cfg, None).meta.outer_critic_cost == 0.1
 
 
 def test_a_tiny_run_writes_the_table_plot_and_results(tmp_path):
