@@ -28,6 +28,14 @@ more inner update's compute per step; the meta-gradient is the same (tested to 1
 Inner updates that draw random numbers (PPO's minibatches) must use the estimator's
 ``generator``, whose state is replayed for each rebuilt update.
 
+Forward passes are shared where two losses evaluate the same parameters on the same rollout
+(:class:`~rlmeta.rollout.ForwardMemo`, for ``policy_value`` functions that allow it): the outer
+loss ``L_k`` of a mixed unroll with the (k+1)-th inner update, and ``L_K`` with the next
+estimate's first inner update when that estimate starts from this one's parameters and reuses
+its fresh rollout (``first_rollout=result.next_rollout``, as training does). For the latter,
+``L_K`` is differentiated at leaf copies of the parameters, and its gradient there is pushed
+through the unroll; the meta-gradient is the same.
+
 Rollouts come from ``collect(params) -> Rollout``, called with detached parameters whenever the
 unroll needs the next one (rollout k is collected by the agent after k updates, as online), so
 fixed rollouts can be fed for exactness tests. The inner update is the learner's:

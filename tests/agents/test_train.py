@@ -426,6 +426,29 @@ def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path
         Trainer(TrainConfig(**{**config.__dict__, "resume": True, "meta": changed}))
 
 
+@pytest.mark.parametrize("estimator, k", [("one-step", 1), ("mixed", 3)])
+def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp_path, estimator, k):
+    """The outer loss and the next inner update share one forward pass (rlmeta.rollout.ForwardMemo):
+    per meta-update, K inner updates on K rollouts plus one outer loss on a fresh one, of which only
+    the first meta-update's first update needs its own forward."""
+    from agents.config import MetaConfig
+
+    meta = MetaConfig(learn=("gamma",), estimator=estimator, num_updates=k, lr=0.05)
+    config = tiny(tmp_path, meta=meta, total_steps=32 * (k + 1) * 4, checkpoint_interval=0)
+    trainer = Trainer(config)
+    apply_params, learner_forwards = trainer.net.apply_params, [0]
+
+    def counting(params, obs, hparams=None, value=True):
+        learner_forwards[0] += value  # acting asks for the policy only
+        return apply_params(params, obs, hparams, value)
+
+    trainer.net.apply_params = counting
+    summary = trainer.run()
+    meta_updates = summary["updates"] // k
+    assert meta_updates >= 3
+    assert learner_forwards[0] == 1 + meta_updates * k  # without sharing: meta_updates * 2k
+
+
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
     from agents.config import MetaConfig
 
