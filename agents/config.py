@@ -198,6 +198,10 @@ class MetaConfig:
     meta-learned discount)."""
     outer_critic_cost: float = 0.5
     """Weight of the outer critic's value loss in the inner loss."""
+    outer_critic_trains_torso: bool = False
+    """False: the outer critic's value loss trains its own head only, so it cannot change what the
+    agent learns (the derivatives through the update stay exact); True: it also trains the torso and
+    convolutions it shares with the critic (on Snake 6x6 this lowered the final scores; docs/benchmarks.md)."""
     condition: bool = False
     """Condition the policy and value on the meta-learned values (Xu et al. 2018): the network takes
     them as an extra input (an embedding joined to the torso's features); the outer loss feeds the
@@ -274,7 +278,8 @@ class MetaConfig:
 
         if not (self.enabled and self.outer_critic):
             return None
-        return OuterCritic(self.outer_gamma, self.outer_lambda, self.outer_critic_cost)
+        head = None if self.outer_critic_trains_torso else "outer_value_head."  # agents.networks.ActorCritic's
+        return OuterCritic(self.outer_gamma, self.outer_lambda, self.outer_critic_cost, head=head)
 
 
 @dataclass

@@ -21,7 +21,12 @@ def gradient_step(
     objective: Any, optimizer: Optimizer, params: dict, opt_state: dict, data: Any, hparams: dict,
     progress: float = 0.0, create_graph: bool = False,
 ) -> tuple[dict, dict, dict[str, float]]:
-    """One optimizer step on ``objective(params, data, hparams, progress)``."""
+    """One optimizer step on ``objective(params, data, hparams, progress)``.
+
+    An objective may return ``(loss, metrics, restricted)``: ``restricted[prefix]`` is a loss term
+    whose gradient is taken with respect to the parameters named ``prefix...`` only and added to
+    theirs (e.g. an outer critic's value loss, which must not train the layers it shares).
+    """
     keys = list(params)
     exact = create_graph and _targets_differentiable(params, hparams)
     if exact and getattr(objective, "supports_output_split", False):
@@ -32,21 +37,36 @@ def gradient_step(
         # `params` and of the conditioning, and derivatives through the update are exact (one
         # forward pass: see rlmeta.rollout.OutputSplit).
         split = OutputSplit()
-        loss, metrics = objective(params, data, hparams, progress, split=split)
-        grads = split.grads(loss, [params[k] for k in keys])
+        result = objective(params, data, hparams, progress, split=split)
+
+        def gradient(term, names, last):
+            return split.grads(term, [params[k] for k in names])
     elif exact:
         # An objective that does not split its outputs: differentiate it in an alias of the
         # parameters, so that data computed from `params` beforehand (PPO's prepared advantages
         # and returns) stays out of this gradient but remains a function of `params`.
         alias = {k: v.view_as(v) for k, v in params.items()}
-        loss, metrics = objective(alias, data, hparams, progress)
-        grads = torch.autograd.grad(loss, [alias[k] for k in keys], create_graph=True)
+        result = objective(alias, data, hparams, progress)
+
+        def gradient(term, names, last):
+            return _grad(term, [alias[k] for k in names], create_graph=True)
     else:
         # Plain training, or the first update of an unroll from leaf parameters of an
         # unconditioned network: nothing upstream can see the targets, which are detached.
-        loss, metrics = objective(params, data, hparams, progress)
-        grads = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph)
-    grads = dict(zip(keys, grads))
+        result = objective(params, data, hparams, progress)
+
+        def gradient(term, names, last):
+            return _grad(term, [params[k] for k in names], create_graph=create_graph, retain=not last)
+    loss, metrics, restricted = result if len(result) == 3 else (*result, {})
+    grads = dict(zip(keys, gradient(loss, keys, not restricted)))
+    for i, (prefix, term) in enumerate(restricted.items()):
+        names = [k for k in keys if k.startswith(prefix)]
+        if not names:
+            raise ValueError(f"the objective restricts a loss term to parameters named {prefix!r}..., "
+                             f"but there are none among {keys}")
+        for k, g in zip(names, gradient(term, names, i == len(restricted) - 1)):
+            grads[k] = grads[k] + g
+        loss = loss + term.detach()  # the reported loss includes it
     grad_norm = global_norm(grads)
     loss_value, norm_value = float(loss.detach()), float(grad_norm.detach())
     if not math.isfinite(loss_value):
@@ -86,6 +106,13 @@ def update(
                 objective, optimizer, params, opt_state, minibatch, hparams, progress, create_graph
             )
     return params, opt_state, metrics
+
+
+def _grad(term: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool, retain: bool = False) -> list[torch.Tensor]:
+    """``d term / d inputs`` (zeros for inputs it does not use)."""
+    grads = torch.autograd.grad(term, inputs, create_graph=create_graph, retain_graph=retain or create_graph,
+                                allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
 def _targets_differentiable(params: dict, hparams: dict | None) -> bool:

@@ -64,6 +64,8 @@ class MetaCurvesConfig:
     """Initial gamma of the meta variants (default: the config's, 0.99)."""
     outer_critic_cost: float = 0.5
     """``+oc`` variants: weight of the outer critic's value loss (``meta.outer_critic_cost``)."""
+    outer_critic_trains_torso: bool = False
+    """``+oc`` variants: the outer critic's loss trains the shared torso too (``meta.outer_critic_trains_torso``)."""
     out_dir: str | None = None
     """Keep run directories, the plot and results.json here (default: a temporary directory; the plot
     and JSON are then written to the current directory as meta_curves.*)."""
@@ -101,7 +103,8 @@ def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
     init = {} if cfg.init_gamma is None else {"gamma": cfg.init_gamma}
     fields["meta"] = MetaConfig(learn=("gamma", "lambda"), init=init, estimator=estimator, num_updates=int(k or 1),
                                 lr=cfg.meta_lr, condition=condition, outer_critic=outer_critic,
-                                outer_critic_cost=cfg.outer_critic_cost)
+                                outer_critic_cost=cfg.outer_critic_cost,
+                                outer_critic_trains_torso=cfg.outer_critic_trains_torso)
     return TrainConfig(**fields)
 
 

@@ -1,6 +1,9 @@
 """Hand-written actor-critic objectives: A2C, IMPALA's V-trace actor-critic, and PPO.
 
-Each is a callable ``objective(params, rollout, hparams, progress) -> (loss, metrics)``: a pure
+Each is a callable ``objective(params, rollout, hparams, progress) -> (loss, metrics)``, or
+``(loss, metrics, restricted)`` where ``restricted`` maps a parameter-name prefix to a loss term
+whose gradient may reach only the parameters so named (the learner adds those gradients; see
+``OuterCritic.head``). Each is a pure
 function of the parameters (a dict of tensors) and of the hyperparameters, which may be tensors
 that require grad (meta-gradients flow through gamma and lambda inside the returns, and through
 the loss weights). ``policy_value(params, obs, hparams) -> (distribution, values)`` runs the
@@ -55,11 +58,19 @@ class OuterCritic:
     to its loss: ``V'`` the outer critic (the second value column of ``policy_value``), ``G'`` its
     targets with ``gamma``/``lambda_`` (TD(lambda) returns for A2C and PPO, V-trace targets for
     V-trace), held fixed like the critic's. The meta-learned values never enter this term.
+
+    ``head``: the name prefix of the outer critic's own parameters (``"outer_value_head."`` for
+    ``agents.networks.ActorCritic``). Given, the term's gradient reaches only those: the objective
+    returns it as a restricted term, so it cannot change the features the outer critic shares
+    with the critic and the policy, and the update stays an exact function of all parameters
+    (detaching the shared features instead would cut their dependence out of the derivatives
+    through later updates). None: the term is part of the loss and trains the shared layers too.
     """
 
     gamma: float = 0.99
     lambda_: float = 1.0
     cost: float = 0.5
+    head: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("gamma", "lambda_"):
@@ -67,6 +78,15 @@ class OuterCritic:
                 raise ValueError(f"outer critic {name} must be in [0, 1], got {getattr(self, name)!r}")
         if not self.cost > 0:
             raise ValueError(f"outer critic cost must be > 0, got {self.cost!r}")
+        if self.head is not None and not (isinstance(self.head, str) and self.head):
+            raise ValueError(f"outer critic head must be a non-empty parameter-name prefix or None, got {self.head!r}")
+
+    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, float]):
+        """``loss`` with ``cost * term`` added, or ``(loss, metrics, {head: cost * term})`` (see ``head``)."""
+        metrics["outer_value_loss"] = float(term.detach())
+        if self.head is None:
+            return loss + self.cost * term, metrics
+        return loss, metrics, {self.head: self.cost * term}
 
     def discounts(self, rollout: Rollout) -> Tensor:
         """``gamma * (1 - terminated)`` with the reference discount."""
@@ -115,11 +135,10 @@ class A2C:
         entropy = ev.entropy.mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        extra = {}
+        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
         if self.outer_critic is not None:
-            extra["outer_value_loss"] = self.outer_critic.loss(ev, fixed, rollout)
-            loss = loss + self.outer_critic.cost * extra["outer_value_loss"]
-        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, **extra)
+            return self.outer_critic.add(loss, self.outer_critic.loss(ev, fixed, rollout), metrics)
+        return loss, metrics
 
 
 class VTraceActorCritic:
@@ -152,17 +171,15 @@ class VTraceActorCritic:
         entropy = ev.entropy.mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        extra = {}
+        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
         if self.outer_critic is not None:
             oc = self.outer_critic
             oc.check(ev)
             outer = vtrace(fixed.outer_values, fixed.outer_next_values, rollout.rewards, oc.discounts(rollout),
                            ev.continues, rhos, lambda_=oc.lambda_, rho_bar=self.rho_bar, c_bar=self.c_bar,
                            pg_rho_bar=self.pg_rho_bar)
-            extra["outer_value_loss"] = 0.5 * ((outer.vs - ev.outer_values) ** 2).mean()
-            loss = loss + oc.cost * extra["outer_value_loss"]
-        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean(),
-                              **extra)
+            return oc.add(loss, 0.5 * ((outer.vs - ev.outer_values) ** 2).mean(), metrics)
+        return loss, metrics
 
 
 def _evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: HParams,
@@ -259,12 +276,10 @@ class PPO:
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
         clip_fraction = ((ratio - 1).abs() > clip).float().mean()
-        extra = {}
+        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction)
         if self.outer_critic is not None:
             if outer_values is None or "outer_returns" not in batch:
                 raise ValueError("this PPO trains an outer critic: prepare the batch with it, and use "
                                  "make_policy_value(net, 'both') with a network built with outer_critic=True")
-            extra["outer_value_loss"] = 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean()
-            loss = loss + self.outer_critic.cost * extra["outer_value_loss"]
-        return loss, _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction,
-                              **extra)
+            return self.outer_critic.add(loss, 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean(), metrics)
+        return loss, metrics

@@ -403,7 +403,9 @@ def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path
     config = tiny(tmp_path, algo=algo, meta=meta, total_steps=32 * 9, checkpoint_interval=0,
                   ppo=PPOConfig(epochs=2, minibatches=2))
     trainer = Trainer(config)
-    assert trainer.objective.outer_critic == OuterCritic(0.995, 0.9, 0.25)
+    assert trainer.objective.outer_critic == OuterCritic(0.995, 0.9, 0.25, head="outer_value_head.")
+    shared = MetaConfig(**{**meta.__dict__, "outer_critic_trains_torso": True})
+    assert shared.outer_critic_spec() == OuterCritic(0.995, 0.9, 0.25, head=None)  # its loss trains the torso too
     head = trainer.params["outer_value_head.weight"].detach().clone()
     obs = torch.randn(5, 4)
     out = trainer.net.apply_params(trainer.params, obs)

@@ -323,6 +323,83 @@ def test_the_outer_loss_reads_the_outer_critic_and_the_inner_updates_train_it():
     assert torch.equal(after.params["outer_values"], before["outer_values"])
 
 
+# An outer critic that shares the critic's table (as the network's shares its torso): its loss may
+# train only its own parameters ("outer_..."), restricted in the learner, and the derivatives
+# through the updates must stay exact.
+def shared_critics_policy_value(params, obs, hparams):
+    dist, values = policy_value(params, obs, hparams)
+    outer = obs @ (params["values"] * params["outer_scale"] + params["outer_values"])
+    return dist, torch.stack([values, outer], dim=-1)
+
+
+def shared_outer_policy_value(params, obs, hparams):
+    dist, values = shared_critics_policy_value(params, obs, hparams)
+    return dist, values[..., 1]
+
+
+def detached_critics_policy_value(params, obs, hparams):
+    """The shortcut that is not exact: the outer critic reads the shared table detached."""
+    dist, values = policy_value(params, obs, hparams)
+    outer = obs @ (params["values"].detach() * params["outer_scale"] + params["outer_values"])
+    return dist, torch.stack([values, outer], dim=-1)
+
+
+def make_shared_critics_params(seed=0):
+    params = make_two_critics_params(seed)
+    params["outer_scale"] = 1.0 + 0.3 * torch.randn(S, generator=torch.Generator().manual_seed(seed + 90), dtype=DT)
+    return params
+
+
+HEAD_ONLY = OuterCritic(gamma=0.97, lambda_=0.7, cost=0.5, head="outer_")
+
+
+@pytest.mark.parametrize("algo", ["a2c", "vtrace", "ppo"])
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_an_outer_critic_restricted_to_its_head_keeps_meta_gradients_exact(algo, opt_name, k):
+    optimizer = OPTIMIZERS[opt_name]()
+    objective = {
+        "a2c": lambda: A2C(shared_critics_policy_value, outer_critic=HEAD_ONLY),
+        "vtrace": lambda: VTraceActorCritic(shared_critics_policy_value, rho_bar=1.2, outer_critic=HEAD_ONLY),
+        "ppo": lambda: PPO(shared_critics_policy_value, epochs=2, minibatches=1, normalize_advantages=False,
+                           outer_critic=HEAD_ONLY),
+    }[algo]()
+    inner = outer_critic_inner(objective, optimizer)
+    outer = OuterObjective(shared_outer_policy_value, gamma=HEAD_ONLY.gamma, lambda_=HEAD_ONLY.lambda_,
+                           value_cost=0.1, kl_cost=0.2, vtrace=algo == "vtrace")
+    makes = {"multi-step": lambda: MultiStep(inner, outer, k), "mixed": lambda: Mixed(inner, outer, k),
+             "recompute": lambda: MultiStep(inner, outer, k, recompute=True)}
+    for make in makes.values():
+        check_against_finite_differences(make, optimizer, params_factory=make_shared_critics_params)
+
+
+def test_the_restricted_outer_critic_trains_its_head_only_and_detaching_instead_is_not_exact():
+    optimizer = OPTIMIZERS["sgd"]()
+    params = {k: v.requires_grad_(True) for k, v in make_shared_critics_params().items()}
+    rollout, hparams = ROLLOUTS[0], make_meta().hparams()
+    restricted = A2C(shared_critics_policy_value, outer_critic=HEAD_ONLY)
+    plain = A2C(policy_value)
+    new, _, metrics = gradient_step(restricted, optimizer, params, {}, rollout, hparams)
+    alone, _, _ = gradient_step(plain, optimizer, params, {}, rollout, hparams)
+    assert metrics["outer_value_loss"] > 0
+    for key in ("logits", "values"):  # what the critic and policy learn is untouched by the outer critic
+        assert torch.allclose(new[key], alone[key], rtol=1e-12, atol=0)
+    for key in ("outer_scale", "outer_values"):
+        assert not torch.allclose(new[key], params[key])
+    with pytest.raises(ValueError, match="restricts a loss term to parameters named 'outer_value_head.'"):
+        gradient_step(A2C(shared_critics_policy_value, outer_critic=OuterCritic(head="outer_value_head.")), optimizer,
+                      params, {}, rollout, hparams)
+    # The same head-only training by detaching the shared table: the K=2 meta-gradient misses the
+    # table's part in the outer critic's targets and gradients (which matters once the outer loss has
+    # a value term), and no longer matches finite differences.
+    inner = outer_critic_inner(A2C(detached_critics_policy_value, outer_critic=HEAD_ONLY), optimizer)
+    outer = OuterObjective(shared_outer_policy_value, gamma=HEAD_ONLY.gamma, lambda_=HEAD_ONLY.lambda_,
+                           value_cost=0.5)
+    with pytest.raises(AssertionError):
+        check_against_finite_differences(lambda: MultiStep(inner, outer, 2), optimizer,
+                                         params_factory=make_shared_critics_params)
+
+
 class CountingPolicyValue:
     """``policy_value`` that counts the network's evaluations; ``shares`` sets ``shares_forward``."""
 

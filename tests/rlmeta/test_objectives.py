@@ -1161,3 +1161,55 @@ def test_real_network_outer_critic_output_split_gives_the_semi_gradient(objectiv
     full = torch.autograd.grad(split_loss, [params[k] for k in keys])
     i = keys.index("outer_value_head.weight")
     assert not torch.allclose(full[i], got[i], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["a2c", "vtrace", "ppo"])
+def test_an_outer_critic_with_a_head_returns_its_term_restricted_to_that_head(objective):
+    """``OuterCritic(head=...)``: the term is left out of the loss and returned as ``{head: cost * term}``."""
+    import dataclasses
+
+    head_only = dataclasses.replace(OC, head="outer_")
+    params = make_outer_params()
+    rollout = make_rollout()
+    build = {"a2c": lambda oc: A2C(both_policy_value, outer_critic=oc),
+             "vtrace": lambda oc: VTraceActorCritic(both_policy_value, outer_critic=oc),
+             "ppo": lambda oc: PPO(both_policy_value, outer_critic=oc)}[objective]
+    full, restricted = build(OC), build(head_only)
+    if objective == "ppo":
+        batch = full.prepare(params, rollout, HP)
+        whole, metrics = full(params, batch, HP)
+        loss, metrics_r, terms = restricted(params, batch, HP)
+    else:
+        whole, metrics = full(params, rollout, HP)
+        loss, metrics_r, terms = restricted(params, rollout, HP)
+    assert set(terms) == {"outer_"}
+    assert metrics_r == metrics and metrics["outer_value_loss"] > 0
+    assert terms["outer_"].item() == pytest.approx(OC.cost * metrics["outer_value_loss"], rel=1e-12)
+    assert loss.item() + terms["outer_"].item() == pytest.approx(whole.item(), rel=1e-12)
+
+
+def test_outer_critic_head_must_be_a_prefix():
+    with pytest.raises(ValueError, match="head must be a non-empty parameter-name prefix or None, got ''"):
+        OuterCritic(head="")
+
+
+def test_real_network_outer_critic_restricted_to_its_head_leaves_the_rest_of_the_update_alone():
+    from rlmeta.optim import sgd
+
+    net, params = _outer_net()
+    rollout = _net_rollout()
+    head_only = OuterCritic(gamma=OC.gamma, lambda_=OC.lambda_, cost=OC.cost, head="outer_value_head.")
+    optimizer = sgd(0.1)
+    new, _, metrics = gradient_step(A2C(make_policy_value(net, "both"), outer_critic=head_only), optimizer, params, {},
+                                    rollout, HP)
+    alone, _, _ = gradient_step(A2C(make_policy_value(net, "value")), optimizer, params, {}, rollout, HP)
+    shared, _, _ = gradient_step(A2C(make_policy_value(net, "both"), outer_critic=OC), optimizer, params, {}, rollout,
+                                 HP)
+    assert metrics["outer_value_loss"] > 0
+    for key in params:
+        if key.startswith("outer_value_head."):
+            assert not torch.equal(new[key], params[key])  # it learns
+        else:  # nothing else sees its loss
+            torch.testing.assert_close(new[key], alone[key], rtol=1e-6, atol=1e-7)
+    assert any(not torch.allclose(shared[k], alone[k], rtol=1e-5, atol=1e-7) for k in params
+               if k.startswith("value_torso"))  # unrestricted, it trains the value torso too
