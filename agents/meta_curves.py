@@ -171,6 +171,8 @@ def _plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    if len(results) > 10:  # more lines than the default color cycle has colors
+        ax.set_prop_cycle(color=[plt.cm.tab20(i) for i in range(20)])
     for name, records in results.items():
         end = min(r["curve"][-1][0] for r in records if r["curve"])
         grid = np.linspace(0, end, 60)
