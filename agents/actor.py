@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,21 @@ from rlmeta.rollout import Rollout
 
 
 VALUES = ("value", "both", "outer")
+_NETWORK_FORWARDS: "weakref.WeakKeyDictionary[ActorCritic, Any]" = weakref.WeakKeyDictionary()
+
+
+def _network_forward(net: ActorCritic):
+    """``(params, obs, hparams) -> AgentOutput`` of ``net``: one function per network, which every
+    ``policy_value`` of it names as its ``forward_source`` (see ``rlmeta.rollout.ForwardMemo``)."""
+    forward = _NETWORK_FORWARDS.get(net)
+    if forward is None:
+
+        def forward(params: dict, obs: torch.Tensor, hparams: Any):
+            conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
+            return net.apply_params(params, obs, conditioning)
+
+        _NETWORK_FORWARDS[net] = forward
+    return forward
 
 
 def make_policy_value(net: ActorCritic, values: str = "value"):
@@ -21,24 +38,28 @@ def make_policy_value(net: ActorCritic, values: str = "value"):
     ``values``: which value heads give ``values``: ``"value"`` ([N], the critic), ``"outer"`` ([N],
     the outer critic) or ``"both"`` ([N, 2]: critic, outer critic; objectives then also train the
     outer critic, see ``rlmeta.objectives.OuterCritic``). The last two need a network built with
-    ``outer_critic=True``.
+    ``outer_critic=True``. All of a network's ``policy_value`` functions share their forward passes
+    inside a meta-gradient unroll (``rlmeta.rollout.ForwardMemo``): they read ``hparams`` through the
+    conditioning input only, and select their outputs from the same network evaluation.
     """
     if values not in VALUES:
         raise ValueError(f"values must be one of {list(VALUES)}, got {values!r}")
     if values != "value" and net.outer_value_head is None:
         raise ValueError(f"values={values!r} needs a network with an outer critic (ActorCritic(outer_critic=True))")
+    forward = _network_forward(net)
 
-    def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
-        conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
-        out = net.apply_params(params, obs, conditioning)
+    def select(out: Any):
         if values == "value":
             return distribution(out), out.value
         if values == "outer":
             return distribution(out), out.outer_value
         return distribution(out), torch.stack([out.value, out.outer_value], dim=-1)
 
-    policy_value.shares_forward = True  # reads hparams through the conditioning input only (rlmeta.rollout.ForwardMemo)
+    def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
+        return select(forward(params, obs, hparams))
 
+    policy_value.shares_forward = True
+    policy_value.forward_source = (forward, select)
     return policy_value
 
 

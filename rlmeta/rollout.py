@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -130,11 +130,14 @@ class ForwardMemo:
 
     Only a ``policy_value`` with ``shares_forward = True`` takes part: it declares that it reads
     ``hparams`` through the conditioning input only (``agents.actor.make_policy_value``'s do),
-    since the outer loss passes other hyperparameter values than the inner one.
+    since the outer loss passes other hyperparameter values than the inner one. One with a
+    ``forward_source = (network, select)`` shares the raw ``network`` outputs with every other
+    ``policy_value`` of the same source (e.g. a learner's reading both critics and an outer loss's
+    reading the outer critic) and applies its own ``select`` to them.
     """
 
     def __init__(self) -> None:
-        self._entries: list[tuple[tuple, tuple[Distribution, Tensor]]] = []
+        self._entries: list[tuple[tuple, Any]] = []
 
     @contextlib.contextmanager
     def active(self) -> Iterator["ForwardMemo"]:
@@ -149,23 +152,21 @@ class ForwardMemo:
         return len(self._entries)
 
     @staticmethod
-    def _key(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict | None) -> tuple:
+    def _key(source: Callable, params: dict, rollout: Rollout, hparams: dict | None) -> tuple:
         conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
-        return (policy_value, rollout, conditioning, *params.values())
+        return (source, rollout, conditioning, *params.values())
 
-    def lookup(self, policy_value: PolicyValue, params: dict, rollout: Rollout,
-               hparams: dict | None) -> tuple[Distribution, Tensor] | None:
-        """The stored outputs for these very objects (compared by identity), or None."""
-        key = self._key(policy_value, params, rollout, hparams)
+    def lookup(self, source: Callable, params: dict, rollout: Rollout, hparams: dict | None) -> Any:
+        """The stored outputs of ``source`` for these very objects (compared by identity), or None."""
+        key = self._key(source, params, rollout, hparams)
         for stored, outputs in self._entries:
             if len(stored) == len(key) and all(a is b for a, b in zip(stored, key)):
                 return outputs
         return None
 
-    def store(self, policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict | None,
-              outputs: tuple[Distribution, Tensor]) -> None:
-        """Remember ``outputs`` (the key's objects are held, so their identities stay theirs)."""
-        self._entries.append((self._key(policy_value, params, rollout, hparams), outputs))
+    def store(self, source: Callable, params: dict, rollout: Rollout, hparams: dict | None, outputs: Any) -> None:
+        """Remember the ``outputs`` of ``source`` (the key's objects are held, so their identities stay theirs)."""
+        self._entries.append((self._key(source, params, rollout, hparams), outputs))
 
     def keep_only(self, params: dict, rollout: Rollout) -> "ForwardMemo":
         """A memo with only the entries of ``params`` on ``rollout`` (what a next meta-update can reuse)."""
@@ -184,18 +185,24 @@ def _forward(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams:
     """The network on every observation of the rollout, then its bootstrap and final observations
     (reused from the active :class:`ForwardMemo` where it has them)."""
     memo = _ACTIVE_MEMO.get() if getattr(policy_value, "shares_forward", False) else None
-    if memo is not None:
-        outputs = memo.lookup(policy_value, params, rollout, hparams)
-        if outputs is not None:
-            return outputs
+    if memo is None:
+        return policy_value(params, _observations(rollout), hparams)
+    # A policy_value may name a forward_source (network, select): the raw network outputs, shared by
+    # every policy_value of that network, and how it reads its (distribution, values) from them.
+    network, select = getattr(policy_value, "forward_source", (policy_value, None))
+    outputs = memo.lookup(network, params, rollout, hparams)
+    if outputs is None:
+        outputs = network(params, _observations(rollout), hparams)
+        memo.store(network, params, rollout, hparams, outputs)
+    return outputs if select is None else select(outputs)
+
+
+def _observations(rollout: Rollout) -> Tensor:
+    """Every observation of the rollout, then its bootstrap and final observations, flat."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     obs_shape = rollout.obs.shape[2:]
     flat = rollout.obs.reshape(num_steps * num_envs, *obs_shape)
-    everything = torch.cat([flat, rollout.last_obs, rollout.final_obs.reshape(-1, *obs_shape)], dim=0)
-    outputs = policy_value(params, everything, hparams)
-    if memo is not None:
-        memo.store(policy_value, params, rollout, hparams, outputs)
-    return outputs
+    return torch.cat([flat, rollout.last_obs, rollout.final_obs.reshape(-1, *obs_shape)], dim=0)
 
 
 def _evaluation(dist_all: Distribution, values_all: Tensor, rollout: Rollout) -> Evaluation:
