@@ -282,47 +282,6 @@ def outer_critic_inner(objective, optimizer):
     return inner
 
 
-@pytest.mark.parametrize("algo", ["a2c", "vtrace", "ppo"])
-@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-@pytest.mark.parametrize("k", [1, 3])
-def test_meta_gradients_with_an_outer_critic_match_finite_differences(algo, opt_name, k):
-    """Exact through updates that train both critics, with the outer loss reading the outer one."""
-    optimizer = OPTIMIZERS[opt_name]()
-    objective = {
-        "a2c": lambda: A2C(two_critics_policy_value, outer_critic=OUTER_CRITIC),
-        "vtrace": lambda: VTraceActorCritic(two_critics_policy_value, rho_bar=1.2, outer_critic=OUTER_CRITIC),
-        # one minibatch: the epochs' random orders do not change the (mean) loss
-        "ppo": lambda: PPO(two_critics_policy_value, epochs=2, minibatches=1, normalize_advantages=False,
-                           outer_critic=OUTER_CRITIC),
-    }[algo]()
-    inner = outer_critic_inner(objective, optimizer)
-    outer = OuterObjective(outer_critic_policy_value, gamma=OUTER_CRITIC.gamma, lambda_=OUTER_CRITIC.lambda_,
-                           value_cost=0.1, kl_cost=0.2, vtrace=algo == "vtrace")
-    makes = {"multi-step": lambda: MultiStep(inner, outer, k), "mixed": lambda: Mixed(inner, outer, k),
-             "recompute": lambda: MultiStep(inner, outer, k, recompute=True)}
-    for make in makes.values():
-        check_against_finite_differences(make, optimizer, params_factory=make_two_critics_params)
-
-
-def test_the_outer_loss_reads_the_outer_critic_and_the_inner_updates_train_it():
-    optimizer = OPTIMIZERS["adam"]()
-    inner = outer_critic_inner(A2C(two_critics_policy_value, outer_critic=OUTER_CRITIC), optimizer)
-
-    def meta_gradient(values_of_outer_loss):
-        outer = OuterObjective(values_of_outer_loss, gamma=OUTER_CRITIC.gamma, lambda_=OUTER_CRITIC.lambda_)
-        return estimate(MultiStep(inner, outer, 2), make_meta(), optimizer, make_two_critics_params)
-
-    with_outer, with_critic = meta_gradient(outer_critic_policy_value), meta_gradient(policy_value)
-    assert not torch.allclose(with_outer.vector(), with_critic.vector(), rtol=1e-3, atol=0)
-    before = make_two_critics_params()
-    assert not torch.allclose(with_outer.params["outer_values"], before["outer_values"])  # trained
-    # Without the outer critic's term the outer table gets no gradient and stays where it was.
-    plain = outer_critic_inner(A2C(two_critics_policy_value), optimizer)
-    after = estimate(MultiStep(plain, OuterObjective(outer_critic_policy_value), 2), make_meta(), optimizer,
-                     make_two_critics_params)
-    assert torch.equal(after.params["outer_values"], before["outer_values"])
-
-
 # An outer critic that shares the critic's table (as the network's shares its torso): its loss may
 # train only its own parameters ("outer_..."), restricted in the learner, and the derivatives
 # through the updates must stay exact.
@@ -353,24 +312,52 @@ def make_shared_critics_params(seed=0):
 HEAD_ONLY = OuterCritic(gamma=0.97, lambda_=0.7, cost=0.5, head="outer_")
 
 
+@pytest.mark.parametrize("setup", ["own table", "shared table, head only"])
 @pytest.mark.parametrize("algo", ["a2c", "vtrace", "ppo"])
-@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("k", [1, 3])
-def test_an_outer_critic_restricted_to_its_head_keeps_meta_gradients_exact(algo, opt_name, k):
+def test_meta_gradients_with_an_outer_critic_match_finite_differences(setup, algo, opt_name, k):
+    """Exact through updates that train both critics, with the outer loss reading the outer one; also
+    when the outer critic shares the critic's table and its loss may train its own parameters only."""
+    if setup == "own table":
+        both, outer_only, critic, params_factory = (two_critics_policy_value, outer_critic_policy_value,
+                                                    OUTER_CRITIC, make_two_critics_params)
+    else:
+        both, outer_only, critic, params_factory = (shared_critics_policy_value, shared_outer_policy_value,
+                                                    HEAD_ONLY, make_shared_critics_params)
     optimizer = OPTIMIZERS[opt_name]()
     objective = {
-        "a2c": lambda: A2C(shared_critics_policy_value, outer_critic=HEAD_ONLY),
-        "vtrace": lambda: VTraceActorCritic(shared_critics_policy_value, rho_bar=1.2, outer_critic=HEAD_ONLY),
-        "ppo": lambda: PPO(shared_critics_policy_value, epochs=2, minibatches=1, normalize_advantages=False,
-                           outer_critic=HEAD_ONLY),
+        "a2c": lambda: A2C(both, outer_critic=critic),
+        "vtrace": lambda: VTraceActorCritic(both, rho_bar=1.2, outer_critic=critic),
+        # one minibatch: the epochs' random orders do not change the (mean) loss
+        "ppo": lambda: PPO(both, epochs=2, minibatches=1, normalize_advantages=False, outer_critic=critic),
     }[algo]()
     inner = outer_critic_inner(objective, optimizer)
-    outer = OuterObjective(shared_outer_policy_value, gamma=HEAD_ONLY.gamma, lambda_=HEAD_ONLY.lambda_,
-                           value_cost=0.1, kl_cost=0.2, vtrace=algo == "vtrace")
+    outer = OuterObjective(outer_only, gamma=critic.gamma, lambda_=critic.lambda_, value_cost=0.1, kl_cost=0.2,
+                           vtrace=algo == "vtrace")
     makes = {"multi-step": lambda: MultiStep(inner, outer, k), "mixed": lambda: Mixed(inner, outer, k),
              "recompute": lambda: MultiStep(inner, outer, k, recompute=True)}
     for make in makes.values():
-        check_against_finite_differences(make, optimizer, params_factory=make_shared_critics_params)
+        check_against_finite_differences(make, optimizer, params_factory=params_factory)
+
+
+def test_the_outer_loss_reads_the_outer_critic_and_the_inner_updates_train_it():
+    optimizer = OPTIMIZERS["adam"]()
+    inner = outer_critic_inner(A2C(two_critics_policy_value, outer_critic=OUTER_CRITIC), optimizer)
+
+    def meta_gradient(values_of_outer_loss):
+        outer = OuterObjective(values_of_outer_loss, gamma=OUTER_CRITIC.gamma, lambda_=OUTER_CRITIC.lambda_)
+        return estimate(MultiStep(inner, outer, 2), make_meta(), optimizer, make_two_critics_params)
+
+    with_outer, with_critic = meta_gradient(outer_critic_policy_value), meta_gradient(policy_value)
+    assert not torch.allclose(with_outer.vector(), with_critic.vector(), rtol=1e-3, atol=0)
+    before = make_two_critics_params()
+    assert not torch.allclose(with_outer.params["outer_values"], before["outer_values"])  # trained
+    # Without the outer critic's term the outer table gets no gradient and stays where it was.
+    plain = outer_critic_inner(A2C(two_critics_policy_value), optimizer)
+    after = estimate(MultiStep(plain, OuterObjective(outer_critic_policy_value), 2), make_meta(), optimizer,
+                     make_two_critics_params)
+    assert torch.equal(after.params["outer_values"], before["outer_values"])
 
 
 def test_the_restricted_outer_critic_trains_its_head_only_and_detaching_instead_is_not_exact():
