@@ -250,6 +250,8 @@ class MetaConfig:
             raise ValueError("meta.outer_critic needs an outer actor-critic loss; the bootstrapped estimator has none "
                              "(use one-step, multi-step or mixed)")
         _positive("meta.outer_critic_cost", self.outer_critic_cost)
+        if self.outer_critic_trains_torso and not self.outer_critic:
+            raise ValueError("meta.outer_critic_trains_torso applies to an outer critic: add meta.outer_critic")
         if self.variance_window < 0 or self.variance_window == 1:
             raise ValueError(f"meta.variance_window must be 0 (off) or >= 2, got {self.variance_window}")
 

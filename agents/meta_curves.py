@@ -104,7 +104,7 @@ def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
     fields["meta"] = MetaConfig(learn=("gamma", "lambda"), init=init, estimator=estimator, num_updates=int(k or 1),
                                 lr=cfg.meta_lr, condition=condition, outer_critic=outer_critic,
                                 outer_critic_cost=cfg.outer_critic_cost,
-                                outer_critic_trains_torso=cfg.outer_critic_trains_torso)
+                                outer_critic_trains_torso=outer_critic and cfg.outer_critic_trains_torso)
     return TrainConfig(**fields)
 
 

@@ -35,8 +35,10 @@ def test_init_gamma_and_outer_critic_cost_are_checked():
         MetaCurvesConfig(init_gamma=1.0)
     with pytest.raises(ValueError, match="outer_critic_cost must be > 0, got 0"):
         MetaCurvesConfig(outer_critic_cost=0)
-    cfg = MetaCurvesConfig(outer_critic_cost=0.1)
-    assert variant_config("mixed K=4 +oc", 0, cfg, None).meta.outer_critic_cost == 0.1
+    cfg = MetaCurvesConfig(outer_critic_cost=0.1, outer_critic_trains_torso=True)
+    debiased = variant_config("mixed K=4 +oc", 0, cfg, None).meta
+    assert debiased.outer_critic_cost == 0.1 and debiased.outer_critic_trains_torso
+    assert not variant_config("mixed K=4", 0, cfg, None).meta.outer_critic_trains_torso  # only +oc variants
 
 
 def test_a_tiny_run_writes_the_table_plot_and_results(tmp_path):

@@ -484,6 +484,7 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
          "bootstrapped estimator has none"),
         (["--meta.learn", "gamma", "--meta.outer-critic", "--meta.outer-critic-cost", "0"],
          "meta.outer_critic_cost must be > 0, got 0"),
+        (["--meta.learn", "gamma", "--meta.outer-critic-trains-torso"], "applies to an outer critic"),
     ],
 )
 def test_bad_meta_options_stop_before_anything_is_built(tmp_path, capsys, flags, message):
