@@ -23,7 +23,7 @@ from typing import Callable
 
 from rlmeta.hparams import CONDITIONING
 from rlmeta.objectives.actor_critic import A2C, VTraceActorCritic
-from rlmeta.rollout import PolicyValue, Rollout
+from rlmeta.rollout import PolicyValue, Rollout, evaluate
 
 
 class OuterObjective:
@@ -58,7 +58,9 @@ class OuterObjective:
             obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
             with torch.no_grad():
                 before, _ = self.policy_value(previous, obs, reference)
-            after, _ = self.policy_value(params, obs, reference)
+            # The updated policy on the rollout's states: the loss's own forward pass where a
+            # ForwardMemo is active (rlmeta.rollout), a new one otherwise.
+            after = evaluate(self.policy_value, params, rollout, reference).dist
             loss = loss + self.kl_cost * torch.distributions.kl_divergence(before, after).mean()
         return loss
 

@@ -414,7 +414,7 @@ def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pas
                                           create_graph=create_graph)
             return new, state
 
-        estimator = Mixed(inner, OuterObjective(counting, value_cost=0.1), k)
+        estimator = Mixed(inner, OuterObjective(counting, value_cost=0.1, kl_cost=0.2), k)
         collect = fixed_collect()
         first = estimator.estimate(make_meta(), make_params(), optimizer.init(make_params()), collect)
         calls_first = counting.calls
@@ -426,8 +426,10 @@ def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pas
         assert plain.meta_loss == pytest.approx(shared.meta_loss, rel=1e-12)
         for key in plain.params:
             assert torch.allclose(plain.params[key], shared.params[key], rtol=1e-12, atol=0)
-    assert (calls_a1, calls_a2) == (2 * k, 2 * k)  # K updates and K outer losses, each its own forward
-    assert (calls_b1, calls_b2) == (k + 1, k)  # L_1..L_{K-1} shared; then L_K of the first one too
+    # K updates, and K outer losses each with its own forward and two for its KL (before and after the update)
+    assert (calls_a1, calls_a2) == (4 * k, 4 * k)
+    # Shared: the KL's updated policy, L_1..L_{K-1} with the updates; then L_K with the next first update.
+    assert (calls_b1, calls_b2) == (2 * k + 1, 2 * k)
 
 
 def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
