@@ -247,9 +247,8 @@ class PPO:
         if self.outer_critic is not None:
             oc = self.outer_critic
             oc.check(ev)
-            fixed = ev if keep_graph else ev.detached()
-            outer_returns = lambda_returns(rollout.rewards, oc.discounts(rollout), fixed.outer_next_values,
-                                           ev.continues, oc.lambda_)
+            outer_next = ev.outer_next_values if keep_graph else ev.outer_next_values.detach()
+            outer_returns = lambda_returns(rollout.rewards, oc.discounts(rollout), outer_next, ev.continues, oc.lambda_)
             batch["outer_returns"] = outer_returns.reshape(n)
         return batch
 
