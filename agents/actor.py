@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.networks import ActorCritic, distribution
+from rlmeta.agents.networks import ActorCritic, distribution
 from rlmeta.hparams import CONDITIONING
 from rlmeta.rollout import Rollout
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from rlmeta.catalog import (
+    ALGORITHMS, ESTIMATORS, HYPERPARAMETERS, OPTIMIZERS, check_hyperparameter, check_num_updates, mixing_weights,
+)
+
 EnvOption = Union[int, float, bool, str]
+# The choices of the catalog's tables, as types the command line offers.
+OptimizerName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+EstimatorName = Literal[ESTIMATORS]  # type: ignore[valid-type]
+Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]
 
 
 def _positive(where: str, value: float, strict: bool = True) -> None:
@@ -49,7 +57,7 @@ class NetworkConfig:
         ``num_hparams > 0``: conditioned on that many hyperparameters (see ``MetaConfig.condition``);
         ``outer_critic``: with a second value head for the outer loss (see ``MetaConfig.outer_critic``).
         """
-        from agents.networks import ActorCritic
+        from rlmeta.agents.networks import ActorCritic
 
         return ActorCritic(observation_space, action_space, hidden=self.hidden, conv_channels=self.conv_channels,
                            activation=self.activation, init_log_std=self.init_log_std,
@@ -67,7 +75,7 @@ class NetworkConfig:
 class OptimizerConfig:
     """The learner's functional optimizer (``rlmeta.optim``)."""
 
-    name: Literal["adam", "rmsprop", "sgd"] = "adam"
+    name: OptimizerName = "adam"
     lr: float = 2.5e-4
     max_grad_norm: float | None = 0.5
     """Clip gradients to this global norm (None: no clipping)."""
@@ -108,21 +116,22 @@ class OptimizerConfig:
 class HParamsConfig:
     """Hyperparameters the objectives read (the values meta-gradients can later tune)."""
 
-    gamma: float = 0.99
-    td_lambda: float = 0.95
+    gamma: float = HYPERPARAMETERS["gamma"].default
+    td_lambda: float = HYPERPARAMETERS["lambda"].default
     """Lambda of lambda-returns, GAE and V-trace (``hparams["lambda"]``)."""
-    policy_cost: float = 1.0
-    value_cost: float = 0.5
-    entropy_cost: float = 0.01
-    vtrace_alpha: float = 1.0
+    policy_cost: float = HYPERPARAMETERS["policy_cost"].default
+    value_cost: float = HYPERPARAMETERS["value_cost"].default
+    entropy_cost: float = HYPERPARAMETERS["entropy_cost"].default
+    vtrace_alpha: float = HYPERPARAMETERS["vtrace_alpha"].default
     """Leaky V-trace's alpha (1: plain V-trace)."""
 
     def __post_init__(self) -> None:
-        _unit("hparams.gamma", self.gamma)
-        _unit("hparams.td_lambda", self.td_lambda)
-        _unit("hparams.vtrace_alpha", self.vtrace_alpha)
-        for name in ("policy_cost", "value_cost", "entropy_cost"):
-            _positive(f"hparams.{name}", getattr(self, name), strict=False)
+        for name, value in self.as_dict().items():  # the catalog's ranges, closed (a fixed value may sit on an end)
+            bounds = HYPERPARAMETERS[name].bounds
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and bounds.admits(value)):
+                field_name = "td_lambda" if name == "lambda" else name
+                where = f">= {bounds.low:g}" if math.isinf(bounds.high) else f"in [{bounds.low:g}, {bounds.high:g}]"
+                raise ValueError(f"hparams.{field_name} must be {where}, got {value!r}")
 
     def as_dict(self) -> dict[str, float]:
         """The names the objectives use (``lambda`` for ``td_lambda``)."""
@@ -174,7 +183,7 @@ class MetaConfig:
     """Initial values (default: the hparams section's, and optimizer.lr for lr)."""
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Narrower intervals for sigmoid-bounded ones, e.g. ``--meta.bounds gamma 0.9 1.0``."""
-    estimator: Literal["one-step", "multi-step", "mixed", "bootstrapped"] = "one-step"
+    estimator: EstimatorName = "one-step"
     num_updates: int = 1
     """K: differentiable inner updates per meta-update."""
     truncation: int | None = None
@@ -209,7 +218,7 @@ class MetaConfig:
     recompute: bool = False
     """Memory-saving path for large K: store each inner update's inputs only and rebuild one update's
     graph at a time in the backward sweep (same meta-gradient, ~one more update's compute per step)."""
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = 1e-3
     """The meta-optimizer's learning rate (on the raw, unbounded values)."""
     max_grad_norm: float | None = 1.0
@@ -217,12 +226,9 @@ class MetaConfig:
     """Log the trace of the meta-gradient covariance over the last N meta-updates (0: off)."""
 
     def __post_init__(self) -> None:
-        from rlmeta.hparams import check_name
-        from rlmeta.metagrad import check_num_updates, mixing_weights
-
         self.learn = tuple(self.learn)
         for name in self.learn:
-            check_name(name)
+            check_hyperparameter(name)
         if len(set(self.learn)) != len(self.learn):
             raise ValueError(f"meta.learn names a hyperparameter twice: {list(self.learn)}")
         stray = sorted(set(self.init) - set(self.learn))
@@ -297,7 +303,7 @@ class TrainConfig:
     """Rollout length T per sub-env and update."""
     total_steps: int = 100_000
     """Environment steps (all sub-envs together) to train for."""
-    algo: Literal["ppo", "a2c", "vtrace"] = "ppo"
+    algo: Algorithm = "ppo"
     mode: Literal["sync", "async"] = "sync"
     """sync: act then learn in turn. async: actor threads fill a bounded queue; V-trace corrects their lag."""
     num_actors: int = 2
@@ -348,8 +354,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.algo not in ("ppo", "a2c", "vtrace"):
-            raise ValueError(f"algo must be one of ['a2c', 'ppo', 'vtrace'], got {self.algo!r}")
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo must be one of {sorted(ALGORITHMS)}, got {self.algo!r}")
         if self.mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {self.mode!r}")
         if self.mode == "async" and self.algo == "ppo":
@@ -383,7 +389,7 @@ class TrainConfig:
         With an outer critic the learner's gives both value columns (its objective trains both) and
         the outer loss's gives the outer critic's; otherwise both are the plain critic's.
         """
-        from agents.actor import make_policy_value
+        from rlmeta.agents.actor import make_policy_value
 
         if self.meta.outer_critic_spec() is None:
             policy_value = make_policy_value(net)
@@ -450,3 +456,45 @@ def load_config(path: str | Path, cls: type = TrainConfig) -> Any:
 def save_config(config: Any, path: str | Path) -> None:
     """Write ``config`` as JSON (the form ``load_config`` and ``--resume`` read)."""
     Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+@dataclass
+class VarianceConfig:
+    """What to sample; the run's own config.json gives env, network, objective and optimizer."""
+
+    run_dir: str
+    """A training run with checkpoints (``rlmeta train ... --checkpoint-interval N``)."""
+    out_dir: str | None = None
+    """Where results go (default: ``<run_dir>/variance``; refuses to overwrite without --overwrite)."""
+    overwrite: bool = False
+    checkpoints: tuple[str, ...] = ()
+    """Checkpoint files to use (default: the first, middle and last ckpt-*.pt of the run)."""
+    estimators: tuple[str, ...] = ("multi-step", "mixed")
+    ks: tuple[int, ...] = (1, 2, 4, 8)
+    samples: int = 20
+    reference_samples: int = 40
+    reference_k: int = 0
+    """Horizon of the reference (0: twice the largest K)."""
+    learn: tuple[str, ...] = ("gamma", "lambda")
+    """Hyperparameters whose meta-gradient is studied (the run's own meta.learn if it had one)."""
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.checkpoints, self.estimators = tuple(self.checkpoints), tuple(self.estimators)
+        self.ks, self.learn = tuple(self.ks), tuple(self.learn)
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
+        if unknown or not self.estimators:
+            raise ValueError(f"estimators must be some of {list(ESTIMATORS)}, got {list(self.estimators)}")
+        if not self.ks:
+            raise ValueError("ks must name at least one K")
+        for k in self.ks:
+            check_num_updates(k)
+        if self.reference_k:
+            check_num_updates(self.reference_k)
+        for name in self.learn:
+            check_hyperparameter(name)
+        if self.samples < 2 or self.reference_samples < 2:
+            raise ValueError(f"samples and reference_samples must be >= 2, got {self.samples}, {self.reference_samples}")
+        if not Path(self.run_dir, "config.json").is_file():
+            raise ValueError(f"{self.run_dir!r} is not a run directory (no config.json)")

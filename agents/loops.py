@@ -18,7 +18,7 @@ import queue
 import threading
 from typing import Callable, NamedTuple
 
-from agents.actor import Actor
+from rlmeta.agents.actor import Actor
 from rlmeta.rollout import Rollout
 
 

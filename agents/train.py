@@ -33,11 +33,11 @@ import json
 
 import torch
 
-import envs
-from agents.actor import Actor, evaluate_policy
-from agents.config import MetaConfig, TrainConfig, VTraceConfig, load_config, save_config, to_dict
-from agents.learner import update
-from agents.loops import AsyncLoop, Batch, SyncLoop
+from rlmeta import envs
+from rlmeta.agents.actor import Actor, evaluate_policy
+from rlmeta.agents.config import MetaConfig, TrainConfig, VTraceConfig, load_config, save_config, to_dict
+from rlmeta.learner import update
+from rlmeta.agents.loops import AsyncLoop, Batch, SyncLoop
 from rlmeta.hparams import CONDITIONING
 from rlmeta.objectives import A2C, PPO, VTraceActorCritic
 

@@ -35,53 +35,7 @@ from typing import Any
 
 import torch
 
-ESTIMATOR_NAMES = ("one-step", "multi-step", "mixed", "bootstrapped")
-
-
-@dataclass
-class VarianceConfig:
-    """What to sample; the run's own config.json gives env, network, objective and optimizer."""
-
-    run_dir: str
-    """A training run with checkpoints (``rlmeta train ... --checkpoint-interval N``)."""
-    out_dir: str | None = None
-    """Where results go (default: ``<run_dir>/variance``; refuses to overwrite without --overwrite)."""
-    overwrite: bool = False
-    checkpoints: tuple[str, ...] = ()
-    """Checkpoint files to use (default: the first, middle and last ckpt-*.pt of the run)."""
-    estimators: tuple[str, ...] = ("multi-step", "mixed")
-    ks: tuple[int, ...] = (1, 2, 4, 8)
-    samples: int = 20
-    reference_samples: int = 40
-    reference_k: int = 0
-    """Horizon of the reference (0: twice the largest K)."""
-    learn: tuple[str, ...] = ("gamma", "lambda")
-    """Hyperparameters whose meta-gradient is studied (the run's own meta.learn if it had one)."""
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        from rlmeta.hparams import check_name
-        from rlmeta.metagrad import check_num_updates
-
-        self.checkpoints, self.estimators = tuple(self.checkpoints), tuple(self.estimators)
-        self.ks, self.learn = tuple(self.ks), tuple(self.learn)
-        unknown = [e for e in self.estimators if e not in ESTIMATOR_NAMES]
-        if unknown or not self.estimators:
-            raise ValueError(f"estimators must be some of {list(ESTIMATOR_NAMES)}, got {list(self.estimators)}")
-        if not self.ks:
-            raise ValueError("ks must name at least one K")
-        for k in self.ks:
-            check_num_updates(k)
-        if self.reference_k:
-            check_num_updates(self.reference_k)
-        for name in self.learn:
-            check_name(name)
-        if self.samples < 2 or self.reference_samples < 2:
-            raise ValueError(f"samples and reference_samples must be >= 2, got {self.samples}, {self.reference_samples}")
-        if not Path(self.run_dir, "config.json").is_file():
-            raise ValueError(f"{self.run_dir!r} is not a run directory (no config.json)")
-
+from rlmeta.agents.config import VarianceConfig
 
 def pick_checkpoints(run_dir: Path) -> list[Path]:
     """The first, middle and last periodic checkpoints of a run (fewer if it has fewer)."""
@@ -132,10 +86,10 @@ class Sampler:
     """Draws meta-gradients at one checkpoint: fixed agent state, fresh rollouts per sample."""
 
     def __init__(self, config: Any, checkpoint: Path, learn: tuple[str, ...], seed: int, device: str):
-        import envs
-        from agents.actor import Actor
-        from agents.learner import update
-        from agents.train import build_objective, to_device
+        from rlmeta import envs
+        from rlmeta.agents.actor import Actor
+        from rlmeta.learner import update
+        from rlmeta.agents.train import build_objective, to_device
         from rlmeta.hparams import MetaParams
 
         self.config = config
@@ -185,8 +139,8 @@ class Sampler:
 
 def run(cfg: VarianceConfig) -> dict[str, Any]:
     """Sample, write variance.csv, plots, TensorBoard scalars and summary.md; return the rows."""
-    from agents.config import load_config
-    from agents.train import build_estimator, outer_correction
+    from rlmeta.agents.config import load_config
+    from rlmeta.agents.train import build_estimator, outer_correction
 
     run_dir = Path(cfg.run_dir)
     config = load_config(run_dir / "config.json")

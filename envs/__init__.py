@@ -4,7 +4,7 @@
 user's environment; ``envs.list()`` shows what is available. The contract is in ``envs.core``.
 """
 
-from envs.core import VectorEnv
-from envs.registry import list, make, register, unregister  # noqa: A004
+from rlmeta.envs.core import VectorEnv
+from rlmeta.envs.registry import list, make, register, unregister  # noqa: A004
 
 __all__ = ["VectorEnv", "list", "make", "register", "unregister"]

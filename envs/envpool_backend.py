@@ -22,7 +22,7 @@ import gymnasium as gym
 
 import numpy as np
 
-from envs.core import EpisodeTracker, Obs, VectorEnv, map_obs, normalize_step, set_rows
+from rlmeta.envs.core import EpisodeTracker, Obs, VectorEnv, map_obs, normalize_step, set_rows
 
 # Keys of envpool's info that describe the batch layout rather than the environment.
 _LAYOUT_KEYS = ("env_id", "players", "elapsed_step")
@@ -114,7 +114,7 @@ def make_envpool(task: str, num_envs: int = 1, seed: int | None = 0, **options: 
     """Build ``task`` from envpool; unknown tasks and options raise ValueError before building."""
     import envpool
 
-    from envs.registry import unknown_id_message
+    from rlmeta.envs.registry import unknown_id_message
 
     tasks = envpool.list_all_envs()
     if task not in tasks:

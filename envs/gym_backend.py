@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from envs.core import EpisodeTracker, Obs, VectorEnv, check_num_envs, normalize_step, sub_seeds, zeros_like_batch
+from rlmeta.envs.core import EpisodeTracker, Obs, VectorEnv, check_num_envs, normalize_step, sub_seeds, zeros_like_batch
 
 VECTORIZATIONS = ("sync", "async")
 _SUCCESS_KEYS = ("success", "is_success")
@@ -140,7 +140,7 @@ def make_gym_vector(
 
 def make_gym(env_id: str, num_envs: int = 1, seed: int | None = 0, **options: Any) -> GymVectorEnv:
     """Build ``num_envs`` copies of the gymnasium env ``env_id``; unknown ids raise ValueError."""
-    from envs.registry import unknown_id_message
+    from rlmeta.envs.registry import unknown_id_message
 
     if env_id not in gym.registry:
         raise ValueError(unknown_id_message(f"gym:{env_id}", [f"gym:{k}" for k in gym.registry]))

@@ -120,7 +120,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.core import EpisodeTracker, VectorEnv, check_num_envs, check_seed, normalize_step, sub_seeds
+from rlmeta.envs.core import EpisodeTracker, VectorEnv, check_num_envs, check_seed, normalize_step, sub_seeds
 
 #: The Meta-World benchmarks this backend builds (``envs.make("metaworld:<name>")``).
 BENCHMARKS = ("MT1", "MT10", "MT50", "ML1", "ML10", "ML45")
@@ -264,7 +264,7 @@ def _check_max_steps(value: Any) -> int:
 
 def make_metaworld(name: str, num_envs: int | None = None, seed: int | None = 0, **options: Any) -> VectorEnv:
     """Build Meta-World benchmark ``name`` as a contract VectorEnv; see the module docstring."""
-    from envs.registry import check_options
+    from rlmeta.envs.registry import check_options
 
     if name not in BENCHMARKS:
         raise ValueError(_unknown_benchmark_message(name))
@@ -588,7 +588,7 @@ def _make_envpool(name: str, task: str, num_envs: int | None, seed: int | None, 
     clip_actions = _check_bool("clip_actions", options.get("clip_actions", False))
     extra = {"num_threads": options["num_threads"]} if "num_threads" in options else {}
 
-    from envs.envpool_backend import make_envpool
+    from rlmeta.envs.envpool_backend import make_envpool
 
     return make_envpool(  # has_success is read from the task's info keys
         envpool_task_id(task),

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 
-from envs.core import VectorEnv, check_num_envs, check_seed
+from rlmeta.envs.core import VectorEnv, check_num_envs, check_seed
 
 # A builder makes a vector env: builder(num_envs=..., seed=..., **options) -> VectorEnv.
 Builder = Callable[..., VectorEnv]
@@ -65,7 +65,7 @@ def register(
     if vectorized:
         builder = factory
     else:
-        from envs.gym_backend import make_gym_vector
+        from rlmeta.envs.gym_backend import make_gym_vector
 
         def builder(num_envs: int, seed: int | None, **options: Any) -> VectorEnv:
             return make_gym_vector(factory, num_envs=num_envs, seed=seed, **options)
@@ -105,15 +105,15 @@ def make(id: str, num_envs: int = 1, seed: int | None = 0, **options: Any) -> Ve
     prefix, sep, name = id.partition(":")
     if sep and prefix in PREFIXES and name:
         if prefix == "envpool":
-            from envs.envpool_backend import make_envpool
+            from rlmeta.envs.envpool_backend import make_envpool
 
             return make_envpool(name, num_envs=num_envs, seed=seed, **options)
         if prefix == "gym":
-            from envs.gym_backend import make_gym
+            from rlmeta.envs.gym_backend import make_gym
 
             return make_gym(name, num_envs=num_envs, seed=seed, **options)
         if prefix == "metaworld":
-            from envs.metaworld_backend import make_metaworld
+            from rlmeta.envs.metaworld_backend import make_metaworld
 
             return make_metaworld(name, num_envs=num_envs, seed=seed, **options)
     raise ValueError(unknown_id_message(id, known_ids()))
@@ -129,7 +129,7 @@ def known_ids() -> list[str]:
     except ImportError:  # pragma: no cover - envpool is a dependency
         pass
     ids += [f"gym:{env_id}" for env_id in gym.registry]
-    from envs.metaworld_backend import BENCHMARKS
+    from rlmeta.envs.metaworld_backend import BENCHMARKS
 
     ids += [f"metaworld:{name}" for name in BENCHMARKS]
     return ids
@@ -162,6 +162,6 @@ def _ensure_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from envs.snake import register_snake
+    from rlmeta.envs.snake import register_snake
 
     register_snake()

@@ -34,7 +34,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 
-from envs.core import VectorEnv, check_num_envs, check_seed
+from rlmeta.envs.core import VectorEnv, check_num_envs, check_seed
 
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
@@ -437,7 +437,7 @@ class SnakeVectorEnv(VectorEnv):
 
 def make_snake(num_envs: int = 1, seed: int | None = 0, **options: Any) -> SnakeVectorEnv:
     """Build a :class:`SnakeVectorEnv`; unknown options raise ValueError listing the allowed ones."""
-    from envs.registry import check_options
+    from rlmeta.envs.registry import check_options
 
     check_options("snake", options, ["rows", "cols", "time_limit", "observation", "channels_first", "action_mask", "parallel"])
     return SnakeVectorEnv(num_envs=num_envs, seed=seed, **options)
@@ -445,7 +445,7 @@ def make_snake(num_envs: int = 1, seed: int | None = 0, **options: Any) -> Snake
 
 def register_snake() -> None:
     """Register the built-in Snake presets."""
-    from envs.registry import register
+    from rlmeta.envs.registry import register
 
     register(
         "snake", make_snake, vectorized=True,

@@ -1,17 +1,23 @@
-"""The ``rlmeta`` command line: the one module that ties ``rlmeta``, ``envs`` and ``agents`` together."""
+"""The ``rlmeta`` command line, the top floor: the one module that ties the core, ``rlmeta.envs`` and
+``rlmeta.agents`` together (nothing below imports it).
+
+Its head imports only the typed configs (``rlmeta.agents.config``: the standard library and the
+torch-free ``rlmeta.catalog``), so ``rlmeta --help`` answers without loading torch, numba or
+envpool; each command imports what it runs when it runs. Benchmarks and studies are scripts
+(``scripts/``), not commands of the installed package.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Annotated, Union
 
 import tyro
 
-from agents.bench_train import BenchTrainConfig
-from agents.config import TrainConfig
-from agents.variance import VarianceConfig
-from envs.bench import BenchEnvsConfig
+from rlmeta.agents.config import TrainConfig, VarianceConfig, load_config
 
 
 @dataclass
@@ -22,26 +28,16 @@ class ListEnvs:
     """Also list every envpool task id."""
 
     def run(self) -> None:
-        import envs
+        from rlmeta import envs  # deferred: loads numba and the env backends
 
         available = envs.list()
         width = max(map(len, available))
         for name, description in available.items():
             print(f"{name:<{width}}  {description}")
         if self.envpool_tasks:
-            import envpool
+            import envpool  # deferred: heavy, needed for this listing only
 
             print("\n".join(f"envpool:{task}" for task in envpool.list_all_envs()))
-
-
-@dataclass
-class BenchEnvs(BenchEnvsConfig):
-    """Benchmark env throughput: our Snake vs envpool's Snake-v1, and Meta-World paths."""
-
-    def run(self) -> None:
-        from envs.bench import run
-
-        run(self)
 
 
 @dataclass
@@ -49,7 +45,7 @@ class Train(TrainConfig):
     """Train an actor-critic agent (A2C, V-trace, PPO); ``--config FILE`` and ``--resume`` accepted."""
 
     def run(self) -> None:
-        from agents.train import Trainer, TrainingFailed, TrainingInterrupted
+        from rlmeta.agents.train import Trainer, TrainingFailed, TrainingInterrupted  # deferred: loads torch
 
         try:
             trainer = Trainer(self)
@@ -89,11 +85,6 @@ def format_summary(summary: dict) -> str:
 
 def parse_train(argv: list[str]) -> Train:
     """``rlmeta train`` arguments: ``--config FILE`` or ``--resume`` (with ``--run-dir``) give defaults."""
-    import argparse
-    from pathlib import Path
-
-    from agents.config import load_config, to_dict
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--run-dir", "--run_dir", dest="run_dir")
@@ -113,19 +104,7 @@ def parse_train(argv: list[str]) -> Train:
 
 
 def _fields(config: TrainConfig) -> dict:
-    from dataclasses import fields
-
     return {f.name: getattr(config, f.name) for f in fields(config)}
-
-
-@dataclass
-class BenchTrain(BenchTrainConfig):
-    """Benchmark training: time to solve CartPole, ours vs Stable-Baselines3 PPO; A2C steps/s on Snake."""
-
-    def run(self) -> None:
-        from agents.bench_train import run
-
-        run(self)
 
 
 @dataclass
@@ -133,7 +112,7 @@ class Variance(VarianceConfig):
     """Meta-gradient variance study from a run's checkpoints: variance, cosine to a reference, SNR."""
 
     def run(self) -> None:
-        from agents.variance import run
+        from rlmeta.agents.variance import run  # deferred: loads torch
 
         try:
             run(self)
@@ -144,8 +123,6 @@ class Variance(VarianceConfig):
 Command = Union[
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[ListEnvs, tyro.conf.subcommand("envs")],
-    Annotated[BenchEnvs, tyro.conf.subcommand("bench-envs")],
-    Annotated[BenchTrain, tyro.conf.subcommand("bench-train")],
     Annotated[Variance, tyro.conf.subcommand("variance")],
 ]
 

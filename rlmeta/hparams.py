@@ -23,50 +23,22 @@ values instead (:meth:`MetaParams.reference_vector`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Bounds:
-    """How a hyperparameter is kept in range: its transform and interval."""
-
-    transform: str  # "sigmoid" | "softplus" | "exp"
-    low: float
-    high: float  # math.inf for softplus and exp
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` lies strictly inside (the transform reaches only the open interval)."""
-        return self.low < value < self.high
-
-    def describe(self) -> str:
-        """``(low, high)`` for messages."""
-        return f"({self.low:g}, {self.high:g})"
+from rlmeta.catalog import CONDITIONING, HYPERPARAMETERS, Bounds, check_hyperparameter
 
 
-# The key under which ``hparams`` carry the vector a conditioned network takes as input.
-CONDITIONING = "conditioning"
-
-# The hyperparameters the actor-critic objectives and the learner read, and their ranges.
-KNOWN: dict[str, Bounds] = {
-    "gamma": Bounds("sigmoid", 0.0, 1.0),
-    "lambda": Bounds("sigmoid", 0.0, 1.0),
-    "vtrace_alpha": Bounds("sigmoid", 0.0, 1.0),
-    "policy_cost": Bounds("softplus", 0.0, math.inf),
-    "value_cost": Bounds("softplus", 0.0, math.inf),
-    "entropy_cost": Bounds("softplus", 0.0, math.inf),
-    "lr": Bounds("exp", 0.0, math.inf),
-}
+# The hyperparameters the actor-critic objectives and the learner read, and their ranges (one table:
+# rlmeta.catalog).
+KNOWN: dict[str, Bounds] = {name: h.bounds for name, h in HYPERPARAMETERS.items()}
 
 
 def check_name(name: str) -> Bounds:
     """The bounds of ``name``; an unknown name raises ValueError listing the known ones."""
-    if name not in KNOWN:
-        raise ValueError(f"unknown hyperparameter {name!r}; known: {sorted(KNOWN)}")
-    return KNOWN[name]
+    return check_hyperparameter(name)
 
 
 def to_raw(name: str, value: float, bounds: Bounds | None = None) -> float:

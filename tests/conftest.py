@@ -1,4 +1,5 @@
-"""Shared test setup: the repo root on ``sys.path``, markers, and a tiny deterministic user env."""
+"""Shared test setup: ``scripts/`` on ``sys.path`` (the benchmarks and studies, which are not
+installed), markers, and a tiny deterministic user env."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+SCRIPTS = os.path.join(ROOT, "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
 
 
 def pytest_configure(config):

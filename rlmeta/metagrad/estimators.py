@@ -50,6 +50,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from rlmeta.catalog import check_num_updates, mixing_weights
 from rlmeta.hparams import MetaParams
 from rlmeta.rollout import ForwardMemo
 
@@ -107,39 +108,6 @@ def _state_tensors(tree: Any) -> list[Tensor]:
     if isinstance(tree, dict):
         return [t for v in tree.values() for t in _state_tensors(v)]
     return []
-
-
-def check_num_updates(num_updates: int) -> int:
-    """K must be an integer >= 1."""
-    if isinstance(num_updates, bool) or not isinstance(num_updates, int) or num_updates < 1:
-        raise ValueError(f"the number of inner updates K must be an integer >= 1, got {num_updates!r}")
-    return num_updates
-
-
-def mixing_weights(num_updates: int, weights: str | Sequence[float] = "uniform", decay: float = 0.5) -> list[float]:
-    """Normalized weights ``w_1..w_K`` of the k-step meta-gradients.
-
-    ``"uniform"``: all equal; ``"geometric"``: ``w_k`` proportional to ``decay ** (K - k)`` (the
-    K-step estimate weighs most; ``decay`` in (0, 1]); or K nonnegative numbers with a positive sum.
-    """
-    k = check_num_updates(num_updates)
-    if isinstance(weights, str):
-        if weights == "uniform":
-            raw = [1.0] * k
-        elif weights == "geometric":
-            if not 0 < decay <= 1:
-                raise ValueError(f"geometric mixing needs decay in (0, 1], got {decay!r}")
-            raw = [decay ** (k - i) for i in range(1, k + 1)]
-        else:
-            raise ValueError(f"mixing weights must be 'uniform', 'geometric' or {k} numbers, got {weights!r}")
-    else:
-        raw = [float(w) for w in weights]
-        if len(raw) != k:
-            raise ValueError(f"mixing weights must have K={k} entries (one per k-step estimate), got {len(raw)}")
-        if any(not w >= 0 for w in raw) or not sum(raw) > 0:
-            raise ValueError(f"mixing weights must be >= 0 with a positive sum, got {raw}")
-    total = sum(raw)
-    return [w / total for w in raw]
 
 
 class Estimator:

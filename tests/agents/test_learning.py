@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import envs
-from agents.config import TrainConfig, load_config
-from agents.train import train
+from rlmeta import envs
+from rlmeta.agents.config import TrainConfig, load_config
+from rlmeta.agents.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_main_job_meta_gradient_a2c_on_snake_6x6_learns_and_moves_gamma(tmp_path
 
 def test_async_meta_gradient_vtrace_learns_cartpole(tmp_path):
     """Meta-gradients on the learner of the asynchronous loop, with V-trace inner and outer losses."""
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
 
     # meta lr 1e-2: gamma moves by 4e-3 to 1.3e-2 (at 1e-3 it moved 2e-4 to 4e-4, once only 8e-6 under load)
     meta = MetaConfig(learn=("gamma", "lambda"), estimator="one-step", lr=1e-2)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agents.meta_curves import MetaCurvesConfig, run, variant_config
+from meta_curves import MetaCurvesConfig, run, variant_config
 
 
 def test_variants_build_the_runs_they_name(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Categorical, Independent, Normal
 from torch.func import functional_call
 
-from agents.networks import ActorCritic, AgentOutput, distribution
+from rlmeta.agents.networks import ActorCritic, AgentOutput, distribution
 
 N = 5
 
@@ -209,7 +209,7 @@ def test_extra_outputs():
     (lambda: gauss_net(outer_critic=True, shared_torso=True), lambda: torch.randn(N, 39)),
 ])
 def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
-    from agents.actor import make_policy_value
+    from rlmeta.agents.actor import make_policy_value
 
     torch.manual_seed(0)
     net, x = make(), obs()
@@ -234,7 +234,7 @@ def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
 
 
 def test_outer_critic_policy_values_need_the_head():
-    from agents.actor import make_policy_value
+    from rlmeta.agents.actor import make_policy_value
 
     assert mlp_net().outer_value_head is None and mlp_net()(torch.randn(N, 4)).outer_value is None
     with pytest.raises(ValueError, match="needs a network with an outer critic"):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.config import (
+from rlmeta.agents.config import (
     HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, from_dict, load_config, to_dict,
 )
-from agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
+from rlmeta.agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
 from rlmeta.cli import main
 
 
@@ -290,7 +290,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("estimator, k", [("one-step", 1), ("multi-step", 2), ("mixed", 3), ("bootstrapped", 2)])
 def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k):
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
 
     meta = MetaConfig(learn=("gamma", "lambda", "entropy_cost"), init={"gamma": 0.9}, estimator=estimator,
                       num_updates=k, lr=0.05, variance_window=3)
@@ -320,7 +320,7 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
 
 def test_async_meta_run_learns_on_the_learner_from_queued_rollouts(tmp_path):
     """Actor threads keep acting while the learner meta-updates; V-trace corrects inner and outer losses."""
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
     from rlmeta.metagrad import OuterObjective
 
     meta = MetaConfig(learn=("gamma", "lambda"), estimator="multi-step", num_updates=2, lr=0.05)
@@ -341,7 +341,7 @@ def test_async_meta_run_learns_on_the_learner_from_queued_rollouts(tmp_path):
 
 def test_memory_saving_meta_run_equals_the_full_unroll(tmp_path):
     """``--meta.recompute`` trains exactly like the full unroll (PPO: minibatch orders replayed)."""
-    from agents.config import MetaConfig, PPOConfig
+    from rlmeta.agents.config import MetaConfig, PPOConfig
 
     finals = []
     for recompute in (False, True):
@@ -361,7 +361,7 @@ def test_memory_saving_meta_run_equals_the_full_unroll(tmp_path):
 def test_conditioned_meta_run_feeds_the_network_its_hyperparameters(tmp_path):
     """``--meta.condition``: the agent acts and learns with the current values as input, the outer
     loss evaluates it with the reference ones; checkpointed with the embedding, resumed as such."""
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
     from rlmeta.hparams import CONDITIONING
 
     meta = MetaConfig(learn=("gamma", "entropy_cost"), estimator="multi-step", num_updates=2, lr=0.05,
@@ -395,7 +395,7 @@ def test_conditioned_meta_run_feeds_the_network_its_hyperparameters(tmp_path):
 def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path, algo):
     """``--meta.outer-critic`` (Bonnet et al. 2022): the network gets a second value head, the inner
     updates train it (its loss is logged), the outer loss reads it; checkpointed and resumed as such."""
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
     from rlmeta.objectives import OuterCritic
 
     meta = MetaConfig(learn=("gamma",), estimator="mixed", num_updates=2, lr=0.05, outer_critic=True,
@@ -435,7 +435,7 @@ def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp
     per meta-update, K inner updates on K rollouts plus one outer loss on a fresh one, of which only
     the first meta-update's first update needs its own forward. With an outer critic the learner
     and the outer loss read different value heads of the same evaluation."""
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
 
     meta = MetaConfig(learn=("gamma",), estimator=estimator, num_updates=k, lr=0.05, outer_critic=outer_critic)
     config = tiny(tmp_path, meta=meta, total_steps=32 * (k + 1) * 4, checkpoint_interval=0)
@@ -454,7 +454,7 @@ def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp
 
 
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
 
     config = tiny(tmp_path, meta=MetaConfig(learn=("gamma",), lr=0.1), total_steps=64 * 4, checkpoint_interval=0)
     summary = train(config)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from agents.config import NetworkConfig, TrainConfig
-from agents.train import train
-from agents.variance import VarianceConfig, _verdict, reference_snr, run, statistics_of
+from rlmeta.agents.config import NetworkConfig, TrainConfig
+from rlmeta.agents.train import train
+from rlmeta.agents.variance import VarianceConfig, _verdict, reference_snr, run, statistics_of
 from rlmeta.cli import main
 
 
@@ -82,7 +82,7 @@ def test_variance_study_writes_csv_plots_tensorboard_and_summary(tmp_path, capsy
 
 def test_variance_study_of_a_conditioned_meta_run(tmp_path):
     """A run whose agent is conditioned on its meta-learned values is studied at those values."""
-    from agents.config import MetaConfig
+    from rlmeta.agents.config import MetaConfig
 
     run_dir = tmp_path / "run"
     meta = MetaConfig(learn=("gamma", "entropy_cost"), lr=0.05, condition=True)

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-import envs
+from rlmeta import envs
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_register_over_a_builtin_in_a_fresh_process_needs_overwrite():
     code = textwrap.dedent(
         """
         import gymnasium as gym
-        import envs
+        from rlmeta import envs
         try:
             envs.register("snake", lambda: gym.make("CartPole-v1"))
         except ValueError as e:

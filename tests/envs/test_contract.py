@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from gymnasium.vector.utils import batch_space
 
-import envs
+from rlmeta import envs
 
 SEED = 7
 STEPS = 25

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import envs
+from rlmeta import envs
 
 pytest.importorskip("metaworld")
 pytestmark = pytest.mark.metaworld
@@ -252,7 +252,7 @@ def test_one_hot_and_actions():
     ],
 )
 def test_bad_inputs_raise_before_building(env_id, kwargs, match, monkeypatch):
-    from envs import metaworld_backend
+    from rlmeta.envs import metaworld_backend
 
     def no_build(*args, **kwargs):
         raise AssertionError("an env was built before the inputs were checked")
@@ -267,7 +267,7 @@ def test_bad_inputs_raise_before_building(env_id, kwargs, match, monkeypatch):
 
 
 def test_known_ids_list_benchmarks():
-    from envs.registry import known_ids
+    from rlmeta.envs.registry import known_ids
 
     ids = known_ids()
     for name in ("MT1", "MT10", "MT50", "ML1", "ML10", "ML45"):

@@ -8,8 +8,8 @@ ring-buffer implementation in ``envs.snake``.
 import numpy as np
 import pytest
 
-import envs
-from envs.snake import DOWN, LEFT, RIGHT, UP
+from rlmeta import envs
+from rlmeta.envs.snake import DOWN, LEFT, RIGHT, UP
 
 MOVES = {UP: (-1, 0), RIGHT: (0, 1), DOWN: (1, 0), LEFT: (0, -1)}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from agents.learner import gradient_step, update
+from rlmeta.learner import gradient_step, update
 from rlmeta.hparams import CONDITIONING, KNOWN, MetaParams, from_raw, to_raw
 from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective, mixing_weights
 from rlmeta.objectives import A2C, PPO, OuterCritic, VTraceActorCritic
@@ -578,7 +578,7 @@ def test_the_memory_saving_path_matches_finite_differences():
 
 def test_the_memory_saving_path_replays_the_inner_updates_random_numbers():
     """PPO draws minibatch orders from a generator: the rebuilt updates must see the same ones."""
-    from agents.learner import update
+    from rlmeta.learner import update
     from rlmeta.objectives import PPO
 
     optimizer = OPTIMIZERS["adam"]()

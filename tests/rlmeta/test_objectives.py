@@ -25,9 +25,9 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from agents.actor import make_policy_value
-from agents.learner import gradient_step, update
-from agents.networks import ActorCritic
+from rlmeta.agents.actor import make_policy_value
+from rlmeta.learner import gradient_step, update
+from rlmeta.agents.networks import ActorCritic
 from rlmeta.hparams import CONDITIONING
 from rlmeta.objectives import A2C, DEFAULT_HPARAMS, PPO, VTraceActorCritic
 from rlmeta.optim import adam, sgd

@@ -1,0 +1,119 @@
+"""One source of truth for the names, defaults and bounds the core knows.
+
+Hyperparameters (name, default, range and the transform a meta-learned value lives behind),
+meta-gradient estimators and inner optimizers are named here once; ``rlmeta.hparams``,
+``rlmeta.objectives``, ``rlmeta.metagrad``, ``rlmeta.optim`` and the typed configs of
+``rlmeta.agents.config`` all read these tables. This module imports nothing but the standard
+library, so configs and the command line (``rlmeta --help``) can use it without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How a hyperparameter is kept in range: its transform and interval.
+
+    * ``sigmoid``: ``low + (high - low) * sigmoid(raw)``, values in an interval (gamma, lambda);
+    * ``softplus``: ``low + softplus(raw)``, nonnegative weights (loss coefficients);
+    * ``exp``: ``exp(raw)``, positive scales spanning decades (the learning rate).
+    """
+
+    transform: str  # "sigmoid" | "softplus" | "exp"
+    low: float
+    high: float  # math.inf for softplus and exp
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies strictly inside (the transform reaches only the open interval)."""
+        return self.low < value < self.high
+
+    def admits(self, value: float) -> bool:
+        """Whether a fixed (not learned) value may take ``value``: the closed interval."""
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        """``(low, high)`` for messages."""
+        return f"({self.low:g}, {self.high:g})"
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    """A hyperparameter the hand-written objectives and the learner read."""
+
+    default: float | None  # None: set elsewhere (the learning rate is the optimizer's)
+    bounds: Bounds
+    doc: str
+
+
+UNIT = Bounds("sigmoid", 0.0, 1.0)
+WEIGHT = Bounds("softplus", 0.0, math.inf)
+SCALE = Bounds("exp", 0.0, math.inf)
+
+HYPERPARAMETERS: dict[str, HyperParameter] = {
+    "gamma": HyperParameter(0.99, UNIT, "discount"),
+    "lambda": HyperParameter(0.95, UNIT, "lambda of lambda-returns, GAE and V-trace"),
+    "policy_cost": HyperParameter(1.0, WEIGHT, "weight of the policy-gradient loss"),
+    "value_cost": HyperParameter(0.5, WEIGHT, "weight of the value loss"),
+    "entropy_cost": HyperParameter(0.01, WEIGHT, "weight of the entropy bonus"),
+    "vtrace_alpha": HyperParameter(1.0, UNIT, "leaky V-trace's alpha (1: plain V-trace)"),
+    "lr": HyperParameter(None, SCALE, "the inner optimizer's learning rate"),
+}
+
+# Values the objectives read when ``hparams`` leave a name out.
+DEFAULTS: dict[str, float] = {name: h.default for name, h in HYPERPARAMETERS.items() if h.default is not None}
+
+# The key under which ``hparams`` carry the vector a conditioned network takes as input.
+CONDITIONING = "conditioning"
+
+# Meta-gradient estimators (``rlmeta.metagrad.ESTIMATORS`` maps each to its class).
+ESTIMATORS: tuple[str, ...] = ("one-step", "multi-step", "mixed", "bootstrapped")
+
+# Inner and meta optimizers (``rlmeta.optim.OPTIMIZERS`` maps each to its constructor).
+OPTIMIZERS: tuple[str, ...] = ("adam", "rmsprop", "sgd")
+
+# Hand-written actor-critic objectives (``rlmeta.objectives.OBJECTIVES``).
+ALGORITHMS: tuple[str, ...] = ("ppo", "a2c", "vtrace")
+
+
+def check_hyperparameter(name: str) -> Bounds:
+    """The bounds of ``name``; an unknown name raises ValueError listing the known ones."""
+    if name not in HYPERPARAMETERS:
+        raise ValueError(f"unknown hyperparameter {name!r}; known: {sorted(HYPERPARAMETERS)}")
+    return HYPERPARAMETERS[name].bounds
+
+
+def check_num_updates(num_updates: int) -> int:
+    """K, the number of inner updates of a meta-gradient, must be an integer >= 1."""
+    if isinstance(num_updates, bool) or not isinstance(num_updates, int) or num_updates < 1:
+        raise ValueError(f"the number of inner updates K must be an integer >= 1, got {num_updates!r}")
+    return num_updates
+
+
+def mixing_weights(num_updates: int, weights: str | Sequence[float] = "uniform", decay: float = 0.5) -> list[float]:
+    """Normalized weights ``w_1..w_K`` of the k-step meta-gradients of the mixed estimator.
+
+    ``"uniform"``: all equal; ``"geometric"``: ``w_k`` proportional to ``decay ** (K - k)`` (the
+    K-step estimate weighs most; ``decay`` in (0, 1]); or K nonnegative numbers with a positive sum.
+    """
+    k = check_num_updates(num_updates)
+    if isinstance(weights, str):
+        if weights == "uniform":
+            raw = [1.0] * k
+        elif weights == "geometric":
+            if not 0 < decay <= 1:
+                raise ValueError(f"geometric mixing needs decay in (0, 1], got {decay!r}")
+            raw = [decay ** (k - i) for i in range(1, k + 1)]
+        else:
+            raise ValueError(f"mixing weights must be 'uniform', 'geometric' or {k} numbers, got {weights!r}")
+    else:
+        raw = [float(w) for w in weights]
+        if len(raw) != k:
+            raise ValueError(f"mixing weights must have K={k} entries (one per k-step estimate), got {len(raw)}")
+        if any(not w >= 0 for w in raw) or not sum(raw) > 0:
+            raise ValueError(f"mixing weights must be >= 0 with a positive sum, got {raw}")
+    total = sum(raw)
+    return [w / total for w in raw]
