@@ -2,73 +2,46 @@
 
 from __future__ import annotations
 
-import weakref
-
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
-from rlmeta.agents.networks import ActorCritic, distribution
-from rlmeta.hparams import CONDITIONING
-from rlmeta.rollout import Rollout
+from rlmeta.agents.networks import ActorCritic, distribution, named_distribution
+from rlmeta.rollout import PolicyValue, Rollout, conditioning
 
 
 VALUES = ("value", "both", "outer")
-_NETWORK_FORWARDS: "weakref.WeakKeyDictionary[ActorCritic, Any]" = weakref.WeakKeyDictionary()
 
 
-def _network_forward(net: ActorCritic):
-    """``(params, obs, hparams) -> AgentOutput`` of ``net``: one function per network, which every
-    ``policy_value`` of it names as its ``forward_source`` (see ``rlmeta.rollout.ForwardMemo``)."""
-    forward = _NETWORK_FORWARDS.get(net)
-    if forward is None:
+def make_policy_value(net: ActorCritic, values: str = "value") -> PolicyValue:
+    """The network adapter (``rlmeta.rollout.PolicyValue``) objectives read ``net`` through.
 
-        def forward(params: dict, obs: torch.Tensor, hparams: Any):
-            conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
-            return net.apply_params(params, obs, conditioning)
-
-        _NETWORK_FORWARDS[net] = forward
-    return forward
-
-
-def make_policy_value(net: ActorCritic, values: str = "value"):
-    """``policy_value(params, obs, hparams) -> (distribution, values)`` for a network, functionally.
-
-    ``values``: which value heads give ``values``: ``"value"`` ([N], the critic), ``"outer"`` ([N],
-    the outer critic) or ``"both"`` ([N, 2]: critic, outer critic; objectives then also train the
-    outer critic, see ``rlmeta.objectives.OuterCritic``). The last two need a network built with
-    ``outer_critic=True``. All of a network's ``policy_value`` functions share their forward passes
-    inside a meta-gradient unroll (``rlmeta.rollout.ForwardMemo``): they read ``hparams`` through the
-    conditioning input only, and select their outputs from the same network evaluation.
+    ``values``: which value heads it reads: ``"value"`` (the critic), ``"outer"`` (the outer
+    critic, as the outer loss's values) or ``"both"`` (the critic, and the outer critic that
+    objectives then also train, see ``rlmeta.objectives.OuterCritic``). The last two need a
+    network built with ``outer_critic=True``. Adapters derived from this one with
+    ``.reading(...)`` share its forward passes inside a meta-gradient unroll
+    (``rlmeta.rollout.ForwardMemo``); the network reads ``hparams`` through its conditioning input only.
     """
     if values not in VALUES:
         raise ValueError(f"values must be one of {list(VALUES)}, got {values!r}")
     if values != "value" and net.outer_value_head is None:
         raise ValueError(f"values={values!r} needs a network with an outer critic (ActorCritic(outer_critic=True))")
-    forward = _network_forward(net)
-
-    def select(out: Any):
-        if values == "value":
-            return distribution(out), out.value
-        if values == "outer":
-            return distribution(out), out.outer_value
-        return distribution(out), torch.stack([out.value, out.outer_value], dim=-1)
-
-    def policy_value(params: dict, obs: torch.Tensor, hparams: Any):
-        return select(forward(params, obs, hparams))
-
-    policy_value.shares_forward = True
-    policy_value.forward_source = (forward, select)
-    return policy_value
+    adapter = PolicyValue(net.named_outputs, named_distribution)
+    if values == "outer":
+        return adapter.reading(value="outer_value")
+    if values == "both":
+        return adapter.reading(value="value", outer_value="outer_value")
+    return adapter
 
 
 def make_policy(net: ActorCritic):
     """``policy(params, obs, hparams) -> distribution``: the policy alone (no value), for acting."""
 
     def policy(params: dict, obs: torch.Tensor, hparams: Any):
-        conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
-        return distribution(net.apply_params(params, obs, conditioning, value=False))
+        return distribution(net.apply_params(params, obs, conditioning(hparams), value=False))
 
     return policy
 
@@ -154,8 +127,6 @@ def ended_episodes(info: dict, rows: np.ndarray | None = None) -> list[dict[str,
 
 
 def _box_bounds(space: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    import gymnasium as gym
-
     if isinstance(space, gym.spaces.Box):
         return space.low, space.high
     return None

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from rlmeta.catalog import (
-    ALGORITHMS, ESTIMATORS, HYPERPARAMETERS, OPTIMIZERS, check_hyperparameter, check_num_updates, mixing_weights,
+    ALGORITHMS, ESTIMATORS, HYPERPARAMETERS, OPTIMIZERS, check_hyperparameter, check_num_updates, learned_bounds,
+    mixing_weights, to_raw,
 )
 
 EnvOption = Union[int, float, bool, str]
@@ -50,18 +51,6 @@ class NetworkConfig:
     """Initial log standard deviation of Gaussian policies (continuous actions)."""
     shared_torso: bool = False
     """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
-
-    def build(self, observation_space: Any, action_space: Any, num_hparams: int = 0, outer_critic: bool = False):
-        """The ``agents.networks.ActorCritic`` this config describes, for these spaces.
-
-        ``num_hparams > 0``: conditioned on that many hyperparameters (see ``MetaConfig.condition``);
-        ``outer_critic``: with a second value head for the outer loss (see ``MetaConfig.outer_critic``).
-        """
-        from rlmeta.agents.networks import ActorCritic
-
-        return ActorCritic(observation_space, action_space, hidden=self.hidden, conv_channels=self.conv_channels,
-                           activation=self.activation, init_log_std=self.init_log_std,
-                           shared_torso=self.shared_torso, num_hparams=num_hparams, outer_critic=outer_critic)
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)
@@ -98,19 +87,6 @@ class OptimizerConfig:
         _positive("optimizer.eps_root", self.eps_root, strict=False)
         _unit("optimizer.rmsprop_decay", self.rmsprop_decay)
         _unit("optimizer.momentum", self.momentum)
-
-    def build(self, differentiable: bool = False):
-        """The ``rlmeta.optim.Optimizer`` this config describes (``differentiable``: eps_root >= 1e-12)."""
-        from rlmeta.optim import adam, rmsprop, sgd
-
-        eps_root = max(self.eps_root, 1e-12) if differentiable else self.eps_root
-        if self.name == "adam":
-            return adam(self.lr, eps=self.eps, eps_root=eps_root, max_grad_norm=self.max_grad_norm)
-        if self.name == "rmsprop":
-            return rmsprop(self.lr, decay=self.rmsprop_decay, eps=self.eps, eps_root=eps_root,
-                           max_grad_norm=self.max_grad_norm)
-        return sgd(self.lr, momentum=self.momentum, max_grad_norm=self.max_grad_norm)
-
 
 @dataclass
 class HParamsConfig:
@@ -280,16 +256,6 @@ class MetaConfig:
         """The outer objective's reference values of the hyperparameters it fixes (gamma, lambda)."""
         return {"gamma": self.outer_gamma, "lambda": self.outer_lambda}
 
-    def outer_critic_spec(self):
-        """The :class:`~rlmeta.objectives.OuterCritic` the inner objective trains, or None."""
-        from rlmeta.objectives import OuterCritic
-
-        if not (self.enabled and self.outer_critic):
-            return None
-        head = None if self.outer_critic_trains_torso else "outer_value_head."  # agents.networks.ActorCritic's
-        return OuterCritic(self.outer_gamma, self.outer_lambda, self.outer_critic_cost, head=head)
-
-
 @dataclass
 class TrainConfig:
     """Train an actor-critic agent. ``--config FILE`` (TOML/JSON) sets defaults; ``--resume`` continues a run."""
@@ -367,46 +333,18 @@ class TrainConfig:
         if self.resume and not self.run_dir:
             raise ValueError("resume needs run_dir: the directory of the run to continue")
         _positive("reward_scale", self.reward_scale)
-        if self.meta.enabled:
-            self.meta_params()  # initial values inside their bounds, or a ValueError now
+        if self.meta.enabled:  # initial values inside their bounds, or a ValueError now
+            base = {**self.hparams.as_dict(), "lr": self.optimizer.lr}
+            for name in self.meta.learn:
+                to_raw(name, self.meta.init.get(name, base[name]), learned_bounds(name, self.meta.bounds.get(name)))
+            stray = sorted(set(self.meta.bounds) - set(self.meta.learn))
+            if stray:
+                raise ValueError(f"bounds given for hyperparameter(s) {stray} that are not learned")
         if self.algo == "ppo" and self.num_envs * self.num_steps < self.ppo.minibatches:
             raise ValueError(f"ppo.minibatches={self.ppo.minibatches} exceeds the {self.num_envs * self.num_steps} "
                              "samples of a rollout (num_envs x num_steps)")
         if self.target_return is not None and not math.isfinite(self.target_return):
             raise ValueError(f"target_return must be a finite number, got {self.target_return!r}")
-
-
-    def build_network(self, observation_space: Any, action_space: Any):
-        """The network of ``network``, conditioned on the meta-learned values if ``meta.condition``,
-        with an outer critic if ``meta.outer_critic``."""
-        num_hparams = len(self.meta.learn) if self.meta.condition else 0
-        return self.network.build(observation_space, action_space, num_hparams=num_hparams,
-                                  outer_critic=self.meta.outer_critic_spec() is not None)
-
-    def policy_values(self, net: Any) -> tuple[Any, Any]:
-        """``(learner's, outer loss's)`` ``policy_value`` functions of ``net`` (built by ``build_network``).
-
-        With an outer critic the learner's gives both value columns (its objective trains both) and
-        the outer loss's gives the outer critic's; otherwise both are the plain critic's.
-        """
-        from rlmeta.agents.actor import make_policy_value
-
-        if self.meta.outer_critic_spec() is None:
-            policy_value = make_policy_value(net)
-            return policy_value, policy_value
-        return make_policy_value(net, "both"), make_policy_value(net, "outer")
-
-    def meta_params(self, dtype=None, device: str = "cpu"):
-        """The :class:`~rlmeta.hparams.MetaParams` of ``meta``: learned names, the rest fixed."""
-        import torch
-
-        from rlmeta.hparams import MetaParams
-
-        base = {**self.hparams.as_dict(), "lr": self.optimizer.lr}
-        learn = {name: float(self.meta.init.get(name, base[name])) for name in self.meta.learn}
-        fixed = {k: v for k, v in self.hparams.as_dict().items() if k not in learn}
-        return MetaParams(learn, fixed=fixed, bounds=dict(self.meta.bounds), dtype=dtype or torch.float32,
-                          device=device, condition=self.meta.condition)
 
 
 # --------------------------------------------------------------------------------------------

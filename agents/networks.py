@@ -10,13 +10,16 @@ Learning the Outer Value Function": a value of the meta-gradient's outer discoun
 one of the meta-learned discount), and can carry extra outputs that learned objectives need
 (e.g. LPG's categorical prediction vector).
 
-Learners call it through ``torch.func.functional_call(net, params, (obs, hparams))`` with
-``params`` a dict of tensors, so an update can be differentiated.
+Learners call it functionally, ``net.apply_params(params, obs, conditioning)`` with ``params`` a
+dict of tensors, so an update can be differentiated; objectives read its *named* outputs
+(:meth:`ActorCritic.named_outputs`: ``policy``, ``value``, ``log_std``, ``outer_value`` and
+each extra head by its name) through an ``rlmeta.rollout.PolicyValue`` adapter
+(``rlmeta.agents.actor.make_policy_value``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import gymnasium as gym
 import torch
@@ -157,6 +160,23 @@ class ActorCritic(nn.Module):
         )
 
 
+    def named_outputs(self, params: dict[str, Tensor], obs: Tensor, conditioning: Tensor | None = None
+                      ) -> dict[str, Tensor]:
+        """The outputs as a dict, each ``[N, ...]``: ``policy``, ``value``, ``log_std`` (continuous actions,
+        expanded to the policy's shape), ``outer_value`` (with an outer critic) and every extra head.
+
+        This is the network's ``rlmeta.rollout.Forward``.
+        """
+        out = self.apply_params(params, obs, conditioning)
+        named = {"policy": out.policy, "value": out.value}
+        if out.log_std is not None:
+            named["log_std"] = out.log_std.expand_as(out.policy)
+        if out.outer_value is not None:
+            named["outer_value"] = out.outer_value
+        named.update(out.extras or {})
+        return named
+
+
 def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor) -> Tensor:
     """Run ``seq`` (Linear, Conv2d, Flatten and activations) with the tensors in ``params``."""
     for i, module in enumerate(seq):
@@ -177,4 +197,12 @@ def distribution(output: AgentOutput) -> Distribution:
         return Categorical(logits=output.policy, validate_args=False)
     scale = output.log_std.exp().expand_as(output.policy)
     return Independent(Normal(output.policy, scale, validate_args=False), 1, validate_args=False)
+
+
+def named_distribution(outputs: Mapping[str, Tensor]) -> Distribution:
+    """The policy distribution of :meth:`ActorCritic.named_outputs` (Categorical, or a diagonal Normal)."""
+    if "log_std" not in outputs:
+        return Categorical(logits=outputs["policy"], validate_args=False)
+    return Independent(Normal(outputs["policy"], outputs["log_std"].exp(), validate_args=False), 1,
+                       validate_args=False)
 

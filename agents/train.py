@@ -33,13 +33,18 @@ import json
 
 import torch
 
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
 from rlmeta import envs
 from rlmeta.agents.actor import Actor, evaluate_policy
-from rlmeta.agents.config import MetaConfig, TrainConfig, VTraceConfig, load_config, save_config, to_dict
-from rlmeta.learner import update
+from rlmeta.agents.build import (
+    build_agent, build_estimator, build_meta_optimizer, build_meta_params, learning_rate, outer_correction,
+)
+from rlmeta.agents.config import TrainConfig, load_config, save_config, to_dict
 from rlmeta.agents.loops import AsyncLoop, Batch, SyncLoop
-from rlmeta.hparams import CONDITIONING
-from rlmeta.objectives import A2C, PPO, VTraceActorCritic
+from rlmeta.catalog import CONDITIONING
+from rlmeta.learner import UpdateMode, update
 
 CHECKPOINT_VERSION = 1
 # Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
@@ -53,60 +58,6 @@ class TrainingFailed(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """The run was interrupted (Ctrl-C); a checkpoint was written and it can be resumed."""
-
-
-def build_objective(config: TrainConfig, policy_value: Any) -> Any:
-    """The objective ``config.algo`` names, from its section of the config (training the outer critic
-    too if ``meta.outer_critic``: pass the learner's ``policy_value`` of ``config.policy_values``)."""
-    outer_critic = config.meta.outer_critic_spec()
-    if config.algo == "ppo":
-        p = config.ppo
-        return PPO(policy_value, clip=p.clip, value_clip=p.value_clip, normalize_advantages=p.normalize_advantages,
-                   epochs=p.epochs, minibatches=p.minibatches, anneal_clip=p.anneal_clip, outer_critic=outer_critic)
-    if config.algo == "vtrace":
-        v = config.vtrace
-        return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar,
-                                 outer_critic=outer_critic)
-    return A2C(policy_value, normalize_advantages=config.normalize_advantages, outer_critic=outer_critic)
-
-
-def build_estimator(m: MetaConfig, inner_update: Any, policy_value: Any, estimator: str | None = None,
-                    num_updates: int | None = None, vtrace: VTraceConfig | None = None,
-                    conditioning: Any = None) -> Any:
-    """The meta-gradient estimator ``m`` describes (``estimator``/``num_updates`` override its own).
-
-    ``policy_value``: the outer loss's (``TrainConfig.policy_values``; with ``meta.outer_critic``
-    its values are the outer critic's).
-    ``vtrace``: the outer loss is importance-corrected with V-trace (as the V-trace learner is).
-    ``conditioning``: for a conditioned agent, ``() -> [H]`` reference input of the outer loss.
-    """
-    from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective
-
-    name = estimator or m.estimator
-    k = num_updates or m.num_updates
-    correction = {} if vtrace is None else {"vtrace": True, "rho_bar": vtrace.rho_bar, "c_bar": vtrace.c_bar,
-                                                 "pg_rho_bar": vtrace.pg_rho_bar}
-    outer = OuterObjective(policy_value, gamma=m.outer_gamma, lambda_=m.outer_lambda, value_cost=m.outer_value_cost,
-                           entropy_cost=m.outer_entropy_cost, kl_cost=m.outer_kl_cost, conditioning=conditioning,
-                           **correction)
-    memory = {"recompute": m.recompute}
-    if name == "one-step":
-        return OneStep(inner_update, outer, **memory)
-    if name == "multi-step":
-        return MultiStep(inner_update, outer, k, truncation=m.truncation if m.truncation and m.truncation <= k else None,
-                         **memory)
-    if name == "mixed":
-        weights = m.mixing_weights()
-        return Mixed(inner_update, outer, k, weights=weights if isinstance(weights, str) else weights, decay=m.decay,
-                     **memory)
-    if name == "bootstrapped":
-        return Bootstrapped(inner_update, policy_value, k, m.target_updates, value_cost=m.bmg_value_cost, **memory)
-    raise ValueError(f"estimator must be one of ['bootstrapped', 'mixed', 'multi-step', 'one-step'], got {name!r}")
-
-
-def outer_correction(config: TrainConfig) -> VTraceConfig | None:
-    """V-trace's truncation levels when the outer loss must be importance-corrected (algo 'vtrace')."""
-    return config.vtrace if config.algo == "vtrace" else None
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -178,14 +129,13 @@ class Trainer:
         env_seed = config.seed + start
         make_env = lambda seed: envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)  # noqa: E731
         first_env = make_env(env_seed)  # validates the id and options before anything is written
-        self.net = config.build_network(first_env.single_observation_space,
-                                        first_env.single_action_space).to(self.device)
+        self.agent = build_agent(config, first_env.single_observation_space, first_env.single_action_space,
+                                 self.device)
+        self.net, self.objective, self.optimizer = self.agent.net, self.agent.objective, self.agent.optimizer
         self.has_success = bool(getattr(first_env, "has_success", False))
         self.observation_space = first_env.single_observation_space
         self.action_space = first_env.single_action_space
-        self.policy_value, self.outer_policy_value = config.policy_values(self.net)
-        self.objective = build_objective(config, self.policy_value)
-        self.optimizer = config.optimizer.build(differentiable=config.meta.enabled)
+        self.generator = torch.Generator().manual_seed(config.seed)  # PPO's minibatches
         self.meta = None
         if config.meta.enabled:
             self._setup_meta()
@@ -209,24 +159,23 @@ class Trainer:
 
     def _setup_meta(self) -> None:
         """Meta-parameters, estimator, outer objective and meta-optimizer from ``config.meta``."""
-        from rlmeta.optim import adam, sgd
-
         m = self.config.meta
-        self.meta = self.config.meta_params(device=str(self.device))
+        self.meta = build_meta_params(self.config, device=str(self.device))
 
-        def inner_update(params, opt_state, rollout, hparams, create_graph):
+        def inner_update(params, opt_state, rollout, hparams, mode: UpdateMode):
             progress = min(1.0, self.step / self.config.total_steps)
             if self.config.optimizer.anneal_lr and "lr" not in hparams:
-                hparams = {**hparams, "lr": self.config.optimizer.lr * (1.0 - progress)}
+                hparams = {**hparams, "lr": learning_rate(self.config, self.step)}
             new, state, metrics = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
-                                         progress=progress, create_graph=create_graph, generator=self.generator)
+                                         progress=progress, mode=mode, generator=self.generator)
             self._inner_metrics.append(metrics)
             return new, state
 
         conditioning = (lambda: self.meta.reference_vector(m.reference())) if m.condition else None
-        self.estimator = build_estimator(m, inner_update, self.outer_policy_value, vtrace=outer_correction(self.config),
-                                         conditioning=conditioning)
-        self.meta_optimizer = (adam if m.optimizer == "adam" else sgd)(m.lr, max_grad_norm=m.max_grad_norm)
+        self.estimator = build_estimator(m, inner_update, self.agent.outer_policy_value,
+                                         vtrace=outer_correction(self.config), conditioning=conditioning,
+                                         generator=self.generator)
+        self.meta_optimizer = build_meta_optimizer(m)
         self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
         self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
         self._next_rollout = None
@@ -262,7 +211,6 @@ class Trainer:
             lags.append(batch.lag)
             return batch.rollout
 
-        self.estimator.generator = self.generator  # PPO's minibatches, replayed by the memory-saving path
         self._inner_metrics.clear()
         result = self.estimator.estimate(self.meta, self.params, self.opt_state, collect, self._next_rollout)
         # The outer loss's fresh rollout was collected with the new parameters: it is the next
@@ -280,7 +228,7 @@ class Trainer:
         # The losses of the K-th inner update (the last of the forward unroll, recomputed or not).
         metrics = dict(self._inner_metrics[self.estimator.num_updates - 1])
         metrics.update({"meta_loss": result.meta_loss, "meta_grad_norm": norm, "meta_outer_loss": result.outer_losses[-1]})
-        metrics.update({f"meta_grad_{k}": float(g) for k, g in result.grads.items()})
+        metrics.update({f"meta_grad_{k}": float(g) if g.numel() == 1 else float(g.norm()) for k, g in result.grads.items()})
         if self.config.meta.variance_window:
             self.meta_grads.append(result.vector())
             if len(self.meta_grads) >= 2:
@@ -297,9 +245,6 @@ class Trainer:
                     self.run_dir / "config.json")
 
     def _restore(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.generator = torch.Generator().manual_seed(self.config.seed)
         self.recent: collections.deque[dict[str, float]] = collections.deque(maxlen=100)
         self.evaluations: list[dict[str, float]] = []
         ckpt = self.checkpoint
@@ -343,7 +288,7 @@ class Trainer:
             if "lr" in out:
                 return out
         if self.config.optimizer.anneal_lr:
-            out["lr"] = self.config.optimizer.lr * max(0.0, 1.0 - self.step / self.config.total_steps)
+            out["lr"] = learning_rate(self.config, self.step)
         return out
 
     def save_checkpoint(self) -> Path:
@@ -445,7 +390,7 @@ class Trainer:
             out["target_return"] = c.target_return
             out["target_reached"] = self.reached
         if self.meta is not None:  # where the meta-learned hyperparameters started and stand now
-            initial = c.meta_params().values()
+            initial = build_meta_params(c).values()
             out["meta"] = {name: {"initial": float(initial[name].detach()), "final": float(value.detach())}
                            for name, value in self.meta.values().items()}
         if last is not None:
@@ -460,8 +405,6 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or ``target_return``), evaluate, write ``summary.json`` and return it."""
-        from tqdm.auto import tqdm
-
         c = self.config
         bar = tqdm(total=c.total_steps, initial=min(self.step, c.total_steps), unit="step", unit_scale=True,
                    dynamic_ncols=True, disable=not c.progress, desc=Path(self.run_dir).name[:40])

@@ -34,8 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
-from rlmeta.agents.config import VarianceConfig
+from rlmeta import envs
+from rlmeta.agents.actor import Actor
+from rlmeta.agents.build import build_agent, build_estimator, build_meta_params, build_optimizer, outer_correction
+from rlmeta.agents.config import TrainConfig, VarianceConfig, load_config
+from rlmeta.agents.train import to_device
+from rlmeta.hparams import MetaParams
+from rlmeta.learner import UpdateMode, update
 
 def pick_checkpoints(run_dir: Path) -> list[Path]:
     """The first, middle and last periodic checkpoints of a run (fewer if it has fewer)."""
@@ -85,27 +92,21 @@ def statistics_of(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, f
 class Sampler:
     """Draws meta-gradients at one checkpoint: fixed agent state, fresh rollouts per sample."""
 
-    def __init__(self, config: Any, checkpoint: Path, learn: tuple[str, ...], seed: int, device: str):
-        from rlmeta import envs
-        from rlmeta.agents.actor import Actor
-        from rlmeta.learner import update
-        from rlmeta.agents.train import build_objective, to_device
-        from rlmeta.hparams import MetaParams
-
+    def __init__(self, config: TrainConfig, checkpoint: Path, learn: tuple[str, ...], seed: int, device: str):
         self.config = config
         env = envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)
-        self.net = config.build_network(env.single_observation_space, env.single_action_space).to(device)
+        # The run's own agent, from the training builder; its optimizer differentiable as meta-gradients need.
+        agent = build_agent(config, env.single_observation_space, env.single_action_space, device)
+        self.net, self.policy_value = agent.net, agent.outer_policy_value  # the outer loss's adapter
         self.actor = Actor(env, self.net, config.num_steps, device, config.reward_scale)
-        learner_policy_value, self.policy_value = config.policy_values(self.net)  # the outer loss's
-        objective = build_objective(config, learner_policy_value)
-        optimizer = config.optimizer.build(differentiable=True)
+        objective, optimizer = agent.objective, build_optimizer(config.optimizer, differentiable=True)
         ckpt = torch.load(checkpoint, map_location=device, weights_only=True)
         self.step = int(ckpt["step"])
         self.params = {k: v.to(device) for k, v in ckpt["params"].items()}
         self.opt_state = to_device(ckpt["opt_state"], torch.device(device))
         base = {**config.hparams.as_dict(), "lr": config.optimizer.lr}
         if ckpt.get("meta"):  # the run meta-learned: study it at its current values
-            raw_values = config.meta_params()
+            raw_values = build_meta_params(config)
             raw_values.load_state_dict({"raw": ckpt["meta"]["params"]})
             base.update({k: float(v.detach()) for k, v in raw_values.values().items()})
         self.learn = {name: base[name] for name in learn}
@@ -117,12 +118,13 @@ class Sampler:
         self.conditioning = (lambda: at_checkpoint.reference_vector(config.meta.reference())) if condition else None
         generator = torch.Generator().manual_seed(seed)
 
-        def inner_update(params, opt_state, rollout, hparams, create_graph):
+        def inner_update(params, opt_state, rollout, hparams, mode: UpdateMode):
             new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams,
-                                   progress=0.0, create_graph=create_graph, generator=generator)
+                                   progress=0.0, mode=mode, generator=generator)
             return new, state
 
         self.inner_update = inner_update
+        self.generator = generator
         self.acting = {k: v.detach() if torch.is_tensor(v) else v for k, v in at_checkpoint.hparams().items()}
 
     def sample(self, estimator: Any) -> torch.Tensor:
@@ -139,8 +141,6 @@ class Sampler:
 
 def run(cfg: VarianceConfig) -> dict[str, Any]:
     """Sample, write variance.csv, plots, TensorBoard scalars and summary.md; return the rows."""
-    from rlmeta.agents.config import load_config
-    from rlmeta.agents.train import build_estimator, outer_correction
 
     run_dir = Path(cfg.run_dir)
     config = load_config(run_dir / "config.json")
@@ -162,7 +162,7 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
         try:
             reference_estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value,
                                                   "multi-step", reference_k, vtrace=outer_correction(config),
-                                                  conditioning=sampler.conditioning)
+                                                  conditioning=sampler.conditioning, generator=sampler.generator)
             reference_draws = torch.stack([sampler.sample(reference_estimator) for _ in range(cfg.reference_samples)])
             reference, ref_snr = reference_draws.mean(0), reference_snr(reference_draws)
             print(f"{path.name} step {sampler.step:>9,} reference (K={reference_k} x {cfg.reference_samples}): "
@@ -172,7 +172,8 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
                     if name == "one-step" and k != 1:
                         continue
                     estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k,
-                                                vtrace=outer_correction(config), conditioning=sampler.conditioning)
+                                                vtrace=outer_correction(config), conditioning=sampler.conditioning,
+                                                generator=sampler.generator)
                     samples = torch.stack([sampler.sample(estimator) for _ in range(cfg.samples)])
                     stats = statistics_of(samples, reference)
                     row = {"checkpoint": path.name, "step": sampler.step, "estimator": name, "k": k, **stats,
@@ -204,8 +205,6 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _write_tensorboard(rows: list[dict[str, Any]], out: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
     with SummaryWriter(str(out / "tb")) as writer:
         for row in rows:
             for key in ("variance", "cosine_samples", "cosine_mean", "snr"):

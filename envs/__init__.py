@@ -1,10 +1,25 @@
 """rlmeta environments: one vector-env contract for native Snake, envpool, gymnasium and Meta-World.
 
-``envs.make(id, num_envs, seed, **options)`` builds a vector env; ``envs.register`` plugs in a
-user's environment; ``envs.list()`` shows what is available. The contract is in ``envs.core``.
+``envs.make(id, num_envs, seed, **options)`` builds a vector env; ids are registered names
+(``snake``), backend ids (``envpool:CartPole-v1``, ``gym:...``, ``metaworld:...``) or your own
+``module:Class`` (a ``gymnasium.Env`` subclass or factory). ``envs.register`` names a user's
+environment; ``envs.available()`` shows what there is. The contract is in ``envs.core``.
+
+Layers, bottom up: ``core`` (the contract and shared helpers) <- the backends (``snake``,
+``envpool_backend``, ``gym_backend``, ``metaworld_backend``) and ``entry_points`` <- ``registry``.
 """
 
-from rlmeta.envs.core import VectorEnv
-from rlmeta.envs.registry import list, make, register, unregister  # noqa: A004
+from __future__ import annotations
 
-__all__ = ["VectorEnv", "list", "make", "register", "unregister"]
+import warnings
+
+from rlmeta.envs.core import VectorEnv
+from rlmeta.envs.registry import available, make, register, unregister
+
+__all__ = ["VectorEnv", "available", "make", "register", "unregister"]
+
+
+def list() -> dict[str, str]:  # noqa: A001 - deprecated alias, kept for callers of the old name
+    """Deprecated alias of :func:`available` (it shadowed the builtin ``list``)."""
+    warnings.warn("envs.list() is deprecated; use envs.available()", DeprecationWarning, stacklevel=2)
+    return available()

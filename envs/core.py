@@ -32,7 +32,10 @@ Every environment returned by :func:`envs.make` is a :class:`VectorEnv`, a subcl
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import gymnasium as gym
 import numpy as np
@@ -297,3 +300,58 @@ def _make_action_checker(space: gym.Space, num_envs: int, clip: bool):
         return actions
 
     return check_generic
+
+
+# -- what the registry and the backends share ---------------------------------------------------
+
+# A builder makes a vector env: builder(num_envs=..., seed=..., **options) -> VectorEnv.
+Builder = Callable[..., VectorEnv]
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """A named environment (``snake``, a user's ``envs.register`` name): its builder and default options."""
+
+    name: str
+    builder: Builder
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A family of ids ``<prefix>:<name>`` (``envpool:CartPole-v1``): one row of the registry's backend table.
+
+    ``build(name, num_envs=..., seed=..., **options)`` returns the VectorEnv and raises ValueError for an
+    unknown name or option; ``names()`` lists the names it knows (for nearest-id suggestions).
+    """
+
+    prefix: str
+    build: Callable[..., VectorEnv]
+    description: str
+    names: Callable[[], Iterable[str]]
+
+
+def check_options(where: str, options: dict[str, Any], allowed: Callable | Iterable[str]) -> None:
+    """Raise ValueError naming any option not accepted by ``allowed`` (a function or names)."""
+    names = [p for p in inspect.signature(allowed).parameters] if callable(allowed) else [*allowed]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {where}; allowed: {sorted(names)}")
+
+
+def nearest_ids(id: str, candidates: Iterable[str]) -> list[str]:  # noqa: A002 - gymnasium's word for it
+    """Up to five ``candidates`` closest to ``id``, also comparing them without their ``prefix:``."""
+    candidates = [*candidates]
+    near = difflib.get_close_matches(id, candidates, n=5, cutoff=0.5)
+    if not near:  # also try without the prefix, e.g. "CartPole-v1" -> "envpool:CartPole-v1"
+        bare = {c.partition(":")[2] or c: c for c in candidates}
+        near = [bare[b] for b in difflib.get_close_matches(id.partition(":")[2] or id, bare, n=5, cutoff=0.6)]
+    return near
+
+
+def unknown_id_message(id: str, candidates: Iterable[str]) -> str:  # noqa: A002 - gymnasium's word for it
+    """Error text for an unknown id, naming the closest of ``candidates``."""
+    near = nearest_ids(id, candidates)
+    hint = f"; nearest known ids: {', '.join(near)}" if near else ""
+    return f"unknown env id {id!r}{hint}"

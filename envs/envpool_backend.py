@@ -19,10 +19,11 @@ import warnings
 from typing import Any, Iterator
 
 import gymnasium as gym
-
 import numpy as np
 
-from rlmeta.envs.core import EpisodeTracker, Obs, VectorEnv, map_obs, normalize_step, set_rows
+from rlmeta.envs.core import (
+    Backend, EpisodeTracker, Obs, VectorEnv, map_obs, normalize_step, set_rows, unknown_id_message,
+)
 
 # Keys of envpool's info that describe the batch layout rather than the environment.
 _LAYOUT_KEYS = ("env_id", "players", "elapsed_step")
@@ -40,7 +41,7 @@ class EnvpoolVectorEnv(VectorEnv):
     """An envpool task with same-step autoreset, checked actions and episode statistics."""
 
     def __init__(self, task: str, num_envs: int, seed: int | None, clip_actions: bool = False, **options: Any):
-        import envpool
+        import envpool  # deferred: heavy optional dependency, loaded when an envpool env is built
 
         self.task = task
         self._options = options
@@ -56,7 +57,7 @@ class EnvpoolVectorEnv(VectorEnv):
         self._tracker = EpisodeTracker(self.num_envs, has_success=self.has_success)
 
     def _build(self, seed: int | None) -> None:
-        import envpool
+        import envpool  # deferred: heavy optional dependency, loaded when an envpool env is built
 
         if self._pool is not None:
             self._pool.close()
@@ -112,9 +113,7 @@ class EnvpoolVectorEnv(VectorEnv):
 
 def make_envpool(task: str, num_envs: int = 1, seed: int | None = 0, **options: Any) -> EnvpoolVectorEnv:
     """Build ``task`` from envpool; unknown tasks and options raise ValueError before building."""
-    import envpool
-
-    from rlmeta.envs.registry import unknown_id_message
+    import envpool  # deferred: heavy optional dependency, loaded when an envpool env is built
 
     tasks = envpool.list_all_envs()
     if task not in tasks:
@@ -129,6 +128,18 @@ def make_envpool(task: str, num_envs: int = 1, seed: int | None = 0, **options: 
         allowed = sorted(config_keys - set(_RESERVED) - {"env_seed", "base_path", "max_num_players"})
         raise ValueError(f"unknown option(s) {unknown} for envpool:{task}; allowed: {allowed + ['clip_actions']}")
     return EnvpoolVectorEnv(task, num_envs=num_envs, seed=seed, clip_actions=clip_actions, **options)
+
+
+def task_names() -> list[str]:
+    """Every envpool task id, e.g. ``"CartPole-v1"`` (valid names after ``envpool:``)."""
+    import envpool  # deferred: heavy optional dependency, loaded when its task list is asked for
+
+    return list(envpool.list_all_envs())
+
+
+BACKEND = Backend(
+    "envpool", make_envpool, "any envpool task, e.g. envpool:CartPole-v1, envpool:Snake-v1, envpool:Pong-v5", task_names
+)
 
 
 @contextlib.contextmanager

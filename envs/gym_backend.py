@@ -6,11 +6,13 @@ we turn its per-env ``final_obs`` objects into one batch array and add the contr
 statistics. An episode counts as a success when the env's info has a true ``success`` or
 ``is_success`` at some step; such envs report ``has_success=True`` after their first step with
 that key. Options: ``vectorization``, ``max_episode_steps`` (a time limit), ``clip_actions``, and
-anything else is passed to ``gymnasium.make`` (for ``gym:<id>``) or to the registered factory.
+anything else is passed to ``gymnasium.make`` (for ``gym:<id>``) or to the registered factory or
+``module:Class`` entry point.
 """
 
 from __future__ import annotations
 
+import reprlib
 from functools import partial
 from typing import Any, Callable
 
@@ -18,7 +20,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from rlmeta.envs.core import EpisodeTracker, Obs, VectorEnv, check_num_envs, normalize_step, sub_seeds, zeros_like_batch
+from rlmeta.envs.core import (
+    Backend, EpisodeTracker, Obs, VectorEnv, check_num_envs, normalize_step, sub_seeds, unknown_id_message,
+    zeros_like_batch,
+)
 
 VECTORIZATIONS = ("sync", "async")
 _SUCCESS_KEYS = ("success", "is_success")
@@ -100,10 +105,16 @@ def _fill_final(target: Obs, per_env: np.ndarray, done: np.ndarray) -> None:
             target[i] = per_env[i]
 
 
-def _build_one(factory: Callable[..., gym.Env], max_episode_steps: int | None, **kwargs: Any) -> gym.Env:
+def _build_one(factory: Callable[..., gym.Env], max_episode_steps: int | None, name: str, **kwargs: Any) -> gym.Env:
     env = factory(**kwargs)
     if not isinstance(env, gym.Env):
-        raise TypeError(f"env factory {factory!r} returned {type(env).__name__}, expected a gymnasium.Env")
+        hint = ""
+        if isinstance(env, gym.vector.VectorEnv):
+            hint = "; for a factory of vector envs use envs.register(name, factory, vectorized=True)"
+        raise ValueError(
+            f"{name}: the env factory {factory!r} returned {reprlib.repr(env)} (type {type(env).__name__}), "
+            f"expected a gymnasium.Env{hint}"
+        )
     if max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
     return env
@@ -127,7 +138,7 @@ def make_gym_vector(
         isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
     ):
         raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
-    env_fns = [partial(_build_one, factory, max_episode_steps, **kwargs) for _ in range(num_envs)]
+    env_fns = [partial(_build_one, factory, max_episode_steps, name, **kwargs) for _ in range(num_envs)]
     try:
         if vectorization == "async":  # sub-envs are built in worker processes: check the options here first
             env_fns[0]().close()
@@ -140,8 +151,16 @@ def make_gym_vector(
 
 def make_gym(env_id: str, num_envs: int = 1, seed: int | None = 0, **options: Any) -> GymVectorEnv:
     """Build ``num_envs`` copies of the gymnasium env ``env_id``; unknown ids raise ValueError."""
-    from rlmeta.envs.registry import unknown_id_message
-
     if env_id not in gym.registry:
         raise ValueError(unknown_id_message(f"gym:{env_id}", [f"gym:{k}" for k in gym.registry]))
     return make_gym_vector(gym.make, num_envs=num_envs, seed=seed, name=f"gym:{env_id}", id=env_id, **options)
+
+
+def env_ids() -> list[str]:
+    """Every id in gymnasium's registry (valid names after ``gym:``)."""
+    return list(gym.registry)
+
+
+BACKEND = Backend(
+    "gym", make_gym, "any gymnasium id, e.g. gym:CartPole-v1, vectorized with gymnasium's vector API", env_ids
+)

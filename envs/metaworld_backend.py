@@ -120,7 +120,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rlmeta.envs.core import EpisodeTracker, VectorEnv, check_num_envs, check_seed, normalize_step, sub_seeds
+from rlmeta.envs.core import (
+    Backend, EpisodeTracker, VectorEnv, check_num_envs, check_options, check_seed, normalize_step, sub_seeds,
+)
+from rlmeta.envs.envpool_backend import make_envpool
 
 #: The Meta-World benchmarks this backend builds (``envs.make("metaworld:<name>")``).
 BENCHMARKS = ("MT1", "MT10", "MT50", "ML1", "ML10", "ML45")
@@ -158,14 +161,14 @@ _ENVPOOL_OPTIONS = (
 
 def task_names() -> list[str]:
     """All Meta-World v3 task-class names, e.g. ``"reach-v3"`` (valid ``task=`` values)."""
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # deferred: heavy optional dependency
 
     return list(ALL_V3_ENVIRONMENTS)
 
 
 def benchmark_classes(name: str, split: str = "train", task: str | None = None) -> list[str]:
     """The ordered task-class names of benchmark ``name`` (and ``split``); no env is built."""
-    import metaworld.env_dict as env_dict
+    import metaworld.env_dict as env_dict  # deferred: heavy optional dependency
 
     if name in _SINGLE_TASK:
         return [task]
@@ -264,8 +267,6 @@ def _check_max_steps(value: Any) -> int:
 
 def make_metaworld(name: str, num_envs: int | None = None, seed: int | None = 0, **options: Any) -> VectorEnv:
     """Build Meta-World benchmark ``name`` as a contract VectorEnv; see the module docstring."""
-    from rlmeta.envs.registry import check_options
-
     if name not in BENCHMARKS:
         raise ValueError(_unknown_benchmark_message(name))
     check_options(f"metaworld:{name}", options, list(_OPTIONS))
@@ -332,7 +333,7 @@ def _cached_benchmark(name: str, task: str | None, seed: int) -> Any:
 
 
 def _new_benchmark(name: str, task: str | None, seed: int | None) -> Any:
-    import metaworld
+    import metaworld  # deferred: heavy optional dependency (MuJoCo)
 
     cls = getattr(metaworld, name)
     return cls(task, seed=seed) if name in _SINGLE_TASK else cls(seed=seed)
@@ -344,6 +345,7 @@ def _benchmark(name: str, task: str | None, seed: int | None) -> Any:
 
 
 def _find_task_wrapper(env: gym.Env) -> gym.Wrapper:
+    # deferred: heavy optional dependency (MuJoCo)
     from metaworld.wrappers import PseudoRandomTaskSelectWrapper, RandomTaskSelectWrapper
 
     while isinstance(env, gym.Wrapper):
@@ -388,7 +390,7 @@ def _make_sub_env(
     max_episode_steps: int,
     terminate_on_success: bool,
 ) -> gym.Env:
-    import metaworld
+    import metaworld  # deferred: heavy optional dependency (MuJoCo)
 
     env = metaworld._init_each_env(
         env_cls=env_cls,
@@ -403,7 +405,7 @@ def _make_sub_env(
 
 def _single_observation_space(goal_observable: bool) -> gym.spaces.Box:
     """Meta-World's 39-d observation box, with an unbounded (MT) or zero (ML) goal slice."""
-    from metaworld.sawyer_xyz_env import SawyerXYZEnv
+    from metaworld.sawyer_xyz_env import SawyerXYZEnv  # deferred: heavy optional dependency
 
     hand = SawyerXYZEnv._HAND_SPACE
     obj = np.full(14, np.inf)
@@ -587,9 +589,6 @@ def _make_envpool(name: str, task: str, num_envs: int | None, seed: int | None, 
     max_steps = _check_max_steps(options.get("max_episode_steps", MAX_EPISODE_STEPS))
     clip_actions = _check_bool("clip_actions", options.get("clip_actions", False))
     extra = {"num_threads": options["num_threads"]} if "num_threads" in options else {}
-
-    from rlmeta.envs.envpool_backend import make_envpool
-
     return make_envpool(  # has_success is read from the task's info keys
         envpool_task_id(task),
         num_envs=num_envs,
@@ -600,3 +599,8 @@ def _make_envpool(name: str, task: str, num_envs: int | None, seed: int | None, 
         **extra,
     )
 
+
+BACKEND = Backend(
+    "metaworld", make_metaworld,
+    "Meta-World benchmarks: MT1 (task=...), MT10, MT50, ML1 (task=...), ML10, ML45", lambda: BENCHMARKS,
+)

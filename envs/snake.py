@@ -34,7 +34,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 
-from rlmeta.envs.core import VectorEnv, check_num_envs, check_seed
+from rlmeta.envs.core import EnvSpec, VectorEnv, check_num_envs, check_options, check_seed
 
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
@@ -437,21 +437,15 @@ class SnakeVectorEnv(VectorEnv):
 
 def make_snake(num_envs: int = 1, seed: int | None = 0, **options: Any) -> SnakeVectorEnv:
     """Build a :class:`SnakeVectorEnv`; unknown options raise ValueError listing the allowed ones."""
-    from rlmeta.envs.registry import check_options
-
     check_options("snake", options, ["rows", "cols", "time_limit", "observation", "channels_first", "action_mask", "parallel"])
     return SnakeVectorEnv(num_envs=num_envs, seed=seed, **options)
 
 
-def register_snake() -> None:
-    """Register the built-in Snake presets."""
-    from rlmeta.envs.registry import register
-
-    register(
-        "snake", make_snake, vectorized=True,
-        description="native numba Snake (Jumanji rules), 12x12, time limit 4000",
-    )
-    register(
-        "snake-6x6", make_snake, vectorized=True, rows=6, cols=6, time_limit=500,
+# The built-in Snake presets; the registry lists and builds them by name.
+NAMED_ENVS = (
+    EnvSpec("snake", make_snake, description="native numba Snake (Jumanji rules), 12x12, time limit 4000"),
+    EnvSpec(
+        "snake-6x6", make_snake, {"rows": 6, "cols": 6, "time_limit": 500},
         description="native numba Snake (Jumanji rules), 6x6, time limit 500",
-    )
+    ),
+)

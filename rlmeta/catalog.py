@@ -86,6 +86,34 @@ def check_hyperparameter(name: str) -> Bounds:
     return HYPERPARAMETERS[name].bounds
 
 
+def learned_bounds(name: str, narrowed: tuple[float, float] | None = None) -> Bounds:
+    """The bounds a meta-learned ``name`` lives in: the catalog's, or ``narrowed`` (low, high) inside them."""
+    b = check_hyperparameter(name)
+    if narrowed is None:
+        return b
+    low, high = narrowed
+    if not (b.low <= low < high <= b.high):
+        raise ValueError(f"bounds for {name} must satisfy {b.low:g} <= low < high <= {b.high:g}, got ({low}, {high})")
+    if b.transform != "sigmoid" and high != math.inf:
+        raise ValueError(f"{name} uses a {b.transform} transform: only its lower bound can be set")
+    return Bounds(b.transform, float(low), float(high))
+
+
+def to_raw(name: str, value: float, bounds: Bounds | None = None) -> float:
+    """The raw (unconstrained) value whose transform is ``value``; out-of-bounds values raise."""
+    b = bounds or check_hyperparameter(name)
+    if not (isinstance(value, (int, float)) and math.isfinite(value)) or not b.contains(float(value)):
+        raise ValueError(f"{name}={value!r} is outside its bounds {b.describe()} ({b.transform} transform)")
+    if b.transform == "sigmoid":
+        p = (value - b.low) / (b.high - b.low)
+        return math.log(p) - math.log1p(-p)
+    if b.transform == "softplus":
+        x = value - b.low
+        return x + math.log(-math.expm1(-x))  # inverse softplus, stable for large x
+    return math.log(value)
+
+
+
 def check_num_updates(num_updates: int) -> int:
     """K, the number of inner updates of a meta-gradient, must be an integer >= 1."""
     if isinstance(num_updates, bool) or not isinstance(num_updates, int) or num_updates < 1:

@@ -30,7 +30,7 @@ class ListEnvs:
     def run(self) -> None:
         from rlmeta import envs  # deferred: loads numba and the env backends
 
-        available = envs.list()
+        available = envs.available()
         width = max(map(len, available))
         for name, description in available.items():
             print(f"{name:<{width}}  {description}")

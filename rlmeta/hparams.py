@@ -22,13 +22,12 @@ values instead (:meth:`MetaParams.reference_vector`).
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
-from rlmeta.catalog import CONDITIONING, HYPERPARAMETERS, Bounds, check_hyperparameter
+from rlmeta.catalog import CONDITIONING, HYPERPARAMETERS, Bounds, check_hyperparameter, learned_bounds, to_raw
 
 
 # The hyperparameters the actor-critic objectives and the learner read, and their ranges (one table:
@@ -41,20 +40,6 @@ def check_name(name: str) -> Bounds:
     return check_hyperparameter(name)
 
 
-def to_raw(name: str, value: float, bounds: Bounds | None = None) -> float:
-    """The raw (unconstrained) value whose transform is ``value``; out-of-bounds values raise."""
-    b = bounds or check_name(name)
-    if not (isinstance(value, (int, float)) and math.isfinite(value)) or not b.contains(float(value)):
-        raise ValueError(f"{name}={value!r} is outside its bounds {b.describe()} ({b.transform} transform)")
-    if b.transform == "sigmoid":
-        p = (value - b.low) / (b.high - b.low)
-        return math.log(p) - math.log1p(-p)
-    if b.transform == "softplus":
-        x = value - b.low
-        return x + math.log(-math.expm1(-x))  # inverse softplus, stable for large x
-    return math.log(value)
-
-
 def from_raw(raw: Tensor, bounds: Bounds) -> Tensor:
     """The transform: raw tensor -> bounded value (differentiable)."""
     if bounds.transform == "sigmoid":
@@ -65,12 +50,20 @@ def from_raw(raw: Tensor, bounds: Bounds) -> Tensor:
 
 
 class MetaParams:
-    """Learnable hyperparameters (raw leaf tensors) plus fixed ones, read as one ``hparams`` dict.
+    """Meta-parameters as a dict of tensors (``raw``), plus fixed hyperparameters, read as one ``hparams`` dict.
 
-    ``learn`` maps names to initial values; ``bounds`` may narrow a name's interval (e.g. gamma in
-    (0.9, 1)). ``fixed`` values are passed through unchanged. Every name is checked against
-    :data:`KNOWN`; an initial value outside its bounds raises ValueError. ``condition``: ``hparams()``
-    also carries the learned values as the network's conditioning input (see the module docstring).
+    Two kinds of meta-parameters, moved alike by estimators and meta-optimizers:
+
+    * named bounded scalars: ``learn`` maps hyperparameter names to initial values; ``bounds``
+      may narrow a name's interval (e.g. gamma in (0.9, 1)); each is stored as an unconstrained
+      ``raw[name]`` and read through its transform. Every name is checked against :data:`KNOWN`;
+      an initial value outside its bounds raises ValueError.
+    * parameter trees: ``trees`` maps a name (e.g. a learned objective's ``"lpg"``) to a dict of
+      initial tensors; ``raw["<tree>.<key>"]`` holds each, unbounded, and ``hparams()[tree]`` gives
+      the tree as a dict of those tensors, which the objective that owns it reads.
+
+    ``fixed`` values are passed through unchanged. ``condition``: ``hparams()`` also carries the
+    learned scalars as the network's conditioning input (see the module docstring).
     """
 
     def __init__(
@@ -81,28 +74,26 @@ class MetaParams:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         condition: bool = False,
+        trees: Mapping[str, Mapping[str, Tensor]] | None = None,
     ):
         if condition and not learn:
             raise ValueError("condition=True needs at least one learned hyperparameter to condition on")
+        trees = dict(trees or {})
+        for tree, leaves in trees.items():
+            if not (isinstance(tree, str) and tree and "." not in tree) or tree in KNOWN or tree == CONDITIONING:
+                raise ValueError(f"a parameter tree needs a name without '.' that is not a hyperparameter's or "
+                                 f"{CONDITIONING!r}, got {tree!r}")
+            if not leaves or not all(isinstance(k, str) and torch.is_tensor(v) and v.is_floating_point()
+                                     for k, v in leaves.items()):
+                raise ValueError(f"parameter tree {tree!r} must map names to floating-point tensors")
         self.condition = bool(condition)
         fixed = dict(fixed or {})
-        both = sorted(set(learn) & set(fixed))
+        both = sorted(set(learn) & set(fixed) | set(trees) & set(fixed))
         if both:
             raise ValueError(f"hyperparameter(s) {both} are both learned and fixed; pick one")
         for name in fixed:
             check_name(name)
-        self.bounds: dict[str, Bounds] = {}
-        for name in learn:
-            b = check_name(name)
-            if bounds and name in bounds:
-                low, high = bounds[name]
-                if not (b.low <= low < high <= b.high):
-                    raise ValueError(f"bounds for {name} must satisfy {b.low:g} <= low < high <= {b.high:g}, "
-                                     f"got ({low}, {high})")
-                if b.transform != "sigmoid" and high != math.inf:
-                    raise ValueError(f"{name} uses a {b.transform} transform: only its lower bound can be set")
-                b = Bounds(b.transform, float(low), float(high))
-            self.bounds[name] = b
+        self.bounds: dict[str, Bounds] = {name: learned_bounds(name, (bounds or {}).get(name)) for name in learn}
         unknown_bounds = sorted(set(bounds or {}) - set(learn))
         if unknown_bounds:
             raise ValueError(f"bounds given for hyperparameter(s) {unknown_bounds} that are not learned")
@@ -111,40 +102,55 @@ class MetaParams:
                                requires_grad=True)
             for name, value in learn.items()
         }
+        self.trees: dict[str, list[str]] = {}  # tree name -> its leaves' names in ``raw``
+        for tree, leaves in trees.items():
+            self.trees[tree] = [f"{tree}.{key}" for key in leaves]
+            for key, value in leaves.items():
+                self.raw[f"{tree}.{key}"] = value.detach().clone().to(dtype=dtype, device=device).requires_grad_(True)
         self.fixed = fixed
 
     @property
     def names(self) -> list[str]:
-        """The learned hyperparameters, in order."""
+        """Every raw meta-parameter tensor's name, in order: the scalars, then each tree's leaves."""
         return list(self.raw)
+
+    @property
+    def scalar_names(self) -> list[str]:
+        """The learned hyperparameters (bounded scalars), in order."""
+        return list(self.bounds)
 
     def values(self) -> dict[str, Tensor]:
         """The learned hyperparameters' current values (differentiable in ``raw``)."""
-        return {name: from_raw(raw, self.bounds[name]) for name, raw in self.raw.items()}
+        return {name: from_raw(self.raw[name], bounds) for name, bounds in self.bounds.items()}
 
-    def hparams(self) -> dict[str, float | Tensor]:
-        """Fixed values and learned (differentiable) ones together, as objectives read them.
+    def tree(self, name: str) -> dict[str, Tensor]:
+        """The parameter tree ``name`` as a dict of its raw tensors (keys without the tree's prefix)."""
+        return {leaf[len(name) + 1:]: self.raw[leaf] for leaf in self.trees[name]}
 
-        Conditioned (``condition=True``): also the learned values as one ``[H]`` tensor under
+    def hparams(self) -> dict[str, float | Tensor | dict[str, Tensor]]:
+        """Fixed values, learned (differentiable) scalars and parameter trees together, as objectives read them.
+
+        Conditioned (``condition=True``): also the learned scalars as one ``[H]`` tensor under
         :data:`CONDITIONING`, differentiable too (the meta-gradient flows through the network's input).
         """
         values = self.values()
-        out: dict[str, float | Tensor] = {**self.fixed, **values}
+        out: dict[str, float | Tensor | dict[str, Tensor]] = {**self.fixed, **values}
+        out.update({name: self.tree(name) for name in self.trees})
         if self.condition:
-            out[CONDITIONING] = torch.stack([values[n] for n in self.names])
+            out[CONDITIONING] = torch.stack([values[n] for n in self.scalar_names])
         return out
 
     def vector(self) -> Tensor:
-        """The learned values as one ``[H]`` tensor (for conditioning a network on them)."""
+        """The learned scalars' values as one ``[H]`` tensor (for conditioning a network on them)."""
         values = self.values()
-        return torch.stack([values[n] for n in self.names]) if values else torch.zeros(0)
+        return torch.stack([values[n] for n in self.scalar_names]) if values else torch.zeros(0)
 
     def reference_vector(self, reference: Mapping[str, float]) -> Tensor:
         """The conditioning input of the outer objective ``[H]``, a constant: ``reference[name]`` where
         given (the outer gamma and lambda), else the learned value, detached."""
         values = self.values()
         return torch.stack([torch.as_tensor(reference[n], dtype=values[n].dtype, device=values[n].device)
-                            if n in reference else values[n].detach() for n in self.names])
+                            if n in reference else values[n].detach() for n in self.scalar_names])
 
     def state_dict(self) -> dict[str, object]:
         """Raw values and bounds, for checkpoints."""

@@ -1,63 +1,88 @@
 """The learner: one functional update ``params', opt_state' = update(params, opt_state, rollout, hparams)``.
 
-The same function serves plain training (``create_graph=False``: the new parameters are fresh
-leaves) and meta-gradients (``create_graph=True``: the new parameters stay a differentiable
-function of the hyperparameters and of the old parameters).
+The same function serves plain training and meta-gradients; how it is differentiated is an
+explicit :class:`UpdateMode`, never inferred from its inputs:
+
+* plain (``UpdateMode()``): the new parameters are fresh leaves, nothing keeps a graph;
+* ``differentiable``: the new parameters stay a differentiable function of the hyperparameters
+  and of the old parameters (``create_graph=True``), for meta-gradients through the update;
+* ``exact_targets`` (with ``differentiable``): what the loss holds fixed (bootstrap values,
+  baselines, importance ratios, PPO's prepared advantages) stays a function of the parameters,
+  left out of the update's gradient only, so derivatives through several updates are exact.
+  Without it the targets are detached, the published semi-gradient form. An estimator asks for it
+  wherever the parameters depend on something it differentiates: after the first update of an
+  unroll, or from the first one when the network is conditioned on meta-learned values.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from rlmeta.hparams import CONDITIONING
+from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
 from rlmeta.optim import Optimizer, global_norm
-from rlmeta.rollout import OutputSplit
+from rlmeta.rollout import ForwardMemo, Params, Rollout
+
+
+@dataclass(frozen=True)
+class UpdateMode:
+    """How an update is differentiated (see the module docstring), and the forward passes it may share."""
+
+    differentiable: bool = False
+    exact_targets: bool = False
+    memo: ForwardMemo | None = None
+
+    def __post_init__(self) -> None:
+        if self.exact_targets and not self.differentiable:
+            raise ValueError("exact_targets needs differentiable=True: without a graph there is nothing to keep exact")
+
+
+PLAIN_UPDATE = UpdateMode()
 
 
 def gradient_step(
-    objective: Any, optimizer: Optimizer, params: dict, opt_state: dict, data: Any, hparams: dict,
-    progress: float = 0.0, create_graph: bool = False,
-) -> tuple[dict, dict, dict[str, float]]:
-    """One optimizer step on ``objective(params, data, hparams, progress)``.
+    objective: Objective, optimizer: Optimizer, params: Params, opt_state: dict, data: Any, hparams: dict,
+    progress: float = 0.0, mode: UpdateMode = PLAIN_UPDATE,
+) -> tuple[Params, dict, dict[str, float]]:
+    """One optimizer step on ``objective(params, data, hparams, progress, context)``.
 
-    An objective may return ``(loss, metrics, restricted)``: ``restricted[prefix]`` is a loss term
-    whose gradient is taken with respect to the parameters named ``prefix...`` only and added to
-    theirs (e.g. an outer critic's value loss, which must not train the layers it shares).
+    The objective's restricted terms (``Loss.restricted[prefix]``) get their gradient with respect
+    to the parameters named ``prefix...`` only, added to theirs.
     """
     keys = list(params)
-    exact = create_graph and _targets_differentiable(params, hparams)
-    if exact and getattr(objective, "supports_output_split", False):
-        # The parameters depend on something (earlier differentiable updates), or the network's
-        # input does (conditioning on meta-learned values): the objective predicts with aliases of
-        # its network outputs and holds the outputs themselves fixed as targets; the gradient is
-        # taken through the aliases only, so the targets stay out of it but remain functions of
-        # `params` and of the conditioning, and derivatives through the update are exact (one
-        # forward pass: see rlmeta.rollout.OutputSplit).
-        split = OutputSplit()
-        result = objective(params, data, hparams, progress, split=split)
+    if mode.exact_targets and not isinstance(objective, MinibatchObjective):
+        # The objective predicts with aliases of its network outputs and holds the outputs
+        # themselves fixed as targets; the gradient is taken through the aliases only, so the
+        # targets stay out of it but remain functions of `params` (and of the conditioning input),
+        # and derivatives through the update are exact (one forward pass: rlmeta.rollout.OutputSplit).
+        context = LossContext(exact=True, memo=mode.memo)
+        split = context.split
+        result = objective(params, data, hparams, progress, context)
 
-        def gradient(term, names, last):
+        def gradient(term: Tensor, names: list[str], last: bool) -> list[Tensor]:
             return split.grads(term, [params[k] for k in names])
-    elif exact:
-        # An objective that does not split its outputs: differentiate it in an alias of the
-        # parameters, so that data computed from `params` beforehand (PPO's prepared advantages
-        # and returns) stays out of this gradient but remains a function of `params`.
+    elif mode.exact_targets:
+        # A minibatch of prepared data: differentiate the loss in an alias of the parameters, so
+        # that the prepared advantages and returns (computed from `params` beforehand) stay out
+        # of this gradient but remain functions of `params`.
         alias = {k: v.view_as(v) for k, v in params.items()}
-        result = objective(alias, data, hparams, progress)
+        result = objective(alias, data, hparams, progress, LossContext(memo=mode.memo))
 
-        def gradient(term, names, last):
+        def gradient(term: Tensor, names: list[str], last: bool) -> list[Tensor]:
             return _grad(term, [alias[k] for k in names], create_graph=True)
     else:
-        # Plain training, or the first update of an unroll from leaf parameters of an
-        # unconditioned network: nothing upstream can see the targets, which are detached.
-        result = objective(params, data, hparams, progress)
+        # Plain training, or a semi-gradient differentiable update: targets detached.
+        result = objective(params, data, hparams, progress, LossContext(memo=mode.memo))
 
-        def gradient(term, names, last):
-            return _grad(term, [params[k] for k in names], create_graph=create_graph, retain=not last)
-    loss, metrics, restricted = result if len(result) == 3 else (*result, {})
+        def gradient(term: Tensor, names: list[str], last: bool) -> list[Tensor]:
+            return _grad(term, [params[k] for k in names], create_graph=mode.differentiable, retain=not last)
+    if not isinstance(result, Loss):
+        raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
+    loss, restricted = result.total, result.restricted
     grads = dict(zip(keys, gradient(loss, keys, not restricted)))
     for i, (prefix, term) in enumerate(restricted.items()):
         names = [k for k in keys if k.startswith(prefix)]
@@ -75,22 +100,22 @@ def gradient_step(
         raise FloatingPointError(f"non-finite gradient norm {norm_value} (loss {loss_value})")
     new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None,
                                              grad_norm=grad_norm)
-    if not create_graph:
+    if not mode.differentiable:
         new_params = {k: v.detach().requires_grad_(True) for k, v in new_params.items()}
         new_state = _detach(new_state)
-    metrics = {**metrics, "loss": loss_value, "grad_norm": norm_value}
+    metrics = {**result.metrics, "loss": loss_value, "grad_norm": norm_value}
     return new_params, new_state, metrics
 
 
 def update(
-    objective: Any, optimizer: Optimizer, params: dict, opt_state: dict, rollout: Any, hparams: dict,
-    progress: float = 0.0, create_graph: bool = False, generator: torch.Generator | None = None,
-) -> tuple[dict, dict, dict[str, float]]:
-    """The learner's update on one rollout: one step, or PPO's epochs x minibatches of steps."""
-    if not hasattr(objective, "prepare"):
-        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, create_graph)
-    keep_graph = create_graph and _targets_differentiable(params, hparams)
-    batch = objective.prepare(params, rollout, hparams, keep_graph=keep_graph)
+    objective: Objective, optimizer: Optimizer, params: Params, opt_state: dict, rollout: Rollout, hparams: dict,
+    progress: float = 0.0, mode: UpdateMode = PLAIN_UPDATE, generator: torch.Generator | None = None,
+) -> tuple[Params, dict, dict[str, float]]:
+    """The learner's update on one rollout: one step, or a :class:`MinibatchObjective`'s
+    ``epochs x minibatches`` steps on its prepared batch (minibatches drawn with ``generator``)."""
+    if not isinstance(objective, MinibatchObjective):
+        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, mode)
+    batch = objective.prepare(params, rollout, hparams, LossContext(exact=mode.exact_targets, memo=mode.memo))
     size = next(iter(batch.values())).shape[0]
     if size < objective.minibatches:
         raise ValueError(f"a rollout of {size} samples cannot make {objective.minibatches} minibatches; "
@@ -102,30 +127,20 @@ def update(
         for start in range(0, per * objective.minibatches, per):
             idx = order[start : start + per]
             minibatch = {k: v[idx] for k, v in batch.items()}
-            params, opt_state, metrics = gradient_step(
-                objective, optimizer, params, opt_state, minibatch, hparams, progress, create_graph
-            )
+            params, opt_state, metrics = gradient_step(objective, optimizer, params, opt_state, minibatch, hparams,
+                                                       progress, mode)
     return params, opt_state, metrics
 
 
-def _grad(term: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool, retain: bool = False) -> list[torch.Tensor]:
+def _grad(term: Tensor, inputs: list[Tensor], create_graph: bool, retain: bool = False) -> list[Tensor]:
     """``d term / d inputs`` (zeros for inputs it does not use)."""
     grads = torch.autograd.grad(term, inputs, create_graph=create_graph, retain_graph=retain or create_graph,
                                 allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
-def _targets_differentiable(params: dict, hparams: dict | None) -> bool:
-    """Whether what a loss holds fixed can depend on something a meta-gradient differentiates:
-    parameters produced by earlier differentiable updates, or a conditioning input that requires grad."""
-    if any(v.grad_fn is not None for v in params.values()):
-        return True
-    conditioning = hparams.get(CONDITIONING) if hparams else None
-    return torch.is_tensor(conditioning) and conditioning.requires_grad
-
-
 def _detach(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
+    if isinstance(tree, Tensor):
         return tree.detach()
     if isinstance(tree, dict):
         return {k: _detach(v) for k, v in tree.items()}

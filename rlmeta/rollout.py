@@ -1,26 +1,83 @@
-"""The ``Rollout``: T steps of B sub-envs as torch tensors, and how to evaluate a policy on it.
+"""The ``Rollout``, the network adapter objectives read, and how a policy is evaluated on a rollout.
 
 A rollout stores what the actor saw and did; values and log-probabilities under the *current*
 parameters are recomputed by :func:`evaluate`, so an objective stays a pure function of
 ``params``. Truncated episodes keep their true final observations (sparse: only the ``(t, b)``
 where a time limit cut the episode), so bootstrapping uses ``V(final_obs)``.
+
+Networks are read through a :class:`PolicyValue` adapter: a functional forward pass that returns
+*named* outputs (``policy``, ``value``, an outer critic's ``outer_value``, or any extra head a
+learned objective asks for by name), a way to make the policy's distribution from them, and
+which outputs are the values. Two losses that evaluate the same parameters on the same rollout
+can share one forward pass through an explicit :class:`ForwardMemo`; exact targets come from one
+forward pass through an :class:`OutputSplit`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Callable, Iterator, NamedTuple
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from rlmeta.hparams import CONDITIONING
+from rlmeta.catalog import CONDITIONING
 
-# policy_value(params, obs [N, ...], hparams) -> (distribution over N actions, values [N]), or values
-# [N, 2] for a network with an outer critic: the critic's, then the outer critic's (see ``Evaluation``).
-PolicyValue = Callable[[dict, Tensor, dict], tuple[Distribution, Tensor]]
+Params = dict[str, Tensor]
+Outputs = Mapping[str, Tensor]  # named network outputs of one forward pass, each [N, ...]
+
+
+class Forward(Protocol):
+    """A network's functional forward pass: ``(params, obs [N, ...], conditioning [H] or None) -> outputs``."""
+
+    def __call__(self, params: Params, obs: Tensor, conditioning: Tensor | None) -> Outputs:
+        """Named outputs, each ``[N, ...]``."""
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyValue:
+    """The network adapter: a policy distribution and named value outputs from one forward pass.
+
+    * ``forward``: the network's functional forward (see :class:`Forward`). Every adapter of one
+      network holds the same ``forward`` object: it is what a :class:`ForwardMemo` shares.
+    * ``distribution``: the policy's distribution over N actions, from the named outputs.
+    * ``value``: the output that gives the critic's values ``[N]``; ``outer_value``: the output of
+      an outer critic the objective also trains (Bonnet et al. 2022; None: no outer critic).
+    * ``extras``: further outputs objectives read (e.g. a learned objective's prediction vector);
+      :func:`evaluate` gives them per step, ``[T, B, ...]``.
+    * ``shares_forward``: the forward reads the hyperparameters through the conditioning input
+      only and is a pure function of ``(params, obs, conditioning)``, so a memo may reuse its
+      outputs between losses (the outer loss passes other hyperparameter values than the inner).
+    """
+
+    forward: Forward
+    distribution: Callable[[Outputs], Distribution]
+    value: str = "value"
+    outer_value: str | None = None
+    extras: tuple[str, ...] = ()
+    shares_forward: bool = True
+
+    def outputs(self, params: Params, obs: Tensor, hparams: Mapping[str, Any] | None) -> Outputs:
+        """The named outputs on ``obs [N, ...]`` (the conditioning input read from ``hparams``)."""
+        return self.forward(params, obs, conditioning(hparams))
+
+    def __call__(self, params: Params, obs: Tensor, hparams: Mapping[str, Any] | None) -> tuple[Distribution, Tensor]:
+        """``(distribution over N actions, values [N])`` on ``obs [N, ...]``."""
+        out = self.outputs(params, obs, hparams)
+        return self.distribution(out), out[self.value]
+
+    def reading(self, value: str = "value", outer_value: str | None = None,
+                extras: tuple[str, ...] | None = None) -> "PolicyValue":
+        """The same network read with other value outputs (or extras); it shares this one's forward passes."""
+        return dataclasses.replace(self, value=value, outer_value=outer_value,
+                                   extras=self.extras if extras is None else tuple(extras))
+
+
+def conditioning(hparams: Mapping[str, Any] | None) -> Tensor | None:
+    """The conditioning input ``[H]`` that ``hparams`` carry for a conditioned network, or None."""
+    return hparams.get(CONDITIONING) if hparams else None
 
 
 class Rollout(NamedTuple):
@@ -54,8 +111,9 @@ class Rollout(NamedTuple):
 class Evaluation(NamedTuple):
     """A policy evaluated on a rollout: ``[T, B]`` log-probs, entropies, values and next values.
 
-    ``outer_values``/``outer_next_values``: the same for the outer critic, where ``policy_value``
-    gives two value columns (Bonnet et al. 2022; see ``rlmeta.objectives.OuterCritic``), else None.
+    ``outer_values``/``outer_next_values``: the same for the outer critic, where the adapter names
+    one (``PolicyValue.outer_value``; see ``rlmeta.objectives.OuterCritic``), else None.
+    ``extras``: the adapter's extra outputs on the rollout's observations, ``[T, B, ...]``.
     """
 
     logp: Tensor
@@ -66,15 +124,21 @@ class Evaluation(NamedTuple):
     dist: Distribution
     outer_values: Tensor | None = None
     outer_next_values: Tensor | None = None
+    extras: Mapping[str, Tensor] = {}
 
     def detached(self) -> "Evaluation":
         """The same evaluation with every tensor held fixed (the semi-gradient's targets)."""
-        return self._replace(**{k: v.detach() for k, v in self._asdict().items() if isinstance(v, Tensor)})
+        fields = {k: v.detach() for k, v in self._asdict().items() if isinstance(v, Tensor)}
+        return self._replace(**fields, extras={k: v.detach() for k, v in self.extras.items()})
 
 
-def evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> Evaluation:
-    """Run the network once on every observation of the rollout (plus bootstrap and final ones)."""
-    return _evaluation(*_forward(policy_value, params, rollout, hparams), rollout)
+def evaluate(policy_value: PolicyValue, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
+             memo: "ForwardMemo | None" = None) -> Evaluation:
+    """Run the network once on every observation of the rollout (plus bootstrap and final ones).
+
+    ``memo``: reuse (or record) the outputs of this very evaluation (see :class:`ForwardMemo`).
+    """
+    return _evaluation(policy_value, _forward(policy_value, params, rollout, hparams, memo), rollout)
 
 
 class OutputSplit:
@@ -108,13 +172,13 @@ class OutputSplit:
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def evaluate_split(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict,
-                   split: OutputSplit) -> tuple[Evaluation, Evaluation]:
+def evaluate_split(policy_value: PolicyValue, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
+                   split: OutputSplit, memo: "ForwardMemo | None" = None) -> tuple[Evaluation, Evaluation]:
     """One forward pass, two evaluations: predictions from aliases (recorded in ``split``) and the
     targets' evaluation from the outputs themselves (see :class:`OutputSplit`)."""
-    dist_all, values_all = _forward(policy_value, params, rollout, hparams)
-    predictions = _evaluation(_alias_distribution(dist_all, split), split.alias(values_all), rollout)
-    return predictions, _evaluation(dist_all, values_all, rollout)
+    outputs = _forward(policy_value, params, rollout, hparams, memo)
+    aliased = {name: split.alias(value) for name, value in outputs.items()}
+    return _evaluation(policy_value, aliased, rollout), _evaluation(policy_value, outputs, rollout)
 
 
 class ForwardMemo:
@@ -123,52 +187,43 @@ class ForwardMemo:
     A meta-gradient unroll evaluates the agent twice at several points: the outer loss of the
     parameters after k updates is taken on rollout k, from which the next inner update then
     learns with the same parameters (within a mixed unroll, and from one meta-update to the next
-    when the outer loss's rollout is reused). While a memo is active (``with memo.active():``),
-    :func:`evaluate` and :func:`evaluate_split` run the network once per (``policy_value``,
-    parameter tensors, rollout, conditioning input) and give every loss the same outputs: one
-    graph with several consumers, so derivatives are unchanged.
+    when the outer loss's rollout is reused). The estimator passes one memo to every loss of an
+    unroll (the learner's ``UpdateMode.memo``, the outer loss's ``LossContext.memo``); given it,
+    :func:`evaluate` and :func:`evaluate_split` run the network once per (``forward``, parameter
+    tensors, rollout, conditioning input) and give every loss the same outputs: one graph with
+    several consumers, so derivatives are unchanged.
 
-    Only a ``policy_value`` with ``shares_forward = True`` takes part: it declares that it reads
-    ``hparams`` through the conditioning input only (``agents.actor.make_policy_value``'s do),
-    since the outer loss passes other hyperparameter values than the inner one. One with a
-    ``forward_source = (network, select)`` shares the raw ``network`` outputs with every other
-    ``policy_value`` of the same source (e.g. a learner's reading both critics and an outer loss's
-    reading the outer critic) and applies its own ``select`` to them.
+    Only a :class:`PolicyValue` with ``shares_forward`` takes part. All adapters of one network
+    hold the same ``forward``, so a learner reading both critics and an outer loss reading the
+    outer critic share one evaluation. Entries are compared by identity (the key holds its
+    objects, so their identities stay theirs).
     """
 
     def __init__(self) -> None:
-        self._entries: list[tuple[tuple, Any]] = []
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator["ForwardMemo"]:
-        """Make this memo the one :func:`evaluate` consults, for the ``with`` block."""
-        token = _ACTIVE_MEMO.set(self)
-        try:
-            yield self
-        finally:
-            _ACTIVE_MEMO.reset(token)
+        self._entries: list[tuple[tuple, Outputs]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @staticmethod
-    def _key(source: Callable, params: dict, rollout: Rollout, hparams: dict | None) -> tuple:
-        conditioning = hparams.get(CONDITIONING) if isinstance(hparams, dict) else None
-        return (source, rollout, conditioning, *params.values())
+    def _key(forward: Forward, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None) -> tuple:
+        return (forward, rollout, conditioning(hparams), *params.values())
 
-    def lookup(self, source: Callable, params: dict, rollout: Rollout, hparams: dict | None) -> Any:
-        """The stored outputs of ``source`` for these very objects (compared by identity), or None."""
-        key = self._key(source, params, rollout, hparams)
+    def lookup(self, forward: Forward, params: Params, rollout: Rollout,
+               hparams: Mapping[str, Any] | None) -> Outputs | None:
+        """The stored outputs of ``forward`` for these very objects (compared by identity), or None."""
+        key = self._key(forward, params, rollout, hparams)
         for stored, outputs in self._entries:
             if len(stored) == len(key) and all(a is b for a, b in zip(stored, key)):
                 return outputs
         return None
 
-    def store(self, source: Callable, params: dict, rollout: Rollout, hparams: dict | None, outputs: Any) -> None:
-        """Remember the ``outputs`` of ``source`` (the key's objects are held, so their identities stay theirs)."""
-        self._entries.append((self._key(source, params, rollout, hparams), outputs))
+    def store(self, forward: Forward, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
+              outputs: Outputs) -> None:
+        """Remember the ``outputs`` of ``forward`` on these objects."""
+        self._entries.append((self._key(forward, params, rollout, hparams), outputs))
 
-    def keep_only(self, params: dict, rollout: Rollout) -> "ForwardMemo":
+    def keep_only(self, params: Params, rollout: Rollout) -> "ForwardMemo":
         """A memo with only the entries of ``params`` on ``rollout`` (what a next meta-update can reuse)."""
         kept = ForwardMemo()
         tensors = list(params.values())
@@ -178,58 +233,59 @@ class ForwardMemo:
         return kept
 
 
-_ACTIVE_MEMO: contextvars.ContextVar[ForwardMemo | None] = contextvars.ContextVar("rlmeta_forward_memo", default=None)
-
-
-def _forward(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: dict) -> tuple[Distribution, Tensor]:
-    """The network on every observation of the rollout, then its bootstrap and final observations
-    (reused from the active :class:`ForwardMemo` where it has them)."""
-    memo = _ACTIVE_MEMO.get() if getattr(policy_value, "shares_forward", False) else None
-    if memo is None:
-        return policy_value(params, _observations(rollout), hparams)
-    # A policy_value may name a forward_source (network, select): the raw network outputs, shared by
-    # every policy_value of that network, and how it reads its (distribution, values) from them.
-    network, select = getattr(policy_value, "forward_source", (policy_value, None))
-    outputs = memo.lookup(network, params, rollout, hparams)
+def _forward(policy_value: PolicyValue, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
+             memo: ForwardMemo | None) -> Outputs:
+    """The named outputs on every observation of the rollout, then its bootstrap and final
+    observations (reused from ``memo`` where it has them)."""
+    if memo is None or not policy_value.shares_forward:
+        return policy_value.outputs(params, observations(rollout), hparams)
+    outputs = memo.lookup(policy_value.forward, params, rollout, hparams)
     if outputs is None:
-        outputs = network(params, _observations(rollout), hparams)
-        memo.store(network, params, rollout, hparams, outputs)
-    return outputs if select is None else select(outputs)
+        outputs = policy_value.outputs(params, observations(rollout), hparams)
+        memo.store(policy_value.forward, params, rollout, hparams, outputs)
+    return outputs
 
 
-def _observations(rollout: Rollout) -> Tensor:
-    """Every observation of the rollout, then its bootstrap and final observations, flat."""
+def observations(rollout: Rollout) -> Tensor:
+    """Every observation of the rollout, then its bootstrap and final observations, flat ``[T*B + B + N, ...]``."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     obs_shape = rollout.obs.shape[2:]
     flat = rollout.obs.reshape(num_steps * num_envs, *obs_shape)
     return torch.cat([flat, rollout.last_obs, rollout.final_obs.reshape(-1, *obs_shape)], dim=0)
 
 
-def _evaluation(dist_all: Distribution, values_all: Tensor, rollout: Rollout) -> Evaluation:
+def _evaluation(policy_value: PolicyValue, outputs: Outputs, rollout: Rollout) -> Evaluation:
     """Log-probs, entropies, values and next values ``[T, B]`` from the outputs of :func:`_forward`."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     n = num_steps * num_envs
-    if values_all.dim() == 2 and values_all.shape[-1] == 2:  # critic and outer critic
-        values, next_values = _values_and_next(values_all[:, 0], rollout)
-        outer = _values_and_next(values_all[:, 1], rollout)
-    elif values_all.dim() == 1:
-        values, next_values = _values_and_next(values_all, rollout)
-        outer = (None, None)
-    else:
-        raise ValueError(f"policy_value must give values of shape [N] or [N, 2], got {tuple(values_all.shape)}")
+    values, next_values = _values_and_next(_named(outputs, policy_value.value), rollout)
+    outer = (None, None)
+    if policy_value.outer_value is not None:
+        outer = _values_and_next(_named(outputs, policy_value.outer_value), rollout)
     # The distribution over the rollout's own observations only.
-    dist = _slice_distribution(dist_all, n)
+    dist = policy_value.distribution({k: v[:n] for k, v in outputs.items()})
     actions = rollout.actions.reshape(n, *rollout.actions.shape[2:])
     logp = dist.log_prob(actions).reshape(num_steps, num_envs)
     entropy = dist.entropy().reshape(num_steps, num_envs)
     continues = 1.0 - torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
-    return Evaluation(logp, entropy, values, next_values, continues, dist, *outer)
+    extras = {name: _named(outputs, name)[:n].reshape(num_steps, num_envs, *outputs[name].shape[1:])
+              for name in policy_value.extras}
+    return Evaluation(logp, entropy, values, next_values, continues, dist, *outer, extras=extras)
+
+
+def _named(outputs: Outputs, name: str) -> Tensor:
+    """``outputs[name]``, or a ValueError naming the outputs the network has."""
+    if name not in outputs:
+        raise ValueError(f"the network has no output named {name!r}; it gives {sorted(outputs)}")
+    return outputs[name]
 
 
 def _values_and_next(values_all: Tensor, rollout: Rollout) -> tuple[Tensor, Tensor]:
     """``[T, B]`` values and next values (bootstrap and true final values spliced in) from ``[N]`` outputs."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     n = num_steps * num_envs
+    if values_all.dim() != 1:
+        raise ValueError(f"a value output must have shape [N], got {tuple(values_all.shape)}")
     values = values_all[:n].reshape(num_steps, num_envs)
     bootstrap = values_all[n : n + num_envs]
     final_values = values_all[n + num_envs :]
@@ -237,26 +293,3 @@ def _values_and_next(values_all: Tensor, rollout: Rollout) -> tuple[Tensor, Tens
     if rollout.final_index.numel():
         next_values = next_values.index_copy(0, rollout.final_index, final_values)
     return values, next_values.reshape(num_steps, num_envs)
-
-
-def _alias_distribution(dist: Distribution, split: OutputSplit) -> Distribution:
-    """The same distribution, built on aliases of its parameters."""
-    return _map_distribution(dist, split.alias)
-
-
-def _slice_distribution(dist: Distribution, n: int) -> Distribution:
-    """The first ``n`` rows of a batched distribution."""
-    return _map_distribution(dist, lambda t: t[:n])
-
-
-def _map_distribution(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution:
-    """A Categorical or Independent(Normal) distribution with ``fn`` applied to each parameter tensor."""
-    from torch.distributions import Categorical, Independent, Normal
-
-    if isinstance(dist, Categorical):
-        return Categorical(logits=fn(dist.logits), validate_args=False)
-    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
-        base = dist.base_dist
-        return Independent(Normal(fn(base.loc), fn(base.scale), validate_args=False), dist.reinterpreted_batch_ndims,
-                           validate_args=False)
-    raise TypeError(f"unsupported distribution {type(dist).__name__}")

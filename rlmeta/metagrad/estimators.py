@@ -38,25 +38,48 @@ through the unroll; the meta-gradient is the same.
 
 Rollouts come from ``collect(params) -> Rollout``, called with detached parameters whenever the
 unroll needs the next one (rollout k is collected by the agent after k updates, as online), so
-fixed rollouts can be fed for exactness tests. The inner update is the learner's:
-``inner_update(params, opt_state, rollout, hparams, create_graph) -> (params, opt_state)``.
+fixed rollouts can be fed for exactness tests. The inner update is the learner's (see
+:class:`InnerUpdate`); the estimator tells it, per update, how it is differentiated
+(``rlmeta.learner.UpdateMode``): exact targets wherever the parameters depend on the
+meta-parameters (after the first update of an unroll, or from the first one for an agent
+conditioned on them), unless the estimator was made with ``exact=False``, the published
+semi-gradient form, whose targets are always detached.
+
+Meta-parameters (``rlmeta.hparams.MetaParams``) are a dict of tensors: named bounded scalars and
+whole parameter trees alike; ``MetaGradient.grads`` has one entry per raw tensor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
 from rlmeta.catalog import check_num_updates, mixing_weights
 from rlmeta.hparams import MetaParams
-from rlmeta.rollout import ForwardMemo
+from rlmeta.learner import UpdateMode
+from rlmeta.objectives.base import LossContext
+from rlmeta.rollout import ForwardMemo, Params, Rollout
 
-InnerUpdate = Callable[[dict, Any, Any, dict, bool], tuple[dict, Any]]
-OuterLoss = Callable[[dict, Any, dict | None], Tensor]  # (params, rollout, params before the update) -> loss
-Collect = Callable[[dict], Any]
+
+class InnerUpdate(Protocol):
+    """The learner's update as an estimator calls it: ``(params, opt_state, rollout, hparams, mode)``."""
+
+    def __call__(self, params: Params, opt_state: Any, rollout: Rollout, hparams: dict, mode: UpdateMode
+                 ) -> tuple[Params, Any]:
+        """The parameters and optimizer state after one update on ``rollout``."""
+
+
+class OuterLoss(Protocol):
+    """The outer loss (e.g. :class:`~rlmeta.metagrad.OuterObjective`): ``(params, rollout, previous, context)``."""
+
+    def __call__(self, params: Params, rollout: Rollout, previous: Params | None, context: LossContext) -> Tensor:
+        """The outer loss of ``params`` on ``rollout`` (``previous``: the parameters before the last update)."""
+
+
+Collect = Callable[[Params], Rollout]
 
 
 @dataclass
@@ -76,8 +99,8 @@ class MetaGradient:
         return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in self.grads.values())))
 
     def vector(self) -> Tensor:
-        """The meta-gradient as one vector, in the meta-parameters' order."""
-        return torch.stack([g.detach().reshape(()) for g in self.grads.values()])
+        """The meta-gradient as one flat vector, in the meta-parameters' order (trees flattened)."""
+        return torch.cat([g.detach().reshape(-1) for g in self.grads.values()])
 
 
 def _detach(tree: Any) -> Any:
@@ -117,15 +140,23 @@ class Estimator:
     shares_final_forward = True  # L_K is the outer loss on a fresh rollout (see _estimate)
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int = 1,
-                 recompute: bool = False, generator: torch.Generator | None = None):
+                 recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True):
         self._carried: ForwardMemo | None = None  # the last L_K's forward, for the next first update
         self.inner_update = inner_update
         self.outer_loss = outer_loss
         self.num_updates = check_num_updates(num_updates)
-        if not isinstance(recompute, bool):
-            raise ValueError(f"recompute must be True or False, got {recompute!r}")
+        for name, flag in (("recompute", recompute), ("exact", exact)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.recompute = recompute
+        self.exact = exact  # False: the semi-gradient form (targets detached in every inner loss)
         self.generator = generator  # the inner updates' random numbers (replayed when recomputing)
+
+    def mode(self, differentiable: bool, upstream: bool, memo: ForwardMemo | None = None) -> UpdateMode:
+        """How an inner update is differentiated: ``upstream`` says whether its parameters or its
+        network input already depend on the meta-parameters (then its targets must stay exact)."""
+        exact = self.exact and differentiable and upstream
+        return UpdateMode(differentiable=differentiable, exact_targets=exact, memo=memo)
 
     def weights(self) -> list[float]:
         """Weight of ``L_k`` (outer loss after k updates) in the meta-loss, k = 1..K."""
@@ -146,13 +177,11 @@ class Estimator:
             return self._estimate_recomputing(meta, params, opt_state, collect, first_rollout)
         carried, self._carried = self._carried, None
         memo = carried if carried is not None and self._continues(carried, params, first_rollout) else ForwardMemo()
-        with memo.active():
-            return self._estimate(meta, params if len(memo) else _leaves(params), opt_state, collect, first_rollout,
-                                  memo)
+        return self._estimate(meta, params if len(memo) else _leaves(params), opt_state, collect, first_rollout, memo)
 
     def _estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect, first_rollout: Any,
                   memo: ForwardMemo) -> MetaGradient:
-        """The full unroll (``estimate`` without ``recompute``), inside an active forward memo."""
+        """The full unroll (``estimate`` without ``recompute``); every loss shares forward passes through ``memo``."""
         hparams = meta.hparams()
         weights = self.weights()
         keep_from = self.num_updates - self.truncation()
@@ -160,7 +189,7 @@ class Estimator:
         outer_losses: list[float] = []
         used = 0
         previous = None
-        self._last_fresh = None
+        context = LossContext(memo=memo)
         for k in range(self.num_updates):
             if k == 0 and first_rollout is not None:
                 rollout = first_rollout
@@ -168,7 +197,7 @@ class Estimator:
                 rollout = collect(_detach(params))
                 used += 1
             if k > 0 and weights[k - 1]:
-                loss = self.outer_loss(params, rollout, previous)
+                loss = self.outer_loss(params, rollout, previous, context)
                 outer_losses.append(float(loss.detach()))
                 meta_loss = meta_loss + weights[k - 1] * loss
             differentiable = k >= keep_from
@@ -177,21 +206,22 @@ class Estimator:
                 params, opt_state = (_leaves(params) if k else params), _detach(opt_state)
             previous = _detach(params)
             step_hparams = hparams if differentiable else _detach(hparams)
-            params, opt_state = self.inner_update(params, opt_state, rollout, step_hparams, differentiable)
+            mode = self.mode(differentiable, upstream=k > keep_from or meta.condition, memo=memo)
+            params, opt_state = self.inner_update(params, opt_state, rollout, step_hparams, mode)
         if self.shares_final_forward:
             # L_K at leaf copies of the parameters: its gradient there, pushed through the unroll
             # (sum of params * gradient has the same derivative in eta), gives the same meta-gradient,
             # and its forward pass stays for the next meta-update's first inner update, which learns
             # from the same rollout with the same parameters.
             final_params = _leaves(params)
-            final, used = self.final_loss(final_params, opt_state, previous, collect, used)
+            final, used, fresh = self.final_loss(final_params, opt_state, previous, collect, used, memo)
             keys = [n for n in final_params if params[n].requires_grad]
             outer_grads = torch.autograd.grad(final, [final_params[n] for n in keys], retain_graph=True,
                                               allow_unused=True)
             through = sum((params[n] * g).sum() for n, g in zip(keys, outer_grads) if g is not None)
-            self._carried = memo.keep_only(final_params, self._last_fresh)
+            self._carried = memo.keep_only(final_params, fresh)
         else:
-            final, used = self.final_loss(params, opt_state, previous, collect, used)
+            final, used, fresh = self.final_loss(params, opt_state, previous, collect, used, memo)
             final_params, through = _leaves(params), final
         outer_losses.append(float(final.detach()))
         meta_value = float((meta_loss + weights[-1] * final).detach())
@@ -203,7 +233,7 @@ class Estimator:
         else:  # nothing depends on the meta-parameters (e.g. every update sits before the truncation)
             grads = (None,) * len(raw)
         grads = {n: torch.zeros_like(meta.raw[n]) if g is None else g for n, g in zip(names, grads)}
-        return MetaGradient(grads, final_params, _detach(opt_state), meta_value, outer_losses, used, self._last_fresh)
+        return MetaGradient(grads, final_params, _detach(opt_state), meta_value, outer_losses, used, fresh)
 
     def _continues(self, memo: ForwardMemo, params: dict, first_rollout: Any) -> bool:
         """Whether ``memo`` (carried from the last estimate) holds ``params`` on ``first_rollout``."""
@@ -228,10 +258,9 @@ class Estimator:
                 rollout = collect(_detach(params))
                 used += 1
             starts.append((_detach(params), _detach(opt_state), rollout, self._rng_state()))
-            params, opt_state = self.inner_update(params, opt_state, rollout, frozen, False)
+            params, opt_state = self.inner_update(params, opt_state, rollout, frozen, self.mode(False, False))
             params, opt_state = _leaves(params), _detach(opt_state)
-        self._last_fresh = None
-        final, used = self.final_loss(params, opt_state, starts[-1][0], collect, used)
+        final, used, fresh = self.final_loss(params, opt_state, starts[-1][0], collect, used, None)
         after = self._rng_state()
         inputs = list(params.values()) + raw
         grads = torch.autograd.grad(weights[-1] * final, inputs, allow_unused=True)
@@ -245,18 +274,16 @@ class Estimator:
             self._set_rng_state(rng)
             first = k == keep_from  # nothing upstream of it carries meta-gradient
             leaves = _leaves(start)
-            # A view has a grad_fn: the learner then keeps the targets a function of the parameters,
-            # as for any update after the first of an unroll.
-            source = leaves if first else {n: v.view_as(v) for n, v in leaves.items()}
             state_in = state if first else _leaf_state(state)
-            new_params, new_state = self.inner_update(source, state_in, rollout, meta.hparams(), True)
+            mode = self.mode(True, upstream=not first or meta.condition)
+            new_params, new_state = self.inner_update(leaves, state_in, rollout, meta.hparams(), mode)
             total = sum((new_params[n] * params_bar[n]).sum() for n in new_params if params_bar[n] is not None)
             if state_bar is not None:
                 for t, bar in zip(_state_tensors(new_state), state_bar):
                     if bar is not None and t.requires_grad:
                         total = total + (t * bar).sum()
             if not first and k > 0 and weights[k - 1]:
-                loss = self.outer_loss(source, rollout, starts[k - 1][0])
+                loss = self.outer_loss(leaves, rollout, starts[k - 1][0], LossContext())
                 outer_losses[k] = float(loss.detach())
                 total = total + weights[k - 1] * loss
             wrt = ([] if first else list(leaves.values()) + _state_tensors(state_in)) + raw
@@ -274,11 +301,11 @@ class Estimator:
         for k in range(1, keep_from + 1):
             if weights[k - 1]:
                 with torch.no_grad():
-                    outer_losses[k] = float(self.outer_loss(starts[k][0], starts[k][2], starts[k - 1][0]))
+                    outer_losses[k] = float(self.outer_loss(starts[k][0], starts[k][2], starts[k - 1][0], LossContext()))
         meta_loss = sum(weights[k - 1] * v for k, v in outer_losses.items())
         result = {n: torch.zeros_like(meta.raw[n]) if g is None else g.detach() for n, g in zip(names, meta_bar)}
         return MetaGradient(result, _leaves(params), _detach(opt_state), float(meta_loss),
-                            [outer_losses[k] for k in sorted(outer_losses)], used, self._last_fresh)
+                            [outer_losses[k] for k in sorted(outer_losses)], used, fresh)
 
     def _rng_state(self) -> Tensor | None:
         return None if self.generator is None else self.generator.get_state()
@@ -287,11 +314,12 @@ class Estimator:
         if state is not None:
             self.generator.set_state(state)  # type: ignore[union-attr]
 
-    def final_loss(self, params: dict, opt_state: Any, previous: dict | None, collect: Collect, used: int):
-        """``L_K``: the outer loss on a fresh rollout after the K-th update."""
+    def final_loss(self, params: Params, opt_state: Any, previous: Params | None, collect: Collect, used: int,
+                   memo: ForwardMemo | None) -> tuple[Tensor, int, Rollout | None]:
+        """``L_K``: the outer loss on a fresh rollout after the K-th update; also the rollouts used so
+        far and that fresh rollout (the next estimate's first, None where there is none to reuse)."""
         rollout = collect(_detach(params))
-        self._last_fresh = rollout
-        return self.outer_loss(params, rollout, previous), used + 1
+        return self.outer_loss(params, rollout, previous, LossContext(memo=memo)), used + 1, rollout
 
 
 class OneStep(Estimator):
@@ -300,8 +328,8 @@ class OneStep(Estimator):
     name = "one-step"
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, recompute: bool = False,
-                 generator: torch.Generator | None = None):
-        super().__init__(inner_update, outer_loss, 1, recompute, generator)
+                 generator: torch.Generator | None = None, exact: bool = True):
+        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact)
 
 
 class MultiStep(Estimator):
@@ -310,8 +338,9 @@ class MultiStep(Estimator):
     name = "multi-step"
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
-                 truncation: int | None = None, recompute: bool = False, generator: torch.Generator | None = None):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator)
+                 truncation: int | None = None, recompute: bool = False, generator: torch.Generator | None = None,
+                 exact: bool = True):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact)
         if truncation is not None and not (isinstance(truncation, int) and 1 <= truncation <= num_updates):
             raise ValueError(f"truncation must be an integer in [1, K={num_updates}] or None, got {truncation!r}")
         self._truncation = truncation or num_updates
@@ -327,8 +356,8 @@ class Mixed(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  weights: str | Sequence[float] = "uniform", decay: float = 0.5, recompute: bool = False,
-                 generator: torch.Generator | None = None):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator)
+                 generator: torch.Generator | None = None, exact: bool = True):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact)
         self._weights = mixing_weights(num_updates, weights, decay)
 
     def weights(self) -> list[float]:
@@ -349,8 +378,8 @@ class Bootstrapped(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,
-                 recompute: bool = False, generator: torch.Generator | None = None):
-        super().__init__(inner_update, lambda p, r, prev: torch.zeros(()), num_updates, recompute, generator)
+                 recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True):
+        super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact)
         if not isinstance(target_updates, int) or target_updates < 1:
             raise ValueError(f"target_updates (L) must be an integer >= 1, got {target_updates!r}")
         if not value_cost >= 0:
@@ -366,18 +395,20 @@ class Bootstrapped(Estimator):
         self._current_hparams = _detach(meta.hparams())
         return super().estimate(meta, params, opt_state, collect, first_rollout)
 
-    def final_loss(self, params: dict, opt_state: Any, previous: dict | None, collect: Collect, used: int):
-        """``KL(pi_target || pi_K)`` (+ value term) after L non-differentiated target updates."""
+    def final_loss(self, params: Params, opt_state: Any, previous: Params | None, collect: Collect, used: int,
+                   memo: ForwardMemo | None) -> tuple[Tensor, int, Rollout | None]:
+        """``KL(pi_target || pi_K)`` (+ value term) after L non-differentiated target updates (no
+        rollout to reuse: the target's last one was collected by other parameters)."""
         hparams = self.target_hparams if self.target_hparams is not None else self._current_hparams
         target, state = _leaves(params), _detach(opt_state)
         rollout = None
         for _ in range(self.target_updates):
             rollout = collect(_detach(target))
             used += 1
-            target, state = self.inner_update(target, state, rollout, hparams, False)
+            target, state = self.inner_update(target, state, rollout, hparams, self.mode(False, False))
             target = _leaves(target)
         obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
-        return self.match(params, _detach(target), obs, hparams), used
+        return self.match(params, _detach(target), obs, hparams), used, None
 
     def match(self, params: dict, target: dict, obs: Tensor, hparams: dict) -> Tensor:
         """The matching loss: ``KL(pi_target || pi_params)`` (+ value term) on ``obs`` (target held fixed)."""
@@ -388,6 +419,11 @@ class Bootstrapped(Estimator):
         if self.value_cost:
             loss = loss + self.value_cost * 0.5 * ((target_values - values) ** 2).mean()
         return loss
+
+
+def _no_outer_loss(params: Params, rollout: Rollout, previous: Params | None, context: LossContext) -> Tensor:
+    """BMG has no outer loss after intermediate updates (its weights put all mass on the matching loss)."""
+    return torch.zeros(())
 
 
 ESTIMATORS = {"one-step": OneStep, "multi-step": MultiStep, "mixed": Mixed, "bootstrapped": Bootstrapped}

@@ -16,18 +16,24 @@ as its input, as Xu et al. (2018, section 1.4) do: ``conditioning()`` returns th
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
-from typing import Callable
-
-from rlmeta.hparams import CONDITIONING
+from rlmeta.catalog import CONDITIONING
 from rlmeta.objectives.actor_critic import A2C, VTraceActorCritic
-from rlmeta.rollout import PolicyValue, Rollout, evaluate
+from rlmeta.objectives.base import PLAIN, LossContext
+from rlmeta.rollout import Params, PolicyValue, Rollout
 
 
 class OuterObjective:
-    """``outer(params, rollout, previous_params=None) -> loss`` with reference hyperparameters."""
+    """``outer(params, rollout, previous=None, context) -> loss`` with reference hyperparameters.
+
+    The protocol of an outer loss (what the estimators call): the parameters after an inner
+    update, the rollout it is judged on, the parameters before that update (None where there are
+    none), and a ``LossContext`` whose memo shares forward passes with the inner updates.
+    """
 
     def __init__(self, policy_value: PolicyValue, gamma: float = 0.99, lambda_: float = 1.0,
                  value_cost: float = 0.0, entropy_cost: float = 0.0, kl_cost: float = 0.0, vtrace: bool = False,
@@ -48,19 +54,20 @@ class OuterObjective:
         self._actor_critic = (VTraceActorCritic(policy_value, rho_bar=rho_bar, c_bar=c_bar, pg_rho_bar=pg_rho_bar)
                               if vtrace else A2C(policy_value))
 
-    def __call__(self, params: dict, rollout: Rollout, previous: dict | None = None) -> Tensor:
+    def __call__(self, params: Params, rollout: Rollout, previous: Params | None = None,
+                 context: LossContext = PLAIN) -> Tensor:
         """The outer loss of ``params`` on ``rollout`` (``previous``: parameters before the last update)."""
         reference = self.reference
         if self.conditioning is not None:
             reference = {**reference, CONDITIONING: self.conditioning()}
-        loss, _ = self._actor_critic(params, rollout, reference)
+        loss = self._actor_critic(params, rollout, reference, 0.0, context).total
         if self.kl_cost and previous is not None:
             obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
             with torch.no_grad():
                 before, _ = self.policy_value(previous, obs, reference)
-            # The updated policy on the rollout's states: the loss's own forward pass where a
-            # ForwardMemo is active (rlmeta.rollout), a new one otherwise.
-            after = evaluate(self.policy_value, params, rollout, reference).dist
+            # The updated policy on the rollout's states: the loss's own forward pass where the
+            # context has a memo (rlmeta.rollout.ForwardMemo), a new one otherwise.
+            after = context.evaluate_once(self.policy_value, params, rollout, reference).dist
             loss = loss + self.kl_cost * torch.distributions.kl_divergence(before, after).mean()
         return loss
 

@@ -1,13 +1,10 @@
 """Hand-written actor-critic objectives: A2C, IMPALA's V-trace actor-critic, and PPO.
 
-Each is a callable ``objective(params, rollout, hparams, progress) -> (loss, metrics)``, or
-``(loss, metrics, restricted)`` where ``restricted`` maps a parameter-name prefix to a loss term
-whose gradient may reach only the parameters so named (the learner adds those gradients; see
-``OuterCritic.head``). Each is a pure
-function of the parameters (a dict of tensors) and of the hyperparameters, which may be tensors
-that require grad (meta-gradients flow through gamma and lambda inside the returns, and through
-the loss weights). ``policy_value(params, obs, hparams) -> (distribution, values)`` runs the
-network; see :mod:`rlmeta.rollout`.
+Each is an :class:`~rlmeta.objectives.base.Objective`: ``objective(params, data, hparams, progress,
+context) -> Loss``, a pure function of the parameters (a dict of tensors) and of the
+hyperparameters, which may be tensors that require grad (meta-gradients flow through gamma and
+lambda inside the returns, and through the loss weights). The network is read through a
+``rlmeta.rollout.PolicyValue`` adapter; the ``LossContext`` says whether targets are exact.
 
 References: Mnih et al. (2016), "Asynchronous Methods for Deep RL" (A2C/A3C); Espeholt et al.
 (2018), "IMPALA"; Schulman et al. (2017), "Proximal Policy Optimization Algorithms".
@@ -16,25 +13,17 @@ References: Mnih et al. (2016), "Asynchronous Methods for Deep RL" (A2C/A3C); Es
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor
 
+from rlmeta.catalog import DEFAULTS
+from rlmeta.objectives.base import PLAIN, HParams, Loss, LossContext, MinibatchObjective, Objective
 from rlmeta.returns import generalized_advantages, lambda_returns, vtrace
-from rlmeta.rollout import Evaluation, OutputSplit, PolicyValue, Rollout, evaluate, evaluate_split
+from rlmeta.rollout import Evaluation, Params, PolicyValue, Rollout
 
-# Hyperparameters every objective reads; missing ones take these values.
-DEFAULT_HPARAMS: dict[str, float] = {
-    "gamma": 0.99,
-    "lambda": 0.95,
-    "policy_cost": 1.0,
-    "value_cost": 0.5,
-    "entropy_cost": 0.01,
-    "vtrace_alpha": 1.0,
-}
-
-HParams = Mapping[str, float | Tensor]
+# Hyperparameters every objective reads; missing ones take these values (rlmeta.catalog's table).
+DEFAULT_HPARAMS: dict[str, float] = DEFAULTS
 
 
 def _hp(hparams: HParams, name: str) -> float | Tensor:
@@ -81,50 +70,49 @@ class OuterCritic:
         if self.head is not None and not (isinstance(self.head, str) and self.head):
             raise ValueError(f"outer critic head must be a non-empty parameter-name prefix or None, got {self.head!r}")
 
-    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, float]):
-        """``loss`` with ``cost * term`` added, or ``(loss, metrics, {head: cost * term})`` (see ``head``)."""
+    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, float]) -> Loss:
+        """``loss`` with ``cost * term`` added, or with ``cost * term`` restricted to ``head`` (see ``head``)."""
         metrics["outer_value_loss"] = float(term.detach())
         if self.head is None:
-            return loss + self.cost * term, metrics
-        return loss, metrics, {self.head: self.cost * term}
+            return Loss(loss + self.cost * term, metrics)
+        return Loss(loss, metrics, {self.head: self.cost * term})
+
+    def check(self, policy_value: PolicyValue) -> None:
+        """Raise ValueError, before any work, unless the adapter names the outer critic's values."""
+        if policy_value.outer_value is None:
+            raise ValueError("this objective trains an outer critic, but its policy_value reads no outer critic: use "
+                             "make_policy_value(net, 'both') with a network built with outer_critic=True")
 
     def discounts(self, rollout: Rollout) -> Tensor:
         """``gamma * (1 - terminated)`` with the reference discount."""
         return self.gamma * (1.0 - rollout.terminated)
 
-    def check(self, ev: Evaluation) -> None:
-        """Raise unless ``policy_value`` gave the outer critic's values too."""
-        if ev.outer_values is None:
-            raise ValueError("this objective trains an outer critic, but policy_value gives one value column: use "
-                             "make_policy_value(net, 'both') with a network built with outer_critic=True")
-
     def loss(self, ev: Evaluation, fixed: Evaluation, rollout: Rollout) -> Tensor:
         """``0.5 (G' - V')^2`` with TD(lambda) targets ``G'`` (A2C)."""
-        self.check(ev)
         targets = lambda_returns(rollout.rewards, self.discounts(rollout), fixed.outer_next_values, ev.continues,
                                  self.lambda_)
         return 0.5 * ((targets - ev.outer_values) ** 2).mean()
 
 
-class A2C:
+class A2C(Objective):
     """Advantage actor-critic with lambda-returns (``lambda=1``: n-step returns to the horizon)."""
 
     def __init__(self, policy_value: PolicyValue, normalize_advantages: bool = False,
                  outer_critic: OuterCritic | None = None):
+        if outer_critic is not None:
+            outer_critic.check(policy_value)
         self.policy_value = policy_value
         self.normalize_advantages = normalize_advantages
         self.outer_critic = outer_critic
 
-    supports_output_split = True
-
-    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
-                 split: OutputSplit | None = None):
+    def __call__(self, params: Params, rollout: Rollout, hparams: HParams, progress: float = 0.0,
+                 context: LossContext = PLAIN) -> Loss:
         """Loss ``policy_cost * PG + value_cost * 0.5 (G - V)^2 - entropy_cost * H`` and metrics.
 
-        Targets and baselines are held fixed (see :func:`_evaluate`; ``split`` for exact meta-gradients);
-        with an ``outer_critic``, plus its term (see :class:`OuterCritic`).
+        Targets and baselines are held fixed (detached, or exact: see ``LossContext``); with an
+        ``outer_critic``, plus its term (see :class:`OuterCritic`).
         """
-        ev, fixed = _evaluate(self.policy_value, params, rollout, hparams, split)
+        ev, fixed = context.evaluate(self.policy_value, params, rollout, hparams)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
         returns = lambda_returns(rollout.rewards, discounts, fixed.next_values, ev.continues, _hp(hparams, "lambda"))
         advantages = returns - fixed.values
@@ -138,27 +126,27 @@ class A2C:
         metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
         if self.outer_critic is not None:
             return self.outer_critic.add(loss, self.outer_critic.loss(ev, fixed, rollout), metrics)
-        return loss, metrics
+        return Loss(loss, metrics)
 
 
-class VTraceActorCritic:
+class VTraceActorCritic(Objective):
     """IMPALA's actor-critic with V-trace targets (leaky when ``hparams['vtrace_alpha'] < 1``)."""
 
     def __init__(self, policy_value: PolicyValue, rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0,
                  outer_critic: OuterCritic | None = None):
+        if outer_critic is not None:
+            outer_critic.check(policy_value)
         self.policy_value = policy_value
         self.rho_bar, self.c_bar, self.pg_rho_bar = rho_bar, c_bar, pg_rho_bar
         self.outer_critic = outer_critic
 
-    supports_output_split = True
-
-    def __call__(self, params: dict, rollout: Rollout, hparams: HParams, progress: float = 0.0,
-                 split: OutputSplit | None = None):
+    def __call__(self, params: Params, rollout: Rollout, hparams: HParams, progress: float = 0.0,
+                 context: LossContext = PLAIN) -> Loss:
         """V-trace policy-gradient, value and entropy losses; metrics include the mean ratio.
 
         With an ``outer_critic``, plus its term with V-trace targets of the reference gamma and lambda.
         """
-        ev, fixed = _evaluate(self.policy_value, params, rollout, hparams, split)
+        ev, fixed = context.evaluate(self.policy_value, params, rollout, hparams)
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
         rhos = torch.exp(fixed.logp - rollout.behaviour_logp)
         out = vtrace(
@@ -174,35 +162,18 @@ class VTraceActorCritic:
         metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
         if self.outer_critic is not None:
             oc = self.outer_critic
-            oc.check(ev)
             outer = vtrace(fixed.outer_values, fixed.outer_next_values, rollout.rewards, oc.discounts(rollout),
                            ev.continues, rhos, lambda_=oc.lambda_, rho_bar=self.rho_bar, c_bar=self.c_bar,
                            pg_rho_bar=self.pg_rho_bar)
             return oc.add(loss, 0.5 * ((outer.vs - ev.outer_values) ** 2).mean(), metrics)
-        return loss, metrics
+        return Loss(loss, metrics)
 
 
-def _evaluate(policy_value: PolicyValue, params: dict, rollout: Rollout, hparams: HParams,
-              split: OutputSplit | None) -> tuple[Evaluation, Evaluation]:
-    """The predictions of a loss, and what it holds fixed (bootstrap values, baselines, importance ratios).
-
-    Without ``split``: the fixed terms are the predictions detached, the usual semi-gradient. With
-    it (the learner passes one when it differentiates through an update): the fixed terms come
-    from the same forward pass but are left out of the loss's gradient only, staying
-    differentiable functions of ``params``, so a meta-gradient through several updates is the
-    exact derivative of the unrolled update map (checked against finite differences).
-    """
-    if split is not None:
-        return evaluate_split(policy_value, params, rollout, hparams, split)
-    ev = evaluate(policy_value, params, rollout, hparams)
-    return ev, ev.detached()
-
-
-class PPO:
+class PPO(MinibatchObjective):
     """PPO's clipped surrogate; advantages (GAE) and returns are fixed once per rollout by ``prepare``.
 
     The learner calls ``prepare`` once, then the objective on ``epochs x minibatches`` subsets of
-    the prepared batch (see ``agents.learner``).
+    the prepared batch (see ``rlmeta.learner``).
     """
 
     def __init__(self, policy_value: PolicyValue, clip: float = 0.2, value_clip: float | None = None,
@@ -212,6 +183,8 @@ class PPO:
             raise ValueError(f"PPO clip must be > 0, got {clip}")
         if epochs < 1 or minibatches < 1:
             raise ValueError(f"PPO epochs and minibatches must be >= 1, got {epochs} and {minibatches}")
+        if outer_critic is not None:
+            outer_critic.check(policy_value)
         self.policy_value = policy_value
         self.clip, self.value_clip = clip, value_clip
         self.normalize_advantages = normalize_advantages
@@ -219,15 +192,17 @@ class PPO:
         self.anneal_clip = anneal_clip  # clip * (1 - progress), as RL Zoo's linear schedules
         self.outer_critic = outer_critic
 
-    def prepare(self, params: dict, rollout: Rollout, hparams: HParams, keep_graph: bool = False) -> dict[str, Tensor]:
+    def prepare(self, params: Params, rollout: Rollout, hparams: HParams, context: LossContext = PLAIN
+                ) -> dict[str, Tensor]:
         """Flat ``[T*B]`` batch: obs, actions, old log-probs and values, GAE advantages, returns (and
         with an ``outer_critic``, its TD(lambda) returns ``outer_returns``).
 
-        ``keep_graph``: the advantages and returns stay differentiable functions of ``params``
-        (for exact meta-gradients through PPO's updates); the learner never differentiates the
-        minibatch losses through them.
+        With ``context.exact`` the advantages and returns stay differentiable functions of
+        ``params`` (for exact meta-gradients through PPO's updates); the learner never
+        differentiates the minibatch losses through them.
         """
-        ev = evaluate(self.policy_value, params, rollout, hparams)
+        keep_graph = context.exact
+        ev = context.evaluate_once(self.policy_value, params, rollout, hparams)
         values = ev.values if keep_graph else ev.values.detach()
         next_values = ev.next_values if keep_graph else ev.next_values.detach()
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)
@@ -246,18 +221,17 @@ class PPO:
         }
         if self.outer_critic is not None:
             oc = self.outer_critic
-            oc.check(ev)
             outer_next = ev.outer_next_values if keep_graph else ev.outer_next_values.detach()
             outer_returns = lambda_returns(rollout.rewards, oc.discounts(rollout), outer_next, ev.continues, oc.lambda_)
             batch["outer_returns"] = outer_returns.reshape(n)
         return batch
 
-    def __call__(self, params: dict, batch: dict[str, Tensor], hparams: HParams, progress: float = 0.0):
+    def __call__(self, params: Params, batch: dict[str, Tensor], hparams: HParams, progress: float = 0.0,
+                 context: LossContext = PLAIN) -> Loss:
         """Clipped-surrogate, value and entropy losses on a prepared (mini)batch."""
-        dist, values = self.policy_value(params, batch["obs"], hparams)
-        outer_values = None
-        if values.dim() == 2:  # critic and outer critic
-            values, outer_values = values[:, 0], values[:, 1]
+        pv = self.policy_value
+        outputs = pv.outputs(params, batch["obs"], hparams)
+        dist, values = pv.distribution(outputs), outputs[pv.value]
         logp = dist.log_prob(batch["actions"])
         advantages = batch["advantages"]
         if self.normalize_advantages and advantages.numel() > 1:
@@ -277,8 +251,8 @@ class PPO:
         clip_fraction = ((ratio - 1).abs() > clip).float().mean()
         metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction)
         if self.outer_critic is not None:
-            if outer_values is None or "outer_returns" not in batch:
-                raise ValueError("this PPO trains an outer critic: prepare the batch with it, and use "
-                                 "make_policy_value(net, 'both') with a network built with outer_critic=True")
+            if "outer_returns" not in batch:
+                raise ValueError("this PPO trains an outer critic: prepare the batch with it (PPO.prepare)")
+            outer_values = outputs[pv.outer_value]
             return self.outer_critic.add(loss, 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean(), metrics)
-        return loss, metrics
+        return Loss(loss, metrics)

@@ -227,10 +227,12 @@ def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
     torso = "torso" if net.value_torso is None else "value_torso"
     assert {"outer_value_head.weight", f"{torso}.0.weight"} <= reached
     assert not reached & {"value_head.weight", "policy_head.weight"}
-    for values, expected in (("value", out.value), ("outer", out.outer_value),
-                             ("both", torch.stack([out.value, out.outer_value], -1))):
+    for values, expected in (("value", out.value), ("outer", out.outer_value), ("both", out.value)):
         _, got = make_policy_value(net, values)(dict(net.named_parameters()), x, hp)
         torch.testing.assert_close(got, expected)
+    both = make_policy_value(net, "both")  # the critic's values, and the outer critic named for objectives
+    assert both.outer_value == "outer_value"
+    torch.testing.assert_close(both.outputs(dict(net.named_parameters()), x, hp)[both.outer_value], out.outer_value)
 
 
 def test_outer_critic_policy_values_need_the_head():

@@ -11,8 +11,10 @@ import torch
 from rlmeta.agents.config import (
     HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, from_dict, load_config, to_dict,
 )
+from rlmeta.agents.build import outer_critic
 from rlmeta.agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
 from rlmeta.cli import main
+from rlmeta.objectives import PLAIN, Loss, Objective
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:
@@ -214,12 +216,15 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
     objective = trainer.objective
     calls = {"n": 0}
 
-    def poisoned(params, rollout, hparams, progress=0.0):
-        calls["n"] += 1
-        loss, metrics = objective(params, rollout, hparams, progress)
-        return (loss * float("nan") if calls["n"] == 5 else loss), metrics
+    class Poisoned(Objective):
+        policy_value = objective.policy_value
 
-    trainer.objective = poisoned
+        def __call__(self, params, rollout, hparams, progress=0.0, context=PLAIN):
+            calls["n"] += 1
+            out = objective(params, rollout, hparams, progress, context)
+            return Loss(out.total * float("nan") if calls["n"] == 5 else out.total, out.metrics)
+
+    trainer.objective = Poisoned()
     with pytest.raises(TrainingFailed, match=r"stopped at env step 128 \(update 5\): non-finite loss"):
         trainer.run()
     run = tmp_path / "run"
@@ -405,14 +410,16 @@ def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path
     trainer = Trainer(config)
     assert trainer.objective.outer_critic == OuterCritic(0.995, 0.9, 0.25, head="outer_value_head.")
     shared = MetaConfig(**{**meta.__dict__, "outer_critic_trains_torso": True})
-    assert shared.outer_critic_spec() == OuterCritic(0.995, 0.9, 0.25, head=None)  # its loss trains the torso too
+    assert outer_critic(shared) == OuterCritic(0.995, 0.9, 0.25, head=None)  # its loss trains the torso too
     head = trainer.params["outer_value_head.weight"].detach().clone()
     obs = torch.randn(5, 4)
     out = trainer.net.apply_params(trainer.params, obs)
     _, outer_values = trainer.estimator.outer_loss.policy_value(trainer.params, obs, {})
     assert torch.equal(outer_values, out.outer_value) and not torch.equal(out.outer_value, out.value)
-    _, both = trainer.policy_value(trainer.params, obs, {})
-    assert both.shape == (5, 2) and torch.equal(both[:, 1], out.outer_value)
+    learner = trainer.agent.policy_value  # reads the critic, and names the outer critic its objective trains
+    outputs = learner.outputs(trainer.params, obs, {})
+    assert torch.equal(outputs[learner.value], out.value) and torch.equal(outputs[learner.outer_value], out.outer_value)
+    assert trainer.estimator.outer_loss.policy_value.forward is learner.forward  # one network evaluation for both
     summary = trainer.run()
     assert summary["status"] == "completed"
     assert not torch.equal(trainer.params["outer_value_head.weight"], head)  # trained

@@ -86,11 +86,11 @@ def check_counter_run(env, steps, *, goal=None, limit=None, seed_actions=0):
 # --------------------------------------------------------------------------------------------
 def test_registered_env_is_listed_and_unregistered(registered, counter_env_cls):
     registered("my-counter", counter_env_cls, description="counts to a goal")
-    listing = envs.list()
+    listing = envs.available()
     assert "my-counter" in listing and listing["my-counter"] == "counts to a goal"
     assert "snake" in listing and "snake-6x6" in listing
     envs.unregister("my-counter")
-    assert "my-counter" not in envs.list()
+    assert "my-counter" not in envs.available()
     with pytest.raises(ValueError, match="my-counter|unknown"):
         envs.make("my-counter")
     with pytest.raises(KeyError):
@@ -106,7 +106,7 @@ def test_register_rejects_bad_names(name, counter_env_cls):
 def test_register_rejects_a_non_callable_factory():
     with pytest.raises(ValueError, match="callable"):
         envs.register("not-callable", object())
-    assert "not-callable" not in envs.list()
+    assert "not-callable" not in envs.available()
 
 
 # --------------------------------------------------------------------------------------------
