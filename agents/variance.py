@@ -212,10 +212,10 @@ def _write_tensorboard(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: slow to import, and only the plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred with matplotlib
 
     steps = sorted({r["step"] for r in rows})
     for key, label, log in (("variance", "trace of covariance", True), ("cosine_mean", "cosine(mean, reference)", False)):

@@ -227,25 +227,16 @@ def _meta_params(device: torch.device):
     return MetaParams(learn, fixed=fixed, device=device)
 
 
-def _module_policy_value(module: Any) -> Callable:
-    """``policy_value`` for TorchOpt/higher: ignores ``params`` and runs the (patched) module's forward."""
-    from rlmeta.agents.networks import distribution
+def _module_policy_value(module: Any) -> Any:
+    """The adapter for TorchOpt/higher: ignores ``params`` and runs the (patched) module's forward."""
+    from rlmeta.agents.networks import named_distribution
+    from rlmeta.rollout import PolicyValue
 
-    def policy_value(_params: Any, obs: torch.Tensor, _hparams: Any):
+    def forward(_params: Any, obs: torch.Tensor, _conditioning: Any) -> dict[str, torch.Tensor]:
         out = module(obs)
-        return distribution(out), out.value
+        return {"policy": out.policy, "value": out.value}
 
-    return policy_value
-
-
-class _SemiGradient:
-    """An objective without ``supports_output_split``: the learner then detaches its targets."""
-
-    def __init__(self, objective: Any):
-        self.objective = objective
-
-    def __call__(self, params: dict, rollout: Any, hparams: Any, progress: float = 0.0):
-        return self.objective(params, rollout, hparams, progress)
+    return PolicyValue(forward, named_distribution, shares_forward=False)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -393,7 +384,7 @@ def make_fixed_data(cfg: BenchMetaConfig, num_rollouts: int) -> FixedData:
     loss_fn = A2C(_module_policy_value(net))
     for i in range(cfg.optimizer_warmup):
         optimizer.zero_grad()
-        loss, _ = loss_fn(None, rollouts[i % num_rollouts], INNER_HPARAMS)
+        loss = loss_fn(None, rollouts[i % num_rollouts], INNER_HPARAMS).total
         loss.backward()
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -421,21 +412,21 @@ def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exac
     recompute = estimator.endswith("-recompute")
     estimator = estimator.removesuffix("-recompute")
     policy_value = make_policy_value(net)
-    objective = A2C(policy_value) if exact else _SemiGradient(A2C(policy_value))
+    objective = A2C(policy_value)
     optimizer = rmsprop(cfg.lr, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps, eps_root=cfg.eps_root)
 
-    def inner_update(params, opt_state, rollout, hparams, create_graph):
-        new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+    def inner_update(params, opt_state, rollout, hparams, mode):
+        new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
         return new, state
 
     outer = OuterObjective(policy_value, gamma=OUTER_GAMMA, lambda_=OUTER_LAMBDA)
     if estimator == "mixed":
-        return Mixed(inner_update, outer, k, recompute=recompute)
+        return Mixed(inner_update, outer, k, recompute=recompute, exact=exact)
     if estimator == "multi-step" and k > 1:
-        return MultiStep(inner_update, outer, k, recompute=recompute)
+        return MultiStep(inner_update, outer, k, recompute=recompute, exact=exact)
     if k != 1:
         raise ValueError(f"unknown estimator {estimator!r} for K={k}")
-    return OneStep(inner_update, outer, recompute=recompute)
+    return OneStep(inner_update, outer, recompute=recompute, exact=exact)
 
 
 def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inner", "outer"], index: int,
@@ -454,7 +445,7 @@ def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inn
     rollout = data.rollouts[index]
     if which == "inner":
         inner = A2C(policy_value)
-        loss_fn = lambda: inner(params, rollout, INNER_HPARAMS)[0]  # noqa: E731
+        loss_fn = lambda: inner(params, rollout, INNER_HPARAMS).total  # noqa: E731
     else:
         outer = OuterObjective(policy_value, gamma=OUTER_GAMMA, lambda_=OUTER_LAMBDA)
         loss_fn = lambda: outer(params, rollout)  # noqa: E731
@@ -521,7 +512,7 @@ def _torchopt(data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dic
     def meta_gradient() -> dict[str, torch.Tensor]:
         hparams = meta.hparams()
         for i in range(k):
-            loss, _ = inner(None, data.rollouts[i], hparams)
+            loss = inner(None, data.rollouts[i], hparams).total
             optim.step(loss)
         outer_loss = outer(None, data.rollouts[k])
         grads = torch.autograd.grad(outer_loss, [meta.raw[n] for n in meta.names])
@@ -551,7 +542,7 @@ def _higher(data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[
                 policy_value = _module_policy_value(fnet)
                 inner, outer = A2C(policy_value), OuterObjective(policy_value, gamma=OUTER_GAMMA, lambda_=OUTER_LAMBDA)
                 for i in range(k):
-                    loss, _ = inner(None, data.rollouts[i], hparams)
+                    loss = inner(None, data.rollouts[i], hparams).total
                     diffopt.step(loss)
                 outer_loss = outer(None, data.rollouts[k])
                 grads = torch.autograd.grad(outer_loss, [meta.raw[n] for n in meta.names])
