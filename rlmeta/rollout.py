@@ -258,22 +258,22 @@ def _evaluation(policy_value: PolicyValue, outputs: Outputs, rollout: Rollout) -
     """Log-probs, entropies, values and next values ``[T, B]`` from the outputs of :func:`_forward`."""
     num_steps, num_envs = rollout.num_steps, rollout.num_envs
     n = num_steps * num_envs
-    values, next_values = _values_and_next(_named(outputs, policy_value.value), rollout)
+    values, next_values = _values_and_next(named_output(outputs, policy_value.value), rollout)
     outer = (None, None)
     if policy_value.outer_value is not None:
-        outer = _values_and_next(_named(outputs, policy_value.outer_value), rollout)
+        outer = _values_and_next(named_output(outputs, policy_value.outer_value), rollout)
     # The distribution over the rollout's own observations only.
     dist = policy_value.distribution({k: v[:n] for k, v in outputs.items()})
     actions = rollout.actions.reshape(n, *rollout.actions.shape[2:])
     logp = dist.log_prob(actions).reshape(num_steps, num_envs)
     entropy = dist.entropy().reshape(num_steps, num_envs)
     continues = 1.0 - torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
-    extras = {name: _named(outputs, name)[:n].reshape(num_steps, num_envs, *outputs[name].shape[1:])
+    extras = {name: named_output(outputs, name)[:n].reshape(num_steps, num_envs, *outputs[name].shape[1:])
               for name in policy_value.extras}
     return Evaluation(logp, entropy, values, next_values, continues, dist, *outer, extras=extras)
 
 
-def _named(outputs: Outputs, name: str) -> Tensor:
+def named_output(outputs: Outputs, name: str) -> Tensor:
     """``outputs[name]``, or a ValueError naming the outputs the network has."""
     if name not in outputs:
         raise ValueError(f"the network has no output named {name!r}; it gives {sorted(outputs)}")

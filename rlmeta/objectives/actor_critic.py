@@ -20,7 +20,7 @@ from torch import Tensor
 from rlmeta.catalog import DEFAULTS
 from rlmeta.objectives.base import PLAIN, HParams, Loss, LossContext, MinibatchObjective, Objective
 from rlmeta.returns import generalized_advantages, lambda_returns, vtrace
-from rlmeta.rollout import Evaluation, Params, PolicyValue, Rollout
+from rlmeta.rollout import Evaluation, Params, PolicyValue, Rollout, named_output
 
 # Hyperparameters every objective reads; missing ones take these values (rlmeta.catalog's table).
 DEFAULT_HPARAMS: dict[str, float] = DEFAULTS
@@ -44,7 +44,7 @@ class OuterCritic:
     values of the *meta-learned* discount: a bias that can pull the meta-gradient toward myopic
     policies. The fix is a second value head trained with the reference values, which the outer
     loss uses instead. An objective given an ``OuterCritic`` adds ``cost * 0.5 (G' - V'(s))^2``
-    to its loss: ``V'`` the outer critic (the second value column of ``policy_value``), ``G'`` its
+    to its loss: ``V'`` the outer critic (the output the adapter names ``outer_value``), ``G'`` its
     targets with ``gamma``/``lambda_`` (TD(lambda) returns for A2C and PPO, V-trace targets for
     V-trace), held fixed like the critic's. The meta-learned values never enter this term.
 
@@ -231,7 +231,7 @@ class PPO(MinibatchObjective):
         """Clipped-surrogate, value and entropy losses on a prepared (mini)batch."""
         pv = self.policy_value
         outputs = pv.outputs(params, batch["obs"], hparams)
-        dist, values = pv.distribution(outputs), outputs[pv.value]
+        dist, values = pv.distribution(outputs), named_output(outputs, pv.value)
         logp = dist.log_prob(batch["actions"])
         advantages = batch["advantages"]
         if self.normalize_advantages and advantages.numel() > 1:
@@ -253,6 +253,6 @@ class PPO(MinibatchObjective):
         if self.outer_critic is not None:
             if "outer_returns" not in batch:
                 raise ValueError("this PPO trains an outer critic: prepare the batch with it (PPO.prepare)")
-            outer_values = outputs[pv.outer_value]
+            outer_values = named_output(outputs, pv.outer_value)
             return self.outer_critic.add(loss, 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean(), metrics)
         return Loss(loss, metrics)

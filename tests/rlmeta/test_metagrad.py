@@ -2,7 +2,8 @@
 
 A tabular actor-critic (one-hot states; logits and values are parameter tables) keeps everything
 smooth and cheap. Rollouts contain terminations and truncations, and gamma and lambda enter the
-inner updates through the lambda-returns.
+inner updates through the lambda-returns; a parameter tree (``MetaParams(trees=...)``) enters through
+a learned transform of the policy-gradient advantage.
 """
 
 from __future__ import annotations
@@ -13,23 +14,29 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from rlmeta.learner import gradient_step, update
-from rlmeta.hparams import CONDITIONING, KNOWN, MetaParams, from_raw, to_raw
+from rlmeta.catalog import CONDITIONING
+from rlmeta.learner import UpdateMode, gradient_step, update
+from rlmeta.hparams import KNOWN, MetaParams, from_raw, to_raw
 from rlmeta.metagrad import Bootstrapped, Mixed, MultiStep, OneStep, OuterObjective, mixing_weights
-from rlmeta.objectives import A2C, PPO, OuterCritic, VTraceActorCritic
+from rlmeta.objectives import A2C, PLAIN, PPO, Loss, Objective, OuterCritic, VTraceActorCritic
 from rlmeta.optim import adam, rmsprop, sgd
-from rlmeta.rollout import Rollout
+from rlmeta.returns import lambda_returns
+from rlmeta.rollout import PolicyValue, Rollout
 
 DT = torch.float64
 S, A, T, B = 5, 3, 4, 3
 
 
-def policy_value(params, obs, hparams):
-    logits = obs @ params["logits"]
-    return Categorical(logits=logits, validate_args=False), obs @ params["values"]
+def forward(params, obs, conditioning):
+    return {"logits": obs @ params["logits"], "value": obs @ params["values"]}
 
 
-policy_value.shares_forward = True  # reads no hparams: losses of the same params on the same rollout share its forward
+def categorical(outputs):
+    return Categorical(logits=outputs["logits"], validate_args=False)
+
+
+# Reads no hparams (shares_forward, the default): losses of the same params on the same rollout share its forward.
+policy_value = PolicyValue(forward, categorical)
 
 
 def make_params(seed=0):
@@ -72,8 +79,8 @@ OPTIMIZERS = {
 def make_inner(optimizer):
     objective = A2C(policy_value)
 
-    def inner_update(params, opt_state, rollout, hparams, create_graph):
-        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+    def inner_update(params, opt_state, rollout, hparams, mode):
+        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
         return new, state
 
     return inner_update
@@ -112,8 +119,10 @@ class Linearized:
         keys = list(params)
         if self.recording:
             value = self.loss(params, *rest)
-            grads = torch.autograd.grad(value, [params[k] for k in keys], retain_graph=True)
-            self.grads.append([g.detach() for g in grads])
+            # allow_unused: a loss that reads some parameters not at all (the outer critic's reads
+            # the outer values only) has a zero gradient in them
+            grads = torch.autograd.grad(value, [params[k] for k in keys], retain_graph=True, allow_unused=True)
+            self.grads.append([torch.zeros_like(params[k]) if g is None else g.detach() for g, k in zip(grads, keys)])
             return value
         grads = self.grads[self.calls]
         self.calls += 1
@@ -139,17 +148,18 @@ def check_against_finite_differences(make_estimator, optimizer, h=1e-5, rtol=1e-
     for w in wrapped:
         w.recording = False
     for name in result.grads:
-        values = []
-        for sign in (1, -1):
-            meta = meta_factory()
-            with torch.no_grad():
-                meta.raw[name] += sign * h
-            for w in wrapped:
-                w.calls = 0
-            values.append(estimate(estimator, meta, optimizer, params_factory).meta_loss)
-        fd = (values[0] - values[1]) / (2 * h)
-        got = float(result.grads[name])
-        assert abs(got - fd) <= rtol * max(abs(got), abs(fd)), (type(estimator).__name__, name, got, fd)
+        for i in range(result.grads[name].numel()):  # every entry of every raw tensor (a tree's too)
+            values = []
+            for sign in (1, -1):
+                meta = meta_factory()
+                with torch.no_grad():
+                    meta.raw[name].view(-1)[i] += sign * h
+                for w in wrapped:
+                    w.calls = 0
+                values.append(estimate(estimator, meta, optimizer, params_factory).meta_loss)
+            fd = (values[0] - values[1]) / (2 * h)
+            got = float(result.grads[name].reshape(-1)[i])
+            assert abs(got - fd) <= rtol * max(abs(got), abs(fd)), (type(estimator).__name__, name, i, got, fd)
     assert float(result.vector().abs().max()) > 1e-6  # not vacuous
     return result
 
@@ -180,14 +190,14 @@ def test_every_estimator_matches_finite_differences(opt_name, k):
 REFERENCE = {"gamma": 0.99, "lambda": 1.0, "entropy_cost": 0.02}
 
 
-def conditioned_policy_value(params, obs, hparams):
-    embedding = torch.tanh(hparams[CONDITIONING] @ params["embed"])  # [E]
+def conditioned_forward(params, obs, conditioning):
+    embedding = torch.tanh(conditioning @ params["embed"])  # [E]
     logits = obs @ params["logits"] + embedding @ params["embed_logits"]
     values = obs @ params["values"] + (obs @ params["value_scale"]) * (embedding @ params["embed_value"])
-    return Categorical(logits=logits, validate_args=False), values
+    return {"logits": logits, "value": values}
 
 
-conditioned_policy_value.shares_forward = True  # reads hparams through the conditioning input only
+conditioned_policy_value = PolicyValue(conditioned_forward, categorical)  # reads the conditioning input only
 
 
 def make_conditioned_params(seed=0):
@@ -212,12 +222,12 @@ def test_conditioning_carries_the_learned_values_and_the_outer_loss_the_referenc
     assert torch.allclose(reference, torch.tensor([0.99, 1.0, 0.05], dtype=DT)) and not reference.requires_grad
     seen = []
 
-    def recording(params, obs, hparams):
-        seen.append(hparams[CONDITIONING])
-        return conditioned_policy_value(params, obs, hparams)
+    def recording(params, obs, conditioning):
+        seen.append(conditioning)
+        return conditioned_forward(params, obs, conditioning)
 
-    OuterObjective(recording, kl_cost=0.1, conditioning=lambda: reference)(make_conditioned_params(), ROLLOUTS[0],
-                                                                           make_conditioned_params())
+    OuterObjective(PolicyValue(recording, categorical), kl_cost=0.1, conditioning=lambda: reference)(
+        make_conditioned_params(), ROLLOUTS[0], make_conditioned_params())
     assert len(seen) == 3 and all(torch.equal(v, reference) for v in seen)  # loss, KL before and after
     with pytest.raises(ValueError, match="condition=True needs at least one learned"):
         MetaParams({}, condition=True)
@@ -230,8 +240,8 @@ def test_meta_gradients_of_a_conditioned_agent_match_finite_differences(opt_name
     optimizer = OPTIMIZERS[opt_name]()
     objective = A2C(conditioned_policy_value)
 
-    def inner(params, opt_state, rollout, hparams, create_graph):
-        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+    def inner(params, opt_state, rollout, hparams, mode):
+        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
         return new, state
 
     reference = torch.tensor([REFERENCE[n] for n in ("gamma", "lambda", "entropy_cost")], dtype=DT)
@@ -258,14 +268,12 @@ def test_meta_gradients_of_a_conditioned_agent_match_finite_differences(opt_name
 OUTER_CRITIC = OuterCritic(gamma=0.97, lambda_=0.7, cost=0.5)
 
 
-def two_critics_policy_value(params, obs, hparams):
-    dist, values = policy_value(params, obs, hparams)
-    return dist, torch.stack([values, obs @ params["outer_values"]], dim=-1)
+def two_critics_forward(params, obs, conditioning):
+    return {**forward(params, obs, conditioning), "outer_values": obs @ params["outer_values"]}
 
 
-def outer_critic_policy_value(params, obs, hparams):
-    dist, values = two_critics_policy_value(params, obs, hparams)
-    return dist, values[..., 1]
+two_critics_policy_value = PolicyValue(two_critics_forward, categorical, outer_value="outer_values")
+outer_critic_policy_value = two_critics_policy_value.reading(value="outer_values")  # shares its forward
 
 
 def make_two_critics_params(seed=0):
@@ -275,8 +283,8 @@ def make_two_critics_params(seed=0):
 
 
 def outer_critic_inner(objective, optimizer):
-    def inner(params, opt_state, rollout, hparams, create_graph):
-        new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)
+    def inner(params, opt_state, rollout, hparams, mode):
+        new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
         return new, state
 
     return inner
@@ -285,22 +293,22 @@ def outer_critic_inner(objective, optimizer):
 # An outer critic that shares the critic's table (as the network's shares its torso): its loss may
 # train only its own parameters ("outer_..."), restricted in the learner, and the derivatives
 # through the updates must stay exact.
-def shared_critics_policy_value(params, obs, hparams):
-    dist, values = policy_value(params, obs, hparams)
+def shared_critics_forward(params, obs, conditioning):
     outer = obs @ (params["values"] * params["outer_scale"] + params["outer_values"])
-    return dist, torch.stack([values, outer], dim=-1)
+    return {**forward(params, obs, conditioning), "outer_values": outer}
 
 
-def shared_outer_policy_value(params, obs, hparams):
-    dist, values = shared_critics_policy_value(params, obs, hparams)
-    return dist, values[..., 1]
+shared_critics_policy_value = PolicyValue(shared_critics_forward, categorical, outer_value="outer_values")
+shared_outer_policy_value = shared_critics_policy_value.reading(value="outer_values")
 
 
-def detached_critics_policy_value(params, obs, hparams):
+def detached_critics_forward(params, obs, conditioning):
     """The shortcut that is not exact: the outer critic reads the shared table detached."""
-    dist, values = policy_value(params, obs, hparams)
     outer = obs @ (params["values"].detach() * params["outer_scale"] + params["outer_values"])
-    return dist, torch.stack([values, outer], dim=-1)
+    return {**forward(params, obs, conditioning), "outer_values": outer}
+
+
+detached_critics_policy_value = PolicyValue(detached_critics_forward, categorical, outer_value="outer_values")
 
 
 def make_shared_critics_params(seed=0):
@@ -387,15 +395,20 @@ def test_the_restricted_outer_critic_trains_its_head_only_and_detaching_instead_
                                          params_factory=make_shared_critics_params)
 
 
-class CountingPolicyValue:
-    """``policy_value`` that counts the network's evaluations; ``shares`` sets ``shares_forward``."""
+class CountingForward:
+    """The tabular forward, counting the network's evaluations."""
 
-    def __init__(self, shares):
-        self.shares_forward, self.calls = shares, 0
+    def __init__(self):
+        self.calls = 0
 
-    def __call__(self, params, obs, hparams):
+    def __call__(self, params, obs, conditioning):
         self.calls += 1
-        return policy_value(params, obs, hparams)
+        return forward(params, obs, conditioning)
+
+
+def counting_policy_value(shares):
+    """An adapter of a :class:`CountingForward` (``pv.forward.calls``); ``shares`` sets ``shares_forward``."""
+    return PolicyValue(CountingForward(), categorical, shares_forward=shares)
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
@@ -406,20 +419,19 @@ def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pas
     results = {}
     for shares in (False, True):
         optimizer = OPTIMIZERS[opt_name]()
-        counting = CountingPolicyValue(shares)
+        counting = counting_policy_value(shares)
         objective = A2C(counting)
 
-        def inner(params, opt_state, rollout, hparams, create_graph):
-            new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams,
-                                          create_graph=create_graph)
+        def inner(params, opt_state, rollout, hparams, mode):
+            new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
             return new, state
 
         estimator = Mixed(inner, OuterObjective(counting, value_cost=0.1, kl_cost=0.2), k)
         collect = fixed_collect()
         first = estimator.estimate(make_meta(), make_params(), optimizer.init(make_params()), collect)
-        calls_first = counting.calls
+        calls_first = counting.forward.calls
         second = estimator.estimate(make_meta(), first.params, first.opt_state, collect, first.next_rollout)
-        results[shares] = (first, second, calls_first, counting.calls - calls_first)
+        results[shares] = (first, second, calls_first, counting.forward.calls - calls_first)
     (a1, a2, calls_a1, calls_a2), (b1, b2, calls_b1, calls_b2) = results[False], results[True]
     for plain, shared in ((a1, b1), (a2, b2)):
         assert torch.allclose(plain.vector(), shared.vector(), rtol=1e-12, atol=0)
@@ -434,21 +446,21 @@ def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pas
 
 def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
     optimizer = OPTIMIZERS["sgd"]()
-    counting = CountingPolicyValue(True)
+    counting = counting_policy_value(True)
     objective = A2C(counting)
 
-    def inner(params, opt_state, rollout, hparams, create_graph):
-        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, create_graph=create_graph)[:2]
+    def inner(params, opt_state, rollout, hparams, mode):
+        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
 
     estimator = OneStep(inner, OuterObjective(counting))
     collect = fixed_collect()
     first = estimator.estimate(make_meta(), make_params(), {}, collect)
     # Other parameters (a copy) on the same rollout: no reuse, and the same meta-gradient as a fresh start.
     copy = {k: v.detach().clone().requires_grad_(True) for k, v in first.params.items()}
-    before = counting.calls
+    before = counting.forward.calls
     outer_rollout = lambda params: ROLLOUTS[5]  # noqa: E731
     again = estimator.estimate(make_meta(), copy, {}, outer_rollout, first.next_rollout)
-    assert counting.calls - before == 2
+    assert counting.forward.calls - before == 2
     fresh = OneStep(inner, OuterObjective(counting)).estimate(make_meta(), copy, {}, outer_rollout,
                                                               first.next_rollout)
     assert torch.allclose(again.vector(), fresh.vector(), rtol=1e-12, atol=0)
@@ -457,9 +469,10 @@ def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
 def test_meta_gradient_of_a_loss_without_stop_gradients_is_its_derivative():
     """With an outer loss that is a plain function (no fixed terms), no linearization is needed."""
 
-    def plain_outer(params, rollout, previous):
-        dist, values = policy_value(params, rollout.obs, {})
-        return -(dist.log_prob(rollout.actions) * rollout.rewards).mean() + 0.5 * ((values - rollout.rewards) ** 2).mean()
+    def plain_outer(params, rollout, previous, context):
+        dist, values = policy_value(params, rollout.obs.reshape(-1, S), {})
+        actions, rewards = rollout.actions.reshape(-1), rollout.rewards.reshape(-1)
+        return -(dist.log_prob(actions) * rewards).mean() + 0.5 * ((values - rewards) ** 2).mean()
 
     optimizer = OPTIMIZERS["adam"]()
     inner = make_inner(optimizer)
@@ -512,7 +525,7 @@ def test_truncated_multi_step_is_multi_step_over_the_last_updates(opt_name, k, t
     collect = fixed_collect()
     hp = {k: v.detach() if torch.is_tensor(v) else v for k, v in make_meta().hparams().items()}
     for _ in range(k - truncation):
-        params, state = inner(params, state, collect(params), hp, False)
+        params, state = inner(params, state, collect(params), hp, UpdateMode())
     last = MultiStep(inner, outer, truncation).estimate(make_meta(), params, state, collect).vector()
     assert torch.allclose(truncated, last, rtol=1e-10, atol=1e-13)
 
@@ -587,9 +600,9 @@ def test_the_memory_saving_path_replays_the_inner_updates_random_numbers():
     def run(recompute):
         generator = torch.Generator().manual_seed(7)
 
-        def inner(params, opt_state, rollout, hparams, create_graph):
-            new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams,
-                                   create_graph=create_graph, generator=generator)
+        def inner(params, opt_state, rollout, hparams, mode):
+            new, state, _ = update(objective, optimizer, params, opt_state, rollout, hparams, mode=mode,
+                                   generator=generator)
             return new, state
 
         est = MultiStep(inner, OuterObjective(policy_value), 3, recompute=recompute, generator=generator)
@@ -612,6 +625,149 @@ def test_estimates_leave_the_agent_after_k_updates_detached():
     assert result.opt_state["count"] == 3
     assert result.rollouts_used == 4 and len(result.outer_losses) == 1
     assert not any(torch.equal(result.params[k], v) for k, v in make_params().items())
+
+
+def test_the_semi_gradient_form_detaches_the_targets_of_every_inner_update():
+    """``exact=False``: the published semi-gradient form. It differs from the exact meta-gradient only
+    where an update's targets depend on the meta-parameters (after the first update of an unroll)."""
+    optimizer = OPTIMIZERS["adam"]()
+    inner = make_inner(optimizer)
+    outer = OuterObjective(policy_value, value_cost=0.1, kl_cost=0.2)
+    exact1 = estimate(OneStep(inner, outer), make_meta(), optimizer).vector()
+    semi1 = estimate(OneStep(inner, outer, exact=False), make_meta(), optimizer).vector()
+    assert torch.allclose(exact1, semi1, rtol=1e-12, atol=0)  # the first update's targets are constants anyway
+    exact3 = estimate(MultiStep(inner, outer, 3), make_meta(), optimizer).vector()
+    semi3 = estimate(MultiStep(inner, outer, 3, exact=False), make_meta(), optimizer).vector()
+    assert not torch.allclose(exact3, semi3, rtol=1e-3, atol=0)
+    recomputed = estimate(MultiStep(inner, outer, 3, recompute=True, exact=False), make_meta(), optimizer).vector()
+    assert torch.allclose(semi3, recomputed, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="exact must be True or False"):
+        MultiStep(inner, outer, 3, exact="no")
+
+
+# --------------------------------------------------------------------------------------------
+# A parameter tree as meta-parameters: a learned transform of the policy-gradient advantage.
+
+
+class LearnedAdvantageA2C(Objective):
+    """A2C whose policy-gradient advantage goes through a linear layer read from ``hparams["advantage"]``:
+    ``weight [1, 2] @ [advantage, V(s)] + bias [1]`` (every leaf has its own effect on the update).
+    The advantage and ``V(s)`` are targets, held fixed (or exact) like A2C's."""
+
+    def __init__(self, policy_value):
+        self.policy_value = policy_value
+
+    def __call__(self, params, rollout, hparams, progress=0.0, context=PLAIN):
+        ev, fixed = context.evaluate(self.policy_value, params, rollout, hparams)
+        discounts = hparams["gamma"] * (1.0 - rollout.terminated)
+        returns = lambda_returns(rollout.rewards, discounts, fixed.next_values, ev.continues, hparams["lambda"])
+        layer = hparams["advantage"]
+        features = torch.stack([returns - fixed.values, fixed.values], dim=-1)  # [T, B, 2]
+        advantages = (features @ layer["weight"].T + layer["bias"])[..., 0]
+        policy_loss = -(ev.logp * advantages).mean()
+        value_loss = 0.5 * ((returns - ev.values) ** 2).mean()
+        entropy = ev.entropy.mean()
+        loss = policy_loss + hparams["value_cost"] * value_loss - hparams["entropy_cost"] * entropy
+        return Loss(loss, {"policy_loss": float(policy_loss.detach()), "value_loss": float(value_loss.detach())})
+
+
+def make_tree_meta():
+    return MetaParams({"gamma": 0.9}, fixed={"lambda": 0.8, "value_cost": 0.5, "entropy_cost": 0.05},
+                      trees={"advantage": {"weight": torch.tensor([[1.0, 0.3]]), "bias": torch.tensor([0.1])}},
+                      dtype=DT)
+
+
+def make_tree_inner(optimizer):
+    objective = LearnedAdvantageA2C(policy_value)
+
+    def inner(params, opt_state, rollout, hparams, mode):
+        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
+        return new, state
+
+    return inner
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_meta_gradients_of_a_parameter_tree_match_finite_differences(opt_name):
+    """Every raw entry (gamma and each element of the tree) of the one-step, K=3 multi-step and mixed
+    meta-gradients, and of the memory-saving path, against central differences."""
+    optimizer = OPTIMIZERS[opt_name]()
+    inner = make_tree_inner(optimizer)
+    outer = OuterObjective(policy_value, gamma=0.99, lambda_=1.0, value_cost=0.1, entropy_cost=0.01, kl_cost=0.2)
+    makes = {
+        "one-step": lambda: OneStep(inner, outer),
+        "multi-step": lambda: MultiStep(inner, outer, 3),
+        "mixed": lambda: Mixed(inner, outer, 3, weights=[0.2, 0.3, 0.5]),
+        "recompute multi-step": lambda: MultiStep(inner, outer, 3, recompute=True),
+        "recompute mixed": lambda: Mixed(inner, outer, 3, weights=[0.2, 0.3, 0.5], recompute=True),
+        "bootstrapped": lambda: Bootstrapped(inner, policy_value, num_updates=3, target_updates=2, value_cost=0.5),
+    }
+    for name, make in makes.items():
+        result = check_against_finite_differences(make, optimizer, meta_factory=make_tree_meta)
+        assert list(result.grads) == ["gamma", "advantage.weight", "advantage.bias"], name
+        assert result.grads["advantage.weight"].shape == (1, 2) and result.grads["advantage.bias"].shape == (1,)
+        assert float(result.vector()[1:].abs().min()) > 1e-6, name  # every leaf of the tree matters
+
+
+def test_the_recomputing_path_gives_a_trees_meta_gradient_too():
+    optimizer = OPTIMIZERS["rmsprop"]()
+    inner = make_tree_inner(optimizer)
+    outer = OuterObjective(policy_value, value_cost=0.1, kl_cost=0.2)
+    for make in (lambda **o: MultiStep(inner, outer, 3, **o), lambda **o: Mixed(inner, outer, 3, **o),
+                 lambda **o: MultiStep(inner, outer, 3, truncation=2, **o)):
+        full = estimate(make(), make_tree_meta(), optimizer)
+        recomputed = estimate(make(recompute=True), make_tree_meta(), optimizer)
+        assert torch.allclose(full.vector(), recomputed.vector(), rtol=1e-10, atol=1e-14)
+
+
+def test_meta_gradient_vector_flattens_a_tree():
+    meta = make_tree_meta()
+    assert meta.names == ["gamma", "advantage.weight", "advantage.bias"] and meta.scalar_names == ["gamma"]
+    hparams = meta.hparams()
+    assert set(hparams) == {"gamma", "lambda", "value_cost", "entropy_cost", "advantage"}
+    assert hparams["advantage"]["weight"] is meta.raw["advantage.weight"]
+    assert hparams["advantage"]["bias"] is meta.raw["advantage.bias"]
+    assert all(meta.raw[n].is_leaf and meta.raw[n].requires_grad and meta.raw[n].dtype == DT for n in meta.names)
+    assert meta.vector().shape == (1,)  # the scalars only (a conditioning input never carries a tree)
+    conditioned = MetaParams({"gamma": 0.9}, trees={"advantage": {"bias": torch.zeros(1)}}, condition=True)
+    assert conditioned.hparams()[CONDITIONING].shape == (1,)
+    optimizer = OPTIMIZERS["sgd"]()
+    result = estimate(MultiStep(make_tree_inner(optimizer), OuterObjective(policy_value, value_cost=0.1), 2),
+                      meta, optimizer)
+    vector = result.vector()
+    assert vector.shape == (4,) and not vector.requires_grad
+    expected = torch.cat([result.grads["gamma"].reshape(1), result.grads["advantage.weight"].reshape(-1),
+                          result.grads["advantage.bias"].reshape(-1)])
+    assert torch.equal(vector, expected)
+    assert result.norm() == pytest.approx(float(vector.norm()), rel=1e-12)
+
+
+def test_a_tree_is_copied_into_its_own_leaves():
+    weight = torch.tensor([[1.0, 0.3]], dtype=DT)
+    meta = MetaParams({}, trees={"advantage": {"weight": weight}}, dtype=DT)
+    with torch.no_grad():
+        weight += 1.0
+    assert torch.equal(meta.raw["advantage.weight"].detach(), torch.tensor([[1.0, 0.3]], dtype=DT))
+    assert meta.tree("advantage") == {"weight": meta.raw["advantage.weight"]}
+
+
+@pytest.mark.parametrize(
+    "trees, message",
+    [
+        ({"adv.layer": {"weight": torch.zeros(1, 2)}}, "a parameter tree needs a name without '.'"),
+        ({"gamma": {"weight": torch.zeros(1, 2)}}, "a parameter tree needs a name without '.'"),
+        ({CONDITIONING: {"weight": torch.zeros(1, 2)}}, "a parameter tree needs a name without '.'"),
+        ({"": {"weight": torch.zeros(1, 2)}}, "a parameter tree needs a name without '.'"),
+        ({"advantage": {"weight": torch.tensor([[1, 2]])}}, "must map names to floating-point tensors"),
+        ({"advantage": {"weight": torch.zeros(1, 2), "bias": torch.tensor([True])}},
+         "must map names to floating-point tensors"),
+        ({"advantage": {"weight": [1.0, 2.0]}}, "must map names to floating-point tensors"),
+        ({"advantage": {}}, "must map names to floating-point tensors"),
+    ],
+)
+def test_bad_parameter_trees_are_rejected(trees, message):
+    with pytest.raises(ValueError, match=message):
+        MetaParams({"gamma": 0.9}, trees=trees)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ import torch
 from torch.distributions import Categorical
 
 from rlmeta.agents.actor import make_policy_value
-from rlmeta.learner import gradient_step, update
-from rlmeta.agents.networks import ActorCritic
-from rlmeta.hparams import CONDITIONING
-from rlmeta.objectives import A2C, DEFAULT_HPARAMS, PPO, VTraceActorCritic
+from rlmeta.learner import UpdateMode, gradient_step, update
+from rlmeta.agents.networks import ActorCritic, named_distribution
+from rlmeta.catalog import CONDITIONING
+from rlmeta.objectives import A2C, DEFAULT_HPARAMS, PLAIN, PPO, Loss, LossContext, MinibatchObjective, Objective, \
+    VTraceActorCritic
 from rlmeta.optim import adam, sgd
-from rlmeta.rollout import Rollout
+from rlmeta.rollout import PolicyValue, Rollout
 
 T, B, A = 5, 3, 3
 DT = torch.float64
@@ -54,9 +55,27 @@ LAST = [T * B + b for b in range(B)]
 FINAL = {tb: T * B + B + i for i, tb in enumerate(TRUNCS)}
 
 
-def tabular_policy_value(params: dict, obs: torch.Tensor, hparams) -> tuple[Categorical, torch.Tensor]:
+def tabular_forward(params: dict, obs: torch.Tensor, conditioning) -> dict[str, torch.Tensor]:
+    """The tabular agent's forward pass: named outputs, each ``[N, ...]``, for the state indices ``obs``."""
     idx = obs.long()
-    return Categorical(logits=params["logits"][idx]), params["values"][idx]
+    return {"logits": params["logits"][idx], "value": params["values"][idx]}
+
+
+def logits_distribution(outputs: dict) -> Categorical:
+    return Categorical(logits=outputs["logits"])
+
+
+tabular_policy_value = PolicyValue(tabular_forward, logits_distribution)
+
+
+def unpack(result: Loss, restricted: bool = False) -> tuple:
+    """``(total, metrics)`` of an objective's ``Loss`` (which must have no restricted terms), or with
+    ``restricted=True`` ``(total, metrics, restricted)``."""
+    assert isinstance(result, Loss), type(result)
+    if restricted:
+        return result.total, result.metrics, result.restricted
+    assert result.restricted == {}, result.restricted
+    return result.total, result.metrics
 
 
 def make_params(seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -225,7 +244,7 @@ def test_reference_lambda_returns_on_a_hand_computed_case():
 def test_a2c_loss_and_gradients_match_reference(hp):
     params = make_params()
     rollout = make_rollout()
-    loss, metrics = A2C(tabular_policy_value)(params, rollout, hp)
+    loss, metrics = unpack(A2C(tabular_policy_value)(params, rollout, hp))
     ref = ref_a2c_loss(params, rollout, hp)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
     # semi-gradient: the bootstrap values are targets, not differentiated
@@ -239,7 +258,7 @@ def test_a2c_loss_and_gradients_match_reference(hp):
 def test_a2c_uses_default_hparams_for_missing_ones():
     params = make_params()
     rollout = make_rollout()
-    loss, _ = A2C(tabular_policy_value)(params, rollout, {})
+    loss, _ = unpack(A2C(tabular_policy_value)(params, rollout, {}))
     assert loss.item() == pytest.approx(ref_a2c_loss(params, rollout, DEFAULT_HPARAMS).item(), rel=1e-12)
 
 
@@ -247,7 +266,7 @@ def test_a2c_normalized_advantages():
     params = make_params()
     rollout = make_rollout()
     hp = {**HP, "value_cost": 0.0, "entropy_cost": 0.0, "policy_cost": 1.0}
-    loss, _ = A2C(tabular_policy_value, normalize_advantages=True)(params, rollout, hp)
+    loss, _ = unpack(A2C(tabular_policy_value, normalize_advantages=True)(params, rollout, hp))
     G = ref_lambda_returns(rollout, params["values"], hp["gamma"], hp["lambda"])
     adv = G - params["values"].detach().numpy()[rollout.obs.numpy()]
     adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
@@ -266,23 +285,23 @@ def test_truncation_bootstraps_from_final_obs_not_the_reset_obs():
     rollout = make_rollout()
     a2c = A2C(tabular_policy_value)
     hp = {**HP, "policy_cost": 1.0, "value_cost": 0.0, "entropy_cost": 0.0}
-    base = a2c(params, rollout, hp)[0].item()
+    base = a2c(params, rollout, hp).total.item()
     # the final obs of a truncated episode is its bootstrap: changing its value changes the loss
     for tb in TRUNCS:
-        assert a2c(_with_value(params, FINAL[tb], 5.0), rollout, hp)[0].item() != pytest.approx(base, abs=1e-6)
+        assert a2c(_with_value(params, FINAL[tb], 5.0), rollout, hp).total.item() != pytest.approx(base, abs=1e-6)
     # the reset obs right after the mid-rollout truncation only enters as V(s_{t+1}) of its own
     # step: the loss moves by exactly logp_{t+1} * delta / (T B), nothing through the target at t
     t, b = TRUNC_AT
     delta = 5.0
-    moved = a2c(_with_value(params, state(t + 1, b), delta), rollout, hp)[0].item()
+    moved = a2c(_with_value(params, state(t + 1, b), delta), rollout, hp).total.item()
     logp = current_logp(params, rollout)
     assert moved - base == pytest.approx(float(logp[t + 1, b]) * delta / (T * B), rel=1e-9)
     # truncated at the last step: last_obs (the reset obs) is not used at all for that sub-env
     for hp_ in (hp, HP):
-        base_ = a2c(params, rollout, hp_)[0].item()
-        assert a2c(_with_value(params, LAST[TRUNC_LAST[1]], 50.0), rollout, hp_)[0].item() == base_
+        base_ = a2c(params, rollout, hp_).total.item()
+        assert a2c(_with_value(params, LAST[TRUNC_LAST[1]], 50.0), rollout, hp_).total.item() == base_
     # ... while it is the bootstrap of a sub-env that was not cut at the last step
-    assert a2c(_with_value(params, LAST[0], 5.0), rollout, hp)[0].item() != pytest.approx(base, abs=1e-6)
+    assert a2c(_with_value(params, LAST[0], 5.0), rollout, hp).total.item() != pytest.approx(base, abs=1e-6)
 
 
 def test_termination_does_not_bootstrap():
@@ -292,9 +311,9 @@ def test_termination_does_not_bootstrap():
     t, b = TERM_AT
     # the state after a termination (the next episode's first obs) only enters as its own V
     hp = {**HP, "policy_cost": 1.0, "value_cost": 0.0, "entropy_cost": 0.0, "lambda": 0.0}
-    base = a2c(params, rollout, hp)[0].item()
+    base = a2c(params, rollout, hp).total.item()
     delta = 3.0
-    moved = a2c(_with_value(params, state(t + 1, b), delta), rollout, hp)[0].item()
+    moved = a2c(_with_value(params, state(t + 1, b), delta), rollout, hp).total.item()
     logp = current_logp(params, rollout)
     assert moved - base == pytest.approx(float(logp[t + 1, b]) * delta / (T * B), rel=1e-9)
 
@@ -305,7 +324,7 @@ def test_a2c_gradient_wrt_gamma_and_lambda_matches_finite_differences():
     a2c = A2C(tabular_policy_value)
 
     def loss(gamma, lam):
-        return a2c(params, rollout, {**HP, "gamma": gamma, "lambda": lam})[0]
+        return a2c(params, rollout, {**HP, "gamma": gamma, "lambda": lam}).total
 
     gamma = torch.tensor(0.9, dtype=DT, requires_grad=True)
     lam = torch.tensor(0.8, dtype=DT, requires_grad=True)
@@ -323,7 +342,7 @@ def test_a2c_gradient_wrt_loss_weights():
     params = make_params()
     rollout = make_rollout()
     w = {k: torch.tensor(HP[k], dtype=DT, requires_grad=True) for k in ("policy_cost", "value_cost", "entropy_cost")}
-    loss, metrics = A2C(tabular_policy_value)(params, rollout, {**HP, **w})
+    loss, metrics = unpack(A2C(tabular_policy_value)(params, rollout, {**HP, **w}))
     got = dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
     assert got["policy_cost"].item() == pytest.approx(metrics["policy_loss"], rel=1e-9)
     assert got["value_cost"].item() == pytest.approx(metrics["value_loss"], rel=1e-9)
@@ -338,7 +357,7 @@ def test_a2c_gradient_wrt_loss_weights():
 def test_vtrace_on_policy_equals_lambda_returns():
     params = make_params()
     rollout = make_rollout(behaviour_logp=current_logp(params, rollout=make_rollout()))
-    loss, metrics = VTraceActorCritic(tabular_policy_value)(params, rollout, HP)
+    loss, metrics = unpack(VTraceActorCritic(tabular_policy_value)(params, rollout, HP))
     assert metrics["mean_rho"] == pytest.approx(1.0, abs=1e-12)
     G = ref_lambda_returns(rollout, params["values"], HP["gamma"], HP["lambda"])
     V = params["values"].detach().numpy()[rollout.obs.numpy()]
@@ -346,7 +365,7 @@ def test_vtrace_on_policy_equals_lambda_returns():
     ref = ref_a2c_loss(params, rollout, HP)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
     assert_grads_close(grads(loss, params), grads(ref, params))
-    a2c_loss, _ = A2C(tabular_policy_value)(params, rollout, HP)
+    a2c_loss, _ = unpack(A2C(tabular_policy_value)(params, rollout, HP))
     assert loss.item() == pytest.approx(a2c_loss.item(), rel=1e-12)
 
 
@@ -363,7 +382,7 @@ def test_vtrace_off_policy_matches_reference(lam, seed):
     rhos = log_ratio.exp().numpy()
     assert (rhos > 1).any() and (rhos < 1).any()
     hp = {**HP, "lambda": lam}
-    loss, metrics = VTraceActorCritic(tabular_policy_value)(params, rollout, hp)
+    loss, metrics = unpack(VTraceActorCritic(tabular_policy_value)(params, rollout, hp))
     vs, pg = ref_vtrace(rollout, params["values"], rhos, hp["gamma"], lam)
     ref = ref_actor_critic_loss(params, rollout, vs, pg, hp)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
@@ -379,10 +398,11 @@ def test_vtrace_clipping_thresholds_are_used():
     rollout = rollout0._replace(behaviour_logp=current_logp(params, rollout0) - log_ratio)
     rhos = log_ratio.exp().numpy()
     hp = {**HP, "lambda": 1.0}
-    loss, _ = VTraceActorCritic(tabular_policy_value, rho_bar=1.5, c_bar=0.8, pg_rho_bar=2.0)(params, rollout, hp)
+    clipped = VTraceActorCritic(tabular_policy_value, rho_bar=1.5, c_bar=0.8, pg_rho_bar=2.0)
+    loss, _ = unpack(clipped(params, rollout, hp))
     vs, pg = ref_vtrace(rollout, params["values"], rhos, hp["gamma"], 1.0, rho_bar=1.5, c_bar=0.8, pg_rho_bar=2.0)
     assert loss.item() == pytest.approx(ref_actor_critic_loss(params, rollout, vs, pg, hp).item(), rel=1e-12)
-    default, _ = VTraceActorCritic(tabular_policy_value)(params, rollout, hp)
+    default, _ = unpack(VTraceActorCritic(tabular_policy_value)(params, rollout, hp))
     assert default.item() != pytest.approx(loss.item(), rel=1e-6)
 
 
@@ -421,7 +441,7 @@ def test_ppo_at_old_params_is_the_plain_policy_gradient():
     rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
     ppo = PPO(tabular_policy_value)
     batch = ppo.prepare(params, rollout, HP)
-    loss, metrics = ppo(params, batch, _policy_only())
+    loss, metrics = unpack(ppo(params, batch, _policy_only()))
     assert metrics["clip_fraction"] == 0.0
     assert abs(metrics["policy_loss"]) < 1e-12  # -(normalized advantages).mean()
     adv = batch["advantages"]
@@ -458,7 +478,7 @@ def test_ppo_clipping_stops_the_gradient_where_it_should():
     clipped = [True, False, True, False, False, False]
     batch = _hand_batch(params, ratios, advs)
     ppo = PPO(tabular_policy_value, clip=clip, normalize_advantages=False)
-    loss, metrics = ppo(params, batch, _policy_only())
+    loss, metrics = unpack(ppo(params, batch, _policy_only()))
     r, a = np.array(ratios), np.array(advs)
     expected = -np.mean(np.minimum(r * a, np.clip(r, 1 - clip, 1 + clip) * a))
     assert loss.item() == pytest.approx(expected, rel=1e-12)
@@ -481,9 +501,9 @@ def test_ppo_anneal_clip_shrinks_the_clip_range_with_progress():
     batch = _hand_batch(params, [1.15, 1.15], [1.0, 2.0])  # inside 1 +- 0.2, outside 1 +- 0.1
     annealed = PPO(tabular_policy_value, clip=0.2, normalize_advantages=False, anneal_clip=True)
     plain = PPO(tabular_policy_value, clip=0.2, normalize_advantages=False)
-    _, m_half = annealed(params, batch, _policy_only(), 0.5)  # clip 0.1
-    _, m_start = annealed(params, batch, _policy_only(), 0.0)  # clip 0.2
-    _, m_plain = plain(params, batch, _policy_only(), 0.5)
+    _, m_half = unpack(annealed(params, batch, _policy_only(), 0.5))  # clip 0.1
+    _, m_start = unpack(annealed(params, batch, _policy_only(), 0.0))  # clip 0.2
+    _, m_plain = unpack(plain(params, batch, _policy_only(), 0.5))
     assert m_half["clip_fraction"] == 1.0
     assert m_start["clip_fraction"] == 0.0 and m_plain["clip_fraction"] == 0.0
     assert m_half["policy_loss"] == pytest.approx(-1.1 * 1.5, rel=1e-9)
@@ -493,8 +513,8 @@ def test_ppo_anneal_clip_shrinks_the_clip_range_with_progress():
 def test_ppo_advantage_normalization_is_per_minibatch():
     params = make_params()
     batch = _hand_batch(params, [1.0] * 6, [1.0, 2.0, 3.0, 4.0, 5.0, 9.0])
-    norm, _ = PPO(tabular_policy_value, clip=10.0)(params, batch, _policy_only())
-    plain, _ = PPO(tabular_policy_value, clip=10.0, normalize_advantages=False)(params, batch, _policy_only())
+    norm, _ = unpack(PPO(tabular_policy_value, clip=10.0)(params, batch, _policy_only()))
+    plain, _ = unpack(PPO(tabular_policy_value, clip=10.0, normalize_advantages=False)(params, batch, _policy_only()))
     assert plain.item() == pytest.approx(-4.0, rel=1e-12)
     assert abs(norm.item()) < 1e-12
 
@@ -510,11 +530,11 @@ def test_ppo_value_clip_is_the_max_of_clipped_and_unclipped():
     batch["old_values"] = values - shifts
     batch["returns"] = returns
     hp = {"policy_cost": 0.0, "value_cost": 1.0, "entropy_cost": 0.0}
-    loss, metrics = PPO(tabular_policy_value, value_clip=vc)(params, batch, hp)
+    loss, metrics = unpack(PPO(tabular_policy_value, value_clip=vc)(params, batch, hp))
     clipped = batch["old_values"] + torch.clamp(values - batch["old_values"], -vc, vc)
     expected = 0.5 * torch.maximum((returns - values) ** 2, (returns - clipped) ** 2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
-    unclipped_loss, _ = PPO(tabular_policy_value)(params, batch, hp)
+    unclipped_loss, _ = unpack(PPO(tabular_policy_value)(params, batch, hp))
     assert unclipped_loss.item() == pytest.approx(0.5 * ((returns - values) ** 2).mean().item(), rel=1e-12)
     assert loss.item() > unclipped_loss.item()
     g = grads(loss, params)["values"][:n]
@@ -538,23 +558,36 @@ def test_ppo_bad_config_raises(kwargs):
 # --------------------------------------------------------------------------------------------
 
 
-class Recording:
+class Recording(Objective):
     """Wraps an objective and records the size of every batch it is called on."""
 
     def __init__(self, objective):
         self.objective = objective
+        self.policy_value = objective.policy_value
         self.sizes: list[int] = []
         self.indices: list[list[int]] = []
-        if hasattr(objective, "prepare"):
-            self.prepare = objective.prepare
-            self.epochs, self.minibatches = objective.epochs, objective.minibatches
 
-    def __call__(self, params, data, hparams, progress=0.0):
+    def __call__(self, params, data, hparams, progress=0.0, context=PLAIN):
         if isinstance(data, dict):
             assert data["obs"].numel() > 0, "empty minibatch"
             self.sizes.append(int(data["obs"].shape[0]))
             self.indices.append(data["obs"].tolist())
-        return self.objective(params, data, hparams, progress)
+        return self.objective(params, data, hparams, progress, context)
+
+
+class RecordingMinibatches(Recording, MinibatchObjective):
+    """:class:`Recording` of a minibatch objective (PPO): its prepare step, epochs and minibatches."""
+
+    def __init__(self, objective):
+        super().__init__(objective)
+        self.epochs, self.minibatches = objective.epochs, objective.minibatches
+
+    def prepare(self, params, rollout, hparams, context=PLAIN):
+        return self.objective.prepare(params, rollout, hparams, context)
+
+
+def recording(objective):
+    return (RecordingMinibatches if isinstance(objective, MinibatchObjective) else Recording)(objective)
 
 
 def _differs(a: dict, b: dict) -> bool:
@@ -565,7 +598,7 @@ def _differs(a: dict, b: dict) -> bool:
 def test_update_with_ppo_runs_epochs_times_minibatches_steps(epochs, minibatches):
     params = make_params()
     rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
-    objective = Recording(PPO(tabular_policy_value, epochs=epochs, minibatches=minibatches))
+    objective = recording(PPO(tabular_policy_value, epochs=epochs, minibatches=minibatches))
     opt = adam(1e-2)
     new, state, metrics = update(objective, opt, params, opt.init(params), rollout, HP,
                                  generator=torch.Generator().manual_seed(0))
@@ -587,7 +620,7 @@ def test_update_shuffles_minibatches_with_the_generator():
     rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
 
     def indices(seed):
-        objective = Recording(PPO(tabular_policy_value, epochs=3, minibatches=3))
+        objective = recording(PPO(tabular_policy_value, epochs=3, minibatches=3))
         update(objective, sgd(1e-2), params, {}, rollout, HP, generator=torch.Generator().manual_seed(seed))
         return objective.indices
 
@@ -609,7 +642,7 @@ def test_update_with_more_minibatches_than_samples_never_passes_an_empty_minibat
         behaviour_logp=rollout.behaviour_logp[:1, :2], last_obs=rollout.last_obs[:2],
         final_obs=torch.zeros(0, dtype=torch.long), final_index=torch.zeros(0, dtype=torch.long),
     )
-    objective = Recording(PPO(tabular_policy_value, epochs=1, minibatches=4))  # 2 samples, 4 minibatches
+    objective = recording(PPO(tabular_policy_value, epochs=1, minibatches=4))  # 2 samples, 4 minibatches
     opt = sgd(1e-2)
     try:
         update(objective, opt, params, opt.init(params), small, HP)
@@ -621,7 +654,7 @@ def test_update_with_more_minibatches_than_samples_never_passes_an_empty_minibat
 def test_update_without_prepare_is_one_sgd_step():
     params = make_params()
     rollout = make_rollout()
-    objective = Recording(A2C(tabular_policy_value))
+    objective = recording(A2C(tabular_policy_value))
     lr = 0.1
     new, _, metrics = update(objective, sgd(lr), params, {}, rollout, HP)
     g = grads(ref_a2c_loss(params, rollout, HP), params)
@@ -658,15 +691,21 @@ def test_gradient_step_checks_the_loss_and_the_gradients():
     params = make_params()
     opt = sgd(0.1)
 
-    def nan_loss(p, data, hparams, progress=0.0):  # finite gradients, NaN loss
-        return p["values"].sum() + p["logits"].sum() + float("nan"), {}
+    def nan_loss(p, data, hparams, progress=0.0, context=PLAIN):  # finite gradients, NaN loss
+        return Loss(p["values"].sum() + p["logits"].sum() + float("nan"), {})
 
-    def nan_grad(p, data, hparams, progress=0.0):  # finite loss (0), NaN gradient (sqrt at 0)
-        return torch.sqrt(p["values"] * 0.0).sum() + p["logits"].sum(), {}
+    def nan_grad(p, data, hparams, progress=0.0, context=PLAIN):  # finite loss (0), NaN gradient (sqrt at 0)
+        return Loss(torch.sqrt(p["values"] * 0.0).sum() + p["logits"].sum(), {})
 
     for objective in (nan_loss, nan_grad):
         with pytest.raises(FloatingPointError):
             gradient_step(objective, opt, params, {}, None, {})
+
+    def old_style(p, data, hparams, progress=0.0, context=PLAIN):  # a (loss, metrics) tuple is not a Loss
+        return p["values"].sum() + p["logits"].sum(), {}
+
+    with pytest.raises(TypeError, match="must return a rlmeta.objectives.Loss, got tuple"):
+        gradient_step(old_style, opt, params, {}, None, {})
 
 
 def _meta_loss(new_params: dict) -> torch.Tensor:
@@ -682,7 +721,7 @@ def test_update_with_create_graph_is_differentiable_wrt_hparams(objective):
     def run(lr, gamma, create_graph):
         obj = A2C(tabular_policy_value) if objective == "a2c" else PPO(tabular_policy_value, epochs=2, minibatches=3)
         new, _, _ = update(obj, sgd(0.1, momentum=0.5), params, sgd(0.1, momentum=0.5).init(params), rollout,
-                           {**HP, "lr": lr, "gamma": gamma}, create_graph=create_graph,
+                           {**HP, "lr": lr, "gamma": gamma}, mode=UpdateMode(differentiable=create_graph),
                            generator=torch.Generator().manual_seed(3))
         return _meta_loss(new)
 
@@ -747,9 +786,11 @@ def test_objectives_with_a_conditioned_network_meta_gradient_to_the_hparam_vecto
     objective = objective_cls(policy_value)
     if objective_cls is PPO:
         objective = PPO(policy_value, epochs=1, minibatches=1)
-    new, _, _ = update(objective, sgd(0.05), params, {}, rollout, hp, create_graph=True)
+    # the conditioning input requires grad: the targets must stay exact from this first update on
+    new, _, _ = update(objective, sgd(0.05), params, {}, rollout, hp,
+                       mode=UpdateMode(differentiable=True, exact_targets=True))
     # the meta-objective: A2C on the same data with the updated parameters and fixed hparams
-    meta, _ = A2C(policy_value)(new, rollout, {**HP, CONDITIONING: vector.detach()})
+    meta, _ = unpack(A2C(policy_value)(new, rollout, {**HP, CONDITIONING: vector.detach()}))
     d_vec, d_gamma = torch.autograd.grad(meta, [vector, gamma])
     assert torch.isfinite(d_vec).all() and d_vec.abs().sum() > 0
     assert torch.isfinite(d_gamma) and d_gamma.abs() > 0
@@ -773,10 +814,12 @@ def test_output_split_gives_the_semi_gradient_with_targets_kept_differentiable(o
         rollout = rollout._replace(actions=torch.randn(T, B, 2, generator=g), behaviour_logp=torch.full((T, B), -2.0))
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
     keys = list(params)
-    loss, _ = objective(params, rollout, HP)
+    loss, _ = unpack(objective(params, rollout, HP))
     semi = torch.autograd.grad(loss, [params[k] for k in keys])
-    split = OutputSplit()
-    split_loss, _ = objective(params, rollout, HP, split=split)
+    context = LossContext(exact=True)
+    split = context.split
+    assert isinstance(split, OutputSplit)
+    split_loss, _ = unpack(objective(params, rollout, HP, context=context))
     assert float(split_loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
     grads = split.grads(split_loss, [params[k] for k in keys])
     for k, a, b in zip(keys, semi, grads):
@@ -791,10 +834,11 @@ def test_output_split_gives_the_semi_gradient_with_targets_kept_differentiable(o
 # The outer critic (Bonnet et al. 2022): a second value column trained with reference gamma/lambda
 # --------------------------------------------------------------------------------------------
 #
-# The tabular agent gets a second value table, ``params["outer_values"]`` ([S]), returned as column 1
-# of ``[N, 2]`` values; ``tabular_policy_value`` (column 0 only) is the same agent without it. The
-# reference targets are ``ref_lambda_returns`` / ``ref_vtrace`` above, run on the outer table with
-# the outer critic's gamma and lambda, chosen different from the hparams' so the two cannot be confused.
+# The tabular agent gets a second value table, ``params["outer_values"]`` ([S]), the forward's output
+# ``"outer_value"``, which ``both_policy_value`` names as the outer critic's; ``tabular_policy_value``
+# (the critic only) is the same agent without it. The reference targets are ``ref_lambda_returns`` /
+# ``ref_vtrace`` above, run on the outer table with the outer critic's gamma and lambda, chosen
+# different from the hparams' so the two cannot be confused.
 
 from rlmeta.objectives import OuterCritic  # noqa: E402
 from rlmeta.returns import vtrace  # noqa: E402
@@ -803,10 +847,11 @@ OC = OuterCritic(gamma=0.97, lambda_=0.5, cost=0.3)
 ONE_COLUMN = r"make_policy_value\(net, 'both'\)"
 
 
-def both_policy_value(params: dict, obs: torch.Tensor, hparams) -> tuple[Categorical, torch.Tensor]:
-    idx = obs.long()
-    return Categorical(logits=params["logits"][idx]), torch.stack(
-        [params["values"][idx], params["outer_values"][idx]], dim=-1)
+def both_forward(params: dict, obs: torch.Tensor, conditioning) -> dict[str, torch.Tensor]:
+    return {**tabular_forward(params, obs, conditioning), "outer_value": params["outer_values"][obs.long()]}
+
+
+both_policy_value = PolicyValue(both_forward, logits_distribution, outer_value="outer_value")
 
 
 def make_outer_params(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -853,8 +898,8 @@ def test_outer_critic_reference_targets_differ_from_the_hparams_ones():
 def test_a2c_outer_critic_adds_its_td_lambda_value_loss(oc):
     params = make_outer_params()
     rollout = make_rollout()
-    with_oc, metrics = A2C(both_policy_value, outer_critic=oc)(params, rollout, HP)
-    without, metrics0 = A2C(tabular_policy_value)(params, rollout, HP)
+    with_oc, metrics = unpack(A2C(both_policy_value, outer_critic=oc)(params, rollout, HP))
+    without, metrics0 = unpack(A2C(tabular_policy_value)(params, rollout, HP))
     G = ref_lambda_returns(rollout, params["outer_values"], oc.gamma, oc.lambda_)
     expected = ref_outer_value_loss(params, rollout, G).item()
     assert expected > 1e-2
@@ -871,7 +916,7 @@ def test_a2c_outer_critic_ignores_the_meta_learned_gamma_and_lambda():
     params = make_outer_params()
     rollout = make_rollout()
     a2c = A2C(both_policy_value, outer_critic=OC)
-    seen = {a2c(params, rollout, {**HP, "gamma": g, "lambda": l})[1]["outer_value_loss"]
+    seen = {a2c(params, rollout, {**HP, "gamma": g, "lambda": l}).metrics["outer_value_loss"]
             for g, l in [(0.9, 0.8), (0.5, 0.0), (1.0, 1.0), (0.99, 0.95)]}
     assert max(seen) - min(seen) < 1e-12
     G = ref_lambda_returns(rollout, params["outer_values"], OC.gamma, OC.lambda_)
@@ -885,8 +930,8 @@ def test_a2c_outer_critic_gradients():
     lam = torch.tensor(HP["lambda"], dtype=DT, requires_grad=True)
     hp = {**HP, "gamma": gamma, "lambda": lam}
     keys = ["logits", "values", "outer_values"]
-    with_oc, _ = A2C(both_policy_value, outer_critic=OC)(params, rollout, hp)
-    without, _ = A2C(tabular_policy_value)(params, rollout, hp)
+    with_oc, _ = unpack(A2C(both_policy_value, outer_critic=OC)(params, rollout, hp))
+    without, _ = unpack(A2C(tabular_policy_value)(params, rollout, hp))
     g_with = dict(zip(keys + ["gamma", "lambda"],
                       torch.autograd.grad(with_oc, [params[k] for k in keys] + [gamma, lam])))
     g_without = dict(zip(keys[:2] + ["gamma", "lambda"],
@@ -935,8 +980,8 @@ def test_vtrace_outer_critic_adds_its_vtrace_value_loss(seed):
     rollout, rhos = off_policy_rollout(params, seed)
     clips = dict(rho_bar=1.5, c_bar=0.8, pg_rho_bar=2.0)
     hp = {**HP, "vtrace_alpha": 0.6}  # leaky V-trace for the critic: not for the outer critic
-    with_oc, metrics = VTraceActorCritic(both_policy_value, outer_critic=OC, **clips)(params, rollout, hp)
-    without, metrics0 = VTraceActorCritic(tabular_policy_value, **clips)(params, rollout, hp)
+    with_oc, metrics = unpack(VTraceActorCritic(both_policy_value, outer_critic=OC, **clips)(params, rollout, hp))
+    without, metrics0 = unpack(VTraceActorCritic(tabular_policy_value, **clips)(params, rollout, hp))
     ov = params["outer_values"].detach()
     targets = vtrace(ov[rollout.obs], ref_outer_next_values(rollout, ov), rollout.rewards,
                      OC.gamma * (1.0 - rollout.terminated), 1.0 - rollout.terminated - rollout.truncated,
@@ -968,12 +1013,12 @@ def test_vtrace_outer_critic_ignores_the_meta_learned_hparams():
     gamma = torch.tensor(0.9, dtype=DT, requires_grad=True)
     seen = []
     for hp in ({**HP, "gamma": gamma}, {**HP, "gamma": 0.5, "lambda": 0.1, "vtrace_alpha": 0.3}, {**HP, "lambda": 1.0}):
-        loss, metrics = vt(params, rollout, hp)
+        loss, metrics = unpack(vt(params, rollout, hp))
         seen.append(metrics["outer_value_loss"])
     assert max(seen) - min(seen) < 1e-12
-    d_with = torch.autograd.grad(vt(params, rollout, {**HP, "gamma": gamma})[0], gamma)[0]
-    d_without = torch.autograd.grad(VTraceActorCritic(tabular_policy_value)(params, rollout, {**HP, "gamma": gamma})[0],
-                                    gamma)[0]
+    d_with = torch.autograd.grad(vt(params, rollout, {**HP, "gamma": gamma}).total, gamma)[0]
+    d_without = torch.autograd.grad(
+        VTraceActorCritic(tabular_policy_value)(params, rollout, {**HP, "gamma": gamma}).total, gamma)[0]
     assert d_with.abs() > 1e-4
     torch.testing.assert_close(d_with, d_without, rtol=0.0, atol=1e-12)
 
@@ -982,7 +1027,7 @@ def test_vtrace_outer_critic_ignores_the_meta_learned_hparams():
 def test_ppo_prepare_gives_the_outer_critics_td_lambda_returns(keep_graph):
     params = make_outer_params()
     rollout = make_rollout(behaviour_logp=torch.randn(T, B, dtype=DT))
-    batch = PPO(both_policy_value, outer_critic=OC).prepare(params, rollout, HP, keep_graph=keep_graph)
+    batch = PPO(both_policy_value, outer_critic=OC).prepare(params, rollout, HP, LossContext(exact=keep_graph))
     plain = PPO(tabular_policy_value).prepare(params, rollout, HP)
     assert set(batch) == set(plain) | {"outer_returns"}
     for k in plain:  # the critic's part is untouched
@@ -1010,8 +1055,8 @@ def test_ppo_outer_critic_minibatch_loss():
     minibatch = {k: v[idx] for k, v in batch.items()}
     gamma = torch.tensor(HP["gamma"], dtype=DT, requires_grad=True)
     hp = {**HP, "gamma": gamma}
-    with_oc, metrics = ppo(params, minibatch, hp)
-    without, metrics0 = PPO(tabular_policy_value)(params, minibatch, hp)
+    with_oc, metrics = unpack(ppo(params, minibatch, hp))
+    without, metrics0 = unpack(PPO(tabular_policy_value)(params, minibatch, hp))
     v_outer = params["outer_values"][minibatch["obs"]]
     ref = 0.5 * ((minibatch["outer_returns"] - v_outer) ** 2).mean()
     assert ref.item() > 1e-2
@@ -1044,21 +1089,26 @@ def test_update_with_ppo_and_an_outer_critic_trains_the_outer_table():
 
 
 def test_objectives_with_an_outer_critic_refuse_a_single_value_column():
+    """An adapter that names no outer critic is refused when the objective is made, before any work."""
     params = make_outer_params()
     rollout = make_rollout()
     with pytest.raises(ValueError, match=ONE_COLUMN):
-        A2C(tabular_policy_value, outer_critic=OC)(params, rollout, HP)
+        A2C(tabular_policy_value, outer_critic=OC)
     with pytest.raises(ValueError, match=ONE_COLUMN):
-        VTraceActorCritic(tabular_policy_value, outer_critic=OC)(params, rollout, HP)
-    ppo = PPO(tabular_policy_value, outer_critic=OC)
+        VTraceActorCritic(tabular_policy_value, outer_critic=OC)
     with pytest.raises(ValueError, match=ONE_COLUMN):
-        ppo.prepare(params, rollout, HP)
-    # the minibatch loss too: one value column, or a batch prepared without the outer critic
-    batch = PPO(both_policy_value, outer_critic=OC).prepare(params, rollout, HP)
-    with pytest.raises(ValueError, match=ONE_COLUMN):
-        ppo(params, batch, HP)
+        PPO(tabular_policy_value, outer_critic=OC)
+    # an adapter that names an outer critic the network does not output: refused when evaluated
+    missing = tabular_policy_value.reading(outer_value="outer_value")
+    with pytest.raises(ValueError, match="the network has no output named 'outer_value'"):
+        A2C(missing, outer_critic=OC)(params, rollout, HP)
+    with pytest.raises(ValueError, match="the network has no output named 'outer_value'"):
+        VTraceActorCritic(missing, outer_critic=OC)(params, rollout, HP)
+    with pytest.raises(ValueError, match="the network has no output named 'outer_value'"):
+        PPO(missing, outer_critic=OC).prepare(params, rollout, HP)
+    # the minibatch loss too: a batch prepared without the outer critic
     plain_batch = PPO(tabular_policy_value).prepare(params, rollout, HP)
-    with pytest.raises(ValueError, match=ONE_COLUMN):
+    with pytest.raises(ValueError, match=r"this PPO trains an outer critic: prepare the batch with it"):
         PPO(both_policy_value, outer_critic=OC)(params, plain_batch, HP)
 
 
@@ -1093,8 +1143,8 @@ def test_real_network_outer_critic_trains_the_outer_value_head(objective_cls):
     rollout = _net_rollout()
     keys = list(params)
     assert "outer_value_head.weight" in keys
-    with_oc, metrics = objective_cls(make_policy_value(net, "both"), outer_critic=OC)(params, rollout, HP)
-    without, _ = objective_cls(make_policy_value(net, "value"))(params, rollout, HP)
+    with_oc, metrics = unpack(objective_cls(make_policy_value(net, "both"), outer_critic=OC)(params, rollout, HP))
+    without, _ = unpack(objective_cls(make_policy_value(net, "value"))(params, rollout, HP))
     assert metrics["outer_value_loss"] > 0
     assert with_oc.item() - without.item() == pytest.approx(OC.cost * metrics["outer_value_loss"], rel=1e-5)
     g_with = dict(zip(keys, torch.autograd.grad(with_oc, [params[k] for k in keys], allow_unused=True)))
@@ -1111,33 +1161,33 @@ def test_real_network_outer_critic_trains_the_outer_value_head(objective_cls):
     assert torso and any(not torch.allclose(g_with[k], g_without[k], rtol=1e-4, atol=1e-7) for k in torso)
 
 
-def test_real_network_outer_critic_values_are_column_1():
+def test_real_network_outer_critic_values_are_the_outer_value_output():
     net, params = _outer_net()
     rollout = _net_rollout()
-    loss, metrics = A2C(make_policy_value(net, "both"), outer_critic=OC)(params, rollout, HP)
-    # the same loss with the columns assembled by hand: critic from "value", outer critic from "outer"
+    loss, metrics = unpack(A2C(make_policy_value(net, "both"), outer_critic=OC)(params, rollout, HP))
+    # the same loss with the values assembled by hand: critic from "value", outer critic from "outer"
     value_pv, outer_pv = make_policy_value(net, "value"), make_policy_value(net, "outer")
 
-    def swapped(p, obs, hp):
-        dist, v = value_pv(p, obs, hp)
-        return dist, torch.stack([v, outer_pv(p, obs, hp)[1]], dim=-1)
+    def by_hand(p, obs, conditioning):
+        hp = None if conditioning is None else {CONDITIONING: conditioning}
+        return {"policy": value_pv.outputs(p, obs, hp)["policy"], "critic": value_pv(p, obs, hp)[1],
+                "outer": outer_pv(p, obs, hp)[1]}
 
-    loss2, metrics2 = A2C(swapped, outer_critic=OC)(params, rollout, HP)
+    swapped = PolicyValue(by_hand, named_distribution, value="critic", outer_value="outer")
+    loss2, metrics2 = unpack(A2C(swapped, outer_critic=OC)(params, rollout, HP))
     assert loss.item() == pytest.approx(loss2.item(), rel=1e-6)
     assert metrics["outer_value_loss"] == pytest.approx(metrics2["outer_value_loss"], rel=1e-6)
-    # with the hparams' gamma/lambda, the outer critic's loss is A2C's value loss of the column it reads
+    # with the hparams' gamma/lambda, the outer critic's loss is A2C's value loss of the output it reads
     same = OuterCritic(gamma=HP["gamma"], lambda_=HP["lambda"])
-    _, m_outer = A2C(outer_pv)(params, rollout, HP)
-    _, m_value = A2C(value_pv)(params, rollout, HP)
+    _, m_outer = unpack(A2C(outer_pv)(params, rollout, HP))
+    _, m_value = unpack(A2C(value_pv)(params, rollout, HP))
     assert m_outer["value_loss"] != pytest.approx(m_value["value_loss"], rel=1e-3)
-    assert A2C(swapped, outer_critic=same)(params, rollout, HP)[1]["outer_value_loss"] == pytest.approx(
+    assert A2C(swapped, outer_critic=same)(params, rollout, HP).metrics["outer_value_loss"] == pytest.approx(
         m_outer["value_loss"], rel=1e-6)
 
-    def exchanged(p, obs, hp):
-        dist, v = swapped(p, obs, hp)
-        return dist, v.flip(-1)
-
-    assert A2C(exchanged, outer_critic=same)(params, rollout, HP)[1]["outer_value_loss"] == pytest.approx(
+    exchanged = swapped.reading(value="outer", outer_value="critic")  # the same forward, read the other way
+    assert exchanged.forward is swapped.forward
+    assert A2C(exchanged, outer_critic=same)(params, rollout, HP).metrics["outer_value_loss"] == pytest.approx(
         m_value["value_loss"], rel=1e-6)
 
 
@@ -1149,10 +1199,12 @@ def test_real_network_outer_critic_output_split_gives_the_semi_gradient(objectiv
     rollout = _net_rollout()
     keys = list(params)
     objective = objective_cls(make_policy_value(net, "both"), outer_critic=OC)
-    loss, metrics = objective(params, rollout, HP)
+    loss, metrics = unpack(objective(params, rollout, HP))
     semi = torch.autograd.grad(loss, [params[k] for k in keys])
-    split = OutputSplit()
-    split_loss, split_metrics = objective(params, rollout, HP, split=split)
+    context = LossContext(exact=True)
+    split = context.split
+    assert isinstance(split, OutputSplit)
+    split_loss, split_metrics = unpack(objective(params, rollout, HP, context=context))
     assert split_metrics["outer_value_loss"] == pytest.approx(metrics["outer_value_loss"], rel=1e-6)
     got = split.grads(split_loss, [params[k] for k in keys])
     for k, a, b in zip(keys, semi, got):
@@ -1177,11 +1229,11 @@ def test_an_outer_critic_with_a_head_returns_its_term_restricted_to_that_head(ob
     full, restricted = build(OC), build(head_only)
     if objective == "ppo":
         batch = full.prepare(params, rollout, HP)
-        whole, metrics = full(params, batch, HP)
-        loss, metrics_r, terms = restricted(params, batch, HP)
+        whole, metrics = unpack(full(params, batch, HP))
+        loss, metrics_r, terms = unpack(restricted(params, batch, HP), restricted=True)
     else:
-        whole, metrics = full(params, rollout, HP)
-        loss, metrics_r, terms = restricted(params, rollout, HP)
+        whole, metrics = unpack(full(params, rollout, HP))
+        loss, metrics_r, terms = unpack(restricted(params, rollout, HP), restricted=True)
     assert set(terms) == {"outer_"}
     assert metrics_r == metrics and metrics["outer_value_loss"] > 0
     assert terms["outer_"].item() == pytest.approx(OC.cost * metrics["outer_value_loss"], rel=1e-12)
