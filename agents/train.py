@@ -219,10 +219,7 @@ class Trainer:
         norm = result.norm()
         if not (math.isfinite(result.meta_loss) and math.isfinite(norm)):
             raise FloatingPointError(f"non-finite meta-gradient (meta-loss {result.meta_loss}, norm {norm})")
-        raw = {k: v.detach() for k, v in self.meta.raw.items()}
-        new_raw, self.meta_state = self.meta_optimizer.update(raw, result.grads, self.meta_state)
-        for name, value in new_raw.items():
-            self.meta.raw[name] = value.detach().requires_grad_(True)
+        self.meta_state = self.meta.step(self.meta_optimizer, result.grads, self.meta_state)
         self.params, self.opt_state = result.params, result.opt_state
         self.updates += self.estimator.num_updates - 1  # the loop counts one
         # The losses of the K-th inner update (the last of the forward unroll, recomputed or not).

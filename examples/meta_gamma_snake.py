@@ -70,7 +70,7 @@ def inner_update(params, opt_state, rollout, hparams, mode):
 # One-step estimator: one inner update, then the outer loss with the reference gamma and lambda.
 estimator = OneStep(inner_update, OuterObjective(policy_value, gamma=args.outer_gamma, lambda_=1.0))
 meta_optimizer = adam(args.meta_lr, max_grad_norm=1.0)
-meta_state = meta_optimizer.init({k: v.detach() for k, v in meta.raw.items()})
+meta_state = meta_optimizer.init(meta.raw)
 
 
 def gamma() -> float:
@@ -81,7 +81,7 @@ recent = collections.deque(maxlen=100)  # the last 100 episodes' returns (fruits
 next_rollout, iteration, started = None, 0, time.perf_counter()
 print(f"{'steps':>8} {'return':>7} {'gamma':>7} {'meta_loss':>10} {'seconds':>8}")
 while actor.steps < args.total_steps:
-    acting = {k: v.detach() if torch.is_tensor(v) else v for k, v in meta.hparams().items()}
+    acting = meta.current()  # the values the agent acts with, held fixed
 
     def collect(p):
         """A rollout by the policy `p` (detached by the estimator), acting with the current values."""
@@ -89,10 +89,7 @@ while actor.steps < args.total_steps:
 
     # The meta-gradient d L_outer / d raw-gamma, and where the agent stands after its inner update.
     result = estimator.estimate(meta, params, opt_state, collect, first_rollout=next_rollout)
-    raw = {k: v.detach() for k, v in meta.raw.items()}
-    new_raw, meta_state = meta_optimizer.update(raw, result.grads, meta_state)
-    for name, value in new_raw.items():  # fresh leaves: the next estimate differentiates in them
-        meta.raw[name] = value.detach().requires_grad_(True)
+    meta_state = meta.step(meta_optimizer, result.grads, meta_state)  # raw gamma moves (fresh leaves)
     params, opt_state = result.params, result.opt_state
     next_rollout = result.next_rollout  # collected by the updated agent: the next rollout 0
     recent.extend(e["return"] for e in actor.pop_episodes())

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from rlmeta.catalog import CONDITIONING, HYPERPARAMETERS, Bounds, check_hyperparameter, learned_bounds, to_raw
+from rlmeta.optim import Optimizer, detached
 
 
 # The hyperparameters the actor-critic objectives and the learner read, and their ranges (one table:
@@ -139,6 +140,19 @@ class MetaParams:
         if self.condition:
             out[CONDITIONING] = torch.stack([values[n] for n in self.scalar_names])
         return out
+
+    def current(self) -> dict[str, float | Tensor | dict[str, Tensor]]:
+        """:meth:`hparams` held fixed (every tensor detached): what an agent acts with."""
+        return detached(self.hparams())  # type: ignore[return-value]
+
+    def step(self, optimizer: Optimizer, grads: Mapping[str, Tensor], state: dict) -> dict:
+        """Move the raw meta-parameters by ``optimizer`` along ``grads`` (a meta-gradient, one entry per
+        raw tensor); they become fresh leaves, which the next estimate differentiates in. Returns the
+        optimizer's new state (start from ``optimizer.init(meta.raw)``)."""
+        new_raw, state = optimizer.update(detached(self.raw), dict(grads), state)  # type: ignore[arg-type]
+        for name, value in new_raw.items():
+            self.raw[name] = value.detach().requires_grad_(True)
+        return state
 
     def vector(self) -> Tensor:
         """The learned scalars' values as one ``[H]`` tensor (for conditioning a network on them)."""

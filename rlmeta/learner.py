@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
-from rlmeta.optim import Optimizer, global_norm
+from rlmeta.optim import Optimizer, detached, global_norm
 from rlmeta.rollout import ForwardMemo, Params, Rollout
 
 
@@ -102,7 +102,7 @@ def gradient_step(
                                              grad_norm=grad_norm)
     if not mode.differentiable:
         new_params = {k: v.detach().requires_grad_(True) for k, v in new_params.items()}
-        new_state = _detach(new_state)
+        new_state = detached(new_state)
     metrics = {**result.metrics, "loss": loss_value, "grad_norm": norm_value}
     return new_params, new_state, metrics
 
@@ -137,11 +137,3 @@ def _grad(term: Tensor, inputs: list[Tensor], create_graph: bool, retain: bool =
     grads = torch.autograd.grad(term, inputs, create_graph=create_graph, retain_graph=retain or create_graph,
                                 allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
-
-
-def _detach(tree: Any) -> Any:
-    if isinstance(tree, Tensor):
-        return tree.detach()
-    if isinstance(tree, dict):
-        return {k: _detach(v) for k, v in tree.items()}
-    return tree

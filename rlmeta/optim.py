@@ -128,6 +128,15 @@ def _needs_graph(params: Params, grads: Params, state: State, lr: float | Tensor
     return any(t.requires_grad for t in _tensors(state))
 
 
+def detached(tree: object) -> object:
+    """``tree`` (nested dicts of tensors and plain values, e.g. an optimizer state) with every tensor detached."""
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return {k: detached(v) for k, v in tree.items()}
+    return tree
+
+
 def _tensors(tree: object) -> list[Tensor]:
     if torch.is_tensor(tree):
         return [tree]  # type: ignore[list-item]

@@ -60,6 +60,7 @@ from torch import Tensor
 from rlmeta.catalog import check_num_updates, mixing_weights
 from rlmeta.hparams import MetaParams
 from rlmeta.learner import UpdateMode
+from rlmeta.optim import detached
 from rlmeta.objectives.base import LossContext
 from rlmeta.rollout import ForwardMemo, Params, Rollout
 
@@ -101,14 +102,6 @@ class MetaGradient:
     def vector(self) -> Tensor:
         """The meta-gradient as one flat vector, in the meta-parameters' order (trees flattened)."""
         return torch.cat([g.detach().reshape(-1) for g in self.grads.values()])
-
-
-def _detach(tree: Any) -> Any:
-    if isinstance(tree, Tensor):
-        return tree.detach()
-    if isinstance(tree, dict):
-        return {k: _detach(v) for k, v in tree.items()}
-    return tree
 
 
 def _leaves(params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -194,7 +187,7 @@ class Estimator:
             if k == 0 and first_rollout is not None:
                 rollout = first_rollout
             else:
-                rollout = collect(_detach(params))
+                rollout = collect(detached(params))
                 used += 1
             if k > 0 and weights[k - 1]:
                 loss = self.outer_loss(params, rollout, previous, context)
@@ -203,9 +196,9 @@ class Estimator:
             differentiable = k >= keep_from
             if k == keep_from:  # cut the graph: only the last `truncation` updates carry meta-gradient
                 # (at k = 0 the parameters are leaves already, possibly the carried ones: kept as they are)
-                params, opt_state = (_leaves(params) if k else params), _detach(opt_state)
-            previous = _detach(params)
-            step_hparams = hparams if differentiable else _detach(hparams)
+                params, opt_state = (_leaves(params) if k else params), detached(opt_state)
+            previous = detached(params)
+            step_hparams = hparams if differentiable else detached(hparams)
             mode = self.mode(differentiable, upstream=k > keep_from or meta.condition, memo=memo)
             params, opt_state = self.inner_update(params, opt_state, rollout, step_hparams, mode)
         if self.shares_final_forward:
@@ -233,7 +226,7 @@ class Estimator:
         else:  # nothing depends on the meta-parameters (e.g. every update sits before the truncation)
             grads = (None,) * len(raw)
         grads = {n: torch.zeros_like(meta.raw[n]) if g is None else g for n, g in zip(names, grads)}
-        return MetaGradient(grads, final_params, _detach(opt_state), meta_value, outer_losses, used, fresh)
+        return MetaGradient(grads, final_params, detached(opt_state), meta_value, outer_losses, used, fresh)
 
     def _continues(self, memo: ForwardMemo, params: dict, first_rollout: Any) -> bool:
         """Whether ``memo`` (carried from the last estimate) holds ``params`` on ``first_rollout``."""
@@ -244,7 +237,7 @@ class Estimator:
         """``estimate`` with per-update checkpointing (see the module docstring): same result, less memory."""
         weights = self.weights()
         keep_from = self.num_updates - self.truncation()
-        frozen = _detach(meta.hparams())
+        frozen = detached(meta.hparams())
         names = meta.names
         raw = [meta.raw[n] for n in names]
         # Forward sweep, no graph: remember where each update starts.
@@ -255,11 +248,11 @@ class Estimator:
             if k == 0 and first_rollout is not None:
                 rollout = first_rollout
             else:
-                rollout = collect(_detach(params))
+                rollout = collect(detached(params))
                 used += 1
-            starts.append((_detach(params), _detach(opt_state), rollout, self._rng_state()))
+            starts.append((detached(params), detached(opt_state), rollout, self._rng_state()))
             params, opt_state = self.inner_update(params, opt_state, rollout, frozen, self.mode(False, False))
-            params, opt_state = _leaves(params), _detach(opt_state)
+            params, opt_state = _leaves(params), detached(opt_state)
         final, used, fresh = self.final_loss(params, opt_state, starts[-1][0], collect, used, None)
         after = self._rng_state()
         inputs = list(params.values()) + raw
@@ -304,7 +297,7 @@ class Estimator:
                     outer_losses[k] = float(self.outer_loss(starts[k][0], starts[k][2], starts[k - 1][0], LossContext()))
         meta_loss = sum(weights[k - 1] * v for k, v in outer_losses.items())
         result = {n: torch.zeros_like(meta.raw[n]) if g is None else g.detach() for n, g in zip(names, meta_bar)}
-        return MetaGradient(result, _leaves(params), _detach(opt_state), float(meta_loss),
+        return MetaGradient(result, _leaves(params), detached(opt_state), float(meta_loss),
                             [outer_losses[k] for k in sorted(outer_losses)], used, fresh)
 
     def _rng_state(self) -> Tensor | None:
@@ -318,7 +311,7 @@ class Estimator:
                    memo: ForwardMemo | None) -> tuple[Tensor, int, Rollout | None]:
         """``L_K``: the outer loss on a fresh rollout after the K-th update; also the rollouts used so
         far and that fresh rollout (the next estimate's first, None where there is none to reuse)."""
-        rollout = collect(_detach(params))
+        rollout = collect(detached(params))
         return self.outer_loss(params, rollout, previous, LossContext(memo=memo)), used + 1, rollout
 
 
@@ -392,7 +385,7 @@ class Bootstrapped(Estimator):
 
     def estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect,
                  first_rollout: Any = None) -> MetaGradient:
-        self._current_hparams = _detach(meta.hparams())
+        self._current_hparams = detached(meta.hparams())
         return super().estimate(meta, params, opt_state, collect, first_rollout)
 
     def final_loss(self, params: Params, opt_state: Any, previous: Params | None, collect: Collect, used: int,
@@ -400,15 +393,15 @@ class Bootstrapped(Estimator):
         """``KL(pi_target || pi_K)`` (+ value term) after L non-differentiated target updates (no
         rollout to reuse: the target's last one was collected by other parameters)."""
         hparams = self.target_hparams if self.target_hparams is not None else self._current_hparams
-        target, state = _leaves(params), _detach(opt_state)
+        target, state = _leaves(params), detached(opt_state)
         rollout = None
         for _ in range(self.target_updates):
-            rollout = collect(_detach(target))
+            rollout = collect(detached(target))
             used += 1
             target, state = self.inner_update(target, state, rollout, hparams, self.mode(False, False))
             target = _leaves(target)
         obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
-        return self.match(params, _detach(target), obs, hparams), used, None
+        return self.match(params, detached(target), obs, hparams), used, None
 
     def match(self, params: dict, target: dict, obs: Tensor, hparams: dict) -> Tensor:
         """The matching loss: ``KL(pi_target || pi_params)`` (+ value term) on ``obs`` (target held fixed)."""

@@ -824,3 +824,19 @@ def test_mixing_weights_are_normalized():
     geo = mixing_weights(3, "geometric", decay=0.5)
     assert geo == pytest.approx([0.25 / 1.75, 0.5 / 1.75, 1 / 1.75])
     assert mixing_weights(2, [1, 3]) == pytest.approx([0.25, 0.75])
+
+
+def test_meta_params_step_moves_raw_tensors_to_fresh_leaves_and_current_is_held_fixed():
+    """``MetaParams.step`` applies a meta-optimizer to scalars and trees alike; ``current`` detaches all."""
+    meta = MetaParams({"gamma": 0.9}, fixed={"lambda": 0.95}, trees={"w": {"a": torch.ones(2)}})
+    optimizer = sgd(0.5)
+    state = optimizer.init(meta.raw)
+    before = {k: v.detach().clone() for k, v in meta.raw.items()}
+    meta.step(optimizer, {"gamma": torch.tensor(1.0), "w.a": torch.tensor([1.0, -1.0])}, state)
+    torch.testing.assert_close(meta.raw["gamma"].detach(), before["gamma"] - 0.5)
+    torch.testing.assert_close(meta.raw["w.a"].detach(), torch.tensor([0.5, 1.5]))
+    assert all(v.is_leaf and v.requires_grad for v in meta.raw.values())
+    current = meta.current()
+    assert not current["gamma"].requires_grad and not current["w"]["a"].requires_grad
+    assert current["lambda"] == 0.95
+    torch.testing.assert_close(current["w"]["a"], meta.raw["w.a"].detach())
