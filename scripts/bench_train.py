@@ -44,7 +44,6 @@ Run directories go to a temporary directory that is removed at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil

@@ -4,7 +4,6 @@ The protocol is in :mod:`rlmeta.objectives.base`; ``OBJECTIVES`` maps the catalo
 names to the hand-written ones.
 """
 
-from rlmeta.catalog import ALGORITHMS
 from rlmeta.objectives.actor_critic import A2C, DEFAULT_HPARAMS, PPO, OuterCritic, VTraceActorCritic
 from rlmeta.objectives.base import PLAIN, Loss, LossContext, MinibatchObjective, Objective
 
