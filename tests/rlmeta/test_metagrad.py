@@ -76,8 +76,8 @@ OPTIMIZERS = {
 }
 
 
-def make_inner(optimizer):
-    objective = A2C(policy_value)
+def make_inner(optimizer, objective=None):
+    objective = objective or A2C(policy_value)
 
     def inner_update(params, opt_state, rollout, hparams, mode):
         new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
@@ -678,13 +678,7 @@ def make_tree_meta():
 
 
 def make_tree_inner(optimizer):
-    objective = LearnedAdvantageA2C(policy_value)
-
-    def inner(params, opt_state, rollout, hparams, mode):
-        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
-        return new, state
-
-    return inner
+    return make_inner(optimizer, LearnedAdvantageA2C(policy_value))
 
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
@@ -840,3 +834,9 @@ def test_meta_params_step_moves_raw_tensors_to_fresh_leaves_and_current_is_held_
     assert not current["gamma"].requires_grad and not current["w"]["a"].requires_grad
     assert current["lambda"] == 0.95
     torch.testing.assert_close(current["w"]["a"], meta.raw["w.a"].detach())
+
+
+def test_exact_targets_need_a_differentiable_update():
+    """Exactness is an explicit choice, and one without a graph is refused before any work."""
+    with pytest.raises(ValueError, match="exact_targets needs differentiable=True"):
+        UpdateMode(exact_targets=True)
