@@ -1,4 +1,5 @@
-"""A training run from a :class:`~agents.config.TrainConfig`: build, act, learn, log, checkpoint, evaluate.
+"""A training run from a :class:`~agents.config.TrainConfig`: one agent lifetime
+(:mod:`rlmeta.agents.lifetime`) with a run directory, checkpoints, TensorBoard, evaluation and a summary.
 
     summary = train(TrainConfig(env="envpool:CartPole-v1", total_steps=50_000))
 
@@ -18,7 +19,6 @@ checkpoint and :class:`TrainingInterrupted` tells the caller where it is.
 from __future__ import annotations
 
 import collections
-import copy
 import math
 import os
 import shutil
@@ -36,15 +36,12 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from rlmeta import envs
-from rlmeta.agents.actor import Actor, evaluate_policy
-from rlmeta.agents.build import (
-    build_agent, build_estimator, build_meta_optimizer, build_meta_params, learning_rate, outer_correction,
-)
+from rlmeta.agents.build import build_agent, build_meta_params
 from rlmeta.agents.config import TrainConfig, load_config, save_config, to_dict
-from rlmeta.agents.loops import AsyncLoop, Batch, SyncLoop
+from rlmeta.agents.lifetime import AgentState, Learning, build_loop, evaluate, has_success, make_env
 from rlmeta.catalog import CONDITIONING
-from rlmeta.learner import UpdateMode, update
+from rlmeta.hparams import MetaParams
+from rlmeta.metagrad import Estimator
 
 CHECKPOINT_VERSION = 1
 # Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
@@ -108,7 +105,8 @@ def _atomic_json(obj: Any, path: Path) -> None:
 
 
 class Trainer:
-    """Owns one run: its envs, network, parameters, optimizer state, loop, writer and run directory."""
+    """One run: a :class:`~rlmeta.agents.lifetime.Learning` driven iteration by iteration, plus the run
+    directory, checkpoints, TensorBoard, evaluation, the summary and Ctrl-C."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -117,122 +115,52 @@ class Trainer:
         self.run_dir = check_run_dir(config)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        self.checkpoint: dict | None = None
+        checkpoint: dict | None = None
         if config.resume:
-            self.checkpoint = torch.load(self.run_dir / "checkpoints" / "latest.pt", map_location=self.device,
-                                         weights_only=True)
-            if self.checkpoint.get("version") != CHECKPOINT_VERSION:
-                raise ValueError(f"checkpoint format {self.checkpoint.get('version')!r} is not {CHECKPOINT_VERSION}")
-        start = self.checkpoint["step"] if self.checkpoint else 0
+            checkpoint = torch.load(self.run_dir / "checkpoints" / "latest.pt", map_location=self.device,
+                                    weights_only=True)
+            if checkpoint.get("version") != CHECKPOINT_VERSION:
+                raise ValueError(f"checkpoint format {checkpoint.get('version')!r} is not {CHECKPOINT_VERSION}")
+        start = checkpoint["step"] if checkpoint else 0
         torch.manual_seed(config.seed)
         # Envs restart on resume (their states are not checkpointed), seeded apart from the first start.
         env_seed = config.seed + start
-        make_env = lambda seed: envs.make(config.env, num_envs=config.num_envs, seed=seed, **config.env_options)  # noqa: E731
-        first_env = make_env(env_seed)  # validates the id and options before anything is written
+        first_env = make_env(config, env_seed)  # validates the id and options before anything is written
         self.agent = build_agent(config, first_env.single_observation_space, first_env.single_action_space,
                                  self.device)
-        self.net, self.objective, self.optimizer = self.agent.net, self.agent.objective, self.agent.optimizer
-        self.has_success = bool(getattr(first_env, "has_success", False))
-        self.observation_space = first_env.single_observation_space
-        self.action_space = first_env.single_action_space
-        self.generator = torch.Generator().manual_seed(config.seed)  # PPO's minibatches
-        self.meta = None
-        if config.meta.enabled:
-            self._setup_meta()
-        if config.mode == "sync":
-            self.loop: SyncLoop | AsyncLoop = SyncLoop(Actor(first_env, self.net, config.num_steps, str(self.device),
-                                          config.reward_scale))
-        else:
-            envs_made = [first_env]
-
-            def make_actor(i: int) -> Actor:
-                env = envs_made.pop() if envs_made else make_env(env_seed + 10_007 * i)
-                # functional_call swaps a module's tensors while it runs: one network copy per thread.
-                return Actor(env, copy.deepcopy(self.net), config.num_steps, str(self.device), config.reward_scale)
-
-            self.loop = AsyncLoop(make_actor, config.num_actors, config.queue_size)
+        self.net = self.agent.net
+        self.has_success = has_success(first_env)
+        self.learning = Learning(config, self.agent, self.device, torch.Generator().manual_seed(config.seed))
+        self.loop = build_loop(config, self.agent, first_env, self.device, env_seed)
         self._prepare_run_dir()
-        self._restore()
+        self._restore(checkpoint)
 
-    # ----------------------------------------------------------------------------------------
-    # Setup.
+    # The parts tests and users reach for.
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """The agent's current parameters."""
+        return self.state.params
 
-    def _setup_meta(self) -> None:
-        """Meta-parameters, estimator, outer objective and meta-optimizer from ``config.meta``."""
-        m = self.config.meta
-        self.meta = build_meta_params(self.config, device=str(self.device))
+    @property
+    def step(self) -> int:
+        """Env steps learned from so far."""
+        return self.state.step
 
-        def inner_update(params, opt_state, rollout, hparams, mode: UpdateMode):
-            progress = min(1.0, self.step / self.config.total_steps)
-            if self.config.optimizer.anneal_lr and "lr" not in hparams:
-                hparams = {**hparams, "lr": learning_rate(self.config, self.step)}
-            new, state, metrics = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
-                                         progress=progress, mode=mode, generator=self.generator)
-            self._inner_metrics.append(metrics)
-            return new, state
+    @property
+    def meta(self) -> MetaParams | None:
+        """The meta-parameters at their current values (None without meta-learning)."""
+        if self.learning.meta is not None:
+            self.learning.hparams(self.state)  # points them at the state's values
+        return self.learning.meta
 
-        conditioning = (lambda: self.meta.reference_vector(m.reference())) if m.condition else None
-        self.estimator = build_estimator(m, inner_update, self.agent.outer_policy_value,
-                                         vtrace=outer_correction(self.config), conditioning=conditioning,
-                                         generator=self.generator)
-        self.meta_optimizer = build_meta_optimizer(m)
-        self.meta_state = self.meta_optimizer.init({k: v.detach() for k, v in self.meta.raw.items()})
-        self.meta_grads: collections.deque = collections.deque(maxlen=max(m.variance_window, 1))
-        self._next_rollout = None
-        self._inner_metrics: list[dict[str, float]] = []  # of the inner update calls of one meta-update
+    @property
+    def estimator(self) -> Estimator:
+        """The meta-gradient estimator (meta-learning runs only)."""
+        return self.learning.estimator
 
-    def _meta_iteration(self) -> tuple[Batch, dict[str, float]]:
-        """One meta-update: K inner updates inside the estimator, then the meta-optimizer's step.
-
-        Rollouts come from the loop: in sync mode collected on demand with the unroll's current
-        parameters; in async mode each inner parameter set is published to the actor threads and
-        the learner takes the next queued rollout (collected by slightly older parameters, which
-        the V-trace inner and outer losses correct for).
-        """
-        acting = self.hparams()
-        episodes: list[dict[str, float]] = []
-        steps, lags, calls = 0, [], 0
-        reused = self._next_rollout is not None
-
-        def collect(params: dict) -> Any:
-            nonlocal steps, calls
-            if isinstance(self.loop, SyncLoop):
-                rollout = self.loop.actor.collect(params, acting)
-                episodes.extend(self.loop.actor.pop_episodes())
-                steps += rollout.num_steps * rollout.num_envs
-                lags.append(0)
-                return rollout
-            # The k-th rollout of the unroll is asked for after k updates (k+1 with a reused first one).
-            self.loop.publish(params, acting, self.updates + calls + int(reused))
-            calls += 1
-            batch = self.loop.next()
-            episodes.extend(batch.episodes)
-            steps += batch.steps
-            lags.append(batch.lag)
-            return batch.rollout
-
-        self._inner_metrics.clear()
-        result = self.estimator.estimate(self.meta, self.params, self.opt_state, collect, self._next_rollout)
-        # The outer loss's fresh rollout was collected with the new parameters: it is the next
-        # iteration's first inner rollout (Xu et al. 2018), so each env step is learned from.
-        self._next_rollout = result.next_rollout
-        norm = result.norm()
-        if not (math.isfinite(result.meta_loss) and math.isfinite(norm)):
-            raise FloatingPointError(f"non-finite meta-gradient (meta-loss {result.meta_loss}, norm {norm})")
-        self.meta_state = self.meta.step(self.meta_optimizer, result.grads, self.meta_state)
-        self.params, self.opt_state = result.params, result.opt_state
-        self.updates += self.estimator.num_updates - 1  # the loop counts one
-        # The losses of the K-th inner update (the last of the forward unroll, recomputed or not).
-        metrics = dict(self._inner_metrics[self.estimator.num_updates - 1])
-        metrics.update({"meta_loss": result.meta_loss, "meta_grad_norm": norm, "meta_outer_loss": result.outer_losses[-1]})
-        metrics.update({f"meta_grad_{k}": float(g) if g.numel() == 1 else float(g.norm()) for k, g in result.grads.items()})
-        if self.config.meta.variance_window:
-            self.meta_grads.append(result.vector())
-            if len(self.meta_grads) >= 2:
-                stacked = torch.stack(list(self.meta_grads))
-                metrics["meta_grad_variance"] = float(stacked.var(dim=0).sum())
-        lag = round(statistics.fmean(lags)) if lags else 0
-        return Batch(None, episodes, steps, lag, 0), metrics  # type: ignore[arg-type]
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters of the next update (the learning rate annealed if asked)."""
+        return self.learning.hparams(self.state)
 
     def _prepare_run_dir(self) -> None:
         if self.run_dir.exists() and self.config.overwrite and not self.config.resume:
@@ -241,32 +169,33 @@ class Trainer:
         save_config(replace(self.config, run_dir=str(self.run_dir), resume=False, overwrite=False),
                     self.run_dir / "config.json")
 
-    def _restore(self) -> None:
+    def _restore(self, ckpt: dict | None) -> None:
         self.recent: collections.deque[dict[str, float]] = collections.deque(maxlen=100)
         self.evaluations: list[dict[str, float]] = []
-        ckpt = self.checkpoint
+        self.wall_seconds, self.episodes_seen = 0.0, 0
         if ckpt is None:
-            self.params = {k: v.detach().clone().requires_grad_(True) for k, v in self.net.named_parameters()}
-            self.opt_state = self.optimizer.init(self.params)
-            self.step, self.updates, self.wall_seconds, self.episodes_seen = 0, 0, 0.0, 0
+            self.state = self.learning.initial_state()
         else:
-            self.params = {k: v.to(self.device).requires_grad_(True) for k, v in ckpt["params"].items()}
+            params = {k: v.to(self.device).requires_grad_(True) for k, v in ckpt["params"].items()}
             expected = {k: tuple(v.shape) for k, v in self.net.named_parameters()}
-            got = {k: tuple(v.shape) for k, v in self.params.items()}
+            got = {k: tuple(v.shape) for k, v in params.items()}
             if expected != got:
                 raise ValueError("the checkpoint's parameters do not fit this network (was the config changed?)")
-            self.opt_state = to_device(ckpt["opt_state"], self.device)
-            self.step, self.updates = ckpt["step"], ckpt["updates"]
+            self.state = AgentState(params, to_device(ckpt["opt_state"], self.device), ckpt["step"], ckpt["updates"])
             self.wall_seconds, self.episodes_seen = ckpt["wall_seconds"], ckpt["episodes_seen"]
             self.recent.extend(ckpt["recent"])
-            if self.meta is not None:
+            if self.learning.meta is not None:
                 if not ckpt.get("meta"):
                     raise ValueError("the checkpoint has no meta-parameters; resume without --meta.learn")
-                self.meta.load_state_dict({"raw": ckpt["meta"]["params"]})
-                self.meta_state = to_device(ckpt["meta"]["opt_state"], self.device)
+                raw = ckpt["meta"]["params"]
+                names = self.learning.meta.names
+                if set(raw) != set(names):
+                    raise ValueError(f"saved meta-parameters {sorted(raw)} differ from {sorted(names)}")
+                self.state.meta_raw = {k: v.to(self.device).requires_grad_(True) for k, v in raw.items()}
+                self.state.meta_state = to_device(ckpt["meta"]["opt_state"], self.device)
             self.evaluations = list(ckpt["evaluations"])
             torch.set_rng_state(ckpt["rng"]["torch"])
-            self.generator.set_state(ckpt["rng"]["minibatch"])
+            self.learning.generator.set_state(ckpt["rng"]["minibatch"])
             if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         # purge_step drops the events the resumed run logged after its checkpoint (steps > step).
@@ -275,38 +204,25 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Pieces of the loop.
 
-    def hparams(self) -> dict[str, Any]:
-        """The hyperparameters of the next update (the learning rate annealed if asked)."""
-        out: dict[str, Any] = self.config.hparams.as_dict()
-        if self.meta is not None:
-            out.update({k: float(v.detach()) for k, v in self.meta.values().items()})
-            if self.meta.condition:  # the network's input: the values it acts and learns with
-                out[CONDITIONING] = self.meta.vector().detach()
-            if "lr" in out:
-                return out
-        if self.config.optimizer.anneal_lr:
-            out["lr"] = learning_rate(self.config, self.step)
-        return out
-
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/ckpt-<step>.pt`` and ``checkpoints/latest.pt`` (atomically)."""
         state = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
-            "updates": self.updates,
+            "updates": self.state.updates,
             "wall_seconds": self.wall_seconds,
             "episodes_seen": self.episodes_seen,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "opt_state": to_device(self.opt_state, torch.device("cpu")),
+            "opt_state": to_device(self.state.opt_state, torch.device("cpu")),
             "recent": list(self.recent),
             "evaluations": self.evaluations,
-            "meta": None if self.meta is None else {
-                "params": self.meta.state_dict()["raw"],
-                "opt_state": to_device(self.meta_state, torch.device("cpu")),
+            "meta": None if self.state.meta_raw is None else {
+                "params": to_device(self.state.meta_raw, torch.device("cpu")),
+                "opt_state": to_device(self.state.meta_state, torch.device("cpu")),
             },
             "rng": {
                 "torch": torch.get_rng_state(),
-                "minibatch": self.generator.get_state(),
+                "minibatch": self.learning.generator.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
@@ -319,21 +235,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Evaluation episodes in a fresh env (seeded apart from training); logs and returns the stats."""
-        c = self.config
-        env = envs.make(c.env, num_envs=c.eval_episodes, seed=c.seed + 1_000_003, **c.env_options)
-        try:
-            records = evaluate_policy(env, self.net, self.params, self.hparams(), c.eval_greedy, str(self.device))
-        finally:
-            env.close()
-        returns = [r["return"] for r in records]
-        stats = {
-            "step": self.step,
-            "return_mean": statistics.fmean(returns),
-            "return_std": statistics.pstdev(returns),
-            "length_mean": statistics.fmean(r["length"] for r in records),
-        }
-        if self.has_success:
-            stats["success_rate"] = statistics.fmean(r.get("success", 0.0) for r in records)
+        stats = {"step": self.step, **evaluate(self.config, self.agent, self.params, self.hparams(), self.device,
+                                               self.has_success)}
         self.evaluations.append(stats)
         for key, value in stats.items():
             if key != "step":
@@ -374,7 +277,7 @@ class Trainer:
             "agent": {"algo": c.algo, "mode": c.mode, "network": to_dict(c.network)},
             "seed": c.seed,
             "total_steps": self.step,
-            "updates": self.updates,
+            "updates": self.state.updates,
             "wall_clock_seconds": round(self.wall_seconds, 3),
             "steps_per_second": round(self.step / self.wall_seconds, 1) if self.wall_seconds else None,
             "episodes": self.episodes_seen,
@@ -386,10 +289,11 @@ class Trainer:
         if c.target_return is not None:
             out["target_return"] = c.target_return
             out["target_reached"] = self.reached
-        if self.meta is not None:  # where the meta-learned hyperparameters started and stand now
+        meta = self.meta
+        if meta is not None:  # where the meta-learned hyperparameters started and stand now
             initial = build_meta_params(c).values()
             out["meta"] = {name: {"initial": float(initial[name].detach()), "final": float(value.detach())}
-                           for name, value in self.meta.values().items()}
+                           for name, value in meta.values().items()}
         if last is not None:
             out["eval"] = {"episodes": c.eval_episodes, "greedy": c.eval_greedy, **last}
         if message:
@@ -407,8 +311,7 @@ class Trainer:
                    dynamic_ncols=True, disable=not c.progress, desc=Path(self.run_dir).name[:40])
         next_checkpoint = _next_multiple(self.step, c.checkpoint_interval)
         next_eval = _next_multiple(self.step, c.eval_interval)
-        hparams = self.hparams()
-        self.loop.publish(self.params, hparams, self.updates)
+        self.learning.start(self.state, self.loop)
         self.reached = False
         started = time.perf_counter()
         base_seconds = self.wall_seconds
@@ -416,29 +319,18 @@ class Trainer:
             while self.step < c.total_steps and not self.reached:
                 tick = time.perf_counter()
                 try:
-                    if self.meta is None:
-                        batch = self.loop.next()
-                        params, opt_state, metrics = update(
-                            self.objective, self.optimizer, self.params, self.opt_state, batch.rollout, hparams,
-                            progress=min(1.0, self.step / c.total_steps), generator=self.generator,
-                        )
-                        self.params, self.opt_state = params, opt_state
-                    else:
-                        batch, metrics = self._meta_iteration()
+                    self.state, iteration = self.learning.iterate(self.state, self.loop)
                 except FloatingPointError as error:
                     raise TrainingFailed(
-                        f"stopped at env step {self.step} (update {self.updates + 1}): {error}. "
+                        f"stopped at env step {self.step} (update {self.state.updates + 1}): {error}. "
                         f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
                     ) from error
-                self.updates += 1
-                self.step += batch.steps
+                metrics = iteration.metrics
                 self.wall_seconds = base_seconds + time.perf_counter() - started
-                hparams_used, hparams = hparams, self.hparams()
-                self.loop.publish(self.params, hparams, self.updates)
-                self.episodes_seen += len(batch.episodes)
-                self.recent.extend(batch.episodes)
-                sps = batch.steps / max(time.perf_counter() - tick, 1e-9)
-                self._log(metrics, batch.episodes, hparams_used, sps, batch.lag)
+                self.episodes_seen += len(iteration.episodes)
+                self.recent.extend(iteration.episodes)
+                sps = iteration.steps / max(time.perf_counter() - tick, 1e-9)
+                self._log(metrics, iteration.episodes, iteration.hparams, sps, iteration.lag)
                 if c.checkpoint_interval and self.step >= next_checkpoint:
                     self.save_checkpoint()
                     next_checkpoint = _next_multiple(self.step, c.checkpoint_interval)

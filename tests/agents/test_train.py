@@ -188,11 +188,11 @@ def test_interrupt_writes_checkpoint_and_resume_continues(tmp_path):
 
     resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True}))
     # It starts from the checkpoint: same parameters, optimizer moments and counters.
-    assert resumed.step == 96 and resumed.updates == 3
+    assert resumed.step == 96 and resumed.state.updates == 3
     for k, v in saved["params"].items():
         assert torch.equal(resumed.params[k].detach(), v)
     for k, v in saved["opt_state"]["nu"].items():
-        assert torch.equal(resumed.opt_state["nu"][k], v)
+        assert torch.equal(resumed.state.opt_state["nu"][k], v)
     summary = resumed.run()
     assert summary["total_steps"] == 256 and summary["updates"] == 8 and summary["status"] == "completed"
     final = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
@@ -213,7 +213,7 @@ def test_resume_refuses_a_changed_model_or_a_run_without_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     trainer = Trainer(tiny(tmp_path, total_steps=32 * 10, checkpoint_interval=64))
-    objective = trainer.objective
+    objective = trainer.learning.objective
     calls = {"n": 0}
 
     class Poisoned(Objective):
@@ -224,7 +224,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
             out = objective(params, rollout, hparams, progress, context)
             return Loss(out.total * float("nan") if calls["n"] == 5 else out.total, out.metrics)
 
-    trainer.objective = Poisoned()
+    trainer.learning.objective = Poisoned()
     with pytest.raises(TrainingFailed, match=r"stopped at env step 128 \(update 5\): non-finite loss"):
         trainer.run()
     run = tmp_path / "run"
@@ -408,7 +408,7 @@ def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path
     config = tiny(tmp_path, algo=algo, meta=meta, total_steps=32 * 9, checkpoint_interval=0,
                   ppo=PPOConfig(epochs=2, minibatches=2))
     trainer = Trainer(config)
-    assert trainer.objective.outer_critic == OuterCritic(0.995, 0.9, 0.25, head="outer_value_head.")
+    assert trainer.learning.objective.outer_critic == OuterCritic(0.995, 0.9, 0.25, head="outer_value_head.")
     shared = MetaConfig(**{**meta.__dict__, "outer_critic_trains_torso": True})
     assert outer_critic(shared) == OuterCritic(0.995, 0.9, 0.25, head=None)  # its loss trains the torso too
     head = trainer.params["outer_value_head.weight"].detach().clone()
@@ -468,7 +468,7 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
     saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["meta"]["params"]["gamma"]
     resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 64 * 6}))
     assert torch.equal(resumed.meta.raw["gamma"].detach(), saved)
-    assert resumed.meta_state["count"] == summary["updates"] == 7  # K=1: 64 steps, then 32 per meta-update
+    assert resumed.state.meta_state["count"] == summary["updates"] == 7  # K=1: 64 steps, then 32 per meta-update
 
 
 @pytest.mark.parametrize(
