@@ -12,6 +12,12 @@ explicit :class:`UpdateMode`, never inferred from its inputs:
   Without it the targets are detached, the published semi-gradient form. An estimator asks for it
   wherever the parameters depend on something it differentiates: after the first update of an
   unroll, or from the first one when the network is conditioned on meta-learned values.
+
+A population (the objective's adapter has a ``rlmeta.rollout.Population``: parameters ``[P, ...]``)
+is updated as P separate agents would be: objectives average over the whole batch, so the loss
+is scaled by P (each agent's gradient is then that of its own mean loss), and the optimizer must
+be a per-agent one (``Optimizer.for_population``: each agent clipped by its own gradient norm).
+Minibatch objectives (PPO) do not take populations yet: their minibatches would mix agents.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ def gradient_step(
     to the parameters named ``prefix...`` only, added to theirs.
     """
     keys = list(params)
+    num_agents = _check_population(objective, optimizer)
     if mode.exact_targets and not isinstance(objective, MinibatchObjective):
         # The objective predicts with aliases of its network outputs and holds the outputs
         # themselves fixed as targets; the gradient is taken through the aliases only, so the
@@ -83,17 +90,20 @@ def gradient_step(
     if not isinstance(result, Loss):
         raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
     loss, restricted = result.total, result.restricted
-    grads = dict(zip(keys, gradient(loss, keys, not restricted)))
+    # A population's loss is the mean over its agents: scaled by P, each agent gets its own loss's gradient.
+    scale = num_agents if num_agents > 1 else None
+    grads = dict(zip(keys, gradient(loss if scale is None else loss * scale, keys, not restricted)))
     for i, (prefix, term) in enumerate(restricted.items()):
         names = [k for k in keys if k.startswith(prefix)]
         if not names:
             raise ValueError(f"the objective restricts a loss term to parameters named {prefix!r}..., "
                              f"but there are none among {keys}")
-        for k, g in zip(names, gradient(term, names, i == len(restricted) - 1)):
+        scaled = term if scale is None else term * scale
+        for k, g in zip(names, gradient(scaled, names, i == len(restricted) - 1)):
             grads[k] = grads[k] + g
         loss = loss + term.detach()  # the reported loss includes it
-    grad_norm = global_norm(grads)
-    loss_value, norm_value = float(loss.detach()), float(grad_norm.detach())
+    grad_norm = global_norm(grads, per_agent=num_agents > 1)  # [P] for a population
+    loss_value, norm_value = float(loss.detach()), float(grad_norm.detach().mean())
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"non-finite loss {loss_value}")
     if not math.isfinite(norm_value):
@@ -103,8 +113,26 @@ def gradient_step(
     if not mode.differentiable:
         new_params = {k: v.detach().requires_grad_(True) for k, v in new_params.items()}
         new_state = detached(new_state)
-    metrics = {**result.metrics, "loss": loss_value, "grad_norm": norm_value}
+    metrics = {**result.metrics, "loss": loss_value, "grad_norm": norm_value}  # a population's: agents' mean
     return new_params, new_state, metrics
+
+
+def _check_population(objective: Objective, optimizer: Optimizer) -> int:
+    """P of the objective's adapter (1 without a population), checked against the optimizer.
+
+    A plain function ``(params, data, hparams, progress, context) -> Loss`` may stand in for an
+    :class:`Objective` (it has no adapter, hence no population).
+    """
+    adapter = objective.policy_value if isinstance(objective, Objective) else None
+    num_agents = 1 if adapter is None else adapter.num_agents
+    population = adapter is not None and adapter.population is not None
+    if population and isinstance(objective, MinibatchObjective):
+        raise ValueError(f"{type(objective).__name__} learns from minibatches, which would mix a population's "
+                         "agents; populations take whole-rollout objectives (A2C, V-trace, learned ones)")
+    if population != optimizer.per_agent:
+        raise ValueError("a population's parameters need a per-agent optimizer (optimizer.for_population()), "
+                         "and a per-agent optimizer a population's adapter (policy_value.for_population(P, B))")
+    return num_agents
 
 
 def update(

@@ -10,10 +10,16 @@ default ``eps`` reproduces ``torch.optim`` exactly.
     opt = adam(lr=3e-4)
     state = opt.init(params)
     params, state = opt.update(params, grads, state)            # or lr=<tensor> to override
+
+A population of agents (parameters with a leading agent axis ``[P, ...]``, see
+``rlmeta.rollout.Population``) steps with ``opt.for_population()``: each agent's gradients are
+clipped by their own global norm, its moments are its own rows of the state, and ``lr`` may be
+one rate per agent (``[P]``). It equals P separate optimizers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,9 +30,15 @@ Params = dict[str, Tensor]
 State = dict[str, object]
 
 
-def global_norm(tensors: Params) -> Tensor:
-    """Euclidean norm of all tensors together (differentiable, finite gradient at zero)."""
+def global_norm(tensors: Params, per_agent: bool = False) -> Tensor:
+    """Euclidean norm of all tensors together (differentiable, finite gradient at zero).
+
+    ``per_agent``: the leading axis indexes agents; one norm per agent, ``[P]``.
+    """
     values = list(tensors.values())
+    if per_agent:
+        total = sum(torch.sum((t * t).reshape(t.shape[0], -1), dim=1) for t in values)
+        return torch.sqrt(total + 1e-30)
     if not any(t.requires_grad for t in values):  # one fused kernel per tensor list
         norms = torch._foreach_norm(values)
         return torch.sqrt(torch.sum(torch.stack(norms) ** 2) + 1e-30)
@@ -34,14 +46,23 @@ def global_norm(tensors: Params) -> Tensor:
     return torch.sqrt(total + 1e-30)
 
 
-def clip_by_global_norm(grads: Params, max_norm: float, norm: Tensor | None = None) -> tuple[Params, Tensor]:
+def clip_by_global_norm(grads: Params, max_norm: float, norm: Tensor | None = None,
+                        per_agent: bool = False) -> tuple[Params, Tensor]:
     """Scale ``grads`` so their global norm is at most ``max_norm``; returns (grads, norm before).
 
-    ``norm`` may be passed when already computed (it must be ``global_norm(grads)``).
+    ``norm`` may be passed when already computed (it must be ``global_norm(grads, per_agent)``).
+    ``per_agent``: each agent's (leading axis) gradients are clipped by their own norm.
     """
-    norm = global_norm(grads) if norm is None else norm
+    norm = global_norm(grads, per_agent) if norm is None else norm
     scale = torch.clamp(max_norm / norm, max=1.0)
-    return {k: g * scale for k, g in grads.items()}, norm
+    return {k: g * _per_row(scale, g) for k, g in grads.items()}, norm
+
+
+def _per_row(value: Tensor | float, like: Tensor) -> Tensor | float:
+    """A scalar as is; a ``[P]`` tensor shaped to broadcast over ``like [P, ...]``'s rows."""
+    if torch.is_tensor(value) and value.dim() == 1:
+        return value.reshape(-1, *([1] * (like.dim() - 1)))
+    return value
 
 
 @dataclass(frozen=True)
@@ -55,10 +76,15 @@ class Optimizer:
     max_grad_norm: float | None = None
     # The same direction on one flat tensor of all gradients, used when nothing needs a gradient.
     fused_direction: Callable[[Tensor, State, "_Layout"], tuple[Tensor, State]] | None = None
+    per_agent: bool = False  # the leading axis of every tensor indexes a population's agents
 
     def __post_init__(self) -> None:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+
+    def for_population(self) -> "Optimizer":
+        """This optimizer for parameters ``[P, ...]`` of P agents (see the module docstring)."""
+        return dataclasses.replace(self, per_agent=True)
 
     def update(
         self, params: Params, grads: Params, state: State, lr: float | Tensor | None = None,
@@ -66,30 +92,40 @@ class Optimizer:
     ) -> tuple[Params, State]:
         """Return ``(new_params, new_state)``: clip ``grads``, then ``params - lr * direction``.
 
-        ``grad_norm``, if the caller has it already, is ``global_norm(grads)`` (saves recomputing it).
+        ``grad_norm``, if the caller has it already, is ``global_norm(grads, self.per_agent)`` (saves
+        recomputing it). A per-agent optimizer takes ``lr`` as a scalar or one rate per agent ``[P]``.
         """
         missing = set(params) ^ set(grads)
         if missing:
             raise ValueError(f"params and grads must have the same keys; differing: {sorted(missing)}")
         rate = self.lr if lr is None else lr
-        if self.fused_direction is not None and not _needs_graph(params, grads, state, rate):
+        if torch.is_tensor(rate) and rate.dim() > 0 and not (self.per_agent and rate.dim() == 1):
+            raise ValueError(f"lr must be a scalar{' or one per agent [P]' if self.per_agent else ''}, "
+                             f"got shape {tuple(rate.shape)}")
+        scalar_rate = not torch.is_tensor(rate) or rate.dim() == 0
+        if not scalar_rate and params and rate.shape[0] != next(iter(params.values())).shape[0]:
+            raise ValueError(f"lr has {rate.shape[0]} rates for {next(iter(params.values())).shape[0]} agents")
+        if self.fused_direction is not None and scalar_rate and not _needs_graph(params, grads, state, rate):
             return self._fused_update(params, grads, state, float(rate), grad_norm)
         if self.max_grad_norm is not None:
-            grads, _ = clip_by_global_norm(grads, self.max_grad_norm, grad_norm)
+            grads, _ = clip_by_global_norm(grads, self.max_grad_norm, grad_norm, self.per_agent)
         step, new_state = self.direction(grads, state)
-        return {k: params[k] - rate * step[k] for k in params}, new_state
+        return {k: params[k] - _per_row(rate, step[k]) * step[k] for k in params}, new_state
 
     def _fused_update(
         self, params: Params, grads: Params, state: State, rate: float, grad_norm: Tensor | None
     ) -> tuple[Params, State]:
         """``update`` without autograd on one flat buffer: a handful of kernels per step, whatever the
         number of tensors (plain training's fast path; small networks are dominated by per-op costs)."""
-        layout = _Layout(params)
+        layout = _Layout(params, self.per_agent)
         with torch.no_grad():
             g = layout.flat(grads)
             if self.max_grad_norm is not None:
-                norm = torch.linalg.vector_norm(g) if grad_norm is None else grad_norm
-                g = g * torch.clamp(self.max_grad_norm / norm, max=1.0)
+                if grad_norm is None:
+                    grad_norm = torch.linalg.vector_norm(g, dim=-1, keepdim=self.per_agent)
+                elif self.per_agent:
+                    grad_norm = grad_norm[:, None]
+                g = g * torch.clamp(self.max_grad_norm / grad_norm, max=1.0)
             step, new_state = self.fused_direction(g, state, layout)  # type: ignore[misc]
             new = layout.flat(params).sub_(step, alpha=rate)
         # Leaf parameters come back as leaves that require grad exactly when the old ones did.
@@ -97,19 +133,26 @@ class Optimizer:
 
 
 class _Layout:
-    """Where each tensor of a dict lies in one flat buffer (same keys, order, shapes)."""
+    """Where each tensor of a dict lies in one flat buffer (same keys, order, shapes); with
+    ``per_agent``, one row per agent, ``[P, D]``."""
 
-    def __init__(self, like: Params):
+    def __init__(self, like: Params, per_agent: bool = False):
         self.keys = list(like)
         self.shapes = [like[k].shape for k in self.keys]
-        self.sizes = [like[k].numel() for k in self.keys]
+        self.rows = self.shapes[0][0] if per_agent and self.keys else None
+        self.sizes = [like[k].numel() // (self.rows or 1) for k in self.keys]
 
     def flat(self, tensors: Params) -> Tensor:
         """A new flat tensor of ``tensors`` in this layout."""
+        if self.rows is not None:
+            return torch.cat([tensors[k].reshape(self.rows, -1) for k in self.keys], dim=1)
         return torch.cat([tensors[k].reshape(-1) for k in self.keys])
 
     def split(self, flat: Tensor) -> Params:
-        """Views of ``flat`` shaped as the dict this layout was made from."""
+        """Tensors shaped as the dict this layout was made from (views of ``flat`` without agent rows)."""
+        if self.rows is not None:
+            return {k: t.reshape(shape) for k, t, shape in zip(self.keys, torch.split(flat, self.sizes, dim=1),
+                                                                self.shapes)}
         return {k: t.view(shape) for k, t, shape in zip(self.keys, torch.split(flat, self.sizes), self.shapes)}
 
 

@@ -5,6 +5,13 @@ parameters are recomputed by :func:`evaluate`, so an objective stays a pure func
 ``params``. Truncated episodes keep their true final observations (sparse: only the ``(t, b)``
 where a time limit cut the episode), so bootstrapping uses ``V(final_obs)``.
 
+A population of P agents (Jackson et al. 2023 and Oh et al. 2020 train hundreds at once) is a
+leading axis of every parameter tensor, ``[P, ...]``, with the agents' envs side by side in the
+rollout's batch (env ``b`` belongs to agent ``b // B`` of ``P * B`` envs): a :class:`Population`
+on the adapter says so, and the network's forward runs once for all agents under
+``torch.func.vmap``. Only the forward is mapped; gradients stay ``torch.autograd.grad`` calls on
+the whole population, so the learner, :class:`OutputSplit` and :class:`ForwardMemo` work unchanged.
+
 Networks are read through a :class:`PolicyValue` adapter: a functional forward pass that returns
 *named* outputs (``policy``, ``value``, an outer critic's ``outer_value``, or any extra head a
 learned objective asks for by name), a way to make the policy's distribution from them, and
@@ -36,6 +43,77 @@ class Forward(Protocol):
         """Named outputs, each ``[N, ...]``."""
 
 
+@dataclass(frozen=True)
+class Population:
+    """P agents with B envs each: parameters ``[P, ...]``, env ``b`` of ``P * B`` belongs to agent ``b // B``.
+
+    Observations given to the adapter as a flat ``[N, ...]`` are rows of ``[K, P * B]`` (a rollout's
+    steps, its bootstrap row, one batch of the actor's): row ``r`` belongs to agent ``(r // B) % P``.
+    """
+
+    num_agents: int
+    envs_per_agent: int
+
+    def __post_init__(self) -> None:
+        for name in ("num_agents", "envs_per_agent"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Population.{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def num_envs(self) -> int:
+        """P * B."""
+        return self.num_agents * self.envs_per_agent
+
+    def agents_of_rows(self, num_rows: int, device: torch.device | str = "cpu") -> Tensor:
+        """``[N]`` agent of each row of ``[N / (P * B), P * B]`` flattened (see the class)."""
+        if num_rows % self.num_envs:
+            raise ValueError(f"a population of {self.num_agents} agents x {self.envs_per_agent} envs reads "
+                             f"observations in rows of {self.num_envs}, got {num_rows} observations")
+        return (torch.arange(num_rows, device=device) // self.envs_per_agent) % self.num_agents
+
+    def agents_of_envs(self, env_index: Tensor) -> Tensor:
+        """The agent of each env index (or flat ``t * P * B + b`` index) in ``env_index``."""
+        return (env_index % self.num_envs) // self.envs_per_agent
+
+    def forward(self, forward: "Forward", params: Params, obs: Tensor, conditioning: Tensor | None,
+                agents: Tensor) -> dict[str, Tensor]:
+        """``forward`` of every agent on its rows of ``obs [N, ...]`` (``agents [N]``), in one vmapped call.
+
+        Rows are gathered into ``[P, M, ...]`` (M: the most rows of one agent; shorter agents are
+        padded with copies of a row, whose outputs are dropped) and scattered back to ``[N, ...]``.
+        ``conditioning`` is shared (``[H]``) or per agent (``[P, H]``).
+        """
+        num_agents = self.num_agents
+        for name, value in params.items():
+            if value.dim() == 0 or value.shape[0] != num_agents:
+                raise ValueError(f"population parameters must have a leading axis of {num_agents} agents; "
+                                 f"{name!r} has shape {tuple(value.shape)}")
+        index, inverse = group_rows(agents, num_agents)
+        grouped = obs[index.reshape(-1)].reshape(num_agents, index.shape[1], *obs.shape[1:])
+        per_agent = conditioning is not None and conditioning.dim() == 2
+        mapped = torch.func.vmap(forward, in_dims=(0, 0, 0 if per_agent else None))
+        outputs = mapped(params, grouped, conditioning)
+        return {name: value.reshape(-1, *value.shape[2:])[inverse] for name, value in outputs.items()}
+
+
+def group_rows(agents: Tensor, num_agents: int) -> tuple[Tensor, Tensor]:
+    """``(index [P, M], inverse [N])`` for rows owned by ``agents [N]``: ``rows[index]`` groups them by
+    agent (in order, padded with row 0), ``grouped.reshape(P * M, ...)[inverse]`` puts them back."""
+    agents = agents.long()
+    counts = torch.bincount(agents, minlength=num_agents)
+    if counts.numel() > num_agents:
+        raise ValueError(f"agent index {int(agents.max())} out of range for {num_agents} agents")
+    width = int(counts.max()) if agents.numel() else 0
+    order = torch.argsort(agents, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(agents)
+    position[order] = torch.arange(agents.numel(), device=agents.device) - starts[agents[order]]
+    index = torch.zeros(num_agents, width, dtype=torch.long, device=agents.device)
+    index[agents, position] = torch.arange(agents.numel(), device=agents.device)
+    return index, agents * width + position
+
+
 @dataclass(frozen=True, eq=False)
 class PolicyValue:
     """The network adapter: a policy distribution and named value outputs from one forward pass.
@@ -50,6 +128,7 @@ class PolicyValue:
     * ``shares_forward``: the forward reads the hyperparameters through the conditioning input
       only and is a pure function of ``(params, obs, conditioning)``, so a memo may reuse its
       outputs between losses (the outer loss passes other hyperparameter values than the inner).
+    * ``population``: the parameters are a population's (see :class:`Population`); None: one agent.
     """
 
     forward: Forward
@@ -58,10 +137,24 @@ class PolicyValue:
     outer_value: str | None = None
     extras: tuple[str, ...] = ()
     shares_forward: bool = True
+    population: Population | None = None
 
-    def outputs(self, params: Params, obs: Tensor, hparams: Mapping[str, Any] | None) -> Outputs:
-        """The named outputs on ``obs [N, ...]`` (the conditioning input read from ``hparams``)."""
-        return self.forward(params, obs, conditioning(hparams))
+    @property
+    def num_agents(self) -> int:
+        """P (1 without a population)."""
+        return 1 if self.population is None else self.population.num_agents
+
+    def outputs(self, params: Params, obs: Tensor, hparams: Mapping[str, Any] | None,
+                agents: Tensor | None = None) -> Outputs:
+        """The named outputs on ``obs [N, ...]`` (the conditioning input read from ``hparams``).
+
+        For a population, ``agents [N]`` names each row's agent (default: rows of ``[K, P * B]``).
+        """
+        if self.population is None:
+            return self.forward(params, obs, conditioning(hparams))
+        if agents is None:
+            agents = self.population.agents_of_rows(obs.shape[0], obs.device)
+        return self.population.forward(self.forward, params, obs, conditioning(hparams), agents)
 
     def __call__(self, params: Params, obs: Tensor, hparams: Mapping[str, Any] | None) -> tuple[Distribution, Tensor]:
         """``(distribution over N actions, values [N])`` on ``obs [N, ...]``."""
@@ -73,6 +166,11 @@ class PolicyValue:
         """The same network read with other value outputs (or extras); it shares this one's forward passes."""
         return dataclasses.replace(self, value=value, outer_value=outer_value,
                                    extras=self.extras if extras is None else tuple(extras))
+
+    def for_population(self, num_agents: int, envs_per_agent: int) -> "PolicyValue":
+        """The same network read for a population of ``num_agents`` agents with ``envs_per_agent`` envs
+        each (parameters ``[P, ...]``); it shares this adapter's forward passes."""
+        return dataclasses.replace(self, population=Population(num_agents, envs_per_agent))
 
 
 def conditioning(hparams: Mapping[str, Any] | None) -> Tensor | None:
@@ -238,12 +336,27 @@ def _forward(policy_value: PolicyValue, params: Params, rollout: Rollout, hparam
     """The named outputs on every observation of the rollout, then its bootstrap and final
     observations (reused from ``memo`` where it has them)."""
     if memo is None or not policy_value.shares_forward:
-        return policy_value.outputs(params, observations(rollout), hparams)
+        return _rollout_outputs(policy_value, params, rollout, hparams)
     outputs = memo.lookup(policy_value.forward, params, rollout, hparams)
     if outputs is None:
-        outputs = policy_value.outputs(params, observations(rollout), hparams)
+        outputs = _rollout_outputs(policy_value, params, rollout, hparams)
         memo.store(policy_value.forward, params, rollout, hparams, outputs)
     return outputs
+
+
+def _rollout_outputs(policy_value: PolicyValue, params: Params, rollout: Rollout,
+                     hparams: Mapping[str, Any] | None) -> Outputs:
+    """The named outputs on :func:`observations` of the rollout (a population's agents each on its own rows)."""
+    obs = observations(rollout)
+    population = policy_value.population
+    if population is None:
+        return policy_value.outputs(params, obs, hparams)
+    if rollout.num_envs != population.num_envs:
+        raise ValueError(f"a population of {population.num_agents} agents x {population.envs_per_agent} envs "
+                         f"learns from rollouts of {population.num_envs} envs, got {rollout.num_envs}")
+    regular = population.agents_of_rows((rollout.num_steps + 1) * rollout.num_envs, obs.device)
+    agents = torch.cat([regular, population.agents_of_envs(rollout.final_index)])
+    return policy_value.outputs(params, obs, hparams, agents)
 
 
 def observations(rollout: Rollout) -> Tensor:

@@ -94,6 +94,16 @@ class OuterCritic:
         return 0.5 * ((targets - ev.outer_values) ** 2).mean()
 
 
+def _normalized(advantages: Tensor, num_agents: int) -> Tensor:
+    """``(A - mean) / (std + 1e-8)`` over ``[T, B]``; a population's agents (``[T, P * B]``) each over its own."""
+    if num_agents == 1:
+        return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    per_agent = advantages.reshape(advantages.shape[0], num_agents, -1)
+    mean = per_agent.mean(dim=(0, 2), keepdim=True)
+    std = per_agent.std(dim=(0, 2), keepdim=True)
+    return ((per_agent - mean) / (std + 1e-8)).reshape(advantages.shape)
+
+
 class A2C(Objective):
     """Advantage actor-critic with lambda-returns (``lambda=1``: n-step returns to the horizon)."""
 
@@ -117,7 +127,7 @@ class A2C(Objective):
         returns = lambda_returns(rollout.rewards, discounts, fixed.next_values, ev.continues, _hp(hparams, "lambda"))
         advantages = returns - fixed.values
         if self.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = _normalized(advantages, self.policy_value.num_agents)
         policy_loss = -(ev.logp * advantages).mean()
         value_loss = 0.5 * ((returns - ev.values) ** 2).mean()
         entropy = ev.entropy.mean()

@@ -13,6 +13,7 @@ import torch
 from torch.distributions import Categorical, Independent, Normal
 from torch.func import functional_call
 
+from rlmeta.agents.actor import make_policy_value
 from rlmeta.agents.networks import ActorCritic, AgentOutput, distribution
 
 N = 5
@@ -364,3 +365,29 @@ def test_cnn_accepts_uint8_and_bool_grids():
         out = net(raw)
         torch.testing.assert_close(out.policy, ref.policy)
         torch.testing.assert_close(out.value, ref.value)
+
+
+@pytest.mark.parametrize("make, obs_of, conditioned", [
+    (cnn_net, lambda n: grid_obs(n, seed=3), False),
+    (mlp_net, lambda n: torch.randn(n, 4, generator=torch.Generator().manual_seed(4)), True),
+    (gauss_net, lambda n: torch.randn(n, 39, generator=torch.Generator().manual_seed(5)), False),
+])
+def test_a_population_adapter_runs_every_agent_on_its_own_rows(make, obs_of, conditioned):
+    """Parameters stacked on a leading agent axis, one vmapped forward: each agent's rows get its own outputs."""
+    agents, envs_per_agent = 4, 3
+    nets = []
+    for seed in range(agents):
+        torch.manual_seed(seed)
+        nets.append(make(num_hparams=2) if conditioned else make())
+    params = [{k: v.double() for k, v in net.named_parameters()} for net in nets]
+    stacked = {k: torch.stack([p[k] for p in params]) for k in params[0]}
+    obs = obs_of(2 * agents * envs_per_agent)  # two rows of the population's 12 envs
+    hparams = {"conditioning": torch.tensor([0.9, 0.1], dtype=torch.float64)} if conditioned else {}
+    population = make_policy_value(nets[0]).for_population(agents, envs_per_agent)
+    out = population.outputs(stacked, obs.double(), hparams)
+    owner = (torch.arange(obs.shape[0]) // envs_per_agent) % agents
+    for agent in range(agents):
+        rows = owner == agent
+        alone = make_policy_value(nets[agent]).outputs(params[agent], obs[rows].double(), hparams)
+        for name, value in alone.items():
+            assert torch.allclose(out[name][rows], value, rtol=0, atol=1e-12), name
