@@ -211,7 +211,9 @@ class Evaluation(NamedTuple):
 
     ``outer_values``/``outer_next_values``: the same for the outer critic, where the adapter names
     one (``PolicyValue.outer_value``; see ``rlmeta.objectives.OuterCritic``), else None.
-    ``extras``: the adapter's extra outputs on the rollout's observations, ``[T, B, ...]``.
+    ``extras``: the adapter's extra outputs on the rollout's observations, ``[T, B, ...]``;
+    ``next_extras``: the same at the next observations (bootstrap and true final ones spliced in, as
+    for ``next_values``).
     """
 
     logp: Tensor
@@ -223,11 +225,13 @@ class Evaluation(NamedTuple):
     outer_values: Tensor | None = None
     outer_next_values: Tensor | None = None
     extras: Mapping[str, Tensor] = {}
+    next_extras: Mapping[str, Tensor] = {}
 
     def detached(self) -> "Evaluation":
         """The same evaluation with every tensor held fixed (the semi-gradient's targets)."""
         fields = {k: v.detach() for k, v in self._asdict().items() if isinstance(v, Tensor)}
-        return self._replace(**fields, extras={k: v.detach() for k, v in self.extras.items()})
+        return self._replace(**fields, extras={k: v.detach() for k, v in self.extras.items()},
+                             next_extras={k: v.detach() for k, v in self.next_extras.items()})
 
 
 def evaluate(policy_value: PolicyValue, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
@@ -381,9 +385,11 @@ def _evaluation(policy_value: PolicyValue, outputs: Outputs, rollout: Rollout) -
     logp = dist.log_prob(actions).reshape(num_steps, num_envs)
     entropy = dist.entropy().reshape(num_steps, num_envs)
     continues = 1.0 - torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
-    extras = {name: named_output(outputs, name)[:n].reshape(num_steps, num_envs, *outputs[name].shape[1:])
-              for name in policy_value.extras}
-    return Evaluation(logp, entropy, values, next_values, continues, dist, *outer, extras=extras)
+    extras, next_extras = {}, {}
+    for name in policy_value.extras:
+        extras[name], next_extras[name] = _per_step_and_next(named_output(outputs, name), rollout)
+    return Evaluation(logp, entropy, values, next_values, continues, dist, *outer, extras=extras,
+                      next_extras=next_extras)
 
 
 def named_output(outputs: Outputs, name: str) -> Tensor:
@@ -395,14 +401,22 @@ def named_output(outputs: Outputs, name: str) -> Tensor:
 
 def _values_and_next(values_all: Tensor, rollout: Rollout) -> tuple[Tensor, Tensor]:
     """``[T, B]`` values and next values (bootstrap and true final values spliced in) from ``[N]`` outputs."""
-    num_steps, num_envs = rollout.num_steps, rollout.num_envs
-    n = num_steps * num_envs
     if values_all.dim() != 1:
         raise ValueError(f"a value output must have shape [N], got {tuple(values_all.shape)}")
-    values = values_all[:n].reshape(num_steps, num_envs)
-    bootstrap = values_all[n : n + num_envs]
-    final_values = values_all[n + num_envs :]
-    next_values = torch.cat([values[1:], bootstrap[None]], dim=0).reshape(-1)
+    return _per_step_and_next(values_all, rollout)
+
+
+def _per_step_and_next(outputs: Tensor, rollout: Rollout) -> tuple[Tensor, Tensor]:
+    """An output ``[N, ...]`` of :func:`observations` as ``[T, B, ...]`` at each step's observation and
+    at the next one (the bootstrap observation after the last step, the true final observation
+    where a time limit cut the episode)."""
+    num_steps, num_envs = rollout.num_steps, rollout.num_envs
+    n = num_steps * num_envs
+    tail = outputs.shape[1:]
+    current = outputs[:n].reshape(num_steps, num_envs, *tail)
+    bootstrap = outputs[n : n + num_envs]
+    final = outputs[n + num_envs :]
+    following = torch.cat([current[1:], bootstrap[None]], dim=0).reshape(n, *tail)
     if rollout.final_index.numel():
-        next_values = next_values.index_copy(0, rollout.final_index, final_values)
-    return values, next_values.reshape(num_steps, num_envs)
+        following = following.index_copy(0, rollout.final_index, final)
+    return current, following.reshape(num_steps, num_envs, *tail)

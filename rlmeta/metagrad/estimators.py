@@ -212,6 +212,9 @@ class Estimator:
             outer_grads = torch.autograd.grad(final, [final_params[n] for n in keys], retain_graph=True,
                                               allow_unused=True)
             through = sum((params[n] * g).sum() for n, g in zip(keys, outer_grads) if g is not None)
+            # Plus L_K itself: from the leaf copies it reaches the meta-parameters only where it reads
+            # them directly (a learned objective's regularisers); elsewhere that part of the graph is pruned.
+            through = through + final
             self._carried = memo.keep_only(final_params, fresh)
         else:
             final, used, fresh = self.final_loss(params, opt_state, previous, collect, used, memo)
