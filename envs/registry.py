@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rlmeta.envs import envpool_backend, gym_backend, metaworld_backend, snake
+from rlmeta.envs import chain, envpool_backend, gridworld, gym_backend, metaworld_backend, snake
 from rlmeta.envs.core import (
     Backend, Builder, EnvSpec, VectorEnv, check_num_envs, check_seed, unknown_id_message,
 )
@@ -34,7 +34,7 @@ ENTRY_POINT_DESCRIPTION = (
 )
 
 # Named envs: the built-ins, then whatever users register (mutable: register/unregister change it).
-_NAMED: dict[str, EnvSpec] = {spec.name: spec for spec in snake.NAMED_ENVS}
+_NAMED: dict[str, EnvSpec] = {spec.name: spec for spec in (*snake.NAMED_ENVS, *gridworld.NAMED_ENVS, *chain.NAMED_ENVS)}
 
 
 def register(

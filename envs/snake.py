@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 from rlmeta.envs.core import EnvSpec, VectorEnv, check_num_envs, check_options, check_seed
+from rlmeta.envs.streams import random_below, splitmix_next
 
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
@@ -47,27 +48,11 @@ HEAD, FRUIT, LENGTH, STEP, START = 0, 1, 2, 3, 4
 NUM_FIELDS = 5
 
 
-@numba.njit(cache=True, inline="always")
-def _next_random(rng: np.ndarray, i: int) -> np.uint64:
-    """SplitMix64 step of sub-env ``i``'s stream."""
-    rng[i] += np.uint64(0x9E3779B97F4A7C15)
-    z = rng[i]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@numba.njit(cache=True, inline="always")
-def _random_below(rng: np.ndarray, i: int, n: int) -> int:
-    """Uniform integer in [0, n) from sub-env ``i``'s stream (Lemire's multiply-shift)."""
-    return int(((_next_random(rng, i) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
-
-
 @numba.njit(cache=True)
 def _place_fruit(occupied: np.ndarray, state: np.ndarray, rng: np.ndarray, i: int) -> None:
     """Put the fruit of sub-env ``i`` on a uniformly chosen free cell (the board must not be full)."""
     cells = occupied.shape[1]
-    k = _random_below(rng, i, cells - state[i, LENGTH])
+    k = random_below(rng, i, cells - state[i, LENGTH])
     for cell in range(cells):
         if occupied[i, cell] == 0:
             if k == 0:
@@ -81,7 +66,7 @@ def _reset_one(occupied: np.ndarray, queue: np.ndarray, state: np.ndarray, rng: 
     """New episode for sub-env ``i``: length-1 snake on a random cell, fruit on a free cell."""
     cells = occupied.shape[1]
     occupied[i, :] = 0
-    head = _random_below(rng, i, cells)
+    head = random_below(rng, i, cells)
     occupied[i, head] = 1
     queue[i, 0] = head
     state[i, HEAD] = head

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rlmeta import envs
-from rlmeta.agents.config import TrainConfig, load_config
+from rlmeta.agents.build import build_agent
+from rlmeta.agents.config import HParamsConfig, NetworkConfig, OptimizerConfig, TrainConfig, load_config
+from rlmeta.agents.lifetime import lifetime, make_env
 from rlmeta.agents.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -95,3 +98,23 @@ def test_async_meta_gradient_vtrace_learns_cartpole(tmp_path):
                   total_steps=60_000)
     assert summary["train_return_mean_last_100"] > 150, summary  # random play averages about 22
     assert summary["meta"]["gamma"]["final"] != pytest.approx(summary["meta"]["gamma"]["initial"], abs=1e-4)
+
+
+@pytest.mark.parametrize("env_id", ["chain", "chain-distractor"])
+def test_a2c_learns_the_delayed_chain(env_id):
+    """The LPG appendix's delayed chain: after its lifetime, A2C picks the correct first action with
+    probability >= 0.95, on every one of three lifetimes (each its own correct action and length)."""
+    for seed in range(3):
+        config = TrainConfig(env=env_id, num_envs=16, num_steps=20, total_steps=30_000, seed=seed, algo="a2c",
+                             network=NetworkConfig(hidden=(64,), activation="tanh"),
+                             optimizer=OptimizerConfig(name="adam", lr=3e-3, max_grad_norm=0.5),
+                             hparams=HParamsConfig(gamma=0.99, td_lambda=0.95, entropy_cost=0.01, value_cost=0.5),
+                             progress=False)
+        env = make_env(config, config.seed)  # the lifetime's env: same seed, same correct action and length
+        agent = build_agent(config, env.single_observation_space, env.single_action_space)
+        result = lifetime(config, agent=agent)
+        start, _ = env.reset(seed=config.seed)
+        with torch.no_grad():
+            probs = agent.policy_value(result.state.params, torch.as_tensor(start[:1]), {})[0].probs[0]
+        assert float(probs[env.correct_action]) >= 0.95, (seed, env.length, probs.tolist())
+        env.close()

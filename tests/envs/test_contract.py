@@ -9,6 +9,7 @@ understand. Rollouts are recorded once per case (``_rollout``) and several tests
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,6 +20,7 @@ import pytest
 from gymnasium.vector.utils import batch_space
 
 from rlmeta import envs
+from rlmeta.envs.levels import LEVELS
 
 SEED = 7
 STEPS = 25
@@ -159,6 +161,12 @@ CASES = [
         "user-counter", COUNTER_ID, 4, {"limit": 4}, {},
         is_first=counter_is_first, check_final=counter_check_final, only_first_is_first=True,
     ),
+    *(Case(f"grid-dense-{obs}", "grid", 10, {"level": dataclasses.replace(LEVELS["dense"], max_steps=10)},
+           {"level": dataclasses.replace(LEVELS["dense"], max_steps=1000)}, options={"obs": obs},
+           stochastic_reset=False, final_differs_from_first=False) for obs in ("tabular", "index", "grid")),
+    Case("grid-random-start", "grid", 10, {"level": dataclasses.replace(LEVELS["dense"], max_steps=10, start=None)},
+         {"level": dataclasses.replace(LEVELS["dense"], max_steps=1000, start=None)}, options={"obs": "grid"},
+         final_differs_from_first=False),
     Case(
         "metaworld-mt1-reach", "metaworld:MT1", 10, {"max_episode_steps": 10}, {"max_episode_steps": 200},
         options={"task": "reach-v3"}, num_envs=2, has_success=True,  # MT1 draws a task per reset
