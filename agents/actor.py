@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -49,13 +49,17 @@ def make_policy(net: ActorCritic):
 class Actor:
     """Steps ``env`` with the policy of the given parameters, ``num_steps`` at a time."""
 
-    def __init__(self, env: Any, net: ActorCritic, num_steps: int, device: str = "cpu", reward_scale: float = 1.0):
+    def __init__(self, env: Any, net: ActorCritic | None, num_steps: int, device: str = "cpu",
+                 reward_scale: float = 1.0, policy: Callable[[dict, torch.Tensor, Any], Any] | None = None):
+        """``policy(params, obs [B, ...], hparams) -> distribution`` acts instead of ``net``'s
+        (e.g. a population's adapter, or a network other than ``ActorCritic``)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if policy is None and net is None:
+            raise ValueError("an actor needs a network or a policy")
         self.reward_scale = reward_scale  # rollouts hold reward * reward_scale; episode stats stay unscaled
         self.env, self.net, self.num_steps, self.device = env, net, num_steps, torch.device(device)
-        self.policy_value = make_policy_value(net)
-        self.policy = make_policy(net)
+        self.policy = policy if policy is not None else make_policy(net)
         self.action_bounds = _box_bounds(env.single_action_space)
         self.obs, _ = env.reset()
         self.episodes: list[dict[str, float]] = []  # ended episodes since the last collect
@@ -112,14 +116,15 @@ class Actor:
 
 
 def ended_episodes(info: dict, rows: np.ndarray | None = None) -> list[dict[str, float]]:
-    """Statistics (return, length, success if any) of the episodes an env step reports as ended."""
+    """Statistics (return, length, success if any, and the sub-env index ``env``) of the episodes an env
+    step reports as ended."""
     if "episode" not in info:
         return []
     ended = info["_episode"] if rows is None else info["_episode"] & rows
     ep = info["episode"]
     records = []
     for i in np.flatnonzero(ended):
-        record = {"return": float(ep["return"][i]), "length": float(ep["length"][i])}
+        record = {"return": float(ep["return"][i]), "length": float(ep["length"][i]), "env": int(i)}
         if "success" in ep:
             record["success"] = float(ep["success"][i])
         records.append(record)

@@ -15,10 +15,12 @@ import torch
 
 from rlmeta.agents.actor import make_policy_value
 from rlmeta.agents.config import MetaConfig, OptimizerConfig, TrainConfig, VTraceConfig
+from rlmeta.agents.learned import load_lpg
 from rlmeta.agents.networks import ActorCritic
 from rlmeta.hparams import MetaParams
 from rlmeta.metagrad import ESTIMATORS, Estimator, InnerUpdate, OuterObjective
 from rlmeta.objectives import A2C, PPO, Objective, OuterCritic, VTraceActorCritic
+from rlmeta.objectives.lpg import PREDICTION
 from rlmeta.optim import OPTIMIZERS, Optimizer
 from rlmeta.rollout import PolicyValue
 
@@ -34,14 +36,16 @@ class Agent:
     optimizer: Optimizer
 
 
-def build_network(config: TrainConfig, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
+def build_network(config: TrainConfig, observation_space: gym.Space, action_space: gym.Space,
+                  prediction: int = 0) -> ActorCritic:
     """The network of ``config.network``, conditioned on the meta-learned values if ``meta.condition``,
-    with an outer critic if ``meta.outer_critic``."""
+    with an outer critic if ``meta.outer_critic``, and a prediction head of ``prediction`` logits (LPG)."""
     n = config.network
     return ActorCritic(observation_space, action_space, hidden=n.hidden, conv_channels=n.conv_channels,
                        activation=n.activation, init_log_std=n.init_log_std, shared_torso=n.shared_torso,
                        num_hparams=len(config.meta.learn) if config.meta.condition else 0,
-                       outer_critic=outer_critic(config.meta) is not None)
+                       outer_critic=outer_critic(config.meta) is not None,
+                       extra_outputs={PREDICTION: prediction} if prediction else None)
 
 
 def build_optimizer(config: OptimizerConfig, differentiable: bool = False) -> Optimizer:
@@ -97,6 +101,13 @@ def build_objective(config: TrainConfig, policy_value: PolicyValue) -> Objective
 def build_agent(config: TrainConfig, observation_space: gym.Space, action_space: gym.Space,
                 device: torch.device | str = "cpu") -> Agent:
     """Every part of the agent ``config`` describes, for these spaces, on ``device``."""
+    if config.algo == "lpg":  # a learned objective: the network needs its prediction head
+        lpg = load_lpg(config.objective)
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"algo 'lpg' needs discrete actions (LPG reads pi(a|s)), got {action_space}")
+        net = build_network(config, observation_space, action_space, lpg.network.target_width).to(device)
+        adapter = make_policy_value(net).reading(extras=(PREDICTION,))
+        return Agent(net, adapter, adapter, lpg.objective(adapter), build_optimizer(config.optimizer))
     net = build_network(config, observation_space, action_space).to(device)
     learner, outer = policy_values(config, net)
     return Agent(net, learner, outer, build_objective(config, learner),

@@ -270,6 +270,8 @@ class TrainConfig:
     total_steps: int = 100_000
     """Environment steps (all sub-envs together) to train for."""
     algo: Algorithm = "ppo"
+    objective: str | None = None
+    """algo lpg: the learned objective (a meta-train run's lpg.pt, a shipped name such as lpg-grid-small)."""
     mode: Literal["sync", "async"] = "sync"
     """sync: act then learn in turn. async: actor threads fill a bounded queue; V-trace corrects their lag."""
     num_actors: int = 2
@@ -322,6 +324,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.algo not in ALGORITHMS:
             raise ValueError(f"algo must be one of {sorted(ALGORITHMS)}, got {self.algo!r}")
+        if (self.algo == "lpg") != (self.objective is not None):
+            raise ValueError("algo 'lpg' needs --objective (a learned LPG file or shipped name), and --objective "
+                             f"needs --algo lpg; got algo {self.algo!r}, objective {self.objective!r}")
+        if self.algo == "lpg" and (self.meta.enabled or self.mode == "async"):
+            raise ValueError("algo 'lpg' trains with a fixed learned objective: no --meta.learn, sync mode only")
         if self.mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {self.mode!r}")
         if self.mode == "async" and self.algo == "ppo":
@@ -436,3 +443,144 @@ class VarianceConfig:
             raise ValueError(f"samples and reference_samples must be >= 2, got {self.samples}, {self.reference_samples}")
         if not Path(self.run_dir, "config.json").is_file():
             raise ValueError(f"{self.run_dir!r} is not a run directory (no config.json)")
+
+
+# --------------------------------------------------------------------------------------------
+# Learned objectives: meta-training LPG on a population of grid-world agents.
+
+# groove's agent lifetimes (agent updates) per level distribution (environments/gridworld/configs.py).
+LEVEL_LIFETIMES = {"small": 250, "medium": 1000, "large": 2500, "all": 1000}
+
+
+@dataclass
+class LPGConfig:
+    """The LPG network (Oh et al. 2020) and its agent-loss weight."""
+
+    target_width: int = 8
+    """m: size of the agent's categorical prediction vector y(s) (groove: 8)."""
+    embedding_width: int = 16
+    """Width of the MLP that embeds y into a scalar (groove: 16)."""
+    gru_width: int = 64
+    """Units of the backward GRU (groove: 256; smaller by default to fit a 2-core CPU)."""
+    inputs_gamma: bool = True
+    """Feed the discount to LPG, as the paper (groove does not)."""
+    lifetime_conditioning: bool = False
+    """TA-LPG (Jackson et al. 2024): also feed n/N and log N."""
+    target_cost: float = 0.5
+    """alpha_y: weight of KL(y || y_hat) in the agent's loss (groove: 0.5)."""
+
+    def __post_init__(self) -> None:
+        for name in ("target_width", "embedding_width", "gru_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"lpg.{name} must be an integer >= 1, got {value!r}")
+        if self.target_width < 2:
+            raise ValueError(f"lpg.target_width must be >= 2, got {self.target_width}")
+        _positive("lpg.target_cost", self.target_cost, strict=False)
+
+
+@dataclass
+class MetaTrainConfig:
+    """Meta-train LPG by meta-gradients on a population of tabular grid-world agents (Oh et al. 2020; groove)."""
+
+    levels: str = "small"
+    """Level generator the agents' levels are drawn from (``rlmeta.envs.levels.GENERATORS``)."""
+    curriculum: Literal["uniform", "groove"] = "uniform"
+    """uniform: fresh random levels (domain randomisation); groove: prioritised replay by algorithmic regret."""
+    num_agents: int = 32
+    """P: agents in the population (groove: 512)."""
+    envs_per_agent: int = 16
+    """B: sub-envs per agent, all on the agent's level (groove: 64)."""
+    num_steps: int = 20
+    """Rollout length per agent update (groove: 20)."""
+    num_updates: int = 5
+    """K: agent updates per meta-update, differentiated through (groove: 5)."""
+    lifetime: int = 0
+    """Agent updates in one agent lifetime (0: groove's for the level set, e.g. 250 for small)."""
+    meta_steps: int = 2000
+    """Meta-updates to run."""
+    lpg: LPGConfig = field(default_factory=LPGConfig)
+    meta_lr: float = 1e-4
+    """Adam learning rate of the LPG parameters (groove: 1e-4)."""
+    meta_max_grad_norm: float = 0.5
+    """Global clipping of the meta-gradient (groove: 0.5)."""
+    estimator: EstimatorName = "multi-step"
+    """How the K updates are differentiated: multi-step (groove's), mixed (Bonnet et al. 2021), one-step (K=1)."""
+    exact: bool = False
+    """Differentiate through LPG's inputs (the agent's pi and y) too; False holds them fixed, as groove does."""
+    gamma: float = 0.99
+    """Discount: LPG's input and the meta-loss's advantage estimation."""
+    critic_lambda: float = 0.95
+    """GAE lambda of the meta-loss's advantages (groove: 0.95)."""
+    policy_entropy_cost: float = 5e-2
+    """beta_0: the updated agent's policy entropy in the meta-loss (groove: 5e-2)."""
+    target_entropy_cost: float = 1e-3
+    """beta_1: the updated agent's prediction entropy (groove: 1e-3)."""
+    pi_l2_cost: float = 5e-3
+    """beta_2: L2 of LPG's pi_hat (groove: 5e-3)."""
+    y_l2_cost: float = 1e-3
+    """beta_3: L2 of LPG's y_hat (groove: 1e-3)."""
+    agent_lr: float = 40.0
+    """SGD rate of the agent's policy table (groove's tabular agents: 40)."""
+    prediction_lr: float = 4.0
+    """SGD rate of the prediction table (groove: 4)."""
+    value_lr: float = 4.0
+    """SGD rate of the critic table the meta-loss's advantages use."""
+    agent_max_grad_norm: float = 0.5
+    """Clipping of each table's gradient (groove: 0.5)."""
+    replay_probability: float = 0.5
+    """groove curriculum: chance a new agent replays a buffered level instead of a fresh one (groove: 0.5)."""
+    buffer_size: int = 1000
+    """groove curriculum: levels kept with their scores (groove: 4000)."""
+    score_temperature: float = 1.0
+    """groove curriculum: temperature of the rank prioritisation (PLR, Jiang et al. 2021)."""
+    staleness_weight: float = 0.3
+    """groove curriculum: weight of the staleness term in the replay distribution (PLR's rho)."""
+    seed: int = 0
+    device: str = "cpu"
+    torch_threads: int = 0
+    """Intra-op threads for torch on the CPU (0: torch's default)."""
+    run_dir: str | None = None
+    """Where logs, config, checkpoints, curves and the learned LPG go (default: ``runs/lpg-<levels>-s<seed>-<time>``)."""
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_interval: int = 50
+    """Write a checkpoint (and the curves) every this many meta-updates."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("num_agents", "envs_per_agent", "num_steps", "num_updates", "meta_steps", "buffer_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("lifetime", "torch_threads", "checkpoint_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.curriculum not in ("uniform", "groove"):
+            raise ValueError(f"curriculum must be 'uniform' or 'groove', got {self.curriculum!r}")
+        if self.estimator not in ESTIMATORS or self.estimator == "bootstrapped":
+            raise ValueError(f"estimator must be 'one-step', 'multi-step' or 'mixed', got {self.estimator!r}")
+        if self.estimator == "one-step" and self.num_updates != 1:
+            raise ValueError("estimator 'one-step' differentiates one update: set num_updates=1")
+        if self.lifetime == 0 and self.levels not in LEVEL_LIFETIMES:
+            raise ValueError(f"levels {self.levels!r} has no default lifetime; set lifetime (agent updates)")
+        if self.total_lifetime() < self.num_updates:
+            raise ValueError(f"lifetime {self.total_lifetime()} is shorter than one meta-update's {self.num_updates} updates")
+        for name in ("gamma", "critic_lambda", "replay_probability"):
+            _unit(name, getattr(self, name))
+        for name in ("meta_lr", "meta_max_grad_norm", "agent_lr", "prediction_lr", "value_lr", "agent_max_grad_norm",
+                     "score_temperature"):
+            _positive(name, getattr(self, name))
+        for name in ("policy_entropy_cost", "target_entropy_cost", "pi_l2_cost", "y_l2_cost", "staleness_weight"):
+            _positive(name, getattr(self, name), strict=False)
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resuming keeps the run, overwriting deletes it")
+        if self.resume and not self.run_dir:
+            raise ValueError("resume needs run_dir: the directory of the run to continue")
+
+    def total_lifetime(self) -> int:
+        """Agent updates per lifetime (``lifetime``, or groove's for the level set)."""
+        return self.lifetime or LEVEL_LIFETIMES[self.levels]

@@ -206,3 +206,47 @@ def named_distribution(outputs: Mapping[str, Tensor]) -> Distribution:
     return Independent(Normal(outputs["policy"], outputs["log_std"].exp(), validate_args=False), 1,
                        validate_args=False)
 
+
+
+class TabularAgent(nn.Module):
+    """Tables over a discrete observation (an ``index`` into ``num_states``): the tabular agents of LPG
+    and groove (a linear layer without bias on a one-hot state, written as a table lookup).
+
+    Outputs, each a row of its table: ``policy`` logits ``[A]``, ``value`` (a scalar; the critic
+    a meta-loss's advantages use), and, with ``prediction=m``, LPG's prediction vector as ``m``
+    logits. Initialisation as groove's (flax's ``lecun_normal`` on a one-hot input: normal with
+    standard deviation ``1/sqrt(num_states)``); the value table starts at zero.
+    """
+
+    def __init__(self, num_states: int, num_actions: int, prediction: int = 0):
+        super().__init__()
+        for name, value in (("num_states", num_states), ("num_actions", num_actions)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TabularAgent {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(prediction, int) or prediction < 0 or prediction == 1:
+            raise ValueError(f"TabularAgent prediction must be 0 (none) or an integer >= 2, got {prediction!r}")
+        scale = num_states ** -0.5
+        self.num_states, self.num_actions = num_states, num_actions
+        self.policy = nn.Parameter(torch.randn(num_states, num_actions) * scale)
+        self.value = nn.Parameter(torch.zeros(num_states))
+        self.prediction = nn.Parameter(torch.randn(num_states, prediction) * scale) if prediction else None
+
+    @classmethod
+    def for_spaces(cls, observation_space: gym.Space, action_space: gym.Space, prediction: int = 0) -> "TabularAgent":
+        """The agent for a ``Discrete`` observation (e.g. ``grid`` with ``obs="index"``) and action space."""
+        if not isinstance(observation_space, gym.spaces.Discrete) or not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"a tabular agent needs Discrete observations and actions (e.g. envs.make('grid', "
+                             f"obs='index')), got {observation_space} and {action_space}")
+        return cls(int(observation_space.n), int(action_space.n), prediction)
+
+    def named_outputs(self, params: dict[str, Tensor], obs: Tensor, conditioning: Tensor | None = None
+                      ) -> dict[str, Tensor]:
+        """``policy [N, A]``, ``value [N]`` and ``prediction [N, m]`` for observations ``[N]`` (state indices).
+
+        This is the network's ``rlmeta.rollout.Forward``; ``conditioning`` is not read.
+        """
+        index = obs.reshape(-1).long()
+        out = {"policy": params["policy"][index], "value": params["value"][index]}
+        if "prediction" in params:
+            out["prediction"] = params["prediction"][index]
+        return out

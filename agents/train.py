@@ -20,16 +20,11 @@ from __future__ import annotations
 
 import collections
 import math
-import os
-import shutil
 import statistics
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import json
 
 import torch
 
@@ -39,13 +34,17 @@ from tqdm.auto import tqdm
 from rlmeta.agents.build import build_agent, build_meta_params
 from rlmeta.agents.config import TrainConfig, load_config, save_config, to_dict
 from rlmeta.agents.lifetime import AgentState, Learning, build_loop, evaluate, has_success, make_env
+from rlmeta.agents.runs import (
+    atomic_json, check_device, check_new_run_dir, default_run_dir, prepare_run_dir, save_checkpoint,
+    sigterm_as_interrupt, to_device,
+)
 from rlmeta.catalog import CONDITIONING
 from rlmeta.hparams import MetaParams
 from rlmeta.metagrad import Estimator
 
 CHECKPOINT_VERSION = 1
 # Fields a resumed run must share with the run it continues (the rest, e.g. total_steps, may change).
-RESUME_FIXED = ("env", "env_options", "algo", "network", "optimizer.name", "meta.learn", "meta.condition",
+RESUME_FIXED = ("env", "env_options", "algo", "objective", "network", "optimizer.name", "meta.learn", "meta.condition",
                 "meta.outer_critic")
 
 
@@ -57,15 +56,9 @@ class TrainingInterrupted(RuntimeError):
     """The run was interrupted (Ctrl-C); a checkpoint was written and it can be resumed."""
 
 
-def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<env>-<algo>-s<seed>-<YYYYmmdd-HHMMSS>`` (``:`` and ``/`` in the env id become ``_``)."""
-    env = config.env.replace(":", "_").replace("/", "_")
-    return Path("runs") / f"{env}-{config.algo}-s{config.seed}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
 def check_run_dir(config: TrainConfig) -> Path:
     """Where the run goes; refuses an existing non-empty directory unless resuming or overwriting."""
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config.env, config.algo, f"s{config.seed}")
     if config.resume:
         if not (run_dir / "checkpoints" / "latest.pt").is_file():
             raise ValueError(f"cannot resume {str(run_dir)!r}: it has no checkpoints/latest.pt")
@@ -77,31 +70,9 @@ def check_run_dir(config: TrainConfig) -> Path:
                 old, new = getattr(old, key), getattr(new, key)
             if old != new:
                 raise ValueError(f"cannot resume with a different {name}: the run has {old!r}, got {new!r}")
-    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not config.overwrite:
-            raise ValueError(
-                f"run directory {str(run_dir)!r} already exists; pass --resume to continue it, "
-                "--overwrite to replace it, or choose another --run-dir"
-            )
+    else:
+        check_new_run_dir(run_dir, config.overwrite)
     return run_dir
-
-
-def _check_device(device: str) -> torch.device:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here; use --device cpu")
-    return torch.device(device)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -111,7 +82,7 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.reached = False
-        self.device = _check_device(config.device)
+        self.device = check_device(config.device)
         self.run_dir = check_run_dir(config)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -163,9 +134,7 @@ class Trainer:
         return self.learning.hparams(self.state)
 
     def _prepare_run_dir(self) -> None:
-        if self.run_dir.exists() and self.config.overwrite and not self.config.resume:
-            shutil.rmtree(self.run_dir) if self.run_dir.is_dir() else self.run_dir.unlink()
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(self.run_dir, self.config.overwrite, self.config.resume)
         save_config(replace(self.config, run_dir=str(self.run_dir), resume=False, overwrite=False),
                     self.run_dir / "config.json")
 
@@ -226,12 +195,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
-        folder = self.run_dir / "checkpoints"
-        path = folder / f"ckpt-{self.step:012d}.pt"
-        _atomic_save(state, path)
-        shutil.copyfile(path, folder / "latest.pt.tmp")
-        os.replace(folder / "latest.pt.tmp", folder / "latest.pt")
-        return path
+        return save_checkpoint(state, self.run_dir / "checkpoints", self.step)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluation episodes in a fresh env (seeded apart from training); logs and returns the stats."""
@@ -298,14 +262,21 @@ class Trainer:
             out["eval"] = {"episodes": c.eval_episodes, "greedy": c.eval_greedy, **last}
         if message:
             out["message"] = message
-        _atomic_json(out, self.run_dir / "summary.json")
+        atomic_json(out, self.run_dir / "summary.json")
         return out
 
     # ----------------------------------------------------------------------------------------
     # The run.
 
     def run(self) -> dict[str, Any]:
-        """Train to ``total_steps`` (or ``target_return``), evaluate, write ``summary.json`` and return it."""
+        """Train to ``total_steps`` (or ``target_return``), evaluate, write ``summary.json`` and return it.
+
+        Ctrl-C and SIGTERM stop it after writing a checkpoint (:class:`TrainingInterrupted`).
+        """
+        with sigterm_as_interrupt():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         bar = tqdm(total=c.total_steps, initial=min(self.step, c.total_steps), unit="step", unit_scale=True,
                    dynamic_ncols=True, disable=not c.progress, desc=Path(self.run_dir).name[:40])
@@ -346,7 +317,7 @@ class Trainer:
         except TrainingFailed as error:
             self.summary("failed", str(error))
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (sigterm_as_interrupt)
             path = self.save_checkpoint()
             self.summary("interrupted", f"interrupted at env step {self.step}; checkpoint {path}")
             raise TrainingInterrupted(
@@ -366,15 +337,6 @@ class Trainer:
 
 def _next_multiple(step: int, interval: int) -> int:
     return (step // interval + 1) * interval if interval else math.inf  # type: ignore[return-value]
-
-
-def to_device(tree: Any, device: torch.device) -> Any:
-    """``tree`` (nested dicts of tensors and plain values) with its tensors detached and on ``device``."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to(device)
-    if isinstance(tree, dict):
-        return {k: to_device(v, device) for k, v in tree.items()}
-    return tree
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

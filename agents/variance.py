@@ -40,7 +40,7 @@ from rlmeta import envs
 from rlmeta.agents.actor import Actor
 from rlmeta.agents.build import build_agent, build_estimator, build_meta_params, build_optimizer, outer_correction
 from rlmeta.agents.config import TrainConfig, VarianceConfig, load_config
-from rlmeta.agents.train import to_device
+from rlmeta.agents.runs import to_device
 from rlmeta.hparams import MetaParams
 from rlmeta.learner import UpdateMode, update
 

@@ -412,6 +412,34 @@ class GridVectorEnv(VectorEnv):
         self._check_fit(levels)
         self._staged = tuple(levels)
 
+    def replace_levels(self, indices: Sequence[int], levels: Sequence[Level]) -> np.ndarray:
+        """Put sub-envs ``indices`` on new ``levels`` now and start a fresh episode there (the others
+        go on untouched); returns their first observations ``[len(indices), ...]``.
+
+        For populations whose members start new lifetimes at different times: the episodes in
+        progress on those sub-envs are dropped, not reported.
+        """
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        levels = _check_levels(levels, len(rows))
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_envs or len(set(rows.tolist())) != rows.size):
+            raise ValueError(f"indices must be distinct sub-env indices in [0, {self.num_envs - 1}], got {rows.tolist()}")
+        self._check_fit(levels)
+        updated = list(self._levels)
+        for row, level in zip(rows.tolist(), levels):
+            updated[row] = level
+        self._levels = tuple(updated)
+        self._generator = None  # the levels are pinned now
+        self._encode(self._levels)
+        out = np.zeros((rows.size, *self._kernel_shape), dtype=self._obs_dtype)
+        write = _WRITERS[self.obs_kind]
+        for j, i in enumerate(rows.tolist()):
+            _reset_one(i, self._level_int, self._level_walls, self._level_home, self._state, self._object_pos,
+                       self._rng)
+            self._ep_return[i] = 0.0
+            write(out[j], i, self._level_int, self._level_walls, self._level_type, self._state, self._object_pos,
+                  self.max_grid_size, self.channels_first, False)
+        return out.reshape(rows.size, *self._obs_shape)
+
     def optimal_returns(self, gamma: float = 1.0) -> np.ndarray:
         """:func:`envs.levels.optimal_return` of each sub-env's level (``[num_envs]`` float64)."""
         return np.array([optimal_return(level, gamma) for level in self._levels], dtype=np.float64)

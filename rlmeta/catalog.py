@@ -76,7 +76,7 @@ ESTIMATORS: tuple[str, ...] = ("one-step", "multi-step", "mixed", "bootstrapped"
 OPTIMIZERS: tuple[str, ...] = ("adam", "rmsprop", "sgd")
 
 # Hand-written actor-critic objectives (``rlmeta.objectives.OBJECTIVES``).
-ALGORITHMS: tuple[str, ...] = ("ppo", "a2c", "vtrace")
+ALGORITHMS: tuple[str, ...] = ("ppo", "a2c", "vtrace", "lpg")  # lpg: a learned objective (--objective)
 
 
 def check_hyperparameter(name: str) -> Bounds:

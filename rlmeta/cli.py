@@ -17,7 +17,7 @@ from typing import Annotated, Union
 
 import tyro
 
-from rlmeta.agents.config import TrainConfig, VarianceConfig, load_config
+from rlmeta.agents.config import MetaTrainConfig, TrainConfig, VarianceConfig, load_config
 
 
 @dataclass
@@ -85,6 +85,11 @@ def format_summary(summary: dict) -> str:
 
 def parse_train(argv: list[str]) -> Train:
     """``rlmeta train`` arguments: ``--config FILE`` or ``--resume`` (with ``--run-dir``) give defaults."""
+    return parse_with_defaults(argv, Train, TrainConfig, "rlmeta train")
+
+
+def parse_with_defaults(argv: list[str], command: type, config_type: type, prog: str):
+    """A command's arguments, with ``--config FILE`` or ``--resume --run-dir DIR`` (its config.json) as defaults."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--run-dir", "--run_dir", dest="run_dir")
@@ -92,15 +97,15 @@ def parse_train(argv: list[str]) -> Train:
     known, _ = pre.parse_known_args(argv)
     rest = [a for i, a in enumerate(argv) if not (a == "--config" or (i and argv[i - 1] == "--config"))]
     rest = [a for a in rest if not a.startswith("--config=")]
-    default = TrainConfig()
+    default = config_type()
     if known.resume and known.run_dir:
         saved = Path(known.run_dir) / "config.json"
         if not saved.is_file():
             raise ValueError(f"cannot resume {known.run_dir!r}: it has no config.json")
-        default = load_config(saved)
+        default = load_config(saved, config_type)
     elif known.config:
-        default = load_config(known.config)
-    return tyro.cli(Train, default=Train(**_fields(default)), args=rest, prog="rlmeta train")
+        default = load_config(known.config, config_type)
+    return tyro.cli(command, default=command(**_fields(default)), args=rest, prog=prog)
 
 
 def _fields(config: TrainConfig) -> dict:
@@ -120,8 +125,82 @@ class Variance(VarianceConfig):
             raise SystemExit(f"rlmeta variance: error: {error}") from None
 
 
+@dataclass
+class MetaTrain(MetaTrainConfig):
+    """Meta-train LPG on a population of grid-world agents (uniform levels or GROOVE's curriculum)."""
+
+    def run(self) -> None:
+        from rlmeta.agents.meta_train import MetaTrainer, MetaTrainingInterrupted  # deferred: loads torch
+
+        try:
+            trainer = MetaTrainer(self)
+        except ValueError as error:
+            raise SystemExit(f"rlmeta meta-train: error: {error}") from None
+        try:
+            summary = trainer.run()
+        except MetaTrainingInterrupted as error:
+            print(f"rlmeta meta-train: {error}", file=sys.stderr)
+            raise SystemExit(130) from None
+        except FloatingPointError as error:
+            print(f"rlmeta meta-train: failed: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+        lines = [f"run: {summary['run_dir']}  ({summary['status']})",
+                 f"meta-steps: {summary['meta_steps']} in {summary['wall_clock_seconds']:.0f} s, "
+                 f"{summary['lifetimes_finished']} agent lifetimes finished",
+                 f"learned LPG: {summary['lpg']}"]
+        for key in ("normalized_return_first_tenth", "normalized_return_last_tenth"):
+            if key in summary:
+                lines.append(f"{key.replace('_', ' ')}: {summary[key]['mean']:.3f} +- {summary[key]['se']:.3f}")
+        print("\n".join(lines))
+
+
+@dataclass
+class MetaTest:
+    """Score a learned objective on held-out levels: normalised return against A2C (GROOVE's score)."""
+
+    objective: tyro.conf.Positional[str] = "untrained"
+    """A learned LPG: the lpg.pt of a meta-train run, a shipped name (--list), or 'untrained'."""
+    levels: str = "small"
+    """Level generator of the held-out levels (small, medium, large, all, or a named level: dense, sparse, ...)."""
+    num_levels: int = 128
+    lifetime: int = 250
+    """Agent updates each agent learns for."""
+    seed: int = 1000
+    """Seed of the held-out levels (and of the agents)."""
+    episodes: int = 16
+    """Evaluation episodes per level and policy."""
+    out: str = "meta_test.json"
+    """Where the results go (JSON with the key normalized_score)."""
+    overwrite: bool = False
+    torch_threads: int = 0
+    list: bool = False
+    """List the shipped objectives and exit."""
+
+    def run(self) -> None:
+        import torch  # deferred: heavy
+
+        from rlmeta.agents.meta_test import format_results, meta_test, shipped_objectives, write_results  # deferred
+
+        if self.list:
+            print("\n".join(shipped_objectives()) or "(none)")
+            return
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        out = Path(self.out)
+        try:
+            if out.exists() and not self.overwrite:
+                raise ValueError(f"{str(out)!r} already exists; pass --overwrite or another --out")
+            results = meta_test(self.objective, self.levels, self.num_levels, self.lifetime, self.seed, self.episodes)
+            write_results(results, out, self.overwrite)
+        except ValueError as error:
+            raise SystemExit(f"rlmeta meta-test: error: {error}") from None
+        print(format_results(results))
+
+
 Command = Union[
     Annotated[Train, tyro.conf.subcommand("train")],
+    Annotated[MetaTrain, tyro.conf.subcommand("meta-train")],
+    Annotated[MetaTest, tyro.conf.subcommand("meta-test")],
     Annotated[ListEnvs, tyro.conf.subcommand("envs")],
     Annotated[Variance, tyro.conf.subcommand("variance")],
 ]
@@ -133,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     try:  # configs validate in __post_init__: a bad value stops here, before anything is built
         if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):
             command = parse_train(argv[1:])
+        elif argv[:1] == ["meta-train"] and not {"-h", "--help"} & set(argv):
+            command = parse_with_defaults(argv[1:], MetaTrain, MetaTrainConfig, "rlmeta meta-train")
         else:
             command = tyro.cli(Command, args=argv, prog="rlmeta")
     except ValueError as error:

@@ -286,3 +286,57 @@ def adam(
 
 
 OPTIMIZERS = {"sgd": sgd, "rmsprop": rmsprop, "adam": adam}
+
+
+class Partitioned(Optimizer):
+    """Different optimizers for different parameters, chosen by name prefix (optax's ``multi_transform``).
+
+    ``groups`` maps a prefix to the optimizer of the parameters whose names start with it; every
+    parameter must match exactly one prefix. Each group keeps its own rate, clipping (by the
+    group's own gradient norm) and state, as separate optimizers would (groove trains an LPG
+    agent's policy and prediction as two networks with two optimizers).
+    """
+
+    def __init__(self, groups: dict[str, Optimizer]):
+        if not groups or not all(isinstance(k, str) and k and isinstance(v, Optimizer) for k, v in groups.items()):
+            raise ValueError(f"groups must map non-empty name prefixes to optimizers, got {groups!r}")
+        per_agent = {opt.per_agent for opt in groups.values()}
+        if len(per_agent) > 1:
+            raise ValueError("a partitioned optimizer's groups must all be per-agent or none")
+        object.__setattr__(self, "groups", dict(groups))
+        super().__init__("partitioned", float("nan"), self._init, _no_direction, None, None, per_agent.pop())
+
+    def for_population(self) -> "Partitioned":
+        """Every group for parameters ``[P, ...]`` of P agents."""
+        return Partitioned({prefix: opt.for_population() for prefix, opt in self.groups.items()})
+
+    def split(self, tree: Params) -> dict[str, Params]:
+        """``tree`` divided by group (ValueError for a name that matches no prefix or several)."""
+        out: dict[str, Params] = {prefix: {} for prefix in self.groups}
+        for name, value in tree.items():
+            matches = [prefix for prefix in self.groups if name.startswith(prefix)]
+            if len(matches) != 1:
+                raise ValueError(f"parameter {name!r} matches {len(matches)} of the prefixes {list(self.groups)}; "
+                                 "it must match exactly one")
+            out[matches[0]][name] = value
+        return out
+
+    def _init(self, params: Params) -> State:
+        return {prefix: self.groups[prefix].init(part) for prefix, part in self.split(params).items()}
+
+    def update(self, params: Params, grads: Params, state: State, lr: float | Tensor | None = None,
+               grad_norm: Tensor | None = None) -> tuple[Params, State]:
+        """Each group's update with its own optimizer (``lr`` must be None: every group has its own rate)."""
+        if lr is not None:
+            raise ValueError("a partitioned optimizer uses each group's own learning rate; do not pass lr")
+        param_parts, grad_parts = self.split(params), self.split(grads)
+        new_params: Params = {}
+        new_state: State = {}
+        for prefix, optimizer in self.groups.items():
+            updated, new_state[prefix] = optimizer.update(param_parts[prefix], grad_parts[prefix], state[prefix])
+            new_params.update(updated)
+        return {k: new_params[k] for k in params}, new_state
+
+
+def _no_direction(grads: Params, state: State) -> tuple[Params, State]:
+    raise NotImplementedError("a partitioned optimizer has no single direction; call update")

@@ -86,6 +86,8 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from rlmeta.agents.runs import check_device
+
 Part = Literal["a", "b", "c"]
 Contender = Literal["ours", "ours-recompute", "ours-semi", "torchopt", "higher"]
 CONTENDERS: dict[str, str] = {
@@ -206,12 +208,6 @@ class BenchMetaConfig:
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers.
-
-
-def _check_device(device: str) -> torch.device:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device {device!r} asked for, but torch sees no CUDA device here; use --device cpu")
-    return torch.device(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -369,7 +365,7 @@ def make_fixed_data(cfg: BenchMetaConfig, num_rollouts: int) -> FixedData:
     from rlmeta.agents.networks import ActorCritic
     from rlmeta.objectives import A2C
 
-    device = _check_device(cfg.device)
+    device = check_device(cfg.device)
     torch.manual_seed(cfg.seed)
     env = envs.make(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed)
     net = ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden,
@@ -439,7 +435,7 @@ def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inn
     from rlmeta.metagrad import OuterObjective
     from rlmeta.objectives import A2C
 
-    device = _check_device(cfg.device)
+    device = check_device(cfg.device)
     policy_value = make_policy_value(data.net)
     params = {n: v.detach().clone().requires_grad_(True) for n, v in data.params.items()}
     rollout = data.rollouts[index]
@@ -565,7 +561,7 @@ def _contender(name: str, data: FixedData, cfg: BenchMetaConfig, k: int) -> Call
 
 def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
     """Per K: each contender's meta-gradient (agreement) and median seconds per meta-update."""
-    device = _check_device(cfg.device)
+    device = check_device(cfg.device)
     results: dict[str, Any] = {}
     for k in cfg.speed_ks:
         fns = {c: _contender(c, data, cfg, k) for c in cfg.contenders}
@@ -751,7 +747,7 @@ def run(cfg: BenchMetaConfig) -> dict[str, Any]:
             if name in cfg.contenders and importlib.util.find_spec(name) is None:
                 raise SystemExit(f"the {name!r} contender needs {name}: pip install -e '.[bench]' "
                                  f"(or leave it out with --contenders)")
-    _check_device(cfg.device)
+    check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()

@@ -558,3 +558,32 @@ def test_named_envs_and_bad_actions():
     env.close()
     with pytest.raises(RuntimeError, match="closed"):
         env.reset()
+
+
+def test_replace_levels_restarts_only_the_given_sub_envs():
+    levels = sample_levels("small", 4, seed=3)
+    new = sample_levels("small", 2, seed=9)
+    env = make_grid(num_envs=4, seed=0, levels=levels, obs="index")
+    twin = make_grid(num_envs=4, seed=0, levels=levels, obs="index")
+    obs, _ = env.reset(seed=0)
+    twin.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        actions = rng.integers(0, 5, 4)
+        env.step(actions)
+        twin.step(actions)
+    first = env.replace_levels([1, 3], new)
+    assert first.shape == (2,) and env.levels[1] == new[0] and env.levels[3] == new[1]
+    assert env.levels[0] == levels[0] and env.levels[2] == levels[2]
+    assert all(env.get_state(i)["time"] == 0 for i in (1, 3))
+    assert env.get_state(1)["pos"] == (new[0].start if new[0].start is not None else env.get_state(1)["pos"])
+    for _ in range(30):
+        actions = rng.integers(0, 5, 4)
+        a, r, te, tr, _ = env.step(actions)
+        b, r2, te2, tr2, _ = twin.step(actions)
+        for i in (0, 2):  # the untouched sub-envs go on exactly as before
+            assert a[i] == b[i] and r[i] == r2[i] and te[i] == te2[i] and tr[i] == tr2[i]
+    with pytest.raises(ValueError, match="distinct sub-env indices"):
+        env.replace_levels([1, 1], new)
+    with pytest.raises(ValueError, match="distinct sub-env indices"):
+        env.replace_levels([4, 0], new)

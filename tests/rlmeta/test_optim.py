@@ -358,3 +358,34 @@ def test_non_positive_max_grad_norm_is_rejected(bad):
     for make in (sgd, rmsprop, adam):
         with pytest.raises(ValueError, match="max_grad_norm"):
             make(0.1, max_grad_norm=bad)
+
+
+def test_partitioned_optimizer_equals_separate_optimizers_per_group():
+    g = torch.Generator().manual_seed(0)
+    params = {"policy.w": torch.randn(3, 4, generator=g), "policy.b": torch.randn(4, generator=g),
+              "value.w": torch.randn(4, generator=g)}
+    grads = {k: 3 * torch.randn(v.shape, generator=g) for k, v in params.items()}
+    policy, value = O.adam(0.1, max_grad_norm=0.5), O.sgd(0.3, momentum=0.9, max_grad_norm=1.0)
+    opt = O.Partitioned({"policy": policy, "value": value})
+    state = opt.init(params)
+    new, state = opt.update(params, grads, state)
+    new, state = opt.update(new, grads, state)
+    p_part = {k: v for k, v in params.items() if k.startswith("policy")}
+    v_part = {k: v for k, v in params.items() if k.startswith("value")}
+    p_state, v_state = policy.init(p_part), value.init(v_part)
+    for _ in range(2):
+        p_part, p_state = policy.update(p_part, {k: grads[k] for k in p_part}, p_state)
+        v_part, v_state = value.update(v_part, {k: grads[k] for k in v_part}, v_state)
+    for k, v in {**p_part, **v_part}.items():
+        assert torch.allclose(new[k], v)
+    assert list(new) == list(params)
+    population = opt.for_population()
+    assert population.per_agent and all(o.per_agent for o in population.groups.values())
+    with pytest.raises(ValueError, match="matches 0 of the prefixes"):
+        opt.init({"other": torch.zeros(1)})
+    with pytest.raises(ValueError, match="matches 2 of the prefixes"):
+        O.Partitioned({"p": O.sgd(0.1), "policy": O.sgd(0.1)}).init({"policy.w": torch.zeros(1)})
+    with pytest.raises(ValueError, match="do not pass lr"):
+        opt.update(params, grads, opt.init(params), lr=0.1)
+    with pytest.raises(ValueError, match="all be per-agent or none"):
+        O.Partitioned({"a": O.sgd(0.1), "b": O.sgd(0.1).for_population()})

@@ -1,0 +1,110 @@
+"""What every run directory shares: where it goes, atomic writes, devices, tensors moved for checkpoints, signals.
+
+``rlmeta train`` and ``rlmeta meta-train`` both write one directory per run (config, checkpoints,
+TensorBoard events, summary); these helpers keep them alike: an existing non-empty directory is
+refused unless resuming or overwriting (a file in the way is named as a file), files are written
+atomically (a kill mid-write leaves the previous file), and SIGTERM (``timeout``, job schedulers,
+preemption) stops a run the way Ctrl-C does, so it writes its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+def default_run_dir(*parts: str) -> Path:
+    """``runs/<part>-<part>-...-<YYYYmmdd-HHMMSS>`` (``:`` and ``/`` in parts become ``_``)."""
+    name = "-".join(p.replace(":", "_").replace("/", "_") for p in parts)
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing file, or a non-empty directory unless ``overwrite``, before anything is written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {str(run_dir)!r} is an existing file, not a directory; choose another "
+                         "--run-dir (rlmeta does not delete files it did not make)")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ValueError(
+            f"run directory {str(run_dir)!r} already exists; pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --run-dir"
+        )
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Empty ``run_dir`` when overwriting a finished run, then make it and its ``checkpoints/``."""
+    if run_dir.exists() and overwrite and not resume:
+        shutil.rmtree(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or a ValueError when it asks for CUDA on a machine without it."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here; use --device cpu")
+    return torch.device(device)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path``."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON to a temporary file, then rename over ``path``."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def atomic_text(text: str, path: Path) -> None:
+    """Write ``text`` to a temporary file, then rename over ``path``."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(state: dict, folder: Path, step: int) -> Path:
+    """Write ``ckpt-<step>.pt`` and ``latest.pt`` in ``folder`` (atomically); returns the first."""
+    path = folder / f"ckpt-{step:012d}.pt"
+    atomic_save(state, path)
+    shutil.copyfile(path, folder / "latest.pt.tmp")
+    os.replace(folder / "latest.pt.tmp", folder / "latest.pt")
+    return path
+
+
+def to_device(tree: Any, device: torch.device) -> Any:
+    """``tree`` (nested dicts of tensors and plain values) with its tensors detached and on ``device``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    return tree
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` (as Ctrl-C does), so a run saves its checkpoint."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
