@@ -500,8 +500,9 @@ class MetaTrainConfig:
     meta_steps: int = 2000
     """Meta-updates to run."""
     lpg: LPGConfig = field(default_factory=LPGConfig)
-    meta_lr: float = 1e-4
-    """Adam learning rate of the LPG parameters (groove: 1e-4)."""
+    meta_lr: float = 3e-4
+    """Adam learning rate of the LPG parameters (groove: 1e-4 with 512 agents; 3e-4 here: a pilot with 32
+    agents reached 0.44 by 350 meta-updates at 1e-4, and plateaued at 0.67 from 100 on at 1e-3)."""
     meta_max_grad_norm: float = 0.5
     """Global clipping of the meta-gradient (groove: 0.5)."""
     estimator: EstimatorName = "multi-step"

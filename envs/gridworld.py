@@ -87,32 +87,29 @@ NUM_STATE_FIELDS = 3
 # --------------------------------------------------------------------------------------------
 # the kernels
 # --------------------------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def _is_free(cell: int, walls: np.ndarray, taken: np.ndarray, num_taken: int) -> bool:
+    """Neither a wall nor one of ``taken[:num_taken]``."""
+    if walls[cell]:
+        return False
+    for j in range(num_taken):
+        if taken[j] == cell:
+            return False
+    return True
+
+
 @numba.njit(cache=True)
 def _free_cell(rng: np.ndarray, i: int, size: int, walls: np.ndarray, taken: np.ndarray, num_taken: int) -> int:
     """A uniformly chosen cell that is neither a wall nor in ``taken[:num_taken]``; -1 if there is none."""
     count = 0
     for cell in range(size * size):
-        if walls[cell]:
-            continue
-        free = True
-        for j in range(num_taken):
-            if taken[j] == cell:
-                free = False
-                break
-        if free:
+        if _is_free(cell, walls, taken, num_taken):
             count += 1
     if count == 0:
         return -1
     pick = random_below(rng, i, count)
     for cell in range(size * size):
-        if walls[cell]:
-            continue
-        free = True
-        for j in range(num_taken):
-            if taken[j] == cell:
-                free = False
-                break
-        if free:
+        if _is_free(cell, walls, taken, num_taken):
             if pick == 0:
                 return cell
             pick -= 1

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from rlmeta.agents.actor import make_policy_value
-from rlmeta.agents.networks import ActorCritic
+from rlmeta.agents.networks import ActorCritic, TabularAgent, named_distribution
 from rlmeta.learner import update
 from rlmeta.objectives import A2C
 from rlmeta.objectives.lpg import LPG, LPGNetwork
 from rlmeta.optim import adam
-from rlmeta.rollout import Rollout
+from rlmeta.rollout import PolicyValue, Rollout
 
 
 def rollout(num_steps: int, num_envs: int, seed: int, shape: tuple[int, ...] = (6, 6, 5)) -> Rollout:
@@ -38,6 +38,15 @@ def rollout(num_steps: int, num_envs: int, seed: int, shape: tuple[int, ...] = (
                    torch.zeros(num_steps, num_envs), torch.full((num_steps, num_envs), -1.386),
                    (torch.rand(num_envs, *shape, generator=g) < 0.2).float(), torch.zeros(0, *shape),
                    torch.zeros(0, dtype=torch.long))
+
+
+def index_rollout(num_steps: int, num_envs: int, seed: int, states: int) -> Rollout:
+    """A random rollout of state indices (a tabular agent's observations), 4 actions."""
+    g = torch.Generator().manual_seed(seed)
+    base = rollout(num_steps, num_envs, seed, (1,))
+    obs = torch.randint(0, states, (num_steps, num_envs), generator=g).float()
+    return base._replace(obs=obs, last_obs=torch.randint(0, states, (num_envs,), generator=g).float(),
+                         final_obs=torch.zeros(0))
 
 
 def join(parts: list[Rollout]) -> Rollout:
@@ -55,8 +64,9 @@ def main() -> None:
     parser.add_argument("--objective", choices=("a2c", "lpg"), default="a2c")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--network", choices=("conv", "mlp"), default="conv",
-                        help="conv: the README's Snake network; mlp: two 64-unit layers on the flat observation")
+    parser.add_argument("--network", choices=("conv", "mlp", "tabular"), default="conv",
+                        help="conv: the README's Snake network; mlp: two 64-unit layers on the flat observation; "
+                             "tabular: groove's tabular agents on 288 states (LPG's meta-training setting)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     space = gym.spaces.Box(0, 1, (6, 6, 5) if args.network == "conv" else (180,), np.float32)
@@ -65,10 +75,16 @@ def main() -> None:
     nets = []
     for seed in range(args.agents):
         torch.manual_seed(seed)
-        nets.append(ActorCritic(space, gym.spaces.Discrete(4), **layers, extra_outputs=extras, activation="relu"))
-    adapter = make_policy_value(nets[0])
-    if extras:
-        adapter = adapter.reading(extras=("prediction",))
+        if args.network == "tabular":
+            nets.append(TabularAgent(288, 4, 8 if extras else 0))
+        else:
+            nets.append(ActorCritic(space, gym.spaces.Discrete(4), **layers, extra_outputs=extras, activation="relu"))
+    if args.network == "tabular":
+        adapter = PolicyValue(nets[0].named_outputs, named_distribution, extras=tuple(extras))
+    else:
+        adapter = make_policy_value(nets[0])
+        if extras:
+            adapter = adapter.reading(extras=("prediction",))
     lpg_params = LPGNetwork().init(0)
     hparams = {"gamma": 0.99, "lambda": 0.95, "entropy_cost": 0.01, "lpg": lpg_params}
 
@@ -76,7 +92,10 @@ def main() -> None:
         return LPG(pv, network=LPGNetwork()) if args.objective == "lpg" else A2C(pv)
 
     optimizer = adam(1e-3, max_grad_norm=0.5)
-    parts = [rollout(args.num_steps, args.envs_per_agent, 100 + p, space.shape) for p in range(args.agents)]
+    if args.network == "tabular":  # state indices of 288 states
+        parts = [index_rollout(args.num_steps, args.envs_per_agent, 100 + p, 288) for p in range(args.agents)]
+    else:
+        parts = [rollout(args.num_steps, args.envs_per_agent, 100 + p, space.shape) for p in range(args.agents)]
     joined = join(parts)
     separate = [{k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()} for net in nets]
     states = [optimizer.init(p) for p in separate]
