@@ -44,8 +44,8 @@ from rlmeta.agents.population import (
     random_returns, train_population,
 )
 from rlmeta.agents.runs import (
-    atomic_json, atomic_save, atomic_text, check_device, check_new_run_dir, default_run_dir, prepare_run_dir,
-    save_checkpoint, sigterm_as_interrupt, to_device,
+    atomic_json, atomic_save, atomic_text, check_device, check_new_run_dir, default_run_dir, exit_code,
+    prepare_run_dir, save_checkpoint, sigterm_as_interrupt, to_device,
 )
 from rlmeta.curriculum import LevelBuffer
 from rlmeta.envs.levels import GENERATORS, Level, optimal_return, sample_levels
@@ -64,7 +64,11 @@ CURVE_FIELDS = ("meta_step", "agent", "level", "end_return", "random_return", "o
 
 
 class MetaTrainingInterrupted(RuntimeError):
-    """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed."""
+    """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed (``exit_code``: 130 or 143)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def lpg_network(config: MetaTrainConfig) -> LPGNetwork:
@@ -387,12 +391,12 @@ class MetaTrainer:
                     bar.update(1)
                     if "lifetimes/normalized_return" in metrics:
                         bar.set_postfix(norm_return=f"{metrics['lifetimes/normalized_return']:.3f}", refresh=False)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
             path = self.save_checkpoint()
             self.summary("interrupted", f"interrupted at meta-step {self.meta_step}; checkpoint {path}")
             raise MetaTrainingInterrupted(
                 f"interrupted at meta-step {self.meta_step}; checkpoint written to {path}. "
-                f"Continue with: rlmeta meta-train --run-dir {self.run_dir} --resume") from None
+                f"Continue with: rlmeta meta-train --run-dir {self.run_dir} --resume", exit_code(stop)) from None
         except FloatingPointError as error:
             self.summary("failed", str(error))
             raise

@@ -92,12 +92,22 @@ def to_device(tree: Any, device: torch.device) -> Any:
     return tree
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt (see :func:`sigterm_as_interrupt`)."""
+
+
+def exit_code(error: BaseException) -> int:
+    """The shell's exit status for a run stopped by ``error``: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` (as Ctrl-C does), so a run saves its checkpoint."""
+    """Within the block, SIGTERM raises :class:`Terminated`, a ``KeyboardInterrupt`` (as Ctrl-C does), so a
+    run saves its checkpoint."""
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(f"signal {signum}")
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)

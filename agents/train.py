@@ -35,7 +35,7 @@ from rlmeta.agents.build import build_agent, build_meta_params
 from rlmeta.agents.config import TrainConfig, load_config, save_config, to_dict
 from rlmeta.agents.lifetime import AgentState, Learning, build_loop, evaluate, has_success, make_env
 from rlmeta.agents.runs import (
-    atomic_json, check_device, check_new_run_dir, default_run_dir, prepare_run_dir, save_checkpoint,
+    atomic_json, check_device, check_new_run_dir, default_run_dir, exit_code, prepare_run_dir, save_checkpoint,
     sigterm_as_interrupt, to_device,
 )
 from rlmeta.catalog import CONDITIONING
@@ -53,7 +53,12 @@ class TrainingFailed(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """The run was interrupted (Ctrl-C); a checkpoint was written and it can be resumed."""
+    """The run was interrupted (Ctrl-C or SIGTERM); a checkpoint was written and it can be resumed
+    (``exit_code``: 130 or 143, what the shell expects)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def check_run_dir(config: TrainConfig) -> Path:
@@ -317,12 +322,12 @@ class Trainer:
         except TrainingFailed as error:
             self.summary("failed", str(error))
             raise
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (sigterm_as_interrupt)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (runs.Terminated)
             path = self.save_checkpoint()
             self.summary("interrupted", f"interrupted at env step {self.step}; checkpoint {path}")
             raise TrainingInterrupted(
                 f"interrupted at env step {self.step}; checkpoint written to {path}. "
-                f"Continue with: rlmeta train --run-dir {self.run_dir} --resume"
+                f"Continue with: rlmeta train --run-dir {self.run_dir} --resume", exit_code(stop)
             ) from None
         finally:
             bar.close()

@@ -58,7 +58,7 @@ class Train(TrainConfig):
             raise SystemExit(1) from None
         except TrainingInterrupted as error:
             print(f"rlmeta train: {error}", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(error.exit_code) from None
         print(format_summary(summary))
 
 
@@ -140,7 +140,7 @@ class MetaTrain(MetaTrainConfig):
             summary = trainer.run()
         except MetaTrainingInterrupted as error:
             print(f"rlmeta meta-train: {error}", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(error.exit_code) from None
         except FloatingPointError as error:
             print(f"rlmeta meta-train: failed: {error}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -98,7 +98,7 @@ def test_groove_curriculum_scores_levels_by_regret_with_cached_a2c(tmp_path):
     assert all(trainer.a2c_cache[k] == v for k, v in cached.items())
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_130(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "rlmeta.cli", "meta-train", "--run-dir", str(run), "--num-agents", "4",
             "--envs-per-agent", "4", "--num-steps", "10", "--num-updates", "2", "--lifetime", "4",
@@ -111,7 +111,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_130(tmp_path):
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    assert process.returncode == 143, err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "--resume" in err
     saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -504,3 +508,28 @@ def test_bad_meta_options_stop_before_anything_is_built(tmp_path, capsys, flags,
     err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro wraps its messages in a box
     assert re.search(message, err), err
     assert not run.exists()
+
+
+def test_sigterm_checkpoints_exits_143_and_resume_continues(tmp_path):
+    """What job schedulers and `timeout` send: the run writes a checkpoint and its summary, exits 143,
+    and --resume continues from that checkpoint."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "rlmeta.cli", "train", "--env", "envpool:CartPole-v1", "--algo", "a2c",
+            "--num-envs", "4", "--num-steps", "8", "--total-steps", "100000000", "--checkpoint-interval", "320",
+            "--run-dir", str(run), "--no-progress", "--torch-threads", "1"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "--resume" in err
+    saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert saved["step"] == summary["total_steps"] > 0
+    resumed = Trainer(TrainConfig(**{**load_config(run / "config.json").__dict__, "resume": True,
+                                     "run_dir": str(run), "total_steps": saved["step"] + 64, "progress": False}))
+    assert resumed.step == saved["step"]
+    assert resumed.run()["total_steps"] >= saved["step"] + 64
