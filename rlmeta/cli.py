@@ -10,6 +10,7 @@ envpool; each command imports what it runs when it runs. Benchmarks and studies 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -105,6 +106,9 @@ def parse_with_defaults(argv: list[str], command: type, config_type: type, prog:
         default = load_config(saved, config_type)
     elif known.config:
         default = load_config(known.config, config_type)
+        # A run's saved config.json names its own directory: reproducing it goes to a new one
+        # (the default, or --run-dir), never into the original run.
+        default = dataclasses.replace(default, run_dir=None, resume=False, overwrite=False)
     return tyro.cli(command, default=command(**_fields(default)), args=rest, prog=prog)
 
 

@@ -284,6 +284,18 @@ def test_cli_config_file_and_resume(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["total_steps"] == 96 and summary["env"] == "snake-6x6"
     assert load_config(run / "config.json").total_steps == 96
+    # A run's own config.json reproduces it into a new directory; the original is left alone.
+    before = sorted(p.name for p in run.rglob("*"))
+    copy = tmp_path / "copy"
+    main(["train", "--config", str(run / "config.json"), "--run-dir", str(copy)])
+    assert json.loads((copy / "summary.json").read_text())["total_steps"] == 96
+    assert sorted(p.name for p in run.rglob("*")) == before
+    # A file where the run directory should be is refused, even with --overwrite, and kept.
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    with pytest.raises(SystemExit, match="is an existing file"):
+        main(["train", "--config", str(config), "--run-dir", str(blocker), "--overwrite"])
+    assert blocker.read_text() == "mine"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
