@@ -43,6 +43,7 @@ def build_network(config: TrainConfig, observation_space: gym.Space, action_spac
     n = config.network
     return ActorCritic(observation_space, action_space, hidden=n.hidden, conv_channels=n.conv_channels,
                        activation=n.activation, init_log_std=n.init_log_std, shared_torso=n.shared_torso,
+                       channels_first=n.channels_first,
                        num_hparams=len(config.meta.learn) if config.meta.condition else 0,
                        outer_critic=outer_critic(config.meta) is not None,
                        extra_outputs={PREDICTION: prediction} if prediction else None)

@@ -51,6 +51,8 @@ class NetworkConfig:
     """Initial log standard deviation of Gaussian policies (continuous actions)."""
     shared_torso: bool = False
     """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
+    channels_first: bool | None = None
+    """Image observations are (channels, rows, cols); None: decided from the shape (the shorter end axis is channels)."""
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)

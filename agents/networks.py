@@ -69,6 +69,7 @@ class ActorCritic(nn.Module):
         init_log_std: float = 0.0,
         shared_torso: bool = False,
         outer_critic: bool = False,
+        channels_first: bool | None = None,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -80,8 +81,10 @@ class ActorCritic(nn.Module):
             raise ValueError("dict observations need a key: make the env with a plain array observation")
         shape = observation_space.shape
         self.grid = len(shape) == 3
-        if self.grid:  # (rows, cols, channels), channels last as the env gives them
-            rows, cols, channels = shape
+        self.channels_first = False
+        if self.grid:  # (rows, cols, channels) or (channels, rows, cols)
+            self.channels_first = grid_channels_first(shape) if channels_first is None else bool(channels_first)
+            rows, cols, channels = (shape[1], shape[2], shape[0]) if self.channels_first else shape
             convs: list[nn.Module] = []
             c_in = channels
             for c_out in conv_channels:
@@ -136,7 +139,7 @@ class ActorCritic(nn.Module):
         p = params
         x = obs.to(p["value_head.weight"].dtype)
         if self.conv is not None:
-            x = _apply(self.conv, "conv", p, x.movedim(-1, -3))
+            x = _apply(self.conv, "conv", p, x if self.channels_first else x.movedim(-1, -3))
         if self.num_hparams:
             if hparams is None:
                 raise ValueError(f"this network is conditioned on {self.num_hparams} hyperparameters; pass hparams")
@@ -175,6 +178,12 @@ class ActorCritic(nn.Module):
             named["outer_value"] = out.outer_value
         named.update(out.extras or {})
         return named
+
+
+def grid_channels_first(shape: tuple[int, ...]) -> bool:
+    """Whether a ``(a, b, c)`` image observation is channels-first: its first axis is shorter than its last
+    (``(3, 10, 10)``: channels first; ``(12, 12, 5)``: channels last, gymnasium's convention, also on ties)."""
+    return shape[0] < shape[-1]
 
 
 def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor) -> Tensor:

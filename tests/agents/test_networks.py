@@ -14,7 +14,9 @@ from torch.distributions import Categorical, Independent, Normal
 from torch.func import functional_call
 
 from rlmeta.agents.actor import make_policy_value
+from rlmeta.agents.config import NetworkConfig, TrainConfig
 from rlmeta.agents.networks import ActorCritic, AgentOutput, distribution
+from rlmeta.agents.train import Trainer
 
 N = 5
 
@@ -211,6 +213,7 @@ def test_extra_outputs():
 ])
 def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
     from rlmeta.agents.actor import make_policy_value
+from rlmeta.agents.config import NetworkConfig, TrainConfig
 
     torch.manual_seed(0)
     net, x = make(), obs()
@@ -238,6 +241,7 @@ def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
 
 def test_outer_critic_policy_values_need_the_head():
     from rlmeta.agents.actor import make_policy_value
+from rlmeta.agents.config import NetworkConfig, TrainConfig
 
     assert mlp_net().outer_value_head is None and mlp_net()(torch.randn(N, 4)).outer_value is None
     with pytest.raises(ValueError, match="needs a network with an outer critic"):
@@ -391,3 +395,29 @@ def test_a_population_adapter_runs_every_agent_on_its_own_rows(make, obs_of, con
         alone = make_policy_value(nets[agent]).outputs(params[agent], obs[rows].double(), hparams)
         for name, value in alone.items():
             assert torch.allclose(out[name][rows], value, rtol=0, atol=1e-12), name
+
+
+def test_channels_first_images_are_read_as_such():
+    """A (C, H, W) observation is detected and gives the same outputs as the same image channels-last."""
+    torch.manual_seed(0)
+    last = ActorCritic(box(6, 6, 5, low=0.0), gym.spaces.Discrete(4), hidden=(16,), conv_channels=(4,))
+    first = ActorCritic(box(5, 6, 6, low=0.0), gym.spaces.Discrete(4), hidden=(16,), conv_channels=(4,))
+    assert first.channels_first and not last.channels_first
+    assert {k: v.shape for k, v in first.named_parameters()} == {k: v.shape for k, v in last.named_parameters()}
+    params = dict(last.named_parameters())
+    obs = grid_obs(3).float()
+    a = last.apply_params(params, obs)
+    b = first.apply_params(params, obs.movedim(-1, -3))
+    assert torch.allclose(a.policy, b.policy, atol=1e-6) and torch.allclose(a.value, b.value, atol=1e-6)
+    forced = ActorCritic(box(5, 6, 6, low=0.0), gym.spaces.Discrete(4), hidden=(16,), conv_channels=(4,),
+                         channels_first=False)
+    assert not forced.channels_first  # an explicit choice wins over the shape
+
+
+def test_snake_with_channels_first_trains(tmp_path):
+    config = TrainConfig(env="snake-6x6", env_options={"channels_first": True}, algo="a2c", num_envs=4, num_steps=8,
+                         total_steps=64, run_dir=str(tmp_path / "run"), progress=False, eval_episodes=2,
+                         network=NetworkConfig(hidden=(16,), conv_channels=(4,)))
+    trainer = Trainer(config)
+    assert trainer.net.channels_first
+    assert trainer.run()["status"] == "completed"
