@@ -212,9 +212,6 @@ def test_extra_outputs():
     (lambda: gauss_net(outer_critic=True, shared_torso=True), lambda: torch.randn(N, 39)),
 ])
 def test_outer_critic_is_a_second_value_head_on_the_value_torso(make, obs):
-    from rlmeta.agents.actor import make_policy_value
-from rlmeta.agents.config import NetworkConfig, TrainConfig
-
     torch.manual_seed(0)
     net, x = make(), obs()
     hp = {"conditioning": torch.tensor([0.9, 0.5])} if net.num_hparams else {}
@@ -240,8 +237,6 @@ from rlmeta.agents.config import NetworkConfig, TrainConfig
 
 
 def test_outer_critic_policy_values_need_the_head():
-    from rlmeta.agents.actor import make_policy_value
-from rlmeta.agents.config import NetworkConfig, TrainConfig
 
     assert mlp_net().outer_value_head is None and mlp_net()(torch.randn(N, 4)).outer_value is None
     with pytest.raises(ValueError, match="needs a network with an outer critic"):
