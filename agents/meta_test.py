@@ -17,6 +17,8 @@ draws its levels one at a time from other seeds.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from pathlib import Path
@@ -45,8 +47,13 @@ def bootstrap_ratio_se(numerator: np.ndarray, denominator: np.ndarray, samples: 
 
 
 def meta_test(objective: str, levels: str = "small", num_levels: int = 128, lifetime: int = 250, seed: int = 1000,
-              episodes: int = 16, device: str = "cpu", include_a2c: bool = True) -> dict[str, Any]:
-    """Score a learned LPG on held-out levels (see the module docstring); returns the results dict."""
+              episodes: int = 16, device: str = "cpu", include_a2c: bool = True,
+              a2c_cache: Path | None = None) -> dict[str, Any]:
+    """Score a learned LPG on held-out levels (see the module docstring); returns the results dict.
+
+    ``a2c_cache``: a JSON file keeping the A2C reference returns by test setup (levels, count, lifetime,
+    seed, episodes, hyperparameters), so scoring several objectives on one setup trains A2C once.
+    """
     if levels not in GENERATORS:
         raise ValueError(f"unknown levels {levels!r}; known: {sorted(GENERATORS)}")
     for name, value in (("num_levels", num_levels), ("lifetime", lifetime), ("episodes", episodes)):
@@ -68,10 +75,20 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
     out: dict[str, Any] = {"objective": lpg.source, "levels": levels, "num_levels": num_levels, "lifetime": lifetime,
                            "seed": seed, "episodes": episodes}
     if include_a2c:
-        a2c_params = train_population(a2c_objective, test_levels, lifetime, hypers, hypers.a2c_hparams(), 0, seed,
-                                      grid, objects, device)
-        j_a2c = evaluate_population(adapter(TabularAgent(states, 5, 0), num_levels, 1), a2c_params, test_levels,
-                                    episodes, seed + 3, grid, objects)
+        key = json.dumps({"levels": levels, "num_levels": num_levels, "lifetime": lifetime, "seed": seed,
+                          "episodes": episodes, "hypers": dataclasses.asdict(hypers)}, sort_keys=True)
+        cache = json.loads(a2c_cache.read_text()) if a2c_cache is not None and a2c_cache.is_file() else {}
+        if key in cache:
+            j_a2c = np.array(cache[key])
+        else:
+            a2c_params = train_population(a2c_objective, test_levels, lifetime, hypers, hypers.a2c_hparams(), 0, seed,
+                                          grid, objects, device)
+            j_a2c = evaluate_population(adapter(TabularAgent(states, 5, 0), num_levels, 1), a2c_params, test_levels,
+                                        episodes, seed + 3, grid, objects)
+            if a2c_cache is not None:  # re-read: another process may have added a setup meanwhile
+                cache = json.loads(a2c_cache.read_text()) if a2c_cache.is_file() else {}
+                cache[key] = [float(j) for j in j_a2c]
+                atomic_json(cache, a2c_cache)
         score = float((j_lpg - j_rand).mean() / (j_a2c - j_rand).mean())
         out.update(normalized_score=score, normalized_score_se=bootstrap_ratio_se(j_lpg - j_rand, j_a2c - j_rand),
                    a2c_return=float(j_a2c.mean()))

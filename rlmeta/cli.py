@@ -175,6 +175,8 @@ class MetaTest:
     """Evaluation episodes per level and policy."""
     out: str = "meta_test.json"
     """Where the results go (JSON with the key normalized_score)."""
+    a2c_cache: str | None = None
+    """A JSON file that keeps A2C reference returns by test setup, so several objectives share them."""
     overwrite: bool = False
     torch_threads: int = 0
     list: bool = False
@@ -194,7 +196,8 @@ class MetaTest:
         try:
             if out.exists() and not self.overwrite:
                 raise ValueError(f"{str(out)!r} already exists; pass --overwrite or another --out")
-            results = meta_test(self.objective, self.levels, self.num_levels, self.lifetime, self.seed, self.episodes)
+            results = meta_test(self.objective, self.levels, self.num_levels, self.lifetime, self.seed, self.episodes,
+                                a2c_cache=Path(self.a2c_cache) if self.a2c_cache else None)
             write_results(results, out, self.overwrite)
         except ValueError as error:
             raise SystemExit(f"rlmeta meta-test: error: {error}") from None

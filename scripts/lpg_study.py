@@ -69,23 +69,54 @@ def train(parallel: int) -> None:
                 running.remove((process, name))
 
 
-def test() -> None:
-    """Meta-test every finished run on every test set (skipping results that exist), and the untrained LPG."""
+def test(parallel: int, only: list[str] | None = None) -> None:
+    """Meta-test every finished run on every test set (skipping results that exist), and the untrained LPG,
+    ``parallel`` at a time; A2C references are computed once per test set (``a2c_cache.json``)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     objectives = {f"{arm}-s{seed}": str(run_dir(arm, seed) / "lpg.pt") for arm, seeds in ARMS.items()
                   for seed in seeds if finished(run_dir(arm, seed))}
     objectives["untrained"] = "untrained"
-    for name, objective in objectives.items():
-        for test_name, (levels, num_levels, lifetime) in TESTS.items():
+    jobs = []
+    for test_name, (levels, num_levels, lifetime) in TESTS.items():  # one test set at a time: A2C cached first
+        if only and test_name not in only:
+            continue
+        for name, objective in objectives.items():
             if name == "untrained" and test_name != "small-250":
                 continue
             out = RESULTS / f"meta_test-{name}-{test_name}.json"
-            if out.is_file():
-                continue
-            print(f"{time.strftime('%H:%M:%S')} meta-test {name} on {test_name}", flush=True)
-            subprocess.run([sys.executable, "-m", "rlmeta.cli", "meta-test", objective, "--levels", levels,
-                            "--num-levels", str(num_levels), "--lifetime", str(lifetime), "--out", str(out),
-                            "--torch-threads", "2"], check=True, cwd=ROOT)
+            if not out.is_file():
+                jobs.append((f"{name} on {test_name}", [
+                    sys.executable, "-m", "rlmeta.cli", "meta-test", objective, "--levels", levels, "--num-levels",
+                    str(num_levels), "--lifetime", str(lifetime), "--out", str(out), "--torch-threads", "1",
+                    "--a2c-cache", str(RUNS / "a2c_cache.json")]))
+    _run_jobs(jobs, parallel)
+
+
+def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int) -> None:
+    """Run ``(name, args)`` subprocesses; per test set the first alone (it fills the A2C cache), the rest
+    ``parallel`` at a time."""
+    by_set: dict[str, list[tuple[str, list[str]]]] = {}
+    for name, args in jobs:
+        by_set.setdefault(name.split(" on ")[1], []).append((name, args))
+    for items in by_set.values():
+        _run_parallel(items[:1], 1)
+        _run_parallel(items[1:], parallel)
+
+
+def _run_parallel(jobs: list[tuple[str, list[str]]], parallel: int) -> None:
+    jobs = list(jobs)
+    running: list[tuple[subprocess.Popen, str]] = []
+    while jobs or running:
+        while jobs and len(running) < parallel:
+            name, args = jobs.pop(0)
+            print(f"{time.strftime('%H:%M:%S')} meta-test {name}", flush=True)
+            running.append((subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL), name))
+        time.sleep(2)
+        for process, name in list(running):
+            if process.poll() is not None:
+                if process.returncode:
+                    print(f"{time.strftime('%H:%M:%S')} {name} FAILED ({process.returncode})", flush=True)
+                running.remove((process, name))
 
 
 TRANSFER = ["--env", "envpool:CartPole-v1", "--num-envs", "16", "--num-steps", "20", "--total-steps", "100000",
@@ -219,11 +250,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=("train", "test", "transfer", "report"))
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="test: only these test sets (e.g. small-250)")
     parser.add_argument("--objective", default=str(run_dir("uniform", 0) / "lpg.pt"),
                         help="transfer: the learned LPG to train CartPole with")
     args = parser.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
-    {"train": lambda: train(args.parallel), "test": test, "transfer": lambda: transfer(args.objective),
+    {"train": lambda: train(args.parallel), "test": lambda: test(args.parallel, args.only),
+     "transfer": lambda: transfer(args.objective),
      "report": report}[args.stage]()
 
 

@@ -190,3 +190,15 @@ def test_train_with_a_learned_lpg_on_a_non_grid_env(tmp_path):
         TrainConfig(algo="a2c", objective="lpg-grid-small")
     with pytest.raises(ValueError, match="discrete actions"):
         train(replace(config, env="gym:Pendulum-v1", run_dir=str(tmp_path / "pendulum")))
+
+
+def test_a2c_references_are_cached_by_test_setup(tmp_path):
+    cache = tmp_path / "a2c.json"
+    first = meta_test("untrained", num_levels=3, lifetime=3, episodes=2, a2c_cache=cache)
+    saved = json.loads(cache.read_text())
+    assert len(saved) == 1 and len(next(iter(saved.values()))) == 3
+    cache.write_text(json.dumps({k: [100.0, 100.0, 100.0] for k in saved}))  # a planted value is read back
+    second = meta_test("untrained", num_levels=3, lifetime=3, episodes=2, a2c_cache=cache)
+    assert second["a2c_return"] == 100.0 != first["a2c_return"]
+    meta_test("untrained", num_levels=3, lifetime=4, episodes=2, a2c_cache=cache)
+    assert len(json.loads(cache.read_text())) == 2  # another setup, another entry
