@@ -249,7 +249,7 @@ def build_loop(config: TrainConfig, agent: Agent, env: envs.VectorEnv, device: t
 
 
 def evaluate(config: TrainConfig, agent: Agent, params: dict[str, Tensor], hparams: dict[str, Any],
-             device: torch.device | str = "cpu", has_success: bool = False) -> dict[str, float]:
+             device: torch.device | str = "cpu") -> dict[str, float]:
     """Evaluation episodes (``config.eval_episodes``, one per sub-env) in a fresh env seeded apart
     from training: mean and spread of the return, mean length, success rate where the env has one."""
     env = make_env(config, config.seed + 1_000_003, num_envs=config.eval_episodes)
@@ -263,7 +263,7 @@ def evaluate(config: TrainConfig, agent: Agent, params: dict[str, Tensor], hpara
         "return_std": statistics.pstdev(returns),
         "length_mean": statistics.fmean(r["length"] for r in records),
     }
-    if has_success:
+    if any("success" in r for r in records):  # decided by what the episodes report, not before they run
         stats["success_rate"] = statistics.fmean(r.get("success", 0.0) for r in records)
     return stats
 
@@ -315,12 +315,5 @@ def lifetime(config: TrainConfig, state: AgentState | None = None, *, agent: Age
         loop.close()
     result.state = state
     if evaluate_at_end:
-        result.evaluation = evaluate(config, agent, state.params, learning.hparams(state), device,
-                                     has_success(env))
+        result.evaluation = evaluate(config, agent, state.params, learning.hparams(state), device)
     return result
-
-
-def has_success(env: Any) -> bool:
-    """Whether ``env`` reports success; a user's vectorized factory may return a gymnasium VectorEnv
-    that is not an ``envs.VectorEnv`` and lacks the attribute."""
-    return bool(getattr(env, "has_success", False))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from rlmeta.agents.build import build_agent, build_meta_params
 from rlmeta.agents.config import TrainConfig, load_config, save_config, to_dict
-from rlmeta.agents.lifetime import AgentState, Learning, build_loop, evaluate, has_success, make_env
+from rlmeta.agents.lifetime import AgentState, Learning, build_loop, evaluate, make_env
 from rlmeta.agents.runs import (
     atomic_json, check_device, check_new_run_dir, default_run_dir, exit_code, prepare_run_dir, save_checkpoint,
     sigterm_as_interrupt, to_device,
@@ -105,7 +105,6 @@ class Trainer:
         self.agent = build_agent(config, first_env.single_observation_space, first_env.single_action_space,
                                  self.device)
         self.net = self.agent.net
-        self.has_success = has_success(first_env)
         self.learning = Learning(config, self.agent, self.device, torch.Generator().manual_seed(config.seed))
         self.loop = build_loop(config, self.agent, first_env, self.device, env_seed)
         self._prepare_run_dir()
@@ -204,8 +203,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Evaluation episodes in a fresh env (seeded apart from training); logs and returns the stats."""
-        stats = {"step": self.step, **evaluate(self.config, self.agent, self.params, self.hparams(), self.device,
-                                               self.has_success)}
+        stats = {"step": self.step, **evaluate(self.config, self.agent, self.params, self.hparams(), self.device)}
         self.evaluations.append(stats)
         for key, value in stats.items():
             if key != "step":

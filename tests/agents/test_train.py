@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
+from rlmeta import envs
 from rlmeta.agents.config import (
     HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, from_dict, load_config, to_dict,
 )
@@ -545,3 +548,32 @@ def test_sigterm_checkpoints_exits_143_and_resume_continues(tmp_path):
                                      "run_dir": str(run), "total_steps": saved["step"] + 64, "progress": False}))
     assert resumed.step == saved["step"]
     assert resumed.run()["total_steps"] >= saved["step"] + 64
+
+
+class _Succeeds(gym.Env):
+    """Three steps per episode; ``is_success`` (reported at the last step only) when the last action is 1."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t == 3
+        info = {"is_success": bool(action == 1)} if done else {}
+        return np.full(1, self.t / 3, np.float32), float(action), done, False, info
+
+
+def test_success_is_found_once_episodes_report_it(tmp_path):
+    """A gymnasium env that reports is_success only when an episode ends still gets a success rate."""
+    envs.register("success-env", _Succeeds, overwrite=True)
+    try:
+        summary = train(tiny(tmp_path, env="success-env", total_steps=64))
+        assert 0.0 <= summary["eval"]["success_rate"] <= 1.0
+        assert [tag for tag in ("eval/success_rate",) if scalars(tmp_path / "run", tag)]
+    finally:
+        envs.unregister("success-env")
