@@ -15,6 +15,9 @@ import warnings
 
 from rlmeta.envs.core import VectorEnv
 from rlmeta.envs.registry import available, make, register, unregister
+from rlmeta.envs.single import register_single_envs
+
+register_single_envs(make)  # gymnasium.make("rlmeta/Snake-v0"), ... (envs.single)
 
 __all__ = ["VectorEnv", "available", "make", "register", "unregister"]
 
