@@ -17,6 +17,7 @@ from rlmeta.agents.actor import make_policy_value
 from rlmeta.agents.config import MetaConfig, OptimizerConfig, TrainConfig, VTraceConfig
 from rlmeta.agents.learned import load_lpg
 from rlmeta.agents.networks import ActorCritic
+from rlmeta.catalog import learning_start
 from rlmeta.hparams import MetaParams
 from rlmeta.metagrad import ESTIMATORS, Estimator, InnerUpdate, OuterObjective
 from rlmeta.objectives import A2C, PPO, Objective, OuterCritic, VTraceActorCritic
@@ -119,7 +120,8 @@ def build_meta_params(config: TrainConfig, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> MetaParams:
     """The :class:`~rlmeta.hparams.MetaParams` of ``config.meta``: learned names, the rest fixed."""
     base = {**config.hparams.as_dict(), "lr": config.optimizer.lr}
-    learn = {name: float(config.meta.init.get(name, base[name])) for name in config.meta.learn}
+    learn = {name: float(learning_start(name, config.meta.init.get(name, base[name]), name in config.meta.init))
+             for name in config.meta.learn}
     fixed = {k: v for k, v in config.hparams.as_dict().items() if k not in learn}
     return MetaParams(learn, fixed=fixed, bounds=dict(config.meta.bounds), dtype=dtype, device=device,
                       condition=config.meta.condition)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from rlmeta.catalog import (
     ALGORITHMS, ESTIMATORS, HYPERPARAMETERS, OPTIMIZERS, check_hyperparameter, check_num_updates, learned_bounds,
-    mixing_weights, to_raw,
+    learning_start, mixing_weights, to_raw,
 )
 
 EnvOption = Union[int, float, bool, str]
@@ -345,7 +345,14 @@ class TrainConfig:
         if self.meta.enabled:  # initial values inside their bounds, or a ValueError now
             base = {**self.hparams.as_dict(), "lr": self.optimizer.lr}
             for name in self.meta.learn:
-                to_raw(name, self.meta.init.get(name, base[name]), learned_bounds(name, self.meta.bounds.get(name)))
+                start = learning_start(name, self.meta.init.get(name, base[name]), name in self.meta.init)
+                to_raw(name, start, learned_bounds(name, self.meta.bounds.get(name)))
+            if "vtrace_alpha" in self.meta.learn:
+                if self.algo != "vtrace":
+                    raise ValueError(f"meta.learn vtrace_alpha: only algo 'vtrace' reads it (got {self.algo!r})")
+                if self.mode != "async":
+                    raise ValueError("meta.learn vtrace_alpha needs mode 'async': in sync mode the data is on-policy, "
+                                     "every importance ratio is 1 and alpha has no effect, so its meta-gradient is 0")
             stray = sorted(set(self.meta.bounds) - set(self.meta.learn))
             if stray:
                 raise ValueError(f"bounds given for hyperparameter(s) {stray} that are not learned")

@@ -47,6 +47,7 @@ class HyperParameter:
     default: float | None  # None: set elsewhere (the learning rate is the optimizer's)
     bounds: Bounds
     doc: str
+    learn_from: float | None = None  # where meta-learning starts by default when ``default`` sits on a bound
 
 
 UNIT = Bounds("sigmoid", 0.0, 1.0)
@@ -59,7 +60,7 @@ HYPERPARAMETERS: dict[str, HyperParameter] = {
     "policy_cost": HyperParameter(1.0, WEIGHT, "weight of the policy-gradient loss"),
     "value_cost": HyperParameter(0.5, WEIGHT, "weight of the value loss"),
     "entropy_cost": HyperParameter(0.01, WEIGHT, "weight of the entropy bonus"),
-    "vtrace_alpha": HyperParameter(1.0, UNIT, "leaky V-trace's alpha (1: plain V-trace)"),
+    "vtrace_alpha": HyperParameter(1.0, UNIT, "leaky V-trace's alpha (1: plain V-trace)", learn_from=0.9),
     "lr": HyperParameter(None, SCALE, "the inner optimizer's learning rate"),
 }
 
@@ -77,6 +78,15 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "rmsprop", "sgd")
 
 # Hand-written actor-critic objectives (``rlmeta.objectives.OBJECTIVES``).
 ALGORITHMS: tuple[str, ...] = ("ppo", "a2c", "vtrace", "lpg")  # lpg: a learned objective (--objective)
+
+
+def learning_start(name: str, value: float, given: bool) -> float:
+    """Where meta-learning ``name`` starts: ``value``, unless it was not ``given`` explicitly and sits on the
+    bound of the transform (vtrace_alpha's default 1 is sigmoid's bound), then the catalog's ``learn_from``."""
+    entry = HYPERPARAMETERS[name]
+    if not given and entry.learn_from is not None and value in (entry.bounds.low, entry.bounds.high):
+        return entry.learn_from
+    return value
 
 
 def check_hyperparameter(name: str) -> Bounds:

@@ -16,7 +16,8 @@ import torch
 
 from rlmeta import envs
 from rlmeta.agents.config import (
-    HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, from_dict, load_config, to_dict,
+    HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, VTraceConfig, from_dict, load_config,
+    to_dict,
 )
 from rlmeta.agents.build import outer_critic
 from rlmeta.agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
@@ -577,3 +578,18 @@ def test_success_is_found_once_episodes_report_it(tmp_path):
         assert [tag for tag in ("eval/success_rate",) if scalars(tmp_path / "run", tag)]
     finally:
         envs.unregister("success-env")
+
+
+def test_vtrace_alpha_is_learnable_in_async_vtrace_and_refused_where_it_cannot_move(tmp_path):
+    from rlmeta.agents.config import MetaConfig
+
+    with pytest.raises(ValueError, match="only algo 'vtrace' reads it"):
+        tiny(tmp_path, meta=MetaConfig(learn=("vtrace_alpha",)))
+    with pytest.raises(ValueError, match="on-policy, every importance ratio is 1"):
+        tiny(tmp_path, algo="vtrace", meta=MetaConfig(learn=("vtrace_alpha",)))
+    config = tiny(tmp_path, algo="vtrace", mode="async", num_actors=2, total_steps=32 * 12,
+                  vtrace=VTraceConfig(rho_bar=0.5, c_bar=0.5), meta=MetaConfig(learn=("vtrace_alpha",), lr=0.05))
+    summary = train(config)
+    alpha = summary["meta"]["vtrace_alpha"]
+    assert alpha["initial"] == pytest.approx(0.9)  # the default 1 is the sigmoid's bound: learning starts inside
+    assert abs(alpha["final"] - alpha["initial"]) > 1e-4  # lagged rollouts: alpha has a meta-gradient and moves
