@@ -70,6 +70,7 @@ class Iteration:
     steps: int
     lag: int
     hparams: dict[str, Any]
+    progress: float = 0.0  # the training progress the (last) update received: env steps learned from before it / total
 
 
 class Learning:
@@ -85,9 +86,12 @@ class Learning:
         self.objective, self.optimizer = agent.objective, agent.optimizer
         self.generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
         self.meta = build_meta_params(config, device=str(self.device)) if config.meta.enabled else None
-        # Scratch of one iterate call (set at its start): the step the inner updates anneal with and
-        # the inner updates' metrics. The estimator calls the inner update back, so they cannot be arguments.
-        self._step = 0
+        # Scratch of one meta-iteration (set at its start): env steps learned from so far, the rollouts
+        # seen with the steps learned before each, the last progress, the inner updates' metrics. The
+        # estimator calls the inner update back, so they cannot be arguments.
+        self._learned = 0
+        self._learned_before: dict[int, tuple[Rollout, int]] = {}
+        self._last_progress = 0.0
         self._inner_metrics: list[dict[str, float]] = []
         if self.meta is not None:
             m = config.meta
@@ -145,25 +149,37 @@ class Learning:
         hparams = self.hparams(state)
         if self.meta is None:
             batch = loop.next()
+            progress = self.progress(state.step)
             params, opt_state, metrics = update(
                 self.objective, self.optimizer, state.params, state.opt_state, batch.rollout, hparams,
-                progress=min(1.0, state.step / self.config.total_steps), generator=self.generator,
+                progress=progress, generator=self.generator,
             )
             new = replace(state, params=params, opt_state=opt_state, updates=state.updates + 1,
                           step=state.step + batch.steps)
         else:
             new, batch, metrics = self._meta_iteration(state, loop, hparams)
+            progress = self._last_progress
         loop.publish(new.params, self.hparams(new), new.updates)
-        return new, Iteration(metrics, batch.episodes, batch.steps, batch.lag, hparams)
+        return new, Iteration(metrics, batch.episodes, batch.steps, batch.lag, hparams, progress)
+
+    def progress(self, learned: int) -> float:
+        """The fraction of training done after learning from ``learned`` env steps (what an update receives)."""
+        return min(1.0, learned / self.config.total_steps)
 
     # ----------------------------------------------------------------------------------------
 
     def _inner_update(self, params: dict, opt_state: Any, rollout: Rollout, hparams: dict,
                       mode: UpdateMode) -> tuple[dict, Any]:
-        """The estimator's inner update: the learner's, with this iteration's progress and lr schedule."""
-        progress = min(1.0, self._step / self.config.total_steps)
+        """The estimator's inner update: the learner's, with the progress and lr schedule of the env steps
+        learned from before it (per rollout, so a recomputed update gets exactly the same)."""
+        key = id(rollout)
+        if key not in self._learned_before:
+            self._learned_before[key] = (rollout, self._learned)  # the rollout is kept: its id stays its own
+            self._learned += rollout.num_steps * rollout.num_envs
+        learned = self._learned_before[key][1]
+        self._last_progress = progress = self.progress(learned)
         if self.config.optimizer.anneal_lr and "lr" not in hparams:
-            hparams = {**hparams, "lr": learning_rate(self.config, self._step)}
+            hparams = {**hparams, "lr": learning_rate(self.config, learned)}
         new, opt, metrics = update(self.objective, self.optimizer, params, opt_state, rollout, hparams,
                                    progress=progress, mode=mode, generator=self.generator)
         self._inner_metrics.append(metrics)
@@ -180,10 +196,13 @@ class Learning:
         """
         assert self.meta is not None
         self._use_meta(state)
-        self._step, self._inner_metrics = state.step, []
+        self._inner_metrics = []
         episodes: list[dict[str, float]] = []
         steps, lags, calls = 0, [], 0
         reused = state.next_rollout is not None
+        # Env steps learned from before the first inner update: a reused rollout is counted in state.step.
+        self._learned = state.step - (state.next_rollout.num_steps * state.next_rollout.num_envs if reused else 0)
+        self._learned_before: dict[int, tuple[Rollout, int]] = {}
 
         def collect(params: dict) -> Rollout:
             nonlocal steps, calls

@@ -211,7 +211,7 @@ class Trainer:
         return stats
 
     def _log(self, metrics: dict[str, float], episodes: list[dict[str, float]], hparams: dict, sps: float,
-             lag: int) -> None:
+             lag: int, progress: float) -> None:
         w, step = self.writer, self.step
         if episodes:
             for key in ("return", "length", "success"):
@@ -227,8 +227,9 @@ class Trainer:
             if key != CONDITIONING:  # the same values again, as one vector
                 w.add_scalar(f"hparams/{key}", float(value), step)
         if self.config.algo == "ppo":
-            clip = self.config.ppo.clip * (1 - step / self.config.total_steps if self.config.ppo.anneal_clip else 1)
+            clip = self.config.ppo.clip * (1 - progress if self.config.ppo.anneal_clip else 1)  # what PPO used
             w.add_scalar("hparams/ppo_clip", clip, step)
+        w.add_scalar("train/progress", progress, step)
         w.add_scalar("train/steps_per_second", sps, step)
         if self.config.mode == "async":
             w.add_scalar("async/policy_lag", lag, step)
@@ -304,7 +305,7 @@ class Trainer:
                 self.episodes_seen += len(iteration.episodes)
                 self.recent.extend(iteration.episodes)
                 sps = iteration.steps / max(time.perf_counter() - tick, 1e-9)
-                self._log(metrics, iteration.episodes, iteration.hparams, sps, iteration.lag)
+                self._log(metrics, iteration.episodes, iteration.hparams, sps, iteration.lag, iteration.progress)
                 if c.checkpoint_interval and self.step >= next_checkpoint:
                     self.save_checkpoint()
                     next_checkpoint = _next_multiple(self.step, c.checkpoint_interval)

@@ -22,7 +22,7 @@ from rlmeta.agents.config import (
 from rlmeta.agents.build import outer_critic
 from rlmeta.agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
 from rlmeta.cli import main
-from rlmeta.objectives import PLAIN, Loss, Objective
+from rlmeta.objectives import PLAIN, Loss, MinibatchObjective, Objective
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:
@@ -593,3 +593,64 @@ def test_vtrace_alpha_is_learnable_in_async_vtrace_and_refused_where_it_cannot_m
     alpha = summary["meta"]["vtrace_alpha"]
     assert alpha["initial"] == pytest.approx(0.9)  # the default 1 is the sigmoid's bound: learning starts inside
     assert abs(alpha["final"] - alpha["initial"]) > 1e-4  # lagged rollouts: alpha has a meta-gradient and moves
+
+
+class _RecordsProgress(Objective):
+    """Wraps an objective and records the progress each call receives."""
+
+    def __init__(self, objective, seen):
+        self.objective, self.seen, self.policy_value = objective, seen, objective.policy_value
+
+    def __call__(self, params, data, hparams, progress=0.0, context=PLAIN):
+        self.seen.append(progress)
+        return self.objective(params, data, hparams, progress, context)
+
+
+class _RecordsMinibatchProgress(MinibatchObjective, _RecordsProgress):
+    """The same for a minibatch objective (PPO): its prepare step and batch shape are passed through."""
+
+    def __init__(self, objective, seen):
+        _RecordsProgress.__init__(self, objective, seen)
+        self.epochs, self.minibatches = objective.epochs, objective.minibatches
+
+    def __call__(self, params, data, hparams, progress=0.0, context=PLAIN):
+        return _RecordsProgress.__call__(self, params, data, hparams, progress, context)
+
+    def prepare(self, params, rollout, hparams, context=PLAIN):
+        return self.objective.prepare(params, rollout, hparams, context)
+
+
+def test_updates_receive_the_true_progress_and_the_log_shows_what_ppo_used(tmp_path):
+    config = tiny(tmp_path, algo="ppo", ppo=PPOConfig(epochs=1, minibatches=1, anneal_clip=True), total_steps=32 * 5)
+    trainer = Trainer(config)
+    seen: list[float] = []
+    trainer.learning.objective = _RecordsMinibatchProgress(trainer.learning.objective, seen)
+    trainer.run()
+    assert seen == pytest.approx([k * 32 / (32 * 5) for k in range(5)])  # steps learned from before each update
+    clips = [v for _, v in scalars(tmp_path / "run", "hparams/ppo_clip")]
+    assert clips == pytest.approx([config.ppo.clip * (1 - p) for p in seen])
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_meta_inner_updates_receive_their_own_progress(tmp_path, recompute):
+    from rlmeta.agents.config import MetaConfig
+
+    meta = MetaConfig(learn=("gamma",), estimator="multi-step", num_updates=2, recompute=recompute)
+    trainer = Trainer(tiny(tmp_path, meta=meta, total_steps=32 * 9, checkpoint_interval=0))
+    seen: list[float] = []
+    trainer.learning.objective = _RecordsProgress(trainer.learning.objective, seen)
+    trainer.run()
+    distinct = sorted(set(round(p, 9) for p in seen))
+    # 3 rollouts per first meta-update (2 inner + outer, reused next time), then 2 new each: rollouts learned from
+    # in order, each update's progress the steps learned before it
+    assert distinct == pytest.approx([k * 32 / (32 * 9) for k in range(len(distinct))])
+    assert len(distinct) == trainer.state.updates
+
+
+def test_resume_restores_every_random_stream(tmp_path):
+    config = tiny(tmp_path, algo="ppo", ppo=PPOConfig(epochs=2, minibatches=2), total_steps=32 * 4, checkpoint_interval=64)
+    Trainer(config).run()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 32 * 6}))
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert torch.equal(resumed.learning.generator.get_state(), saved["rng"]["minibatch"])
