@@ -27,7 +27,7 @@ def make_policy_value(net: ActorCritic, values: str = "value") -> PolicyValue:
     """
     if values not in VALUES:
         raise ValueError(f"values must be one of {list(VALUES)}, got {values!r}")
-    if values != "value" and net.outer_value_head is None:
+    if values != "value" and not net.has_outer_critic:
         raise ValueError(f"values={values!r} needs a network with an outer critic (ActorCritic(outer_critic=True))")
     adapter = PolicyValue(net.named_outputs, named_distribution)
     if values == "outer":

@@ -47,6 +47,8 @@ def build_network(config: TrainConfig, observation_space: gym.Space, action_spac
                        channels_first=n.channels_first,
                        num_hparams=len(config.meta.learn) if config.meta.condition else 0,
                        outer_critic=outer_critic(config.meta) is not None,
+                       outer_critic_network=config.meta.enabled and config.meta.outer_critic
+                       and config.meta.outer_critic_network == "separate",
                        extra_outputs={PREDICTION: prediction} if prediction else None)
 
 
@@ -68,7 +70,10 @@ def outer_critic(meta: MetaConfig) -> OuterCritic | None:
     """The :class:`~rlmeta.objectives.OuterCritic` the inner objective trains, or None."""
     if not (meta.enabled and meta.outer_critic):
         return None
-    head = None if meta.outer_critic_trains_torso else "outer_value_head."  # ActorCritic's outer critic
+    if meta.outer_critic_network == "separate":
+        head: str | None = "outer_critic."  # ActorCritic's separate outer-critic network: its loss trains it alone
+    else:
+        head = None if meta.outer_critic_trains_torso else "outer_value_head."  # ActorCritic's outer critic head
     return OuterCritic(meta.outer_gamma, meta.outer_lambda, meta.outer_critic_cost, head=head)
 
 
@@ -135,19 +140,21 @@ def outer_correction(config: TrainConfig) -> VTraceConfig | None:
 def build_estimator(meta: MetaConfig, inner_update: InnerUpdate, policy_value: PolicyValue,
                     estimator: str | None = None, num_updates: int | None = None, vtrace: VTraceConfig | None = None,
                     conditioning: Callable[[], torch.Tensor] | None = None,
-                    generator: torch.Generator | None = None) -> Estimator:
+                    generator: torch.Generator | None = None, exact: bool | None = None) -> Estimator:
     """The meta-gradient estimator ``meta`` describes (``estimator``/``num_updates`` override its own).
 
     ``policy_value``: the outer loss's adapter (:func:`policy_values`). ``vtrace``: the outer loss is
     importance-corrected with V-trace (as the V-trace learner is). ``conditioning``: for a
     conditioned agent, ``() -> [H]`` reference input of the outer loss. ``generator``: the inner
-    updates' random numbers (PPO's minibatches), replayed by the memory-saving path.
+    updates' random numbers (PPO's minibatches), replayed by the memory-saving path. ``exact``:
+    overrides ``meta.targets`` (True: exact, False: semi-gradient targets).
     """
     name = estimator or meta.estimator
     if name not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}")
     k = num_updates or meta.num_updates
-    common: dict[str, Any] = {"recompute": meta.recompute, "generator": generator}
+    common: dict[str, Any] = {"recompute": meta.recompute, "generator": generator,
+                              "exact": (meta.targets == "exact") if exact is None else exact}
     if name == "bootstrapped":
         return ESTIMATORS[name](inner_update, policy_value, k, meta.target_updates, value_cost=meta.bmg_value_cost,
                                 **common)

@@ -189,6 +189,16 @@ class MetaConfig:
     """False: the outer critic's value loss trains its own head only, so it cannot change what the
     agent learns (the derivatives through the update stay exact); True: it also trains the torso and
     convolutions it shares with the critic (on Snake 6x6 this lowered the final scores; docs/benchmarks.md)."""
+    outer_critic_network: Literal["head", "separate"] = "head"
+    """head: the outer critic is a second value head on the value torso; separate: its own network (own
+    convolutions and MLP, as the reference code of Bonnet et al.), trained by its loss alone."""
+    targets: Literal["exact", "semi"] = "exact"
+    """How inner updates after the first are differentiated: exact (their bootstrap values, baselines and
+    importance ratios stay functions of the meta-parameters) or semi (held fixed, as Xu et al. 2018 and
+    the published code do)."""
+    reuse_outer_rollout: bool = True
+    """Learn from the outer loss's fresh rollout in the next meta-update's first inner update (Xu et al. 2018);
+    False: collect a new one (the reference code of Bonnet et al.)."""
     condition: bool = False
     """Condition the policy and value on the meta-learned values (Xu et al. 2018): the network takes
     them as an extra input (an embedding joined to the torso's features); the outer loss feeds the
@@ -236,6 +246,12 @@ class MetaConfig:
         _positive("meta.outer_critic_cost", self.outer_critic_cost)
         if self.outer_critic_trains_torso and not self.outer_critic:
             raise ValueError("meta.outer_critic_trains_torso applies to an outer critic: add meta.outer_critic")
+        if self.outer_critic_network == "separate" and not self.outer_critic:
+            raise ValueError("meta.outer_critic_network applies to an outer critic: add meta.outer_critic")
+        if self.outer_critic_network == "separate" and self.outer_critic_trains_torso:
+            raise ValueError("a separate outer critic network shares no torso: drop meta.outer_critic_trains_torso")
+        if self.targets not in ("exact", "semi"):
+            raise ValueError(f"meta.targets must be 'exact' or 'semi', got {self.targets!r}")
         if self.variance_window < 0 or self.variance_window == 1:
             raise ValueError(f"meta.variance_window must be 0 (off) or >= 2, got {self.variance_window}")
 

@@ -240,7 +240,8 @@ class Learning:
         # iteration's first inner rollout (Xu et al. 2018), so each env step is learned from.
         new = replace(state, params=result.params, opt_state=result.opt_state,
                       updates=state.updates + self.estimator.num_updates, step=state.step + steps,
-                      meta_raw=dict(self.meta.raw), meta_state=meta_state, next_rollout=result.next_rollout,
+                      meta_raw=dict(self.meta.raw), meta_state=meta_state,
+                      next_rollout=result.next_rollout if self.config.meta.reuse_outer_rollout else None,
                       meta_grads=meta_grads)
         lag = round(statistics.fmean(lags)) if lags else 0
         return new, Batch(None, episodes, steps, lag, 0), metrics  # type: ignore[arg-type]

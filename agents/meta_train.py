@@ -59,6 +59,7 @@ from rlmeta.optim import adam
 CHECKPOINT_VERSION = 1
 LPG_FILE = "lpg.pt"
 RESUME_FIXED = ("levels", "curriculum", "num_agents", "envs_per_agent", "lpg")
+MIN_SPAN = 0.05  # levels whose optimum beats random by less are left out of the normalised curve (noise / noise)
 EVAL_EPISODES = 8  # first episodes per agent in end-of-life evaluations (the groove curriculum's scores)
 CURVE_FIELDS = ("meta_step", "agent", "level", "end_return", "random_return", "optimal_return", "normalized")
 
@@ -267,7 +268,7 @@ class MetaTrainer:
             a = self.agents[i]
             end = statistics.fmean(a.late_returns) if a.late_returns else math.nan
             span = a.optimal_return - a.random_return
-            normalized = (end - a.random_return) / span if abs(span) > 1e-6 and math.isfinite(end) else math.nan
+            normalized = (end - a.random_return) / span if span > MIN_SPAN and math.isfinite(end) else math.nan
             rows.append({"meta_step": self.meta_step, "agent": i, "level": a.level.name, "end_return": end,
                          "random_return": a.random_return, "optimal_return": a.optimal_return,
                          "normalized": normalized})

@@ -19,6 +19,7 @@ each extra head by its name) through an ``rlmeta.rollout.PolicyValue`` adapter
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping, NamedTuple
 
 import gymnasium as gym
@@ -70,6 +71,7 @@ class ActorCritic(nn.Module):
         shared_torso: bool = False,
         outer_critic: bool = False,
         channels_first: bool | None = None,
+        outer_critic_network: bool = False,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -92,9 +94,10 @@ class ActorCritic(nn.Module):
                 c_in = c_out
             self.conv = nn.Sequential(*convs, nn.Flatten())
             features = c_in * rows * cols
+            conv_features = features
         elif len(shape) == 1:
             self.conv = None
-            features = int(shape[0])
+            features = conv_features = int(shape[0])
         else:
             raise ValueError(f"observations of shape {shape} are not supported (need (D,) or (rows, cols, C))")
         self.num_hparams = num_hparams
@@ -115,8 +118,23 @@ class ActorCritic(nn.Module):
         else:
             raise ValueError(f"action space {action_space} is not supported (need Discrete or a 1-D Box)")
         self.value_head = _init_linear(nn.Linear(width, 1), 1.0)
-        # The outer critic: a second value head on the value torso (Bonnet et al. 2022).
-        self.outer_value_head = _init_linear(nn.Linear(width, 1), 1.0) if outer_critic else None
+        # The outer critic (Bonnet et al. 2022): a second value head on the value torso, or its own network
+        # (convolutions, MLP and head of the same sizes, reading the observation only), as their reference code.
+        if outer_critic_network and not outer_critic:
+            raise ValueError("outer_critic_network=True needs outer_critic=True")
+        self.outer_value_head = _init_linear(nn.Linear(width, 1), 1.0) if outer_critic and not outer_critic_network \
+            else None
+        self.outer_critic = None
+        if outer_critic_network:
+            parts: dict[str, nn.Module] = {}
+            if self.conv is not None:
+                parts["conv"] = copy.deepcopy(self.conv)
+                for module in parts["conv"].modules():
+                    if isinstance(module, nn.Conv2d):
+                        module.reset_parameters()
+            parts["torso"] = _mlp([conv_features, *hidden], act)
+            parts["head"] = _init_linear(nn.Linear(width, 1), 1.0)
+            self.outer_critic = nn.ModuleDict(parts)
         self.extra_heads = nn.ModuleDict(
             {name: nn.Linear(width, size) for name, size in (extra_outputs or {}).items()}
         )
@@ -158,9 +176,25 @@ class ActorCritic(nn.Module):
             value=None if z_value is None else F.linear(z_value, p["value_head.weight"], p["value_head.bias"]).squeeze(-1),
             log_std=p["log_std"] if self.continuous else None,
             extras=extras,
-            outer_value=None if z_value is None or self.outer_value_head is None else
-            F.linear(z_value, p["outer_value_head.weight"], p["outer_value_head.bias"]).squeeze(-1),
+            outer_value=None if z_value is None else self._outer_value(p, obs, z_value),
         )
+
+    @property
+    def has_outer_critic(self) -> bool:
+        """Whether the network has an outer critic (a head or its own network)."""
+        return self.outer_value_head is not None or self.outer_critic is not None
+
+    def _outer_value(self, p: dict[str, Tensor], obs: Tensor, z_value: Tensor) -> Tensor | None:
+        """The outer critic's values ``[N]``: a head on the value torso's features, or its own network."""
+        if self.outer_value_head is not None:
+            return F.linear(z_value, p["outer_value_head.weight"], p["outer_value_head.bias"]).squeeze(-1)
+        if self.outer_critic is None:
+            return None
+        x = obs.to(p["outer_critic.head.weight"].dtype)
+        if "conv" in self.outer_critic:
+            x = _apply(self.outer_critic["conv"], "outer_critic.conv", p, x if self.channels_first else x.movedim(-1, -3))
+        z = _apply(self.outer_critic["torso"], "outer_critic.torso", p, x)
+        return F.linear(z, p["outer_critic.head.weight"], p["outer_critic.head.bias"]).squeeze(-1)
 
 
     def named_outputs(self, params: dict[str, Tensor], obs: Tensor, conditioning: Tensor | None = None

@@ -146,6 +146,17 @@ def transfer(objective: str) -> None:
             out.write_text(json.dumps({**results, "objective": objective, "args": TRANSFER}, indent=2) + "\n")
 
 
+MIN_SPAN = 0.05  # as rlmeta.agents.meta_train: a level whose optimum beats random by less tells nothing
+
+
+def _normalized(row: dict) -> float | None:
+    """(J_end - J_random) / (J* - J_random) from a curve row, None where undefined or uninformative."""
+    end, rand, best = float(row["end_return"]), float(row["random_return"]), float(row["optimal_return"])
+    if not math.isfinite(end) or best - rand <= MIN_SPAN:
+        return None
+    return (end - rand) / (best - rand)
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if math.isfinite(v)]
     if not values:
@@ -170,8 +181,10 @@ def report() -> None:
             shutil.copyfile(path / "curve.csv", RESULTS / f"curve-{name}.csv")
             if (path / "summary.json").is_file():
                 shutil.copyfile(path / "summary.json", RESULTS / f"summary-{name}.json")
-            rows = [r for r in csv.DictReader(open(path / "curve.csv")) if r["normalized"] != "nan"]
-            values = [float(r["normalized"]) for r in rows]
+            rows = [r for r in csv.DictReader(open(path / "curve.csv")) if _normalized(r) is not None]
+            for r in rows:
+                r["normalized"] = _normalized(r)
+            values = [r["normalized"] for r in rows]
             curves[name] = rows
             tenth = max(len(values) // 10, 1)
             (m0, s0), (m1, s1) = _mean_se(values[:tenth]), _mean_se(values[-tenth:])

@@ -1,5 +1,5 @@
-"""Shared test setup: ``scripts/`` on ``sys.path`` (the benchmarks and studies, which are not
-installed), markers, and a tiny deterministic user env."""
+"""Shared test setup: ``scripts/`` (the benchmarks and studies, which are not installed) and ``tests/``
+(``helpers``) on ``sys.path``, markers, and a tiny deterministic user env."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
+TESTS = os.path.join(ROOT, "tests")  # tests/helpers: shared checks (finite differences)
+for path in (SCRIPTS, TESTS):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def pytest_configure(config):

@@ -18,6 +18,8 @@ from rlmeta.objectives.lpg import LPG, LPGMetaObjective, LPGNetwork, kl_to_targe
 from rlmeta.optim import adam, rmsprop, sgd
 from rlmeta.rollout import PolicyValue, Rollout
 
+from helpers.finite_differences import directional_check
+
 DT = torch.float64
 S, A, M, T, B = 5, 3, 3, 4, 3
 SMALL = LPGNetwork(target_width=M, embedding_width=3, gru_width=4)
@@ -237,66 +239,17 @@ def make_meta():
     return MetaParams({"gamma": 0.9}, trees={"lpg": lpg_tree(0)}, dtype=DT)
 
 
-class Linearized:
-    """An outer loss that records its gradient in the agent's parameters and in the meta-parameters it
-    reads directly, then returns ``g . theta + g_eta . eta``: a plain function of eta whose central
-    differences must equal the estimator's meta-gradient (the outer loss holds terms fixed, so its
-    own value is not the function a meta-gradient differentiates)."""
-
-    def __init__(self, loss, meta_leaves):
-        self.loss, self.meta_leaves, self.records, self.recording, self.calls = loss, meta_leaves, [], True, 0
-
-    def __call__(self, params, *rest):
-        keys = list(params)
-        if self.recording:
-            value = self.loss(params, *rest)
-            # Gradients at leaf copies of the parameters: the part in eta is then the direct one only.
-            copies = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            leaves = self.meta_leaves()
-            grads = torch.autograd.grad(self.loss(copies, *rest), [copies[k] for k in keys] + list(leaves.values()),
-                                        allow_unused=True)
-            grads = [torch.zeros(()) if g is None else g.detach() for g in grads]
-            self.records.append((grads[: len(keys)], dict(zip(leaves, grads[len(keys):]))))
-            return value
-        param_grads, meta_grads = self.records[self.calls]
-        self.calls += 1
-        leaves = self.meta_leaves()
-        return (sum((g * params[k]).sum() for g, k in zip(param_grads, keys))
-                + sum((g * leaves[name]).sum() for name, g in meta_grads.items()))
-
-
 def finite_difference_check(make_estimator, optimizer, directions=3, h=1e-5, rtol=2e-5):
-    """The meta-gradient along ``directions`` random directions of all meta-parameters, and along gamma,
-    against central differences of the linearized meta-loss."""
+    """The LPG meta-gradient (the tree and gamma) against central differences, through K LPG updates."""
     holder = {}
     estimator = make_estimator(lambda: holder["meta"].hparams())
-    wrapped = Linearized(estimator.outer_loss, lambda: dict(holder["meta"].raw))
-    estimator.outer_loss = wrapped
 
     def run(meta):
-        holder["meta"] = meta
         params = make_critic_params(0)
         rollouts = iter(ROLLOUTS)
         return estimator.estimate(meta, params, optimizer.init(params), lambda _: next(rollouts))
 
-    result = run(make_meta())
-    wrapped.recording = False
-    names = list(result.grads)
-    g = torch.Generator().manual_seed(7)
-    checks = [{n: torch.randn(result.grads[n].shape, generator=g, dtype=DT) for n in names} for _ in range(directions)]
-    checks.append({n: (torch.ones(()) if n == "gamma" else torch.zeros_like(result.grads[n])) for n in names})
-    for direction in checks:
-        values = []
-        for sign in (1, -1):
-            meta = make_meta()
-            with torch.no_grad():
-                for n in names:
-                    meta.raw[n] += sign * h * direction[n]
-            wrapped.calls = 0
-            values.append(run(meta).meta_loss)
-        fd = (values[0] - values[1]) / (2 * h)
-        got = float(sum((result.grads[n] * direction[n]).sum() for n in names))
-        assert abs(got - fd) <= rtol * max(abs(got), abs(fd)) + 1e-12, (got, fd)
+    result = directional_check(estimator, make_meta, run, directions, h, rtol, holder=holder)
     assert float(result.grads["lpg.gru.weight_ih"].abs().max()) > 1e-6  # the inner updates reach the GRU
     return result
 
