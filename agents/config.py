@@ -53,9 +53,23 @@ class NetworkConfig:
     """Policy and value share the MLP torso (False: the value has its own; convolutions stay shared)."""
     channels_first: bool | None = None
     """Image observations are (channels, rows, cols); None: decided from the shape (the shorter end axis is channels)."""
+    conv_kernel: int = 3
+    """Kernel size of the convolutions (3: padded by 1; others pad as TensorFlow's "SAME")."""
+    conv_strides: tuple[int, ...] = ()
+    """One stride per convolution (empty: all 1)."""
+    value_hidden: tuple[int, ...] = ()
+    """Sizes of the value's MLP (empty: as hidden)."""
+    value_convs: bool = False
+    """The value gets its own convolutions (a separate value network, as the reference Snake agents)."""
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)
+        self.conv_strides, self.value_hidden = tuple(self.conv_strides), tuple(self.value_hidden)
+        if self.conv_strides and len(self.conv_strides) != len(self.conv_channels):
+            raise ValueError(f"network.conv_strides needs one stride per conv layer ({len(self.conv_channels)}), "
+                             f"got {self.conv_strides}")
+        if any(h < 1 for h in self.value_hidden) or any(s < 1 for s in self.conv_strides) or self.conv_kernel < 1:
+            raise ValueError("network.value_hidden, conv_strides and conv_kernel must be >= 1")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"network.hidden must be a non-empty list of sizes >= 1, got {self.hidden}")
         if any(c < 1 for c in self.conv_channels):
@@ -69,7 +83,7 @@ class OptimizerConfig:
     name: OptimizerName = "adam"
     lr: float = 2.5e-4
     max_grad_norm: float | None = 0.5
-    """Clip gradients to this global norm (None: no clipping)."""
+    """Clip gradients to this global norm (None or 0: no clipping; 0 is how a TOML file says none)."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to 0 over ``total_steps``."""
     eps: float = 1e-5
@@ -83,6 +97,8 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _positive("optimizer.lr", self.lr)
+        if self.max_grad_norm == 0 and not isinstance(self.max_grad_norm, bool):
+            self.max_grad_norm = None
         if self.max_grad_norm is not None:
             _positive("optimizer.max_grad_norm", self.max_grad_norm)
         _positive("optimizer.eps", self.eps, strict=False)
@@ -232,6 +248,8 @@ class MetaConfig:
         if self.target_updates < 1:
             raise ValueError(f"meta.target_updates must be >= 1, got {self.target_updates}")
         _positive("meta.lr", self.lr)
+        if self.max_grad_norm == 0 and not isinstance(self.max_grad_norm, bool):
+            self.max_grad_norm = None  # 0: no clipping (TOML has no null)
         if self.max_grad_norm is not None:
             _positive("meta.max_grad_norm", self.max_grad_norm)
         _unit("meta.outer_gamma", self.outer_gamma)

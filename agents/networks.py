@@ -19,7 +19,6 @@ each extra head by its name) through an ``rlmeta.rollout.PolicyValue`` adapter
 
 from __future__ import annotations
 
-import copy
 from typing import Mapping, NamedTuple
 
 import gymnasium as gym
@@ -39,6 +38,40 @@ class AgentOutput(NamedTuple):
     log_std: Tensor | None = None  # continuous actions only, broadcastable to policy
     extras: dict[str, Tensor] | None = None
     outer_value: Tensor | None = None  # [...]: the outer critic's value, for networks that have one
+
+
+def _conv_stack(channels: int, rows: int, cols: int, conv_channels: tuple[int, ...], kernel: int,
+                strides: tuple[int, ...], activation: type[nn.Module]) -> tuple[nn.Sequential, int]:
+    """Convolutions (then Flatten) and the number of features they give.
+
+    Kernel 3 with stride 1 pads by 1 on every side (the default network); other kernels and strides
+    pad as TensorFlow's and haiku's ``"SAME"`` (output ``ceil(size / stride)``, the extra row and
+    column at the end), as the reference Snake networks of Bonnet et al. do.
+    """
+    if not isinstance(kernel, int) or kernel < 1:
+        raise ValueError(f"conv_kernel must be an integer >= 1, got {kernel!r}")
+    strides = tuple(strides) or (1,) * len(conv_channels)
+    if len(strides) != len(conv_channels) or any(not isinstance(s, int) or s < 1 for s in strides):
+        raise ValueError(f"conv_strides must give one stride >= 1 per conv layer ({len(conv_channels)}), got {strides}")
+    layers: list[nn.Module] = []
+    c_in, h, w = channels, rows, cols
+    for c_out, stride in zip(conv_channels, strides):
+        if kernel == 3 and stride == 1:
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), activation()]
+        else:
+            pad_h, pad_w = _same_padding(h, kernel, stride), _same_padding(w, kernel, stride)
+            if any(pad_h + pad_w):
+                layers.append(nn.ZeroPad2d((pad_w[0], pad_w[1], pad_h[0], pad_h[1])))
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=kernel, stride=stride), activation()]
+            h, w = -(-h // stride), -(-w // stride)
+        c_in = c_out
+    return nn.Sequential(*layers, nn.Flatten()), c_in * h * w
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """``(before, after)`` padding of ``"SAME"`` convolution along one axis."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
@@ -72,6 +105,10 @@ class ActorCritic(nn.Module):
         outer_critic: bool = False,
         channels_first: bool | None = None,
         outer_critic_network: bool = False,
+        conv_kernel: int = 3,
+        conv_strides: tuple[int, ...] = (),
+        value_hidden: tuple[int, ...] = (),
+        value_convs: bool = False,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -84,30 +121,38 @@ class ActorCritic(nn.Module):
         shape = observation_space.shape
         self.grid = len(shape) == 3
         self.channels_first = False
+        value_hidden = tuple(value_hidden) or tuple(hidden)
+        if shared_torso and value_hidden != tuple(hidden):
+            raise ValueError(f"a shared torso has one size: value_hidden {value_hidden} differs from hidden {hidden}")
+        if value_convs and shared_torso:
+            raise ValueError("value_convs gives the value its own convolutions: it cannot share the torso too")
+        self.value_conv = None
         if self.grid:  # (rows, cols, channels) or (channels, rows, cols)
             self.channels_first = grid_channels_first(shape) if channels_first is None else bool(channels_first)
             rows, cols, channels = (shape[1], shape[2], shape[0]) if self.channels_first else shape
-            convs: list[nn.Module] = []
-            c_in = channels
-            for c_out in conv_channels:
-                convs += [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), act()]
-                c_in = c_out
-            self.conv = nn.Sequential(*convs, nn.Flatten())
-            features = c_in * rows * cols
-            conv_features = features
+            stack = lambda: _conv_stack(channels, rows, cols, conv_channels, conv_kernel, conv_strides, act)  # noqa: E731
+            self.conv, features = stack()
+            value_features = features
+            if value_convs:
+                self.value_conv, value_features = stack()
+            conv_features = value_features
         elif len(shape) == 1:
+            if value_convs:
+                raise ValueError("value_convs needs image observations (rows, cols, channels)")
             self.conv = None
-            features = conv_features = int(shape[0])
+            features = value_features = conv_features = int(shape[0])
         else:
             raise ValueError(f"observations of shape {shape} are not supported (need (D,) or (rows, cols, C))")
         self.num_hparams = num_hparams
         if num_hparams:
             self.hparam_embed = nn.Sequential(nn.Linear(num_hparams, hparam_embedding), act())
             features += hparam_embedding
+            value_features += hparam_embedding
         self.torso = _mlp([features, *hidden], act)
-        # shared_torso=False: the value gets its own MLP (the convolutions stay shared), as SB3 and CleanRL do.
-        self.value_torso = None if shared_torso else _mlp([features, *hidden], act)
-        width = hidden[-1]
+        # shared_torso=False: the value gets its own MLP (the convolutions stay shared unless value_convs),
+        # as SB3 and CleanRL do.
+        self.value_torso = None if shared_torso else _mlp([value_features, *value_hidden], act)
+        width, value_width = hidden[-1], value_hidden[-1]
         if isinstance(action_space, gym.spaces.Discrete):
             self.continuous = False
             self.policy_head = _init_linear(nn.Linear(width, int(action_space.n)), 0.01)
@@ -117,23 +162,20 @@ class ActorCritic(nn.Module):
             self.log_std = nn.Parameter(torch.full((action_space.shape[0],), float(init_log_std)))
         else:
             raise ValueError(f"action space {action_space} is not supported (need Discrete or a 1-D Box)")
-        self.value_head = _init_linear(nn.Linear(width, 1), 1.0)
+        self.value_head = _init_linear(nn.Linear(value_width, 1), 1.0)
         # The outer critic (Bonnet et al. 2022): a second value head on the value torso, or its own network
         # (convolutions, MLP and head of the same sizes, reading the observation only), as their reference code.
         if outer_critic_network and not outer_critic:
             raise ValueError("outer_critic_network=True needs outer_critic=True")
-        self.outer_value_head = _init_linear(nn.Linear(width, 1), 1.0) if outer_critic and not outer_critic_network \
-            else None
+        self.outer_value_head = _init_linear(nn.Linear(value_width, 1), 1.0) \
+            if outer_critic and not outer_critic_network else None
         self.outer_critic = None
-        if outer_critic_network:
+        if outer_critic_network:  # the value network's architecture, its own parameters
             parts: dict[str, nn.Module] = {}
             if self.conv is not None:
-                parts["conv"] = copy.deepcopy(self.conv)
-                for module in parts["conv"].modules():
-                    if isinstance(module, nn.Conv2d):
-                        module.reset_parameters()
-            parts["torso"] = _mlp([conv_features, *hidden], act)
-            parts["head"] = _init_linear(nn.Linear(width, 1), 1.0)
+                parts["conv"], _ = stack()
+            parts["torso"] = _mlp([conv_features, *value_hidden], act)
+            parts["head"] = _init_linear(nn.Linear(value_width, 1), 1.0)
             self.outer_critic = nn.ModuleDict(parts)
         self.extra_heads = nn.ModuleDict(
             {name: nn.Linear(width, size) for name, size in (extra_outputs or {}).items()}
@@ -155,7 +197,7 @@ class ActorCritic(nn.Module):
         needs only the policy.
         """
         p = params
-        x = obs.to(p["value_head.weight"].dtype)
+        x = image = obs.to(p["value_head.weight"].dtype)
         if self.conv is not None:
             x = _apply(self.conv, "conv", p, x if self.channels_first else x.movedim(-1, -3))
         if self.num_hparams:
@@ -168,7 +210,12 @@ class ActorCritic(nn.Module):
         z = _apply(self.torso, "torso", p, x)
         z_value = None
         if value:
-            z_value = z if self.value_torso is None else _apply(self.value_torso, "value_torso", p, x)
+            x_value = x
+            if self.value_conv is not None:
+                x_value = _apply(self.value_conv, "value_conv", p, image if self.channels_first else image.movedim(-1, -3))
+                if self.num_hparams:
+                    x_value = torch.cat([x_value, x[:, -self.hparam_embed[0].out_features:]], -1)
+            z_value = z if self.value_torso is None else _apply(self.value_torso, "value_torso", p, x_value)
         extras = {name: F.linear(z, p[f"extra_heads.{name}.weight"], p[f"extra_heads.{name}.bias"])
                   for name in self.extra_heads} or None
         return AgentOutput(

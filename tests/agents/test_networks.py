@@ -416,3 +416,27 @@ def test_snake_with_channels_first_trains(tmp_path):
     trainer = Trainer(config)
     assert trainer.net.channels_first
     assert trainer.run()["status"] == "completed"
+
+
+def test_reference_snake_network_same_padding_and_separate_value_network():
+    """Bonnet et al.'s Snake networks: 2x2 convolutions of stride 2 then 1 with "SAME" padding, separate
+    policy and value networks (value MLP 128-128), and an outer critic of the value's architecture."""
+    torch.manual_seed(0)
+    net = ActorCritic(box(6, 6, 5, low=0.0), gym.spaces.Discrete(4), hidden=(64, 64), conv_channels=(32, 32),
+                      activation="relu", conv_kernel=2, conv_strides=(2, 1), value_hidden=(128, 128), value_convs=True,
+                      outer_critic=True, outer_critic_network=True)
+    shapes = {k: tuple(v.shape) for k, v in net.named_parameters()}
+    assert shapes["torso.0.weight"] == (64, 32 * 3 * 3)  # 6x6 -> 3x3 (stride 2) -> 3x3 (stride 1, SAME)
+    assert shapes["value_torso.0.weight"] == (128, 288) and shapes["value_head.weight"] == (1, 128)
+    assert {"value_conv.0.weight", "value_conv.3.weight", "outer_critic.conv.3.weight"} <= set(shapes)  # 2: padding
+    assert shapes["outer_critic.torso.2.weight"] == (128, 128)
+    out = net(grid_obs(4).float())
+    assert out.policy.shape == (4, 4) and out.value.shape == out.outer_value.shape == (4,)
+    # SAME padding of the stride-1 2x2 layer puts the extra row and column after the data (TensorFlow's rule).
+    pad = net.conv[2]
+    assert isinstance(pad, torch.nn.ZeroPad2d) and pad.padding == (0, 1, 0, 1)
+    odd = ActorCritic(box(7, 7, 5, low=0.0), gym.spaces.Discrete(4), hidden=(8,), conv_channels=(4,), conv_kernel=2,
+                      conv_strides=(2,))
+    assert dict(odd.named_parameters())["torso.0.weight"].shape == (8, 4 * 4 * 4)  # ceil(7 / 2) = 4
+    with pytest.raises(ValueError, match="one stride >= 1 per conv layer"):
+        ActorCritic(box(6, 6, 5, low=0.0), gym.spaces.Discrete(4), conv_channels=(4, 4), conv_strides=(2,))
