@@ -1,0 +1,181 @@
+"""The Snake 6x6 meta-gradient reproduction in the reference setup of Bonnet et al. (issue: Snake science).
+
+    python scripts/snake_reference_study.py train [--parallel 2] [--steps 20000000]   # resumable
+    python scripts/snake_reference_study.py report                                  # -> results/snake/
+
+Variants (``configs/snake6_reference*.toml``), 3 seeds each: fixed gamma 0.8 A2C; one-step meta-gradient
+with the separate outer critic; mixed K = 4 and multi-step K = 4 (semi targets) with the outer critic.
+Each run checkpoints every 500k env steps; ``train`` resumes a run with a checkpoint, skips a finished
+one, and runs ``parallel`` at a time with one torch thread each. Run directories live in
+``runs/snake-reference/`` (not committed); ``report`` writes per-run curves (evaluation return and
+gamma against env steps) as CSV, a table at the last common step (mean +- standard error over
+seeds) and a plot to ``results/snake/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "snake-reference"
+RESULTS = ROOT / "results" / "snake"
+VARIANTS = {
+    "a2c-gamma0.8": "snake6_reference_a2c.toml",
+    "one-step+oc": "snake6_reference.toml",
+    "mixed-K4+oc": "snake6_reference_mixed.toml",
+    "multi-step-K4+oc": "snake6_reference_multistep.toml",
+}
+SEEDS = (0, 1, 2)
+
+
+def run_dir(variant: str, seed: int) -> Path:
+    return RUNS / f"{variant}-s{seed}"
+
+
+def status(path: Path) -> str | None:
+    summary = path / "summary.json"
+    return json.loads(summary.read_text()).get("status") if summary.is_file() else None
+
+
+def train(parallel: int, steps: int) -> None:
+    """Run (or resume) every variant x seed to ``steps`` env steps, ``parallel`` at a time."""
+    jobs = []
+    for seed in SEEDS:  # seed-major: every variant gets its first seed first
+        for variant, config in VARIANTS.items():
+            path = run_dir(variant, seed)
+            if status(path) == "completed":
+                saved = json.loads((path / "summary.json").read_text())
+                if saved["total_steps"] >= steps:
+                    continue
+            resume = (path / "checkpoints" / "latest.pt").is_file()
+            args = [sys.executable, "-m", "rlmeta.cli", "train"]
+            if resume:
+                args += ["--run-dir", str(path), "--resume"]
+            else:
+                args += ["--config", str(ROOT / "configs" / config), "--run-dir", str(path), "--seed", str(seed)]
+            args += ["--total-steps", str(steps), "--torch-threads", "1", "--no-progress"]
+            jobs.append((f"{variant}-s{seed}", args))
+    running: list[tuple[subprocess.Popen, str]] = []
+    RUNS.mkdir(parents=True, exist_ok=True)
+    while jobs or running:
+        while jobs and len(running) < parallel:
+            name, args = jobs.pop(0)
+            log = open(RUNS / f"{name}.log", "a")
+            print(f"{time.strftime('%H:%M:%S')} start {name}", flush=True)
+            running.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), name))
+        time.sleep(10)
+        for process, name in list(running):
+            if process.poll() is not None:
+                print(f"{time.strftime('%H:%M:%S')} {name} exited {process.returncode}", flush=True)
+                running.remove((process, name))
+
+
+def _gamma_curve(path: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415 - heavy
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "hparams/gamma" not in acc.Tags()["scalars"]:
+        return []
+    events = acc.Scalars("hparams/gamma")
+    stride = max(len(events) // 400, 1)  # about 400 points per run
+    return [(e.step, e.value) for e in events[::stride]]
+
+
+def report() -> None:
+    """Curves as CSV, the table at the last step every run of a variant reached, and a plot."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    finals: dict[str, list[tuple[int, float, float | None]]] = {}
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for variant in VARIANTS:
+        for seed in SEEDS:
+            path = run_dir(variant, seed)
+            if not (path / "checkpoints" / "latest.pt").is_file():
+                continue
+            import torch  # noqa: PLC0415 - heavy, only to read checkpoints
+
+            ckpt = torch.load(path / "checkpoints" / "latest.pt", weights_only=True)
+            evaluations = ckpt["evaluations"]
+            gammas = _gamma_curve(path)
+            with open(RESULTS / f"curve-{variant}-s{seed}.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["kind", "env_step", "value"])
+                writer.writerows(("eval_return", e["step"], e["return_mean"]) for e in evaluations)
+                writer.writerows(("gamma", step, value) for step, value in gammas)
+            if evaluations:
+                last = evaluations[-1]
+                finals.setdefault(variant, []).append((last["step"], last["return_mean"], gammas[-1][1] if gammas else None))
+                curves.setdefault(variant, []).append([(e["step"], e["return_mean"]) for e in evaluations])
+    lines = ["# Snake 6x6, reference setup (Bonnet et al.): evaluation return and gamma", "",
+             "| variant | seeds | env steps (min over seeds) | eval return (mean +- SE) | final gamma (mean +- SE) |",
+             "|---|---|---|---|---|"]
+    for variant, rows in finals.items():
+        step = min(r[0] for r in rows)
+        returns = [_at(curve, step) for curve in curves[variant]]
+        gammas = [r[2] for r in rows if r[2] is not None]
+        lines.append(f"| {variant} | {len(rows)} | {step:,} | {_fmt(returns)} | {_fmt(gammas) if gammas else '-'} |")
+    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(curves)
+
+
+def _at(curve: list[tuple[int, float]], step: int) -> float:
+    """The evaluation at the last point not after ``step``."""
+    return [v for s, v in curve if s <= step][-1]
+
+
+def _fmt(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return f"{mean:.3f} +- {se:.3f}"
+
+
+def _plot(curves: dict[str, list[list[tuple[int, float]]]]) -> None:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, runs in curves.items():
+        steps = sorted({s for run in runs for s, _ in run})
+        common = [s for s in steps if all(any(x == s for x, _ in run) for run in runs)]
+        if not common:
+            continue
+        values = [[dict(run)[s] for run in runs] for s in common]
+        mean = [statistics.fmean(v) for v in values]
+        se = [statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0 for v in values]
+        ax.plot(common, mean, label=f"{variant} ({len(runs)} seeds)")
+        ax.fill_between(common, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], alpha=0.2)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return (greedy)")
+    ax.set_title("Snake 6x6, reference setup")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "returns.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=("train", "report"))
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20_000_000)
+    args = parser.parse_args()
+    if args.stage == "train":
+        train(args.parallel, args.steps)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
