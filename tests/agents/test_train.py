@@ -654,3 +654,37 @@ def test_resume_restores_every_random_stream(tmp_path):
     resumed = Trainer(TrainConfig(**{**config.__dict__, "resume": True, "total_steps": 32 * 6}))
     assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
     assert torch.equal(resumed.learning.generator.get_state(), saved["rng"]["minibatch"])
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_always_leaves_a_resumable_run(tmp_path):
+    """20 hard kills of one run at random moments (checkpoints every update, so many land mid-write): every
+    time, latest.pt loads, it is no older than the newest complete ckpt-*.pt, and --resume continues."""
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "rlmeta.cli", "train", "--run-dir", str(run), "--no-progress", "--torch-threads", "1"]
+    fresh = ["--env", "envpool:CartPole-v1", "--algo", "a2c", "--num-envs", "4", "--num-steps", "8",
+             "--total-steps", "100000000", "--checkpoint-interval", "32", "--network.hidden", "16"]
+    rng = np.random.default_rng(0)
+    last_step = 0
+    for trial in range(20):
+        args = base + (["--resume"] if trial else fresh)
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait for this process's first new checkpoint, then a random moment
+            latest = run / "checkpoints" / "latest.pt"
+            if latest.exists() and len(list((run / "checkpoints").glob("ckpt-*.pt"))) > trial:
+                break
+            if process.poll() is not None:
+                pytest.fail(f"trial {trial}: the run exited early: {process.stderr.read()}")
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        process.kill()
+        process.wait(timeout=30)
+        saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)  # always loadable
+        complete = [torch.load(p, weights_only=True)["step"] for p in (run / "checkpoints").glob("ckpt-*.pt")]
+        assert saved["step"] >= max(complete) - 32  # at most one interval behind the newest complete checkpoint
+        assert saved["step"] >= last_step  # never goes back
+        last_step = saved["step"]
+    resumed = Trainer(TrainConfig(**{**load_config(run / "config.json").__dict__, "resume": True, "run_dir": str(run),
+                                     "total_steps": last_step + 64, "progress": False}))
+    assert resumed.step == last_step and resumed.run()["status"] == "completed"
