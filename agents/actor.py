@@ -96,11 +96,16 @@ class Actor:
             self.episodes += ended_episodes(info)
             self.obs = next_obs
         self.steps += n * b
+        stacked_rewards = torch.stack(rewards)
+        if not torch.isfinite(stacked_rewards).all():
+            t, i = map(int, torch.nonzero(~torch.isfinite(stacked_rewards))[0])
+            raise FloatingPointError(f"the env returned a non-finite reward ({float(stacked_rewards[t, i])}) "
+                                     f"in sub-env {i}; check its reward function")
         obs_shape = obs[0].shape[1:]
         return Rollout(
             obs=torch.stack(obs),
             actions=torch.stack(actions),
-            rewards=torch.stack(rewards),
+            rewards=stacked_rewards,
             terminated=torch.stack(terms),
             truncated=torch.stack(truncs),
             behaviour_logp=torch.stack(logps),

@@ -433,7 +433,10 @@ def load_config(path: str | Path, cls: type = TrainConfig) -> Any:
         raise ValueError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix == ".toml":
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     elif path.suffix == ".json":
         data = json.loads(text)
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import math
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -211,7 +212,9 @@ class Trainer:
         return stats
 
     def _log(self, metrics: dict[str, float], episodes: list[dict[str, float]], hparams: dict, sps: float,
-             lag: int, progress: float) -> None:
+             lag: int, progress: float, steps: int) -> None:
+        """One iteration's scalars at the env step it reached; the hyperparameters it used at the step it
+        started from (``steps`` earlier), so every ``hparams/*`` point is the value in use from there on."""
         w, step = self.writer, self.step
         if episodes:
             for key in ("return", "length", "success"):
@@ -223,9 +226,7 @@ class Trainer:
                 w.add_scalar(f"meta/{key[5:]}", value, step)
             else:
                 w.add_scalar(f"train/{key}" if key == "grad_norm" else f"loss/{key}", value, step)
-        for key, value in hparams.items():
-            if key != CONDITIONING:  # the same values again, as one vector
-                w.add_scalar(f"hparams/{key}", float(value), step)
+        self._log_hparams(hparams, step - steps)
         if self.config.algo == "ppo":
             clip = self.config.ppo.clip * (1 - progress if self.config.ppo.anneal_clip else 1)  # what PPO used
             w.add_scalar("hparams/ppo_clip", clip, step)
@@ -233,6 +234,11 @@ class Trainer:
         w.add_scalar("train/steps_per_second", sps, step)
         if self.config.mode == "async":
             w.add_scalar("async/policy_lag", lag, step)
+
+    def _log_hparams(self, hparams: dict, step: int) -> None:
+        for key, value in hparams.items():
+            if key != CONDITIONING:  # the same values again, as one vector
+                self.writer.add_scalar(f"hparams/{key}", float(value), step)
 
     def summary(self, status: str, message: str = "") -> dict[str, Any]:
         """The machine-readable ``summary.json`` of the run as it stands."""
@@ -305,12 +311,15 @@ class Trainer:
                 self.episodes_seen += len(iteration.episodes)
                 self.recent.extend(iteration.episodes)
                 sps = iteration.steps / max(time.perf_counter() - tick, 1e-9)
-                self._log(metrics, iteration.episodes, iteration.hparams, sps, iteration.lag, iteration.progress)
+                self._log(metrics, iteration.episodes, iteration.hparams, sps, iteration.lag, iteration.progress,
+                          iteration.steps)
                 if c.checkpoint_interval and self.step >= next_checkpoint:
                     self.save_checkpoint()
                     next_checkpoint = _next_multiple(self.step, c.checkpoint_interval)
                 if c.eval_interval and self.step >= next_eval:
                     stats = self.evaluate()
+                    tqdm.write(f"env step {self.step:,}: evaluation return {stats['return_mean']:.3f} "
+                               f"+- {stats['return_std']:.3f}", file=sys.stderr)
                     next_eval = _next_multiple(self.step, c.eval_interval)
                     self.reached = c.target_return is not None and stats["return_mean"] >= c.target_return
                 bar.update(min(self.step, c.total_steps) - bar.n)
@@ -335,6 +344,7 @@ class Trainer:
         if not (self.evaluations and self.evaluations[-1]["step"] == self.step):
             self.evaluate()
         self.wall_seconds = base_seconds + time.perf_counter() - started
+        self._log_hparams(self.hparams(), self.step)  # the values the run ends with (summary.json's final ones)
         self.writer.close()
         return self.summary("completed")
 

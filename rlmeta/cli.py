@@ -21,6 +21,18 @@ import tyro
 from rlmeta.agents.config import MetaTrainConfig, TrainConfig, VarianceConfig, load_config
 
 
+class InputError(SystemExit):
+    """Bad input (config, env id, run directory, files): exit status 2, the message already on stderr."""
+
+    def __init__(self, command: str, error: Exception | str):
+        self.message = f"{command}: error: {error}"
+        print(self.message, file=sys.stderr)
+        super().__init__(2)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass
 class ListEnvs:
     """List the registered environments and the backend id forms."""
@@ -51,7 +63,7 @@ class Train(TrainConfig):
         try:
             trainer = Trainer(self)
         except ValueError as error:  # bad config, run dir, env id or options: nothing was started
-            raise SystemExit(f"rlmeta train: error: {error}") from None
+            raise InputError("rlmeta train", error) from None
         try:
             summary = trainer.run()
         except TrainingFailed as error:
@@ -126,7 +138,7 @@ class Variance(VarianceConfig):
         try:
             run(self)
         except ValueError as error:  # no checkpoints, results already there, ...
-            raise SystemExit(f"rlmeta variance: error: {error}") from None
+            raise InputError("rlmeta variance", error) from None
 
 
 @dataclass
@@ -139,7 +151,7 @@ class MetaTrain(MetaTrainConfig):
         try:
             trainer = MetaTrainer(self)
         except ValueError as error:
-            raise SystemExit(f"rlmeta meta-train: error: {error}") from None
+            raise InputError("rlmeta meta-train", error) from None
         try:
             summary = trainer.run()
         except MetaTrainingInterrupted as error:
@@ -200,7 +212,7 @@ class MetaTest:
                                 a2c_cache=Path(self.a2c_cache) if self.a2c_cache else None)
             write_results(results, out, self.overwrite)
         except ValueError as error:
-            raise SystemExit(f"rlmeta meta-test: error: {error}") from None
+            raise InputError("rlmeta meta-test", error) from None
         print(format_results(results))
 
 

@@ -137,10 +137,13 @@ def test_run_writes_config_logs_checkpoints_and_summary(tmp_path):
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert ckpt["step"] == 192 and ckpt["updates"] == 6
     assert ckpt["opt_state"]["count"] == 6 * 2 * 2  # adam steps: updates x epochs x minibatches
-    # TensorBoard: losses, gradient norms, speed and every hyperparameter, at each update's step.
+    # TensorBoard: losses, gradient norms and speed at each update's step; every hyperparameter at the step
+    # it is used from (and the final values at the end).
     for tag in ("loss/policy_loss", "loss/value_loss", "loss/entropy", "train/grad_norm", "train/steps_per_second",
-                "hparams/gamma", "hparams/lambda", "hparams/entropy_cost", "hparams/value_cost", "hparams/ppo_clip"):
+                "hparams/ppo_clip"):
         assert [s for s, _ in scalars(run, tag)] == [32 * i for i in range(1, 7)], tag
+    for tag in ("hparams/gamma", "hparams/lambda", "hparams/entropy_cost", "hparams/value_cost"):
+        assert [s for s, _ in scalars(run, tag)] == [32 * i for i in range(0, 7)], tag
     assert scalars(run, "hparams/gamma")[0][1] == pytest.approx(0.99)
     assert scalars(run, "eval/return_mean")[-1] == (192, pytest.approx(ev["return_mean"]))
     assert len(scalars(run, "episode/return")) >= 1
@@ -159,9 +162,9 @@ def test_existing_run_dir_is_never_overwritten_silently(tmp_path):
 
 def test_lr_annealing_reaches_zero_linearly(tmp_path):
     train(tiny(tmp_path, optimizer=OptimizerConfig(lr=1e-3, anneal_lr=True), total_steps=128))
-    lrs = scalars(tmp_path / "run", "hparams/lr")
-    assert [s for s, _ in lrs] == [32, 64, 96, 128]
-    assert [v for _, v in lrs] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    lrs = scalars(tmp_path / "run", "hparams/lr")  # each value at the step it is used from; the final one last
+    assert [s for s, _ in lrs] == [0, 32, 64, 96, 128]
+    assert [v for _, v in lrs] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3, 0.0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def test_cli_rejects_bad_values_before_creating_anything(tmp_path, capsys):
     assert "num_envs must be an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--env", "snak", "--run-dir", str(run)])
-    assert "unknown env id 'snak'" in str(exit_info.value.code)
+    assert exit_info.value.code == 2 and "unknown env id 'snak'" in capsys.readouterr().err  # every input error: 2
     assert not run.exists()
 
 
@@ -331,8 +334,10 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
     # come from the target's parameters.
     per = k + 1 if estimator == "bootstrapped" else k
     meta_updates = 1 + -(-(6 * (k + 1) - (k + 1)) // per)  # the loop runs until total_steps is reached
-    for tag in ("meta/grad_norm", "meta/loss", "meta/grad_gamma", "meta/grad_lambda", "hparams/entropy_cost"):
+    for tag in ("meta/grad_norm", "meta/loss", "meta/grad_gamma", "meta/grad_lambda"):
         assert len(scalars(run, tag)) == meta_updates, tag
+    assert len(scalars(run, "hparams/entropy_cost")) == meta_updates + 1  # and the value the run ends with
+    assert scalars(run, "hparams/gamma")[-1][1] == pytest.approx(summary["meta"]["gamma"]["final"], abs=1e-6)
     assert len(scalars(run, "meta/grad_variance")) == meta_updates - 1  # from the second meta-update on
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert set(ckpt["meta"]["params"]) == {"gamma", "lambda", "entropy_cost"}
@@ -358,7 +363,7 @@ def test_async_meta_run_learns_on_the_learner_from_queued_rollouts(tmp_path):
     assert summary["status"] == "completed" and summary["total_steps"] >= 32 * 13
     run = tmp_path / "run"
     gammas = [v for _, v in scalars(run, "hparams/gamma")]
-    assert len(gammas) == 6 and len(set(round(g, 7) for g in gammas)) > 1  # 3 rollouts, then 2 per meta-update
+    assert len(gammas) == 6 + 1 and len(set(round(g, 7) for g in gammas)) > 1  # 3 rollouts, then 2 per update; final
     lags = [v for _, v in scalars(run, "async/policy_lag")]
     assert len(lags) == 6 and min(lags) >= 0 and max(lags) >= 1  # queued rollouts from older parameters
     assert summary["updates"] == 12
