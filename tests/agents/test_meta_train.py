@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +21,8 @@ from rlmeta.agents.population import GridPopulation, adapter, initial_params
 from rlmeta.agents.train import train
 from rlmeta.cli import main
 from rlmeta.envs.levels import sample_levels
+
+from helpers.processes import terminate_after_checkpoint
 
 TINY = dict(num_agents=4, envs_per_agent=4, num_steps=10, num_updates=2, lifetime=4, meta_steps=6,
             lpg=LPGConfig(gru_width=8, embedding_width=4, target_width=4), meta_lr=1e-2, progress=False,
@@ -100,19 +97,11 @@ def test_groove_curriculum_scores_levels_by_regret_with_cached_a2c(tmp_path):
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "rlmeta.cli", "meta-train", "--run-dir", str(run), "--num-agents", "4",
-            "--envs-per-agent", "4", "--num-steps", "10", "--num-updates", "2", "--lifetime", "4",
-            "--meta-steps", "100000", "--lpg.gru-width", "8", "--checkpoint-interval", "1", "--no-progress",
-            "--torch-threads", "1"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    summary = json.loads((run / "summary.json").read_text())
+    status, err, summary = terminate_after_checkpoint(
+        ["meta-train", "--run-dir", str(run), "--num-agents", "4", "--envs-per-agent", "4", "--num-steps", "10",
+         "--num-updates", "2", "--lifetime", "4", "--meta-steps", "100000", "--lpg.gru-width", "8",
+         "--checkpoint-interval", "1", "--no-progress", "--torch-threads", "1"], run)
+    assert status == 143, err
     assert summary["status"] == "interrupted" and "--resume" in err
     saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
     assert saved["meta_step"] == summary["meta_steps"] >= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from rlmeta.agents.build import outer_critic
 from rlmeta.agents.train import Trainer, TrainingFailed, TrainingInterrupted, train
 from rlmeta.cli import main
 from rlmeta.objectives import PLAIN, Loss, MinibatchObjective, Objective
+
+from helpers.processes import terminate_after_checkpoint
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:
@@ -535,18 +536,11 @@ def test_sigterm_checkpoints_exits_143_and_resume_continues(tmp_path):
     """What job schedulers and `timeout` send: the run writes a checkpoint and its summary, exits 143,
     and --resume continues from that checkpoint."""
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "rlmeta.cli", "train", "--env", "envpool:CartPole-v1", "--algo", "a2c",
-            "--num-envs", "4", "--num-steps", "8", "--total-steps", "100000000", "--checkpoint-interval", "320",
-            "--run-dir", str(run), "--no-progress", "--torch-threads", "1"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    summary = json.loads((run / "summary.json").read_text())
+    status, err, summary = terminate_after_checkpoint(
+        ["train", "--env", "envpool:CartPole-v1", "--algo", "a2c", "--num-envs", "4", "--num-steps", "8",
+         "--total-steps", "100000000", "--checkpoint-interval", "320", "--run-dir", str(run), "--no-progress",
+         "--torch-threads", "1"], run)
+    assert status == 143, err
     assert summary["status"] == "interrupted" and "--resume" in err
     saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert saved["step"] == summary["total_steps"] > 0
