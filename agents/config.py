@@ -470,8 +470,12 @@ class VarianceConfig:
     """Hyperparameters whose meta-gradient is studied (the run's own meta.learn if it had one)."""
     seed: int = 0
     device: str = "cpu"
+    torch_threads: int = 0
+    """Intra-op threads for torch on the CPU (0: torch's default)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
+            raise ValueError(f"torch_threads must be an integer >= 0, got {self.torch_threads!r}")
         self.checkpoints, self.estimators = tuple(self.checkpoints), tuple(self.estimators)
         self.ks, self.learn = tuple(self.ks), tuple(self.learn)
         unknown = [e for e in self.estimators if e not in ESTIMATORS]

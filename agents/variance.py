@@ -141,7 +141,8 @@ class Sampler:
 
 def run(cfg: VarianceConfig) -> dict[str, Any]:
     """Sample, write variance.csv, plots, TensorBoard scalars and summary.md; return the rows."""
-
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     run_dir = Path(cfg.run_dir)
     config = load_config(run_dir / "config.json")
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / "variance"
