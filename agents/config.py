@@ -466,8 +466,9 @@ class VarianceConfig:
     reference_samples: int = 40
     reference_k: int = 0
     """Horizon of the reference (0: twice the largest K)."""
-    learn: tuple[str, ...] = ("gamma", "lambda")
-    """Hyperparameters whose meta-gradient is studied (the run's own meta.learn if it had one)."""
+    learn: tuple[str, ...] = ()
+    """Hyperparameters whose meta-gradient is studied (default: the run's own meta.learn, or gamma and lambda);
+    the others stay at the run's values (its meta-learned ones where it learned them)."""
     seed: int = 0
     device: str = "cpu"
     torch_threads: int = 0

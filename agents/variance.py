@@ -110,7 +110,8 @@ class Sampler:
             raw_values.load_state_dict({"raw": ckpt["meta"]["params"]})
             base.update({k: float(v.detach()) for k, v in raw_values.values().items()})
         self.learn = {name: base[name] for name in learn}
-        self.fixed = {k: v for k, v in config.hparams.as_dict().items() if k not in self.learn}
+        # The rest at the run's values: its meta-learned ones where it learned them.
+        self.fixed = {k: base[k] for k in config.hparams.as_dict() if k not in self.learn}
         condition = config.meta.condition
         self.make_meta = lambda: MetaParams(self.learn, fixed=self.fixed, device=device, condition=condition)
         at_checkpoint = self.make_meta()
@@ -139,6 +140,20 @@ class Sampler:
         self.actor.env.close()
 
 
+def study_names(config: TrainConfig, asked: tuple[str, ...]) -> tuple[str, ...]:
+    """The meta-parameters to study: ``asked``, else the run's own ``meta.learn``, else gamma and lambda.
+
+    A run whose network is conditioned on its meta-learned values can only be studied in those
+    (the network's input is them); asking for others is refused with the reason.
+    """
+    if not asked:
+        return tuple(config.meta.learn) or ("gamma", "lambda")
+    if config.meta.condition and set(asked) != set(config.meta.learn):
+        raise ValueError(f"the run's network is conditioned on {list(config.meta.learn)} (its input is their "
+                         f"values), so its meta-gradients can only be studied in those, not {list(asked)}")
+    return tuple(asked)
+
+
 def run(cfg: VarianceConfig) -> dict[str, Any]:
     """Sample, write variance.csv, plots, TensorBoard scalars and summary.md; return the rows."""
     if cfg.torch_threads:
@@ -152,7 +167,7 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
     for path in checkpoints:
         if not path.is_file():
             raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    learn = tuple(config.meta.learn) or cfg.learn
+    learn = study_names(config, cfg.learn)
     reference_k = cfg.reference_k or 2 * max(cfg.ks)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from rlmeta.agents.config import NetworkConfig, TrainConfig
+from rlmeta.agents.config import NetworkConfig, TrainConfig, load_config
 from rlmeta.agents.train import train
-from rlmeta.agents.variance import VarianceConfig, _verdict, reference_snr, run, statistics_of
+from rlmeta.agents.variance import Sampler, VarianceConfig, _verdict, reference_snr, run, statistics_of
 from rlmeta.cli import main
 
 
@@ -94,6 +94,29 @@ def test_variance_study_of_a_conditioned_meta_run(tmp_path):
     assert [(r["estimator"], r["k"]) for r in rows] == [("mixed", 1), ("mixed", 2)]  # one checkpoint (the end)
     assert {"variance_gamma", "variance_entropy_cost"} <= set(rows[0])
     assert all(math.isfinite(r["variance"]) and r["variance"] > 0 for r in rows)
+    # Asking for other meta-parameters than the conditioned network reads is refused with the reason.
+    with pytest.raises(ValueError, match="conditioned on \\['gamma', 'entropy_cost'\\]"):
+        run(VarianceConfig(run_dir=str(run_dir), learn=("lambda",), ks=(1,), estimators=("mixed",), samples=2,
+                           reference_samples=2, out_dir=str(tmp_path / "other")))
+
+
+def test_variance_studies_the_asked_meta_parameters_of_a_meta_run(tmp_path):
+    """--learn X on a run that learned Y studies X, with Y at the run's learned values."""
+    from rlmeta.agents.config import MetaConfig
+
+    run_dir = tmp_path / "run"
+    train(TrainConfig(env="snake-6x6", algo="a2c", num_envs=8, num_steps=8, total_steps=64 * 2, checkpoint_interval=64,
+                      run_dir=str(run_dir), progress=False, eval_episodes=2,
+                      meta=MetaConfig(learn=("gamma",), init={"gamma": 0.9}, lr=0.5),
+                      network=NetworkConfig(hidden=(16,), conv_channels=(4,), activation="relu")))
+    result = run(VarianceConfig(run_dir=str(run_dir), learn=("lambda", "entropy_cost"), ks=(1,), estimators=("mixed",),
+                                samples=2, reference_samples=2))
+    assert {"variance_lambda", "variance_entropy_cost"} <= set(result["rows"][0])
+    assert "variance_gamma" not in result["rows"][0]
+    final = json.loads((run_dir / "summary.json").read_text())["meta"]["gamma"]["final"]
+    sampler = Sampler(load_config(run_dir / "config.json"), run_dir / "checkpoints" / "latest.pt", ("lambda",), 0, "cpu")
+    assert sampler.fixed["gamma"] == pytest.approx(final, abs=1e-6) and final != pytest.approx(0.9, abs=1e-3)
+    sampler.close()
 
 
 @pytest.mark.parametrize(
