@@ -157,8 +157,10 @@ def build_estimator(meta: MetaConfig, inner_update: InnerUpdate, policy_value: P
     common: dict[str, Any] = {"recompute": meta.recompute, "generator": generator,
                               "exact": (meta.targets == "exact") if exact is None else exact}
     if name == "bootstrapped":
+        # The target's last update uses the outer values (BMG's anchor to the meta-objective).
+        anchor = {"gamma": meta.outer_gamma, "lambda": meta.outer_lambda}
         return ESTIMATORS[name](inner_update, policy_value, k, meta.target_updates, value_cost=meta.bmg_value_cost,
-                                **common)
+                                outer_hparams=anchor, **common)
     correction = {} if vtrace is None else {"vtrace": True, "rho_bar": vtrace.rho_bar, "c_bar": vtrace.c_bar,
                                                  "pg_rho_bar": vtrace.pg_rho_bar}
     outer = OuterObjective(policy_value, gamma=meta.outer_gamma, lambda_=meta.outer_lambda,

@@ -363,10 +363,13 @@ class Mixed(Estimator):
 class Bootstrapped(Estimator):
     """Flennerhag et al. (2022), BMG: match the K-step policy to a target L updates further on.
 
-    ``policy_value(params, obs, hparams) -> (distribution, values)`` reads the policies;
-    ``target_hparams`` drive the L target updates (default: the current values, detached).
-    The meta-loss is ``KL(pi_target || pi_K)`` averaged over the last rollout's observations,
-    plus ``value_cost * 0.5 (v_target - v_K)^2``.
+    ``policy_value(params, obs, hparams) -> (distribution, values)`` reads the policies. The target
+    bootstraps from the agent after K updates: L - 1 updates with the meta-learned rule
+    (``target_hparams``, default the current values, detached), then a last one with the outer
+    objective's values (``outer_hparams``, e.g. the reference gamma and lambda: the anchor that ties
+    the target to the meta-objective; None: the meta-learned rule again). The meta-loss is
+    ``KL(pi_target || pi_K)`` averaged over the observations of a fresh rollout of the target, plus
+    ``value_cost * 0.5 (v_target - v_K)^2``.
     """
 
     name = "bootstrapped"
@@ -374,7 +377,8 @@ class Bootstrapped(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,
-                 recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True):
+                 recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
+                 outer_hparams: dict | None = None):
         super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact)
         if not isinstance(target_updates, int) or target_updates < 1:
             raise ValueError(f"target_updates (L) must be an integer >= 1, got {target_updates!r}")
@@ -384,6 +388,7 @@ class Bootstrapped(Estimator):
         self.target_updates = target_updates
         self.value_cost = value_cost
         self.target_hparams = target_hparams
+        self.outer_hparams = outer_hparams
         self._current_hparams: dict = {}
 
     def estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect,
@@ -393,17 +398,21 @@ class Bootstrapped(Estimator):
 
     def final_loss(self, params: Params, opt_state: Any, previous: Params | None, collect: Collect, used: int,
                    memo: ForwardMemo | None) -> tuple[Tensor, int, Rollout | None]:
-        """``KL(pi_target || pi_K)`` (+ value term) after L non-differentiated target updates (no
-        rollout to reuse: the target's last one was collected by other parameters)."""
+        """``KL(pi_target || pi_K)`` (+ value term) on a fresh rollout of the target, after its L updates
+        (none differentiated; the last with ``outer_hparams`` when given). Nothing is reused: the
+        target's rollouts were collected by other parameters."""
         hparams = self.target_hparams if self.target_hparams is not None else self._current_hparams
         target, state = _leaves(params), detached(opt_state)
-        rollout = None
-        for _ in range(self.target_updates):
+        for step in range(self.target_updates):
             rollout = collect(detached(target))
             used += 1
-            target, state = self.inner_update(target, state, rollout, hparams, self.mode(False, False))
+            last = step == self.target_updates - 1 and self.outer_hparams is not None
+            step_hparams = {**hparams, **self.outer_hparams} if last else hparams
+            target, state = self.inner_update(target, state, rollout, step_hparams, self.mode(False, False))
             target = _leaves(target)
-        obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
+        fresh = collect(detached(target))  # the target's own observations for the matching loss
+        used += 1
+        obs = fresh.obs.reshape(-1, *fresh.obs.shape[2:])
         return self.match(params, detached(target), obs, hparams), used, None
 
     def match(self, params: dict, target: dict, obs: Tensor, hparams: dict) -> Tensor:

@@ -331,10 +331,11 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
     assert len(set(round(g, 7) for g in gammas)) > 1  # the meta-optimizer moved it
     assert all(0 < g < 1 for g in gammas)
     # K + 1 rollouts for the first meta-update; then the outer loss's fresh rollout is reused as
-    # the next first inner rollout (K per meta-update), except for BMG, whose last rollouts
-    # come from the target's parameters.
-    per = k + 1 if estimator == "bootstrapped" else k
-    meta_updates = 1 + -(-(6 * (k + 1) - (k + 1)) // per)  # the loop runs until total_steps is reached
+    # the next first inner rollout (K per meta-update), except for BMG: K inner rollouts, L = 1 for
+    # the target's update and one fresh rollout of the target to match on, nothing reused.
+    per = k + 2 if estimator == "bootstrapped" else k
+    first = k + 2 if estimator == "bootstrapped" else k + 1
+    meta_updates = 1 + -(-(6 * (k + 1) - first) // per)  # the loop runs until total_steps is reached
     for tag in ("meta/grad_norm", "meta/loss", "meta/grad_gamma", "meta/grad_lambda"):
         assert len(scalars(run, tag)) == meta_updates, tag
     assert len(scalars(run, "hparams/entropy_cost")) == meta_updates + 1  # and the value the run ends with

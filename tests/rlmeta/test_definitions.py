@@ -137,3 +137,35 @@ def test_mixing_weights_are_normalised_and_the_estimator_uses_them(weights, deca
         assert w == pytest.approx([0.6**3, 0.6**2, 0.6, 1.0] / torch.tensor(sum([0.6**3, 0.6**2, 0.6, 1.0])).numpy())
     estimator = Mixed(lambda *a: None, lambda *a: None, 4, weights=weights, decay=decay)
     assert estimator.weights() == pytest.approx(w)
+
+
+def test_bmg_target_ends_with_an_outer_step_and_is_matched_on_its_own_fresh_rollout():
+    """Flennerhag et al. 2022: L - 1 target updates with the meta-learned rule, the last with the outer values,
+    then the KL on observations the target itself collected."""
+    optimizer = sgd(0.3)
+    objective = A2C(policy_value)
+    used_hparams = []
+
+    def inner(params, opt_state, rollout, hparams, mode):
+        used_hparams.append(float(torch.as_tensor(hparams["gamma"]).detach()))
+        new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
+        return new, state
+
+    rollouts = [make_rollout(i) for i in range(6)]
+    collected = []
+
+    def collect(params):
+        collected.append(rollouts[len(collected)])
+        return collected[-1]
+
+    estimator = Bootstrapped(inner, policy_value, num_updates=1, target_updates=3, outer_hparams={"gamma": 0.99})
+    matched = []
+    original = estimator.match
+    estimator.match = lambda params, target, obs, hparams: matched.append(obs) or original(params, target, obs, hparams)
+    meta = MetaParams({"gamma": 0.9}, fixed={"lambda": 0.8}, dtype=DT)
+    params = make_params(0)
+    result = estimator.estimate(meta, params, optimizer.init(params), collect)
+    # the K = 1 inner update, two target updates with the meta-learned gamma, the last with the outer gamma
+    assert used_hparams == pytest.approx([0.9, 0.9, 0.9, 0.99])
+    assert result.rollouts_used == len(collected) == 1 + 3 + 1
+    assert torch.equal(matched[0], collected[-1].obs.reshape(-1, S))  # the target's own fresh rollout
