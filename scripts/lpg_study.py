@@ -233,6 +233,7 @@ def report() -> None:
             lines.append(f"- {algo}: {m:.1f} +- {se:.1f} over {len(values)} seeds ({', '.join(f'{v:.0f}' for v in values)})")
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     _plot(curves)
+    _plot_scores(scores)
     print("\n".join(lines))
 
 
@@ -259,6 +260,34 @@ def _plot(curves: dict[str, list[dict]]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "meta_training.png", dpi=120)
+
+
+def _plot_scores(scores: dict[str, dict[str, tuple[float, float]]]) -> None:
+    """Normalised score per test set (bars: objectives, with standard errors)."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional: only the plot needs it
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return
+    tests = [t for t in TESTS if any(t in row for row in scores.values())]
+    objectives = sorted(scores)
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / max(len(objectives), 1)
+    for i, objective in enumerate(objectives):
+        row = scores[objective]
+        xs = [j + i * width for j, t in enumerate(tests) if t in row]
+        ys = [row[t][0] for t in tests if t in row]
+        errs = [row[t][1] for t in tests if t in row]
+        ax.bar(xs, ys, width, yerr=errs, label=objective, capsize=2)
+    ax.axhline(1.0, color="grey", linewidth=0.8)  # A2C's level
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tests))], tests, rotation=30, ha="right")
+    ax.set_ylabel("normalised score (A2C = 1)")
+    ax.set_title("Meta-test per level set and lifetime")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "meta_test_scores.png", dpi=120)
 
 
 def main() -> None:
