@@ -51,7 +51,8 @@ class EnvpoolVectorEnv(VectorEnv):
             act_space = _as_gymnasium_space(spec.action_space)
         super().__init__(num_envs, obs_space, act_space, seed=seed, clip_actions=clip_actions)
         self._pool = None
-        # Enforced here too, since some envpool tasks (e.g. Snake-v1) ignore their own time limit.
+        # Enforced here too: Snake-v1 ignores a max_episode_steps other than its own 4000, and reports
+        # that one as a termination (see step).
         self.max_episode_steps = getattr(spec.config, "max_episode_steps", None)
         self.has_success = "info:success" in getattr(spec, "_state_keys", ())
         self._tracker = EpisodeTracker(self.num_envs, has_success=self.has_success)
@@ -87,7 +88,12 @@ class EnvpoolVectorEnv(VectorEnv):
         obs, reward, terminated, truncated, raw_info = self._pool.step(actions)
         info = self._env_info(raw_info)
         if self.max_episode_steps is not None:
-            truncated = np.asarray(truncated, dtype=bool) | (raw_info["elapsed_step"] >= self.max_episode_steps)
+            # At the time limit the episode is cut, not finished: some tasks report their own limit as a
+            # termination (Snake-v1 at 4000 steps: terminated=True, truncated=False), so the limit's
+            # step is a truncation whatever the flags say (a genuine end on that very step reads as one too).
+            time_limit = raw_info["elapsed_step"] >= self.max_episode_steps
+            truncated = np.asarray(truncated, dtype=bool) | time_limit
+            terminated = np.asarray(terminated, dtype=bool) & ~time_limit
         reward, terminated, truncated, done = normalize_step(reward, terminated, truncated)
         success = info.get("success")
         self._tracker.update(reward, done, info, None if success is None else np.asarray(success) > 0)

@@ -118,3 +118,28 @@ def test_registered_factories_build_like_before(counter_env_cls):
         env.close()
     finally:
         envs.unregister("registry-counter")
+
+
+@pytest.mark.parametrize("task, actions, limit", [
+    ("Snake-v1", lambda t: 0 if t % 2 == 0 else 2, 4000),  # back and forth between two cells: it never dies
+    ("CartPole-v1", None, 20),  # random actions: some episodes outlive a 20-step limit
+])
+def test_envpool_time_limits_are_truncations(task, actions, limit):
+    """envpool reports Snake-v1's own 4000-step limit as a termination; the backend reports it as a truncation
+    (bootstrap), as it does for every task's limit."""
+    options = {} if task == "Snake-v1" else {"max_episode_steps": limit}
+    env = envs.make(f"envpool:{task}", num_envs=4, seed=0, **options)
+    env.reset()
+    rng = np.random.default_rng(0)
+    at_limit = []
+    for t in range(limit + 5):
+        action = np.full(4, actions(t) if actions else int(rng.integers(0, 2)), dtype=np.int64)
+        _, _, terminated, truncated, info = env.step(action)
+        if "episode" in info:
+            ended = info["_episode"] & (info["episode"]["length"] == limit)
+            at_limit.append((terminated[ended], truncated[ended]))
+    env.close()
+    hits = [(te, tr) for te, tr in at_limit if len(te)]
+    assert hits, "no episode reached the time limit"
+    for terminated, truncated in hits:
+        assert truncated.all() and not terminated.any()
