@@ -140,6 +140,16 @@ class Sampler:
         self.actor.env.close()
 
 
+def resolve_checkpoint(run_dir: Path, name: str) -> Path:
+    """A checkpoint given as a path, or by its bare name in the run's ``checkpoints/`` (as the CSV lists them)."""
+    path = Path(name)
+    if not path.is_file() and (run_dir / "checkpoints" / name).is_file():
+        return run_dir / "checkpoints" / name
+    if not path.is_file():
+        raise ValueError(f"checkpoint {name!r} is neither a file nor in {str(run_dir / 'checkpoints')!r}")
+    return path
+
+
 def study_names(config: TrainConfig, asked: tuple[str, ...]) -> tuple[str, ...]:
     """The meta-parameters to study: ``asked``, else the run's own ``meta.learn``, else gamma and lambda.
 
@@ -163,7 +173,7 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / "variance"
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ValueError(f"{str(out)!r} already has results; pass --overwrite or another --out-dir")
-    checkpoints = [Path(p) for p in cfg.checkpoints] or pick_checkpoints(run_dir)
+    checkpoints = [resolve_checkpoint(run_dir, p) for p in cfg.checkpoints] or pick_checkpoints(run_dir)
     for path in checkpoints:
         if not path.is_file():
             raise ValueError(f"checkpoint {str(path)!r} does not exist")

@@ -110,6 +110,7 @@ def parse_with_defaults(argv: list[str], command: type, config_type: type, prog:
     known, _ = pre.parse_known_args(argv)
     rest = [a for i, a in enumerate(argv) if not (a == "--config" or (i and argv[i - 1] == "--config"))]
     rest = [a for a in rest if not a.startswith("--config=")]
+    rest = _bool_values_as_flags(_merge_dict_options(rest, ("--env-options", "--env_options")), config_type)
     default = config_type()
     if known.resume and known.run_dir:
         saved = Path(known.run_dir) / "config.json"
@@ -122,6 +123,66 @@ def parse_with_defaults(argv: list[str], command: type, config_type: type, prog:
         # (the default, or --run-dir), never into the original run.
         default = dataclasses.replace(default, run_dir=None, resume=False, overwrite=False)
     return tyro.cli(command, default=command(**_fields(default)), args=rest, prog=prog)
+
+
+def _merge_dict_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """Repeated dict options (``--env-options rows 6 --env-options cols 6``) merged into one, later keys
+    winning (argparse-style parsers keep the last occurrence only)."""
+    merged: list[str] = []
+    out: list[str] = []
+    position = None
+    i = 0
+    while i < len(argv):
+        if argv[i] in names:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            merged += argv[i + 1:j]
+            if position is None:
+                position = len(out)
+            i = j
+            continue
+        out.append(argv[i])
+        i += 1
+    if position is None:
+        return argv
+    pairs = dict(zip(merged[0::2], merged[1::2]))
+    if len(merged) % 2:
+        raise ValueError(f"{names[0]} takes key value pairs, got {merged}")
+    return out[:position] + [names[0], *[x for kv in pairs.items() for x in kv]] + out[position:]
+
+
+def _bool_fields(config_type: type, prefix: str = "") -> set[str]:
+    """The command-line names of a config's bool fields (nested sections as ``section.name``)."""
+    names = set()
+    for f in fields(config_type):
+        kind = f.type if not isinstance(f.type, str) else f.type.replace(" ", "")
+        name = prefix + f.name.replace("_", "-")
+        if kind in (bool, "bool"):
+            names.add(name)
+        elif dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None):
+            names |= _bool_fields(type(f.default_factory()), name + ".")
+    return names
+
+
+def _bool_values_as_flags(argv: list[str], config_type: type) -> list[str]:
+    """``--progress False`` as ``--no-progress`` (and ``True`` as the flag), for every bool field."""
+    flags = _bool_fields(config_type)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token[2:].replace("_", "-") if token.startswith("--") else None
+        value = argv[i + 1].lower() if i + 1 < len(argv) else None
+        if name in flags and value in ("true", "false", "1", "0", "yes", "no"):
+            section, _, last = name.rpartition(".")
+            negated = f"{section}.no-{last}" if section else f"no-{last}"
+            out.append("--" + (name if value in ("true", "1", "yes") else negated))
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
 
 
 def _fields(config: TrainConfig) -> dict:
@@ -229,9 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``rlmeta`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     try:  # configs validate in __post_init__: a bad value stops here, before anything is built
-        if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):
+        if argv[:1] == ["train"]:  # with --help too: --config FILE then shows the file's values as defaults
             command = parse_train(argv[1:])
-        elif argv[:1] == ["meta-train"] and not {"-h", "--help"} & set(argv):
+        elif argv[:1] == ["meta-train"]:
             command = parse_with_defaults(argv[1:], MetaTrain, MetaTrainConfig, "rlmeta meta-train")
         else:
             command = tyro.cli(Command, args=argv, prog="rlmeta")

@@ -688,3 +688,18 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_run(tmp_path):
     resumed = Trainer(TrainConfig(**{**load_config(run / "config.json").__dict__, "resume": True, "run_dir": str(run),
                                      "total_steps": last_step + 64, "progress": False}))
     assert resumed.step == last_step and resumed.run()["status"] == "completed"
+
+
+def test_cli_merges_repeated_dict_options_takes_bool_values_and_shows_a_config_files_defaults(tmp_path, capsys):
+    run = tmp_path / "run"
+    main(["train", "--env", "snake", "--env-options", "rows", "6", "--env-options", "cols", "7", "--algo", "a2c",
+          "--num-envs", "2", "--num-steps", "4", "--total-steps", "8", "--eval-episodes", "1", "--progress", "False",
+          "--network.hidden", "8", "--network.conv-channels", "2", "--run-dir", str(run)])
+    saved = load_config(run / "config.json")
+    assert saved.env_options == {"rows": 6, "cols": 7} and saved.progress is False
+    capsys.readouterr()
+    config = tmp_path / "c.toml"
+    config.write_text('total_steps = 123456\n')
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config), "--help"])
+    assert "123456" in capsys.readouterr().out

@@ -109,8 +109,12 @@ def test_variance_studies_the_asked_meta_parameters_of_a_meta_run(tmp_path):
                       run_dir=str(run_dir), progress=False, eval_episodes=2,
                       meta=MetaConfig(learn=("gamma",), init={"gamma": 0.9}, lr=0.5),
                       network=NetworkConfig(hidden=(16,), conv_channels=(4,), activation="relu")))
+    bare = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1].name  # as variance.csv names checkpoints
     result = run(VarianceConfig(run_dir=str(run_dir), learn=("lambda", "entropy_cost"), ks=(1,), estimators=("mixed",),
-                                samples=2, reference_samples=2))
+                                samples=2, reference_samples=2, checkpoints=(bare,)))
+    with pytest.raises(ValueError, match="neither a file nor in"):
+        run(VarianceConfig(run_dir=str(run_dir), checkpoints=("ckpt-missing.pt",), out_dir=str(tmp_path / "x"),
+                           samples=2, reference_samples=2))
     assert {"variance_lambda", "variance_entropy_cost"} <= set(result["rows"][0])
     assert "variance_gamma" not in result["rows"][0]
     final = json.loads((run_dir / "summary.json").read_text())["meta"]["gamma"]["final"]
