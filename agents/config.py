@@ -328,7 +328,8 @@ class TrainConfig:
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``cuda:N``."""
     torch_threads: int = 0
-    """Intra-op threads for torch on the CPU (0: torch's default)."""
+    """Intra-op threads for torch on the CPU (0: half of torch's own default, at least 1 and at most 4, so that
+    two runs can share a machine: see rlmeta.agents.runs.set_threads)."""
     run_dir: str | None = None
     """Where logs, config, checkpoints and summary go (default: ``runs/<env>-<algo>-s<seed>-<time>``)."""
     resume: bool = False
@@ -472,7 +473,8 @@ class VarianceConfig:
     seed: int = 0
     device: str = "cpu"
     torch_threads: int = 0
-    """Intra-op threads for torch on the CPU (0: torch's default)."""
+    """Intra-op threads for torch on the CPU (0: half of torch's own default, at least 1 and at most 4, so that
+    two runs can share a machine: see rlmeta.agents.runs.set_threads)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
@@ -591,7 +593,8 @@ class MetaTrainConfig:
     seed: int = 0
     device: str = "cpu"
     torch_threads: int = 0
-    """Intra-op threads for torch on the CPU (0: torch's default)."""
+    """Intra-op threads for torch on the CPU (0: half of torch's own default, at least 1 and at most 4, so that
+    two runs can share a machine: see rlmeta.agents.runs.set_threads)."""
     run_dir: str | None = None
     """Where logs, config, checkpoints, curves and the learned LPG go (default: ``runs/lpg-<levels>-s<seed>-<time>``)."""
     resume: bool = False

@@ -45,7 +45,7 @@ from rlmeta.agents.population import (
 )
 from rlmeta.agents.runs import (
     atomic_json, atomic_save, atomic_text, check_device, check_new_run_dir, default_run_dir, exit_code,
-    prepare_run_dir, save_checkpoint, sigterm_as_interrupt, to_device,
+    prepare_run_dir, save_checkpoint, set_threads, sigterm_as_interrupt, to_device,
 )
 from rlmeta.curriculum import LevelBuffer
 from rlmeta.envs.levels import GENERATORS, Level, optimal_return, sample_levels
@@ -115,8 +115,7 @@ class MetaTrainer:
             raise ValueError(f"unknown level generator {c.levels!r}; known: {sorted(GENERATORS)}")
         self.device = check_device(c.device)
         self.run_dir = self._check_run_dir()
-        if c.torch_threads:
-            torch.set_num_threads(c.torch_threads)
+        set_threads(c.torch_threads)
         torch.manual_seed(c.seed)
         self.lifetime = c.total_lifetime()
         self.max_grid_size, self.max_objects, _ = GENERATORS[c.levels].bounds()

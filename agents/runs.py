@@ -46,6 +46,28 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the physical cores), before anyone changes it
+
+
+def set_threads(requested: int) -> int:
+    """Set torch's intra-op threads: ``requested``, or with 0 the default, half of torch's own choice (its
+    physical cores), at least 1 and at most 4 (``OMP_NUM_THREADS`` set: torch's choice as is); returns
+    the number set.
+
+    Measured on the 2-core machine (the main job, 300k steps; docs/benchmarks.md): torch's own choice
+    takes 23 s alone but 200 s each when two such runs share the machine (oversubscribed threads spin);
+    one thread takes 32 s alone and 30 s two at a time. Half the cores leaves room for a second run.
+    """
+    if requested:
+        threads = requested
+    elif os.environ.get("OMP_NUM_THREADS"):  # the user chose torch's threads already: keep them
+        threads = _TORCH_DEFAULT_THREADS
+    else:
+        threads = max(1, min(4, _TORCH_DEFAULT_THREADS // 2))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def check_device(device: str) -> torch.device:
     """``device`` as a torch device, or a ValueError when it asks for CUDA on a machine without it."""
     if device.startswith("cuda") and not torch.cuda.is_available():

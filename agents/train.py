@@ -37,7 +37,7 @@ from rlmeta.agents.config import TrainConfig, load_config, save_config, to_dict
 from rlmeta.agents.lifetime import AgentState, Learning, build_loop, evaluate, make_env
 from rlmeta.agents.runs import (
     atomic_json, check_device, check_new_run_dir, default_run_dir, exit_code, prepare_run_dir, save_checkpoint,
-    sigterm_as_interrupt, to_device,
+    set_threads, sigterm_as_interrupt, to_device,
 )
 from rlmeta.catalog import CONDITIONING
 from rlmeta.hparams import MetaParams
@@ -90,8 +90,7 @@ class Trainer:
         self.reached = False
         self.device = check_device(config.device)
         self.run_dir = check_run_dir(config)
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        set_threads(config.torch_threads)
         checkpoint: dict | None = None
         if config.resume:
             checkpoint = torch.load(self.run_dir / "checkpoints" / "latest.pt", map_location=self.device,

@@ -40,7 +40,7 @@ from rlmeta import envs
 from rlmeta.agents.actor import Actor
 from rlmeta.agents.build import build_agent, build_estimator, build_meta_params, build_optimizer, outer_correction
 from rlmeta.agents.config import TrainConfig, VarianceConfig, load_config
-from rlmeta.agents.runs import to_device
+from rlmeta.agents.runs import set_threads, to_device
 from rlmeta.hparams import MetaParams
 from rlmeta.learner import UpdateMode, update
 
@@ -166,8 +166,7 @@ def study_names(config: TrainConfig, asked: tuple[str, ...]) -> tuple[str, ...]:
 
 def run(cfg: VarianceConfig) -> dict[str, Any]:
     """Sample, write variance.csv, plots, TensorBoard scalars and summary.md; return the rows."""
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    set_threads(cfg.torch_threads)
     run_dir = Path(cfg.run_dir)
     config = load_config(run_dir / "config.json")
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / "variance"

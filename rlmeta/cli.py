@@ -256,15 +256,13 @@ class MetaTest:
     """List the shipped objectives and exit."""
 
     def run(self) -> None:
-        import torch  # deferred: heavy
-
         from rlmeta.agents.meta_test import format_results, meta_test, shipped_objectives, write_results  # deferred
+        from rlmeta.agents.runs import set_threads  # deferred: loads torch
 
         if self.list:
             print("\n".join(shipped_objectives()) or "(none)")
             return
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        set_threads(self.torch_threads)
         out = Path(self.out)
         try:
             if out.exists() and not self.overwrite:

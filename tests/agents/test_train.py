@@ -703,3 +703,20 @@ def test_cli_merges_repeated_dict_options_takes_bool_values_and_shows_a_config_f
     with pytest.raises(SystemExit):
         main(["train", "--config", str(config), "--help"])
     assert "123456" in capsys.readouterr().out
+
+
+def test_the_default_thread_count_leaves_room_for_a_second_run(monkeypatch):
+    from rlmeta.agents import runs
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(runs, "_TORCH_DEFAULT_THREADS", 8)
+        assert runs.set_threads(0) == 4 == torch.get_num_threads()  # half of 8
+        monkeypatch.setattr(runs, "_TORCH_DEFAULT_THREADS", 2)
+        assert runs.set_threads(0) == 1  # the 2-core machine: one thread per run
+        assert runs.set_threads(3) == 3  # an explicit count wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert runs.set_threads(0) == 2  # the user's own choice is kept
+    finally:
+        torch.set_num_threads(before)
