@@ -32,11 +32,15 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run directory {str(run_dir)!r} is an existing file, not a directory; choose another "
                          "--run-dir (rlmeta does not delete files it did not make)")
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ValueError(
-            f"run directory {str(run_dir)!r} already exists; pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --run-dir"
-        )
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already exists; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --run-dir"
+            )
+        if not (run_dir / "config.json").is_file():
+            raise ValueError(f"{str(run_dir)!r} is not an rlmeta run directory (it has no config.json); --overwrite "
+                             "replaces runs only, never other folders: choose another --run-dir")
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:

@@ -157,8 +157,15 @@ def test_existing_run_dir_is_never_overwritten_silently(tmp_path):
     with pytest.raises(ValueError, match="already exists; pass --resume to continue it, --overwrite"):
         Trainer(tiny(tmp_path))
     assert (run / "notes.txt").read_text() == "mine"
+    # --overwrite replaces runs only: a folder that is not a run directory is refused and kept.
+    with pytest.raises(ValueError, match="is not an rlmeta run directory"):
+        Trainer(tiny(tmp_path, overwrite=True))
+    assert (run / "notes.txt").read_text() == "mine"
+    (run / "notes.txt").unlink()
+    train(tiny(tmp_path, total_steps=32))  # a run now lives there
+    (run / "extra.txt").write_text("in the run")
     train(tiny(tmp_path, overwrite=True, total_steps=32))
-    assert not (run / "notes.txt").exists() and (run / "summary.json").is_file()
+    assert not (run / "extra.txt").exists() and (run / "summary.json").is_file()
 
 
 def test_lr_annealing_reaches_zero_linearly(tmp_path):
