@@ -10,12 +10,16 @@ estimates with the longest horizon (``reference_k``). Reported per (checkpoint, 
 * ``cosine_samples``: mean cosine similarity of single samples to the reference, and its
   standard error ``cosine_samples_se`` over the samples;
 * ``cosine_mean``: cosine similarity of the samples' mean to the reference;
-* ``snr``: squared norm of the mean over the trace of the covariance of a single sample;
+* ``snr``: squared norm of the mean over the trace of the covariance of a single sample, with its
+  95% bootstrap interval ``snr_low``..``snr_high`` (the figure of merit for an Adam meta-optimizer,
+  which normalises the step: raw variance alone mostly measures scale);
 * ``reference_snr``: the same for the reference itself (squared norm of its mean over the trace
   of the covariance of that mean, less the 1 that noise alone gives): below 4 its direction is
   uncertain by more than about 30 degrees, and cosines to it cannot rank the estimators.
 
-Outputs in ``out_dir``: ``variance.csv`` (one row per checkpoint, estimator and K), PNG plots,
+Meta-gradients are on the raw, unbounded scale of the meta-parameters (the logit of gamma and
+lambda). Outputs in ``out_dir``: ``variance.csv`` (one row per checkpoint, estimator and K),
+``samples.npz`` (every sample, keyed ``<checkpoint>/<estimator>/K<k>`` and ``<checkpoint>/reference``), PNG plots,
 TensorBoard scalars and ``summary.md``, which checks the claims of Bonnet et al. (2021):
 multi-step variance grows with K, and at K = 4 or 8 the mixed estimator's variance is at most a
 third of multi-step's with a cosine to the reference at least as high.
@@ -33,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -67,8 +72,21 @@ def reference_snr(samples: torch.Tensor) -> float:
     return float(mean @ mean) * len(samples) / total - 1.0 if total > 0 else math.inf
 
 
+def snr_interval(samples: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval (percentiles, resampling the samples) of the SNR ``|mean|^2 / tr(cov)``."""
+    generator = torch.Generator().manual_seed(seed)
+    n = samples.shape[0]
+    index = torch.randint(0, n, (draws, n), generator=generator)
+    resampled = samples[index]  # [draws, N, H]
+    mean = resampled.mean(1)
+    total = resampled.var(1, unbiased=True).sum(-1)
+    snr = (mean * mean).sum(-1) / total.clamp_min(1e-300)
+    low, high = torch.quantile(snr, torch.tensor([0.025, 0.975], dtype=snr.dtype))
+    return float(low), float(high)
+
+
 def statistics_of(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Variance, cosines and SNR of ``samples`` [N, H] against ``reference`` [H]."""
+    """Variance, cosines and SNR (with its 95% bootstrap interval) of ``samples`` [N, H] against ``reference`` [H]."""
     mean = samples.mean(0)
     var = samples.var(0, unbiased=True)
     total = float(var.sum())
@@ -84,6 +102,7 @@ def statistics_of(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, f
         "cosine_samples_se": float(cosines.std(unbiased=True) / math.sqrt(len(cosines))),
         "cosine_mean": cosine(mean, reference),
         "snr": float(mean @ mean) / total if total > 0 else math.inf,
+        **dict(zip(("snr_low", "snr_high"), snr_interval(samples))),
         "mean_norm": float(mean.norm()),
         **{f"variance_{i}": float(v) for i, v in enumerate(var)},
     }
@@ -181,6 +200,9 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
+    raw: dict[str, torch.Tensor] = {}  # every sample, for re-analysis (samples.npz)
+    cells = len(checkpoints) * sum(1 for name in cfg.estimators for k in cfg.ks if not (name == "one-step" and k != 1))
+    done = 0
     started = time.perf_counter()
     for index, path in enumerate(checkpoints):
         sampler = Sampler(config, path, learn, cfg.seed + 1000 * index, cfg.device)
@@ -190,6 +212,7 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
                                                   conditioning=sampler.conditioning, generator=sampler.generator)
             reference_draws = torch.stack([sampler.sample(reference_estimator) for _ in range(cfg.reference_samples)])
             reference, ref_snr = reference_draws.mean(0), reference_snr(reference_draws)
+            raw[f"{path.stem}/reference"] = reference_draws
             print(f"{path.name} step {sampler.step:>9,} reference (K={reference_k} x {cfg.reference_samples}): "
                   f"SNR of its mean {ref_snr:.2f}", flush=True)
             for name in cfg.estimators:
@@ -200,18 +223,23 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
                                                 vtrace=outer_correction(config), conditioning=sampler.conditioning,
                                                 generator=sampler.generator)
                     samples = torch.stack([sampler.sample(estimator) for _ in range(cfg.samples)])
+                    raw[f"{path.stem}/{name}/K{k}"] = samples
                     stats = statistics_of(samples, reference)
                     row = {"checkpoint": path.name, "step": sampler.step, "estimator": name, "k": k, **stats,
                            "reference_snr": ref_snr}
                     for i, hp in enumerate(learn):
                         row[f"variance_{hp}"] = row.pop(f"variance_{i}")
                     rows.append(row)
+                    done += 1
+                    elapsed = time.perf_counter() - started
                     print(f"{path.name} step {sampler.step:>9,} {name:<12} K={k:<2} variance {stats['variance']:.3e} "
                           f"cos(samples, ref) {stats['cosine_samples']:+.3f} cos(mean, ref) {stats['cosine_mean']:+.3f} "
-                          f"snr {stats['snr']:.3f}", flush=True)
+                          f"snr {stats['snr']:.3f} [{stats['snr_low']:.3f}, {stats['snr_high']:.3f}]  "
+                          f"({done}/{cells}, ETA {elapsed / done * (cells - done):.0f} s)", flush=True)
         finally:
             sampler.close()
     _write_csv(rows, out / "variance.csv")
+    np.savez_compressed(out / "samples.npz", **{key: value.numpy() for key, value in raw.items()})
     _write_tensorboard(rows, out)
     _plot(rows, out)
     summary = summarize(rows, cfg, learn, reference_k, time.perf_counter() - started)
@@ -285,14 +313,17 @@ def summarize(rows: list[dict[str, Any]], cfg: VarianceConfig, learn: tuple[str,
               seconds: float) -> str:
     """Markdown: the table and the paper's two claims checked against these numbers."""
     lines = [f"# Meta-gradient variance study: {cfg.run_dir}", "",
-             f"Meta-parameters: {', '.join(learn)}. {cfg.samples} samples per cell; reference = mean of "
-             f"{cfg.reference_samples} multi-step estimates with K={reference_k}. {seconds:.0f} s.", "",
-             "| step | estimator | K | variance | cos(sample, ref) +- s.e. | cos(mean, ref) | SNR | reference SNR |",
+             f"Meta-parameters: {', '.join(learn)}, as raw (unbounded, pre-transform: logit of gamma and lambda, "
+             f"log of weights) values. {cfg.samples} samples per cell; reference = mean of "
+             f"{cfg.reference_samples} multi-step estimates with K={reference_k}. {seconds:.0f} s. "
+             "Every sample is in samples.npz. With an Adam meta-optimizer the SNR (|mean|^2 / trace of a "
+             "sample's covariance) is the figure of merit, not the raw variance.", "",
+             "| step | estimator | K | variance | cos(sample, ref) +- s.e. | cos(mean, ref) | SNR [95% CI] | reference SNR |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['step']:,} | {r['estimator']} | {r['k']} | {r['variance']:.3e} | "
                      f"{r['cosine_samples']:+.3f} +- {r['cosine_samples_se']:.3f} | {r['cosine_mean']:+.3f} | "
-                     f"{r['snr']:.3f} | {r['reference_snr']:.2f} |")
+                     f"{r['snr']:.3f} [{r['snr_low']:.3f}, {r['snr_high']:.3f}] | {r['reference_snr']:.2f} |")
     lines += ["", "## The paper's claims (Bonnet et al. 2021) against these measurements", ""]
     by = {(r["step"], r["estimator"], r["k"]): r for r in rows}
     steps = sorted({r["step"] for r in rows})

@@ -4,13 +4,26 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from rlmeta.agents.config import NetworkConfig, TrainConfig, load_config
 from rlmeta.agents.train import train
-from rlmeta.agents.variance import Sampler, VarianceConfig, _verdict, reference_snr, run, statistics_of
+from rlmeta.agents.variance import Sampler, VarianceConfig, _verdict, reference_snr, run, snr_interval, statistics_of
 from rlmeta.cli import main
+
+
+def test_snr_interval_covers_the_true_snr():
+    """Gaussian samples with a known mean and covariance: SNR = |mu|^2 / tr(Sigma) = 2 / 4 = 0.5."""
+    generator = torch.Generator().manual_seed(0)
+    hits = 0
+    for trial in range(40):
+        samples = torch.tensor([1.0, 1.0], dtype=torch.float64) + torch.randn(200, 2, generator=generator,
+                                                                           dtype=torch.float64) * math.sqrt(2.0)
+        low, high = snr_interval(samples, draws=500, seed=trial)
+        hits += low <= 0.5 <= high
+    assert hits >= 34  # a 95% interval: about 38 of 40, allowing for its small-sample shortfall
 
 
 def test_statistics_of_known_samples():
@@ -75,6 +88,11 @@ def test_variance_study_writes_csv_plots_tensorboard_and_summary(tmp_path, capsy
     summary = (out / "summary.md").read_text()
     assert "Multi-step variance grows with K" in summary and result["summary"] == summary
     assert json.loads((out / "config.json").read_text())["reference_k"] == 4
+    # Every sample kept for re-analysis; SNRs with their intervals; the scale named.
+    saved = np.load(out / "samples.npz")
+    assert saved["ckpt-000000000064/mixed/K2"].shape == (3, 2) and saved["ckpt-000000000064/reference"].shape == (2, 2)
+    assert all(float(r["snr_low"]) <= float(r["snr"]) <= float(r["snr_high"]) for r in rows)
+    assert "raw (unbounded, pre-transform" in summary and "SNR [95% CI]" in summary
     # Results are never overwritten silently.
     with pytest.raises(SystemExit, match="already has results"):
         main(["variance", "--run-dir", str(run_dir)])
