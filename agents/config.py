@@ -462,6 +462,8 @@ class VarianceConfig:
     checkpoints: tuple[str, ...] = ()
     """Checkpoint files to use (default: the first, middle and last ckpt-*.pt of the run)."""
     estimators: tuple[str, ...] = ("multi-step", "mixed")
+    targets: tuple[str, ...] = ("exact",)
+    """How inner updates after the first are differentiated: exact, semi (the published form), or both."""
     ks: tuple[int, ...] = (1, 2, 4, 8)
     samples: int = 20
     reference_samples: int = 40
@@ -479,7 +481,9 @@ class VarianceConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
             raise ValueError(f"torch_threads must be an integer >= 0, got {self.torch_threads!r}")
-        self.checkpoints, self.estimators = tuple(self.checkpoints), tuple(self.estimators)
+        self.checkpoints, self.estimators, self.targets = tuple(self.checkpoints), tuple(self.estimators), tuple(self.targets)
+        if not self.targets or any(t not in ("exact", "semi") for t in self.targets):
+            raise ValueError(f"targets must be some of ['exact', 'semi'], got {list(self.targets)}")
         self.ks, self.learn = tuple(self.ks), tuple(self.learn)
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
         if unknown or not self.estimators:

@@ -201,7 +201,8 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
     raw: dict[str, torch.Tensor] = {}  # every sample, for re-analysis (samples.npz)
-    cells = len(checkpoints) * sum(1 for name in cfg.estimators for k in cfg.ks if not (name == "one-step" and k != 1))
+    cells = len(checkpoints) * len(cfg.targets) * sum(1 for name in cfg.estimators for k in cfg.ks
+                                                      if not (name == "one-step" and k != 1))
     done = 0
     started = time.perf_counter()
     for index, path in enumerate(checkpoints):
@@ -215,27 +216,29 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
             raw[f"{path.stem}/reference"] = reference_draws
             print(f"{path.name} step {sampler.step:>9,} reference (K={reference_k} x {cfg.reference_samples}): "
                   f"SNR of its mean {ref_snr:.2f}", flush=True)
-            for name in cfg.estimators:
-                for k in cfg.ks:
-                    if name == "one-step" and k != 1:
-                        continue
-                    estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k,
-                                                vtrace=outer_correction(config), conditioning=sampler.conditioning,
-                                                generator=sampler.generator)
-                    samples = torch.stack([sampler.sample(estimator) for _ in range(cfg.samples)])
-                    raw[f"{path.stem}/{name}/K{k}"] = samples
-                    stats = statistics_of(samples, reference)
-                    row = {"checkpoint": path.name, "step": sampler.step, "estimator": name, "k": k, **stats,
-                           "reference_snr": ref_snr}
-                    for i, hp in enumerate(learn):
-                        row[f"variance_{hp}"] = row.pop(f"variance_{i}")
-                    rows.append(row)
-                    done += 1
-                    elapsed = time.perf_counter() - started
-                    print(f"{path.name} step {sampler.step:>9,} {name:<12} K={k:<2} variance {stats['variance']:.3e} "
-                          f"cos(samples, ref) {stats['cosine_samples']:+.3f} cos(mean, ref) {stats['cosine_mean']:+.3f} "
-                          f"snr {stats['snr']:.3f} [{stats['snr_low']:.3f}, {stats['snr_high']:.3f}]  "
-                          f"({done}/{cells}, ETA {elapsed / done * (cells - done):.0f} s)", flush=True)
+            for targets in cfg.targets:
+                for name in cfg.estimators:
+                    for k in cfg.ks:
+                        if name == "one-step" and k != 1:
+                            continue
+                        estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k,
+                                                    vtrace=outer_correction(config), conditioning=sampler.conditioning,
+                                                    generator=sampler.generator, exact=targets == "exact")
+                        samples = torch.stack([sampler.sample(estimator) for _ in range(cfg.samples)])
+                        raw[f"{path.stem}/{name}/K{k}/{targets}"] = samples
+                        stats = statistics_of(samples, reference)
+                        row = {"checkpoint": path.name, "step": sampler.step, "estimator": name, "k": k,
+                               "targets": targets, **stats, "reference_snr": ref_snr}
+                        for i, hp in enumerate(learn):
+                            row[f"variance_{hp}"] = row.pop(f"variance_{i}")
+                        rows.append(row)
+                        done += 1
+                        elapsed = time.perf_counter() - started
+                        print(f"{path.name} step {sampler.step:>9,} {name:<12} K={k:<2} {targets:<5} variance "
+                              f"{stats['variance']:.3e} cos(samples, ref) {stats['cosine_samples']:+.3f} cos(mean, ref) "
+                              f"{stats['cosine_mean']:+.3f} snr {stats['snr']:.3f} [{stats['snr_low']:.3f}, "
+                              f"{stats['snr_high']:.3f}]  ({done}/{cells}, ETA {elapsed / done * (cells - done):.0f} s)",
+                              flush=True)
         finally:
             sampler.close()
     _write_csv(rows, out / "variance.csv")
@@ -261,7 +264,7 @@ def _write_tensorboard(rows: list[dict[str, Any]], out: Path) -> None:
     with SummaryWriter(str(out / "tb")) as writer:
         for row in rows:
             for key in ("variance", "cosine_samples", "cosine_mean", "snr"):
-                writer.add_scalar(f"{row['estimator']}/{key}/step{row['step']}", row[key], row["k"])
+                writer.add_scalar(f"{row['estimator']}-{row['targets']}/{key}/step{row['step']}", row[key], row["k"])
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -274,9 +277,10 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> None:
     for key, label, log in (("variance", "trace of covariance", True), ("cosine_mean", "cosine(mean, reference)", False)):
         fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.5), squeeze=False)
         for ax, step in zip(axes[0], steps):
-            for name in sorted({r["estimator"] for r in rows}):
-                pts = sorted((r["k"], r[key]) for r in rows if r["step"] == step and r["estimator"] == name)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            for name, targets in sorted({(r["estimator"], r["targets"]) for r in rows}):
+                pts = sorted((r["k"], r[key]) for r in rows
+                             if r["step"] == step and r["estimator"] == name and r["targets"] == targets)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name} ({targets})")
             ax.set_xscale("log", base=2)
             if log:
                 ax.set_yscale("log")
@@ -318,26 +322,29 @@ def summarize(rows: list[dict[str, Any]], cfg: VarianceConfig, learn: tuple[str,
              f"{cfg.reference_samples} multi-step estimates with K={reference_k}. {seconds:.0f} s. "
              "Every sample is in samples.npz. With an Adam meta-optimizer the SNR (|mean|^2 / trace of a "
              "sample's covariance) is the figure of merit, not the raw variance.", "",
-             "| step | estimator | K | variance | cos(sample, ref) +- s.e. | cos(mean, ref) | SNR [95% CI] | reference SNR |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| step | estimator | K | targets | variance | cos(sample, ref) +- s.e. | cos(mean, ref) | SNR [95% CI] | "
+             "reference SNR |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['step']:,} | {r['estimator']} | {r['k']} | {r['variance']:.3e} | "
+        lines.append(f"| {r['step']:,} | {r['estimator']} | {r['k']} | {r['targets']} | {r['variance']:.3e} | "
                      f"{r['cosine_samples']:+.3f} +- {r['cosine_samples_se']:.3f} | {r['cosine_mean']:+.3f} | "
                      f"{r['snr']:.3f} [{r['snr_low']:.3f}, {r['snr_high']:.3f}] | {r['reference_snr']:.2f} |")
     lines += ["", "## The paper's claims (Bonnet et al. 2021) against these measurements", ""]
-    by = {(r["step"], r["estimator"], r["k"]): r for r in rows}
+    by = {(r["step"], r["estimator"], r["k"], r["targets"]): r for r in rows}
     steps = sorted({r["step"] for r in rows})
     ks = sorted(set(cfg.ks))
-    if "multi-step" in cfg.estimators and len(ks) > 1:
-        for step in steps:
-            var = [by[(step, "multi-step", k)]["variance"] for k in ks if (step, "multi-step", k) in by]
-            grows = all(b >= a for a, b in zip(var, var[1:]))
-            lines.append(f"- Multi-step variance grows with K at step {step:,}: **{'yes' if grows else 'no'}** "
-                         f"({', '.join(f'K={k}: {v:.2e}' for k, v in zip(ks, var))}).")
-    if {"multi-step", "mixed"} <= set(cfg.estimators):
-        for step in steps:
-            for k in (4, 8):
-                if (step, "mixed", k) in by and (step, "multi-step", k) in by:
-                    mixed, multi = by[(step, "mixed", k)], by[(step, "multi-step", k)]
-                    lines.append(f"- Step {step:,}, K={k}: " + _verdict(mixed, multi))
+    for targets in cfg.targets:
+        if "multi-step" in cfg.estimators and len(ks) > 1:
+            for step in steps:
+                var = [by[(step, "multi-step", k, targets)]["variance"] for k in ks
+                       if (step, "multi-step", k, targets) in by]
+                grows = all(b >= a for a, b in zip(var, var[1:]))
+                lines.append(f"- Multi-step ({targets}) variance grows with K at step {step:,}: "
+                             f"**{'yes' if grows else 'no'}** ({', '.join(f'K={k}: {v:.2e}' for k, v in zip(ks, var))}).")
+        if {"multi-step", "mixed"} <= set(cfg.estimators):
+            for step in steps:
+                for k in (4, 8):
+                    if (step, "mixed", k, targets) in by and (step, "multi-step", k, targets) in by:
+                        mixed, multi = by[(step, "mixed", k, targets)], by[(step, "multi-step", k, targets)]
+                        lines.append(f"- Step {step:,}, K={k} ({targets}): " + _verdict(mixed, multi))
     return "\n".join(lines) + "\n"

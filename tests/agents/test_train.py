@@ -727,3 +727,12 @@ def test_the_default_thread_count_leaves_room_for_a_second_run(monkeypatch):
         assert runs.set_threads(0) == 2  # the user's own choice is kept
     finally:
         torch.set_num_threads(before)
+
+
+def test_meta_targets_choose_the_estimators_form(tmp_path):
+    from rlmeta.agents.config import MetaConfig
+
+    for targets, exact in (("exact", True), ("semi", False)):
+        trainer = Trainer(tiny(tmp_path, meta=MetaConfig(learn=("gamma",), targets=targets), run_dir=str(tmp_path / targets)))
+        assert trainer.estimator.exact is exact
+        trainer.loop.close()

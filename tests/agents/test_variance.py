@@ -86,11 +86,11 @@ def test_variance_study_writes_csv_plots_tensorboard_and_summary(tmp_path, capsy
         assert (out / name).is_file(), name
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
     summary = (out / "summary.md").read_text()
-    assert "Multi-step variance grows with K" in summary and result["summary"] == summary
+    assert "Multi-step (exact) variance grows with K" in summary and result["summary"] == summary
     assert json.loads((out / "config.json").read_text())["reference_k"] == 4
     # Every sample kept for re-analysis; SNRs with their intervals; the scale named.
     saved = np.load(out / "samples.npz")
-    assert saved["ckpt-000000000064/mixed/K2"].shape == (3, 2) and saved["ckpt-000000000064/reference"].shape == (2, 2)
+    assert saved["ckpt-000000000064/mixed/K2/exact"].shape == (3, 2) and saved["ckpt-000000000064/reference"].shape == (2, 2)
     assert all(float(r["snr_low"]) <= float(r["snr"]) <= float(r["snr_high"]) for r in rows)
     assert "raw (unbounded, pre-transform" in summary and "SNR [95% CI]" in summary
     # Results are never overwritten silently.
@@ -113,6 +113,11 @@ def test_variance_study_of_a_conditioned_meta_run(tmp_path):
     assert {"variance_gamma", "variance_entropy_cost"} <= set(rows[0])
     assert all(math.isfinite(r["variance"]) and r["variance"] > 0 for r in rows)
     # Asking for other meta-parameters than the conditioned network reads is refused with the reason.
+    # Exact and semi targets side by side.
+    both = run(VarianceConfig(run_dir=str(run_dir), ks=(2,), estimators=("mixed",), targets=("exact", "semi"),
+                              samples=2, reference_samples=2, out_dir=str(tmp_path / "both")))
+    assert [r["targets"] for r in both["rows"]] == ["exact", "semi"]
+    assert "| mixed | 2 | exact |" in both["summary"] and "| mixed | 2 | semi |" in both["summary"]
     with pytest.raises(ValueError, match="conditioned on \\['gamma', 'entropy_cost'\\]"):
         run(VarianceConfig(run_dir=str(run_dir), learn=("lambda",), ks=(1,), estimators=("mixed",), samples=2,
                            reference_samples=2, out_dir=str(tmp_path / "other")))
