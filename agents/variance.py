@@ -18,7 +18,9 @@ estimates with the longest horizon (``reference_k``). Reported per (checkpoint, 
   uncertain by more than about 30 degrees, and cosines to it cannot rank the estimators.
 
 Meta-gradients are on the raw, unbounded scale of the meta-parameters (the logit of gamma and
-lambda). Outputs in ``out_dir``: ``variance.csv`` (one row per checkpoint, estimator and K),
+lambda). Where a cell has both, the mixed row also carries mixed/multi-step ratios of SNR and of variance
+with 95% bootstrap intervals, and the summary calls each comparison only when its interval lies on
+one side (otherwise "unresolved"). Outputs in ``out_dir``: ``variance.csv`` (one row per checkpoint, estimator and K),
 ``samples.npz`` (every sample, keyed ``<checkpoint>/<estimator>/K<k>`` and ``<checkpoint>/reference``), PNG plots,
 TensorBoard scalars and ``summary.md``, which checks the claims of Bonnet et al. (2021):
 multi-step variance grows with K, and at K = 4 or 8 the mixed estimator's variance is at most a
@@ -83,6 +85,38 @@ def snr_interval(samples: torch.Tensor, draws: int = 2000, seed: int = 0) -> tup
     snr = (mean * mean).sum(-1) / total.clamp_min(1e-300)
     low, high = torch.quantile(snr, torch.tensor([0.025, 0.975], dtype=snr.dtype))
     return float(low), float(high)
+
+
+def _snr_and_trace(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SNR and covariance trace of ``[..., N, H]`` sample sets."""
+    mean = samples.mean(-2)
+    total = samples.var(-2, unbiased=True).sum(-1)
+    return (mean * mean).sum(-1) / total.clamp_min(1e-300), total
+
+
+def ratio_intervals(a: torch.Tensor, b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict[str, float]:
+    """``a`` against ``b`` (sample sets ``[N, H]``, e.g. mixed and multi-step): the SNR ratio and the variance
+    (trace) ratio, each with a 95% bootstrap interval (both sets resampled independently)."""
+    generator = torch.Generator().manual_seed(seed)
+    ia = torch.randint(0, a.shape[0], (draws, a.shape[0]), generator=generator)
+    ib = torch.randint(0, b.shape[0], (draws, b.shape[0]), generator=generator)
+    snr_a, var_a = _snr_and_trace(a[ia])
+    snr_b, var_b = _snr_and_trace(b[ib])
+    out: dict[str, float] = {}
+    for name, ratios, point in (("snr_ratio", snr_a / snr_b, _snr_and_trace(a)[0] / _snr_and_trace(b)[0]),
+                                ("variance_ratio", var_a / var_b, _snr_and_trace(a)[1] / _snr_and_trace(b)[1])):
+        low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=ratios.dtype))
+        out.update({name: float(point), f"{name}_low": float(low), f"{name}_high": float(high)})
+    return out
+
+
+def interval_verdict(low: float, high: float, threshold: float, above: str, below: str) -> str:
+    """``above``/``below`` when the whole 95% interval is on one side of ``threshold``, else unresolved."""
+    if low > threshold:
+        return above
+    if high < threshold:
+        return below
+    return "unresolved"
 
 
 def statistics_of(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -241,6 +275,11 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
                               flush=True)
         finally:
             sampler.close()
+    for row in rows:  # mixed against multi-step in the same cell: ratios with intervals
+        if row["estimator"] == "mixed":
+            key = f"{Path(row['checkpoint']).stem}/%s/K{row['k']}/{row['targets']}"
+            if key % "multi-step" in raw:
+                row.update(ratio_intervals(raw[key % "mixed"], raw[key % "multi-step"]))
     _write_csv(rows, out / "variance.csv")
     np.savez_compressed(out / "samples.npz", **{key: value.numpy() for key, value in raw.items()})
     _write_tensorboard(rows, out)
@@ -254,8 +293,9 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # mixed rows carry the ratio columns too
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -347,4 +387,13 @@ def summarize(rows: list[dict[str, Any]], cfg: VarianceConfig, learn: tuple[str,
                     if (step, "mixed", k, targets) in by and (step, "multi-step", k, targets) in by:
                         mixed, multi = by[(step, "mixed", k, targets)], by[(step, "multi-step", k, targets)]
                         lines.append(f"- Step {step:,}, K={k} ({targets}): " + _verdict(mixed, multi))
+                        if "snr_ratio" in mixed:
+                            snr = interval_verdict(mixed["snr_ratio_low"], mixed["snr_ratio_high"], 1.0,
+                                                   "**higher**", "**lower**")
+                            var = interval_verdict(mixed["variance_ratio_low"], mixed["variance_ratio_high"], 1 / 3,
+                                                   "**above 1/3**", "**below 1/3**")
+                            lines.append(f"  - SNR mixed / multi-step = {mixed['snr_ratio']:.2f} "
+                                         f"[{mixed['snr_ratio_low']:.2f}, {mixed['snr_ratio_high']:.2f}]: mixed's SNR is "
+                                         f"{snr}; variance ratio {mixed['variance_ratio']:.2f} "
+                                         f"[{mixed['variance_ratio_low']:.2f}, {mixed['variance_ratio_high']:.2f}]: {var}.")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,9 @@ import torch
 
 from rlmeta.agents.config import NetworkConfig, TrainConfig, load_config
 from rlmeta.agents.train import train
-from rlmeta.agents.variance import Sampler, VarianceConfig, _verdict, reference_snr, run, snr_interval, statistics_of
+from rlmeta.agents.variance import (
+    Sampler, VarianceConfig, _verdict, interval_verdict, ratio_intervals, reference_snr, run, snr_interval, statistics_of,
+)
 from rlmeta.cli import main
 
 
@@ -164,3 +166,14 @@ def test_bad_variance_config(tmp_path, kwargs, message):
 def test_variance_needs_a_run_directory(tmp_path):
     with pytest.raises(ValueError, match="is not a run directory"):
         VarianceConfig(run_dir=str(tmp_path / "nothing"))
+
+
+def test_ratio_intervals_and_verdicts():
+    generator = torch.Generator().manual_seed(0)
+    strong = 1.0 + 0.5 * torch.randn(200, 2, generator=generator, dtype=torch.float64)  # SNR 2 / 0.5 = 4
+    weak = 1.0 + 2.0 * torch.randn(200, 2, generator=generator, dtype=torch.float64)  # SNR 2 / 8 = 0.25
+    ratios = ratio_intervals(strong, weak, draws=1000)
+    assert ratios["snr_ratio_low"] > 1 and ratios["variance_ratio_high"] < 1 / 3
+    assert interval_verdict(ratios["snr_ratio_low"], ratios["snr_ratio_high"], 1.0, "higher", "lower") == "higher"
+    assert interval_verdict(0.8, 1.3, 1.0, "higher", "lower") == "unresolved"
+    assert interval_verdict(0.1, 0.2, 1 / 3, "above", "below") == "below"
