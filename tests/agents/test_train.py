@@ -15,7 +15,7 @@ import torch
 
 from rlmeta import envs
 from rlmeta.agents.config import (
-    HParamsConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, VTraceConfig, from_dict, load_config,
+    HParamsConfig, MetaConfig, NetworkConfig, OptimizerConfig, PPOConfig, TrainConfig, VTraceConfig, from_dict, load_config,
     to_dict,
 )
 from rlmeta.agents.build import outer_critic
@@ -63,11 +63,17 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
         (dict(checkpoint_interval=-1), "checkpoint_interval must be an integer >= 0"),
         (dict(env=""), "env must be a non-empty env id"),
         (dict(target_return=float("nan")), "target_return must be a finite number"),
+        (dict(network=lambda: NetworkConfig(conv_channels=(4, 4), conv_strides=(2,))), "one stride per conv layer"),
+        (dict(network=lambda: NetworkConfig(conv_kernel=0)), "conv_kernel must be >= 1"),
+        (dict(meta=lambda: MetaConfig(learn=("gamma",), targets="exakt")), "meta.targets must be 'exact' or 'semi'"),
+        (dict(meta=lambda: MetaConfig(learn=("gamma",), outer_critic_network="separate")),
+         "meta.outer_critic_network applies to an outer critic"),
+        (dict(algo="lpg"), "algo 'lpg' needs --objective"),
     ],
 )
 def test_invalid_train_config_is_rejected(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        TrainConfig(**overrides)
+        TrainConfig(**{k: v() if callable(v) else v for k, v in overrides.items()})  # sections built in here
 
 
 @pytest.mark.parametrize(

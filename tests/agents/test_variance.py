@@ -155,6 +155,8 @@ def test_variance_studies_the_asked_meta_parameters_of_a_meta_run(tmp_path):
         (dict(ks=(0,)), "K must be an integer >= 1, got 0"),
         (dict(samples=1), "samples and reference_samples must be >= 2"),
         (dict(learn=("gama",)), "unknown hyperparameter 'gama'"),
+        (dict(targets=("exakt",)), "targets must be some of \\['exact', 'semi'\\]"),
+        (dict(torch_threads=-1), "torch_threads must be an integer >= 0"),
     ],
 )
 def test_bad_variance_config(tmp_path, kwargs, message):
