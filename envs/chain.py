@@ -39,7 +39,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 
-from rlmeta.envs.core import EnvSpec, VectorEnv, check_num_envs, check_options, check_seed
+from rlmeta.envs.core import ArrayPool, EnvSpec, VectorEnv, check_num_envs, check_options, check_seed
 from rlmeta.envs.streams import random_below, splitmix_next
 
 NUM_ACTIONS = 2
@@ -151,6 +151,9 @@ class ChainVectorEnv(VectorEnv):
         self._ep_return = np.zeros(num_envs, dtype=np.float64)
         self._done_return = np.zeros(num_envs, dtype=np.float64)
         self._final_scratch = np.zeros((num_envs, dim), dtype=np.float32)
+        # Step outputs recycled once the caller drops them (see envs.core.ArrayPool).
+        self._obs_pool = ArrayPool((num_envs, dim), np.float32)
+        self._final_pool = ArrayPool((num_envs, dim), np.float32)
 
     @property
     def optimal_return(self) -> float:
@@ -179,7 +182,7 @@ class ChainVectorEnv(VectorEnv):
         ):
             actions = self.check_actions(actions)
         n = self.num_envs
-        obs = np.empty((n, self.single_observation_space.shape[0]), dtype=np.float32)
+        obs = self._obs_pool.take()
         reward = np.empty(n, dtype=np.float32)
         terminated = np.empty(n, dtype=np.bool_)
         num_done = _step_kernel(actions, self._state, self._rng, self.length, self.correct_action, self.noisy,
@@ -191,7 +194,7 @@ class ChainVectorEnv(VectorEnv):
         info: dict = {}
         if num_done > 0:
             done = terminated.copy()
-            final = np.zeros_like(obs)
+            final = self._final_pool.take(zero=True)
             final[done] = self._final_scratch[done]
             info["final_obs"] = final
             info["_final_obs"] = done

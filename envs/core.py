@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -112,6 +113,40 @@ def normalize_step(reward: Any, terminated: Any, truncated: Any) -> tuple[np.nda
     terminated = np.asarray(terminated, dtype=bool)
     truncated = np.asarray(truncated, dtype=bool) & ~terminated
     return reward, terminated, truncated, terminated | truncated
+
+
+class ArrayPool:
+    """Recycled output arrays for a native env's ``step``: no large allocation in steady state.
+
+    A fresh 1.4 MB array per step (Snake's observations at 512 envs) is served by glibc through
+    ``mmap`` depending on the process's allocation history, and then every step page-faults the
+    whole block again: measured 10x slower steps after a smaller env had run first. ``take()``
+    hands out an array that nobody outside the pool references any more (CPython reference
+    count), so the returned arrays stay valid for as long as a caller holds them (or a view of
+    them, or a tensor made by ``torch.from_numpy``), exactly as with fresh arrays; only arrays
+    that were dropped are written again. When every pooled array is still held, ``take()``
+    allocates a fresh one (the behaviour without a pool).
+    """
+
+    # References to a free pooled array seen by ``sys.getrefcount`` inside ``take``: the pool's
+    # list, the loop variable and getrefcount's own argument.
+    _FREE = 3
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, size: int = 4):
+        self.shape, self.dtype, self.size = tuple(shape), np.dtype(dtype), size
+        self._arrays: list[np.ndarray] = []
+
+    def take(self, zero: bool = False) -> np.ndarray:
+        """An array of the pool's shape and dtype with undefined contents (zeros if ``zero``)."""
+        for array in self._arrays:
+            if sys.getrefcount(array) == self._FREE:
+                if zero:
+                    array.fill(0)
+                return array
+        array = np.zeros(self.shape, self.dtype) if zero else np.empty(self.shape, self.dtype)
+        if len(self._arrays) < self.size:
+            self._arrays.append(array)
+        return array
 
 
 class EpisodeTracker:

@@ -66,7 +66,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 
-from rlmeta.envs.core import EnvSpec, VectorEnv, check_num_envs, check_options, check_seed, nearest_ids
+from rlmeta.envs.core import ArrayPool, EnvSpec, VectorEnv, check_num_envs, check_options, check_seed, nearest_ids
 from rlmeta.envs.streams import random_below, random_uniform, splitmix_next
 from rlmeta.envs.levels import (
     GENERATORS, LEVELS, LPG_LEVELS, MAX_OBJECTS, NUM_ACTIONS, Generator, Level, RandomLayout, RandomTables, next_cell,
@@ -392,6 +392,9 @@ class GridVectorEnv(VectorEnv):
         self._done_return = np.zeros(num_envs, dtype=np.float64)
         self._done_length = np.zeros(num_envs, dtype=np.int64)
         self._final_scratch = np.zeros((num_envs, *self._kernel_shape), dtype=self._obs_dtype)
+        # Step outputs recycled once the caller drops them (see envs.core.ArrayPool).
+        self._obs_pool = ArrayPool((num_envs, *self._kernel_shape), self._obs_dtype)
+        self._final_pool = ArrayPool((num_envs, *self._kernel_shape), self._obs_dtype)
         self._reset_kernel, self._step_kernel = _kernels(bool(parallel), obs)
 
     # -- levels ----------------------------------------------------------------------------------
@@ -493,7 +496,7 @@ class GridVectorEnv(VectorEnv):
         ):
             actions = self.check_actions(actions)  # slow path: full checks and clear errors
         n = self.num_envs
-        obs = np.zeros((n, *self._kernel_shape), dtype=self._obs_dtype)
+        obs = self._obs_pool.take(zero=True)
         reward = np.empty(n, dtype=np.float32)
         terminated = np.empty(n, dtype=np.bool_)
         truncated = np.empty(n, dtype=np.bool_)
@@ -509,7 +512,7 @@ class GridVectorEnv(VectorEnv):
         if num_done > 0:
             done = terminated | truncated
             rows = np.flatnonzero(done)
-            final = np.zeros_like(obs)
+            final = self._final_pool.take(zero=True)
             final[rows] = self._final_scratch[rows]
             info["final_obs"] = final.reshape(n, *self._obs_shape)
             info["_final_obs"] = done

@@ -34,7 +34,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 
-from rlmeta.envs.core import EnvSpec, VectorEnv, check_num_envs, check_options, check_seed
+from rlmeta.envs.core import ArrayPool, EnvSpec, VectorEnv, check_num_envs, check_options, check_seed
 from rlmeta.envs.streams import random_below, splitmix_next
 
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
@@ -151,13 +151,15 @@ def _make_step_kernel(parallel: bool):
     @numba.njit(cache=True, parallel=parallel)
     def step_kernel(
         actions, occupied, queue, state, rng, rows, cols, time_limit, ep_return, channels_first,
-        obs, final_obs, reward, terminated, truncated, done_return, done_length, mask_out, step_out,
-        final_mask, final_step,
+        obs, reward, terminated, truncated, mask_out, step_out,
+        final_obs, done, done_return, done_length, final_mask, final_step,
     ) -> int:
         """Advance every sub-env by one move; returns the number of ended episodes, or -1 on a bad action.
 
-        Rows of ``final_obs``, ``final_mask``, ``final_step``, ``done_return`` and ``done_length``
-        are written only for sub-envs whose episode ended; the others keep stale values.
+        ``done``, ``done_return`` and ``done_length`` are written for every sub-env (zero where no
+        episode ended). When some episode ended, ``final_obs``, ``final_mask`` and ``final_step``
+        hold the ended sub-envs' last observations and zero rows elsewhere; when none ended they
+        are left unwritten (the caller does not return them).
         """
         num_envs = occupied.shape[0]
         cells = occupied.shape[1]
@@ -194,6 +196,7 @@ def _make_step_kernel(parallel: bool):
             trunc = (not term) and state[i, STEP] >= time_limit
             terminated[i] = term
             truncated[i] = trunc
+            done[i] = term or trunc
             if term or trunc:
                 num_done += 1
                 _write_obs(queue, state, i, final_obs[i], channels_first)
@@ -202,36 +205,23 @@ def _make_step_kernel(parallel: bool):
                 done_length[i] = state[i, STEP]
                 ep_return[i] = 0.0
                 _reset_one(occupied, queue, state, rng, i)
+            else:
+                done_return[i] = 0.0
+                done_length[i] = 0
             _write_obs(queue, state, i, obs[i], channels_first)
             _write_extras(occupied, queue, state, i, rows, cols, mask_out, step_out)
+        if num_done > 0:  # the contract's zero rows, only on steps that return final_obs
+            extras = final_mask.shape[0] > 0
+            for i in numba.prange(num_envs):
+                if not done[i]:
+                    final_obs[i] = 0.0
+                    if extras:
+                        final_step[i] = 0
+                        for a in range(4):
+                            final_mask[i, a] = False
         return num_done
 
     return step_kernel
-
-
-@numba.njit(cache=True)
-def _gather_ended(terminated, truncated, scratch, returns_scratch, lengths_scratch, mask_scratch, step_scratch,
-                  final, done, returns, lengths, final_mask, final_step):
-    """Copy the ended sub-envs' rows out of the scratch buffers; zero the other rows.
-
-    ``mask_scratch``/``step_scratch`` and their outputs have zero rows unless observations are dicts.
-    """
-    extras = final_mask.shape[0] > 0
-    for i in range(terminated.shape[0]):
-        d = terminated[i] or truncated[i]
-        done[i] = d
-        if d:
-            final[i] = scratch[i]
-            returns[i] = returns_scratch[i]
-            lengths[i] = lengths_scratch[i]
-        else:
-            final[i] = 0.0
-            returns[i] = 0.0
-            lengths[i] = 0
-        if extras:
-            final_step[i] = step_scratch[i] if d else 0
-            for a in range(4):
-                final_mask[i, a] = mask_scratch[i, a] and d
 
 
 _step_serial = _make_step_kernel(parallel=False)
@@ -283,18 +273,15 @@ class SnakeVectorEnv(VectorEnv):
         self._kernel_shape = (NUM_CHANNELS, cells) if channels_first else (cells, NUM_CHANNELS)
         self._occupied = np.zeros((num_envs, cells), dtype=np.uint8)
         self._queue = np.zeros((num_envs, cells), dtype=np.int32)
-        # Scratch rows the kernel writes for ended episodes (see _gather_ended).
-        self._final_scratch = self._new_obs()
-        self._done_return = np.zeros(num_envs, dtype=np.float64)
-        self._done_length = np.zeros(num_envs, dtype=np.int64)
         self._state = np.zeros((num_envs, NUM_FIELDS), dtype=np.int64)
         self._rng = np.zeros(num_envs, dtype=np.uint64)
         self._ep_return = np.zeros(num_envs, dtype=np.float64)
         self._step_kernel = _step_parallel if parallel else _step_serial
         self._empty_i8 = np.zeros((0, 4), dtype=np.bool_)
         self._empty_i32 = np.zeros(0, dtype=np.int32)
-        self._final_mask = np.zeros((num_envs, 4), dtype=np.bool_) if self.dict_obs else self._empty_i8
-        self._final_step = np.zeros(num_envs, dtype=np.int32) if self.dict_obs else self._empty_i32
+        # Step outputs recycled once the caller drops them (see envs.core.ArrayPool).
+        self._grid_pool = ArrayPool((num_envs, *self._kernel_shape), np.float32)
+        self._final_pool = ArrayPool((num_envs, *self._kernel_shape), np.float32)
 
     def _seed_streams(self, seed: int | None) -> None:
         ss = np.random.SeedSequence(seed)  # seed None draws fresh OS entropy
@@ -389,27 +376,25 @@ class SnakeVectorEnv(VectorEnv):
         ):
             actions = self.check_actions(actions)  # slow path: full checks and clear errors
         n = self.num_envs
-        grid = self._new_obs()
+        grid = self._grid_pool.take()
         reward = np.empty(n, dtype=np.float32)
         terminated = np.empty(n, dtype=np.bool_)
         truncated = np.empty(n, dtype=np.bool_)
         mask, steps = self._extras()
+        final = self._final_pool.take()
+        done = np.empty(n, dtype=np.bool_)
+        returns = np.empty(n, dtype=np.float64)
+        lengths = np.empty(n, dtype=np.int64)
+        final_mask, final_step = self._extras() if self.dict_obs else (self._empty_i8, self._empty_i32)
         num_done = self._step_kernel(
             actions, self._occupied, self._queue, self._state, self._rng, self.rows, self.cols, self.time_limit,
-            self._ep_return, self.channels_first, grid, self._final_scratch, reward, terminated, truncated,
-            self._done_return, self._done_length, mask, steps, self._final_mask, self._final_step,
+            self._ep_return, self.channels_first, grid, reward, terminated, truncated, mask, steps,
+            final, done, returns, lengths, final_mask, final_step,
         )
         if num_done < 0:
             self.check_actions(actions)  # raises the contract's error message
         info: dict = {}
         if num_done > 0:
-            final = np.empty_like(grid)
-            done = np.empty(n, dtype=np.bool_)
-            returns = np.empty(n, dtype=np.float64)
-            lengths = np.empty(n, dtype=np.int64)
-            final_mask, final_step = self._extras() if self.dict_obs else (self._empty_i8, self._empty_i32)
-            _gather_ended(terminated, truncated, self._final_scratch, self._done_return, self._done_length,
-                          self._final_mask, self._final_step, final, done, returns, lengths, final_mask, final_step)
             final = final.reshape(n, *self._grid_shape)
             if self.dict_obs:
                 final = {"grid": final, "step_count": final_step, "action_mask": final_mask}

@@ -27,6 +27,10 @@ class BenchEnvsConfig:
     """Stepping time per measurement."""
     repeats: int = 3
     """Measurements per contender (median reported)."""
+    history: bool = True
+    """Also time Snake at the largest size in a fresh process and again in this one after the
+    smallest size ran (64 then 512 then 64 by default): a native env's speed must not depend on
+    what the process did before (PASS within 20% of the fresh figure)."""
     metaworld: bool = True
     """Also compare Meta-World MT1 through our wrapper with raw metaworld and envpool's native task."""
     metaworld_task: str = "reach-v3"
@@ -115,6 +119,47 @@ def _snake_contenders(num_envs: int, seed: int) -> dict[str, Callable]:
     }
 
 
+_FRESH = """
+import sys, time, numpy as np
+from rlmeta import envs
+n, seed, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+env = envs.make("snake", num_envs=n, seed=seed, observation="dict")
+env.reset()
+actions = np.random.default_rng(seed).integers(0, 4, size=(1024, n))
+for k in range(3):
+    env.step(actions[k])
+calls, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    for _ in range(16):
+        env.step(actions[calls % 1024])
+        calls += 1
+print(calls * n / (time.perf_counter() - start))
+"""
+
+
+def _history_rows(cfg: BenchEnvsConfig) -> list[Row]:
+    """Snake (dict obs) at the largest size: fresh process vs after the smallest size ran here."""
+    import subprocess
+    import sys
+
+    small, large = min(cfg.num_envs), max(cfg.num_envs)
+    fresh = [float(subprocess.run([sys.executable, "-c", _FRESH, str(large), str(cfg.seed), str(cfg.seconds)],
+                                  check=True, capture_output=True, text=True).stdout) for _ in range(cfg.repeats)]
+    group = f"snake history {small}->{large}"
+    contenders = _snake_contenders(small, cfg.seed)
+    mixed: list[float] = []
+    for _ in range(cfg.repeats):
+        for n in (small, large, small):
+            step, close = contenders["rlmeta snake (dict obs, same as envpool)"]() if n == small else \
+                _snake_contenders(large, cfg.seed)["rlmeta snake (dict obs, same as envpool)"]()
+            rate = _rate(step, n, cfg.seconds)
+            close()
+            if n == large:
+                mixed.append(rate)
+    return [Row(group, f"rlmeta snake {large} envs, fresh process", large, statistics.median(fresh), fresh),
+            Row(group, f"rlmeta snake {large} envs after {small} envs here", large, statistics.median(mixed), mixed)]
+
+
 def _metaworld_contenders(cfg: BenchEnvsConfig) -> dict[str, Callable]:
     import gymnasium as gym
     import metaworld  # noqa: F401 - registers the Meta-World/ gymnasium ids
@@ -153,6 +198,8 @@ def run(cfg: BenchEnvsConfig) -> list[Row]:
     groups: list[list[Row]] = []
     for n in cfg.num_envs:
         groups.append(_measure(_snake_contenders(n, cfg.seed), n, cfg, "snake 12x12"))
+    if cfg.history and len(set(cfg.num_envs)) > 1:
+        groups.append(_history_rows(cfg))
     if cfg.metaworld:
         groups.append(_measure(_metaworld_contenders(cfg), cfg.metaworld_num_envs, cfg, f"Meta-World MT1 {cfg.metaworld_task}"))
     for group in groups:
@@ -161,6 +208,15 @@ def run(cfg: BenchEnvsConfig) -> list[Row]:
             row.ratio = row.steps_per_second / peer
         rows += group
     print(format_table(rows))
+    history = [r for r in rows if r.group.startswith("snake history")]
+    if history:
+        ratio = history[1].ratio
+        print(f"history: {ratio:.2f} of the fresh-process speed after a smaller env ran "
+              f"({'PASS' if ratio >= 0.8 else 'FAIL'}: >= 0.80)")
+    for n in cfg.num_envs:
+        peer = [r for r in rows if r.group == "snake 12x12" and r.num_envs == n and r.contender.startswith("rlmeta snake (dict")]
+        if peer and n >= 64:
+            print(f"snake dict obs vs envpool at {n} envs: {peer[0].ratio:.0f}x ({'PASS' if peer[0].ratio >= 100 else 'FAIL'}: >= 100x)")
     if cfg.json_out:
         with open(cfg.json_out, "w") as f:
             json.dump({"config": asdict(cfg), "rows": [asdict(r) for r in rows]}, f, indent=2)
