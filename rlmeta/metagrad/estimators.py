@@ -133,23 +133,28 @@ class Estimator:
     shares_final_forward = True  # L_K is the outer loss on a fresh rollout (see _estimate)
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int = 1,
-                 recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True):
+                 recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
+                 tangent: bool = True):
         self._carried: ForwardMemo | None = None  # the last L_K's forward, for the next first update
         self.inner_update = inner_update
         self.outer_loss = outer_loss
         self.num_updates = check_num_updates(num_updates)
-        for name, flag in (("recompute", recompute), ("exact", exact)):
+        for name, flag in (("recompute", recompute), ("exact", exact), ("tangent", tangent)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.recompute = recompute
         self.exact = exact  # False: the semi-gradient form (targets detached in every inner loss)
+        # Updates whose parameters do not depend on eta take the forward-over-reverse path where it
+        # applies (rlmeta.tangent); False: reverse-over-reverse everywhere (the reference).
+        self.tangent = tangent
         self.generator = generator  # the inner updates' random numbers (replayed when recomputing)
 
     def mode(self, differentiable: bool, upstream: bool, memo: ForwardMemo | None = None) -> UpdateMode:
         """How an inner update is differentiated: ``upstream`` says whether its parameters or its
         network input already depend on the meta-parameters (then its targets must stay exact)."""
         exact = self.exact and differentiable and upstream
-        return UpdateMode(differentiable=differentiable, exact_targets=exact, memo=memo)
+        tangent = self.tangent and differentiable and not upstream
+        return UpdateMode(differentiable=differentiable, exact_targets=exact, memo=memo, tangent=tangent)
 
     def weights(self) -> list[float]:
         """Weight of ``L_k`` (outer loss after k updates) in the meta-loss, k = 1..K."""
@@ -324,8 +329,8 @@ class OneStep(Estimator):
     name = "one-step"
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, recompute: bool = False,
-                 generator: torch.Generator | None = None, exact: bool = True):
-        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact)
+                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True):
+        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact, tangent)
 
 
 class MultiStep(Estimator):
@@ -335,8 +340,8 @@ class MultiStep(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  truncation: int | None = None, recompute: bool = False, generator: torch.Generator | None = None,
-                 exact: bool = True):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact)
+                 exact: bool = True, tangent: bool = True):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent)
         if truncation is not None and not (isinstance(truncation, int) and 1 <= truncation <= num_updates):
             raise ValueError(f"truncation must be an integer in [1, K={num_updates}] or None, got {truncation!r}")
         self._truncation = truncation or num_updates
@@ -352,8 +357,8 @@ class Mixed(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  weights: str | Sequence[float] = "uniform", decay: float = 0.5, recompute: bool = False,
-                 generator: torch.Generator | None = None, exact: bool = True):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact)
+                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent)
         self._weights = mixing_weights(num_updates, weights, decay)
 
     def weights(self) -> list[float]:
@@ -378,8 +383,8 @@ class Bootstrapped(Estimator):
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 outer_hparams: dict | None = None):
-        super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact)
+                 outer_hparams: dict | None = None, tangent: bool = True):
+        super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact, tangent)
         if not isinstance(target_updates, int) or target_updates < 1:
             raise ValueError(f"target_updates (L) must be an integer >= 1, got {target_updates!r}")
         if not value_cost >= 0:

@@ -475,16 +475,20 @@ def test_outer_critic_run_trains_a_second_value_head_for_the_outer_loss(tmp_path
         Trainer(TrainConfig(**{**config.__dict__, "resume": True, "meta": changed}))
 
 
+@pytest.mark.parametrize("tangent", [False, True])
 @pytest.mark.parametrize("estimator, k, outer_critic", [("one-step", 1, False), ("mixed", 3, False),
                                                         ("mixed", 2, True)])
-def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp_path, estimator, k, outer_critic):
+def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp_path, estimator, k, outer_critic,
+                                                                              tangent):
     """The outer loss and the next inner update share one forward pass (rlmeta.rollout.ForwardMemo):
     per meta-update, K inner updates on K rollouts plus one outer loss on a fresh one, of which only
     the first meta-update's first update needs its own forward. With an outer critic the learner
-    and the outer loss read different value heads of the same evaluation."""
+    and the outer loss read different value heads of the same evaluation. The tangent path
+    (meta.tangent, default) adds its tangent pass: one more forward per meta-update."""
     from rlmeta.agents.config import MetaConfig
 
-    meta = MetaConfig(learn=("gamma",), estimator=estimator, num_updates=k, lr=0.05, outer_critic=outer_critic)
+    meta = MetaConfig(learn=("gamma",), estimator=estimator, num_updates=k, lr=0.05, outer_critic=outer_critic,
+                      tangent=tangent)
     config = tiny(tmp_path, meta=meta, total_steps=32 * (k + 1) * 4, checkpoint_interval=0)
     trainer = Trainer(config)
     apply_params, learner_forwards = trainer.net.apply_params, [0]
@@ -497,7 +501,8 @@ def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp
     summary = trainer.run()
     meta_updates = summary["updates"] // k
     assert meta_updates >= 3
-    assert learner_forwards[0] == 1 + meta_updates * k  # without sharing: meta_updates * 2k
+    # without sharing: meta_updates * 2k
+    assert learner_forwards[0] == 1 + meta_updates * k + (meta_updates if tangent else 0)
 
 
 def test_meta_run_resumes_its_meta_parameters(tmp_path):

@@ -411,11 +411,13 @@ def counting_policy_value(shares):
     return PolicyValue(CountingForward(), categorical, shares_forward=shares)
 
 
+@pytest.mark.parametrize("tangent", [False, True])
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pass(opt_name, k):
+def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pass(opt_name, k, tangent):
     """Within a mixed unroll L_k and the (k+1)-th update share rollout k's forward; from one meta-update
-    to the next, the first update reuses the last L_K's. The meta-gradients stay the same."""
+    to the next, the first update reuses the last L_K's. The meta-gradients stay the same. The
+    tangent path (rlmeta.tangent) adds one forward pass per estimate: the first update's tangent pass."""
     results = {}
     for shares in (False, True):
         optimizer = OPTIMIZERS[opt_name]()
@@ -426,7 +428,7 @@ def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pas
             new, state, _ = gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)
             return new, state
 
-        estimator = Mixed(inner, OuterObjective(counting, value_cost=0.1, kl_cost=0.2), k)
+        estimator = Mixed(inner, OuterObjective(counting, value_cost=0.1, kl_cost=0.2), k, tangent=tangent)
         collect = fixed_collect()
         first = estimator.estimate(make_meta(), make_params(), optimizer.init(make_params()), collect)
         calls_first = counting.forward.calls
@@ -439,12 +441,14 @@ def test_losses_of_the_same_parameters_on_the_same_rollout_share_one_forward_pas
         for key in plain.params:
             assert torch.allclose(plain.params[key], shared.params[key], rtol=1e-12, atol=0)
     # K updates, and K outer losses each with its own forward and two for its KL (before and after the update)
-    assert (calls_a1, calls_a2) == (4 * k, 4 * k)
+    extra = int(tangent)
+    assert (calls_a1, calls_a2) == (4 * k + extra, 4 * k + extra)
     # Shared: the KL's updated policy, L_1..L_{K-1} with the updates; then L_K with the next first update.
-    assert (calls_b1, calls_b2) == (2 * k + 1, 2 * k)
+    assert (calls_b1, calls_b2) == (2 * k + 1 + extra, 2 * k + extra)
 
 
-def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
+@pytest.mark.parametrize("tangent", [False, True])
+def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout(tangent):
     optimizer = OPTIMIZERS["sgd"]()
     counting = counting_policy_value(True)
     objective = A2C(counting)
@@ -452,7 +456,7 @@ def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
     def inner(params, opt_state, rollout, hparams, mode):
         return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
 
-    estimator = OneStep(inner, OuterObjective(counting))
+    estimator = OneStep(inner, OuterObjective(counting), tangent=tangent)
     collect = fixed_collect()
     first = estimator.estimate(make_meta(), make_params(), {}, collect)
     # Other parameters (a copy) on the same rollout: no reuse, and the same meta-gradient as a fresh start.
@@ -460,8 +464,8 @@ def test_a_carried_forward_is_used_only_for_its_own_parameters_and_rollout():
     before = counting.forward.calls
     outer_rollout = lambda params: ROLLOUTS[5]  # noqa: E731
     again = estimator.estimate(make_meta(), copy, {}, outer_rollout, first.next_rollout)
-    assert counting.forward.calls - before == 2
-    fresh = OneStep(inner, OuterObjective(counting)).estimate(make_meta(), copy, {}, outer_rollout,
+    assert counting.forward.calls - before == 2 + int(tangent)
+    fresh = OneStep(inner, OuterObjective(counting), tangent=tangent).estimate(make_meta(), copy, {}, outer_rollout,
                                                               first.next_rollout)
     assert torch.allclose(again.vector(), fresh.vector(), rtol=1e-12, atol=0)
 

@@ -1,0 +1,229 @@
+"""Forward-over-reverse meta-gradient of one update whose parameters do not depend on the meta-parameters.
+
+For ``theta' = theta + step(g(eta), lr(eta))`` with ``g = d L_in(theta, eta) / d theta`` and a
+cotangent ``v = d L_out / d theta'``, the chain rule gives
+
+    d L_out / d eta = u . (d g / d eta) + v . (d step / d lr)(d lr / d eta),   u = (d step / d g)^T v,
+
+and ``u . (d g / d eta) = d/d eta [ D_u L_in(theta, eta) ]``, the eta-derivative of the inner loss's
+directional derivative along ``u``. So instead of differentiating the inner backward pass a second
+time (reverse-over-reverse: the inner gradient built with ``create_graph=True`` and then
+backpropagated through), this path takes
+
+1. the plain inner gradient ``g`` (no graph kept) and the optimizer's step, as plain training does;
+2. when the meta-backward reaches ``theta'`` with ``v``: ``u`` by autograd through the optimizer's
+   step alone (elementwise for SGD/RMSProp/Adam, plus the rank-one term of global-norm clipping,
+   exactly), with ``g`` held as a leaf;
+3. one tangent (forward-mode) pass of the inner loss along ``u`` (``torch.autograd.forward_ad``):
+   the network's tangent does not depend on eta, so reverse mode records only the loss head, and
+   ``d/d eta D_u L_in`` costs a backward through that head.
+
+The optimizer's new state (RMSProp/Adam moments read by later updates of a K-step unroll) is an
+output too, so every k-step term's first update can take this path; updates whose parameters
+already depend on eta keep the reverse-over-reverse path (their Hessian-vector part needs it).
+Restricted loss terms (``Loss.restricted``) get their own tangent along ``u`` restricted to their
+parameters, where they depend on eta. The result equals the reverse-over-reverse meta-gradient to
+rounding error (tests: ``tests/rlmeta/test_tangent.py``).
+
+Where it does not apply (populations, minibatch objectives such as PPO whose update is many
+steps, an objective whose network input depends on eta) the learner falls back to the reference
+path; :func:`applies` says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.autograd.forward_ad as fwad
+from torch import Tensor
+
+from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
+from rlmeta.optim import Optimizer, global_norm
+
+
+def applies(objective: Any, num_agents: int) -> bool:
+    """Whether the tangent path can take this update (else the learner uses reverse-over-reverse)."""
+    return num_agents == 1 and not isinstance(objective, MinibatchObjective)
+
+
+def _flatten_hparams(hparams: dict) -> tuple[list[tuple[str, str | None]], list[Tensor]]:
+    """The hyperparameters' tensors that require grad, with where each sits (name, tree key or None)."""
+    where, tensors = [], []
+    for name, value in hparams.items():
+        if torch.is_tensor(value) and value.requires_grad:
+            where.append((name, None))
+            tensors.append(value)
+        elif isinstance(value, dict):
+            for key, leaf in value.items():
+                if torch.is_tensor(leaf) and leaf.requires_grad:
+                    where.append((name, key))
+                    tensors.append(leaf)
+    return where, tensors
+
+
+def _with(hparams: dict, where: list[tuple[str, str | None]], tensors: list[Tensor]) -> dict:
+    """``hparams`` with the tensors at ``where`` replaced by ``tensors``."""
+    out = dict(hparams)
+    for (name, key), tensor in zip(where, tensors):
+        if key is None:
+            out[name] = tensor
+        else:
+            if out[name] is hparams[name]:
+                out[name] = dict(hparams[name])
+            out[name][key] = tensor
+    return out
+
+
+class _Step:
+    """One update's primal results and what its meta-backward needs."""
+
+    def __init__(self, objective: Objective, optimizer: Optimizer, params: dict, opt_state: Any, data: Any,
+                 hparams: dict, progress: float, context: LossContext,
+                 check: Callable[[Tensor, Tensor], None]):
+        self.objective, self.optimizer, self.data, self.progress = objective, optimizer, data, progress
+        self.given = params  # the memo (shared forward passes) knows these very tensors
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.opt_state = opt_state
+        self.hparams = hparams
+        self.where, _ = _flatten_hparams(hparams)
+        self.context, self.check = context, check
+        self.metrics: dict[str, float] = {}
+
+    def forward(self, eta: list[Tensor]) -> list[Tensor]:
+        """The plain update; returns the new parameters, then the new state's float tensors."""
+        hparams = _with(self.hparams, self.where, [e.detach() for e in eta])
+        keys = list(self.params)
+        with torch.enable_grad():
+            leaves = {k: (v if v.requires_grad else v.detach().requires_grad_(True)) for k, v in self.given.items()}
+            # A shared forward pass may be differentiated again later (mixed unrolls): keep its graph.
+            keep = self.context.memo is not None
+            result = self.objective(leaves, self.data, hparams, self.progress, self.context)
+            if not isinstance(result, Loss):
+                raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
+            terms = [(keys, result.total)] + [([k for k in keys if k.startswith(p)], t)
+                                              for p, t in result.restricted.items()]
+            grads = {k: torch.zeros_like(leaves[k]) for k in keys}
+            loss = result.total.detach()
+            for i, (names, term) in enumerate(terms):
+                if not names:
+                    raise ValueError(f"the objective restricts a loss term to parameters named "
+                                     f"{list(result.restricted)[i - 1]!r}..., but there are none among {keys}")
+                for k, g in zip(names, torch.autograd.grad(term, [leaves[k] for k in names],
+                                                           retain_graph=keep or i < len(terms) - 1,
+                                                           allow_unused=True)):
+                    if g is not None:
+                        grads[k] = grads[k] + g
+                if i:
+                    loss = loss + term.detach()
+        self.grads = {k: g.detach() for k, g in grads.items()}
+        self.given = None
+        norm = global_norm(grads)
+        self.check(loss, norm)
+        self.metrics = {**result.metrics, "loss": float(loss), "grad_norm": float(norm)}
+        self.restricted = list(result.restricted)
+        with torch.no_grad():
+            new_params, new_state = self.optimizer.update(self.params, grads, self.opt_state,
+                                                          lr=hparams.get("lr"), grad_norm=norm)
+        self.keys, self.state_template = keys, new_state
+        return list(new_params.values()) + _floats(new_state)
+
+    def backward(self, eta: list[Tensor], cotangents: tuple[Tensor | None, ...]) -> list[Tensor | None]:
+        """``d (sum_i outputs_i . cotangents_i) / d eta`` (see the module docstring)."""
+        keys = self.keys
+        with torch.enable_grad():
+            live = [e.detach().requires_grad_(True) for e in eta]
+            hparams = _with(self.hparams, self.where, live)
+            # 2. u = (d step / d g)^T v (and the learning rate's own part), through the optimizer alone.
+            g = {k: self.grads[k].detach().requires_grad_(True) for k in keys}
+            new_params, new_state = self.optimizer.update(self.params, g, self.opt_state, lr=hparams.get("lr"),
+                                                          grad_norm=global_norm(g))
+            outputs = list(new_params.values()) + _floats(new_state)
+            pairs = [(o, c) for o, c in zip(outputs, cotangents) if c is not None and o.requires_grad]
+            total = sum((o * c).sum() for o, c in pairs) if pairs else None
+            lr = hparams.get("lr")
+            lr_live = torch.is_tensor(lr) and lr.requires_grad
+            wrt = [g[k] for k in keys] + live
+            grads = torch.autograd.grad(total, wrt, allow_unused=True) if total is not None else [None] * len(wrt)
+            u = {k: (torch.zeros_like(self.params[k]) if d is None else d) for k, d in zip(keys, grads[: len(keys)])}
+            eta_bar = list(grads[len(keys):]) if lr_live else [None] * len(live)
+            # 3. d/d eta of the inner loss's directional derivative along u, one tangent pass per term.
+            directional = self._directional(u, hparams)
+            if directional is not None and directional.requires_grad:
+                more = torch.autograd.grad(directional, live, allow_unused=True)
+                eta_bar = [a if b is None else (b if a is None else a + b) for a, b in zip(eta_bar, more)]
+        return [None if b is None else b.detach() for b in eta_bar]
+
+    def _directional(self, u: dict[str, Tensor], hparams: dict) -> Tensor | None:
+        """``D_u L_in`` (restricted terms along u restricted to their parameters), a function of eta.
+
+        A restricted term gets its own tangent pass only where it depends on eta (an outer
+        critic's loss, with the fixed outer gamma and lambda, does not)."""
+        total, pending = None, [None]
+        while pending:
+            prefix = pending.pop(0)
+            tangent = u if prefix is None else {k: (t if k.startswith(prefix) else torch.zeros_like(t))
+                                                for k, t in u.items()}
+            with fwad.dual_level():
+                duals = {k: fwad.make_dual(self.params[k], tangent[k]) for k in self.keys}
+                result = self.objective(duals, self.data, hparams, self.progress, LossContext())
+                term = result.total if prefix is None else result.restricted[prefix]
+                part = fwad.unpack_dual(term).tangent
+                if prefix is None:
+                    pending = [p for p, t in result.restricted.items() if t.requires_grad]
+            if part is not None and part.requires_grad:
+                total = part if total is None else total + part
+        return total
+
+
+def _floats(tree: Any) -> list[Tensor]:
+    """The floating-point tensors of an optimizer state, in dict order."""
+    if torch.is_tensor(tree):
+        return [tree] if tree.is_floating_point() else []
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in _floats(v)]
+    return []
+
+
+def _rebuild(tree: Any, floats: list[Tensor]) -> Any:
+    """``tree`` with its floating-point tensors replaced, in order, from ``floats`` (consumed)."""
+    if torch.is_tensor(tree):
+        return floats.pop(0) if tree.is_floating_point() else tree
+    if isinstance(tree, dict):
+        return {k: _rebuild(v, floats) for k, v in tree.items()}
+    return tree
+
+
+class _TangentFunction(torch.autograd.Function):
+    """The update as one autograd node: plain forward, forward-over-reverse backward to eta."""
+
+    @staticmethod
+    def forward(ctx, step: _Step, *eta: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.step = step
+        ctx.save_for_backward(*eta)
+        return tuple(step.forward(list(eta)))
+
+    @staticmethod
+    def backward(ctx, *cotangents: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        eta = list(ctx.saved_tensors)
+        return (None, *ctx.step.backward(eta, cotangents))
+
+
+def tangent_step(objective: Objective, optimizer: Optimizer, params: dict, opt_state: Any, data: Any,
+                 hparams: dict, progress: float, context: LossContext,
+                 check: Callable[[Tensor, Tensor], None]) -> tuple[dict, Any, dict[str, float]]:
+    """One differentiable update from parameters independent of eta, by the tangent path.
+
+    Returns the new parameters and optimizer state (functions of eta through one autograd node)
+    and the update's metrics. ``check(loss, grad_norm)`` raises on non-finite values.
+    """
+    step = _Step(objective, optimizer, params, opt_state, data, hparams, progress, context, check)
+    _, eta = _flatten_hparams(hparams)
+    if not eta:  # nothing to differentiate: a plain update
+        outputs = step.forward([])
+    else:
+        outputs = list(_TangentFunction.apply(step, *eta))
+    keys = step.keys
+    new_params = dict(zip(keys, outputs[: len(keys)]))
+    new_state = _rebuild(step.state_template, list(outputs[len(keys):]))
+    return new_params, new_state, step.metrics
