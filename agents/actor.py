@@ -29,7 +29,8 @@ def make_policy_value(net: ActorCritic, values: str = "value") -> PolicyValue:
         raise ValueError(f"values must be one of {list(VALUES)}, got {values!r}")
     if values != "value" and not net.has_outer_critic:
         raise ValueError(f"values={values!r} needs a network with an outer critic (ActorCritic(outer_critic=True))")
-    adapter = PolicyValue(net.named_outputs, named_distribution)
+    adapter = PolicyValue(net.named_outputs, named_distribution,
+                          linearize=None if net.num_hparams else net.linearize)
     if values == "outer":
         return adapter.reading(value="outer_value")
     if values == "both":

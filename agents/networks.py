@@ -19,7 +19,7 @@ each extra head by its name) through an ``rlmeta.rollout.PolicyValue`` adapter
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import gymnasium as gym
 import torch
@@ -186,7 +186,8 @@ class ActorCritic(nn.Module):
         return self.apply_params(dict(self.named_parameters()), obs, hparams)
 
     def apply_params(
-        self, params: dict[str, Tensor], obs: Tensor, hparams: Tensor | None = None, value: bool = True
+        self, params: dict[str, Tensor], obs: Tensor, hparams: Tensor | None = None, value: bool = True,
+        tape: Tape | None = None,
     ) -> AgentOutput:
         """The network with ``params`` (a dict named as ``named_parameters()``) in place of its own.
 
@@ -194,12 +195,15 @@ class ActorCritic(nn.Module):
         ``torch.func.functional_call(self, params, (obs, hparams))`` but without swapping the
         module's tensors: faster, and safe to call from several threads at once. ``value=False``
         skips the value (``output.value`` and ``output.outer_value`` are then None), as acting
-        needs only the policy.
+        needs only the policy. ``tape``: record the ops for :meth:`Tape.tangents` (unconditioned
+        networks only).
         """
         p = params
+        if tape is not None and self.num_hparams:
+            raise ValueError("a tape records unconditioned networks only (the conditioning input depends on eta)")
         x = image = obs.to(p["value_head.weight"].dtype)
         if self.conv is not None:
-            x = _apply(self.conv, "conv", p, x if self.channels_first else x.movedim(-1, -3))
+            x = _apply(self.conv, "conv", p, x if self.channels_first else x.movedim(-1, -3), tape)
         if self.num_hparams:
             if hparams is None:
                 raise ValueError(f"this network is conditioned on {self.num_hparams} hyperparameters; pass hparams")
@@ -207,23 +211,23 @@ class ActorCritic(nn.Module):
             if h.shape[-1] != self.num_hparams:
                 raise ValueError(f"hparams must end in a dimension of {self.num_hparams}, got shape {tuple(h.shape)}")
             x = torch.cat([x, _apply(self.hparam_embed, "hparam_embed", p, h.expand(x.shape[0], self.num_hparams))], -1)
-        z = _apply(self.torso, "torso", p, x)
+        z = _apply(self.torso, "torso", p, x, tape)
         z_value = None
         if value:
             x_value = x
             if self.value_conv is not None:
-                x_value = _apply(self.value_conv, "value_conv", p, image if self.channels_first else image.movedim(-1, -3))
+                x_value = _apply(self.value_conv, "value_conv", p, image if self.channels_first else image.movedim(-1, -3),
+                                 tape)
                 if self.num_hparams:
                     x_value = torch.cat([x_value, x[:, -self.hparam_embed[0].out_features:]], -1)
-            z_value = z if self.value_torso is None else _apply(self.value_torso, "value_torso", p, x_value)
-        extras = {name: F.linear(z, p[f"extra_heads.{name}.weight"], p[f"extra_heads.{name}.bias"])
-                  for name in self.extra_heads} or None
+            z_value = z if self.value_torso is None else _apply(self.value_torso, "value_torso", p, x_value, tape)
+        extras = {name: _linear(p, f"extra_heads.{name}", z, tape) for name in self.extra_heads} or None
         return AgentOutput(
-            policy=F.linear(z, p["policy_head.weight"], p["policy_head.bias"]),
-            value=None if z_value is None else F.linear(z_value, p["value_head.weight"], p["value_head.bias"]).squeeze(-1),
+            policy=_linear(p, "policy_head", z, tape),
+            value=None if z_value is None else _squeeze(_linear(p, "value_head", z_value, tape), tape),
             log_std=p["log_std"] if self.continuous else None,
             extras=extras,
-            outer_value=None if z_value is None else self._outer_value(p, obs, z_value),
+            outer_value=None if z_value is None else self._outer_value(p, obs, z_value, tape),
         )
 
     @property
@@ -231,18 +235,19 @@ class ActorCritic(nn.Module):
         """Whether the network has an outer critic (a head or its own network)."""
         return self.outer_value_head is not None or self.outer_critic is not None
 
-    def _outer_value(self, p: dict[str, Tensor], obs: Tensor, z_value: Tensor) -> Tensor | None:
+    def _outer_value(self, p: dict[str, Tensor], obs: Tensor, z_value: Tensor, tape: Tape | None = None
+                     ) -> Tensor | None:
         """The outer critic's values ``[N]``: a head on the value torso's features, or its own network."""
         if self.outer_value_head is not None:
-            return F.linear(z_value, p["outer_value_head.weight"], p["outer_value_head.bias"]).squeeze(-1)
+            return _squeeze(_linear(p, "outer_value_head", z_value, tape), tape)
         if self.outer_critic is None:
             return None
         x = obs.to(p["outer_critic.head.weight"].dtype)
         if "conv" in self.outer_critic:
-            x = _apply(self.outer_critic["conv"], "outer_critic.conv", p, x if self.channels_first else x.movedim(-1, -3))
-        z = _apply(self.outer_critic["torso"], "outer_critic.torso", p, x)
-        return F.linear(z, p["outer_critic.head.weight"], p["outer_critic.head.bias"]).squeeze(-1)
-
+            x = _apply(self.outer_critic["conv"], "outer_critic.conv", p, x if self.channels_first else x.movedim(-1, -3),
+                       tape)
+        z = _apply(self.outer_critic["torso"], "outer_critic.torso", p, x, tape)
+        return _squeeze(_linear(p, "outer_critic.head", z, tape), tape)
 
     def named_outputs(self, params: dict[str, Tensor], obs: Tensor, conditioning: Tensor | None = None
                       ) -> dict[str, Tensor]:
@@ -251,7 +256,20 @@ class ActorCritic(nn.Module):
 
         This is the network's ``rlmeta.rollout.Forward``.
         """
-        out = self.apply_params(params, obs, conditioning)
+        return self._named(self.apply_params(params, obs, conditioning))
+
+    def linearize(self, params: dict[str, Tensor], obs: Tensor, conditioning: Tensor | None = None
+                  ) -> tuple[dict[str, Tensor], Callable[[dict[str, Tensor]], dict[str, Tensor]]]:
+        """:meth:`named_outputs` and ``jvp(directions) -> d outputs``, which reuses this forward's
+        activations (:class:`Tape`). Unconditioned networks only (``conditioning`` must be None)."""
+        if conditioning is not None:
+            raise ValueError("linearize takes unconditioned networks only")
+        tape = Tape(params)
+        named = self._named(self.apply_params(params, obs, None, tape=tape))
+        return named, lambda directions: tape.tangents(directions, named)
+
+    @staticmethod
+    def _named(out: AgentOutput) -> dict[str, Tensor]:
         named = {"policy": out.policy, "value": out.value}
         if out.log_std is not None:
             named["log_std"] = out.log_std.expand_as(out.policy)
@@ -267,18 +285,109 @@ def grid_channels_first(shape: tuple[int, ...]) -> bool:
     return shape[0] < shape[-1]
 
 
-def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Run ``seq`` (Linear, Conv2d, Flatten and activations) with the tensors in ``params``."""
+def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor, tape: "Tape | None" = None
+           ) -> Tensor:
+    """Run ``seq`` (Linear, Conv2d, ZeroPad2d, Flatten and activations) with the tensors in ``params``
+    (recording each op on ``tape`` if given)."""
     for i, module in enumerate(seq):
         if isinstance(module, nn.Linear):
-            x = F.linear(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"])
+            x = _linear(params, f"{prefix}.{i}", x, tape)
         elif isinstance(module, nn.Conv2d):
-            x = F.conv2d(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"], module.stride, module.padding)
+            y = F.conv2d(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"], module.stride, module.padding)
+            if tape is not None:
+                tape.record("conv", x, y, f"{prefix}.{i}", (module.stride, module.padding))
+            x = y
         elif isinstance(module, nn.Flatten):
-            x = x.flatten(module.start_dim, module.end_dim)
+            y = x.flatten(module.start_dim, module.end_dim)
+            if tape is not None:
+                tape.record("flatten", x, y, None, (module.start_dim, module.end_dim))
+            x = y
+        elif isinstance(module, nn.ZeroPad2d):
+            y = module(x)
+            if tape is not None:
+                tape.record("pad", x, y, None, tuple(module.padding))
+            x = y
         else:  # a parameter-free activation
-            x = module(x)
+            y = module(x)
+            if tape is not None:
+                tape.record("act", x, y, None, type(module).__name__)
+            x = y
     return x
+
+
+def _squeeze(x: Tensor, tape: "Tape | None") -> Tensor:
+    y = x.squeeze(-1)
+    if tape is not None:
+        tape.record("squeeze", x, y, None, None)
+    return y
+
+
+def _linear(params: dict[str, Tensor], prefix: str, x: Tensor, tape: "Tape | None") -> Tensor:
+    y = F.linear(x, params[f"{prefix}.weight"], params[f"{prefix}.bias"])
+    if tape is not None:
+        tape.record("linear", x, y, prefix, None)
+    return y
+
+
+class Tape:
+    """The ops and primal values of one forward pass, for tangents that reuse them.
+
+    :meth:`ActorCritic.linearize` records the forward on a tape; :meth:`tangents` then gives the
+    outputs' directional derivatives along parameter directions without running the forward
+    again: each layer's tangent from its saved input and output (a Linear or Conv2d layer
+    computes ``W dx + dW x + db`` as one op on the inputs joined along the feature or channel
+    axis; an activation multiplies by its derivative, read off its output). This is the tangent
+    pass of the forward-over-reverse meta-gradient (``rlmeta.tangent``).
+    """
+
+    def __init__(self, params: dict[str, Tensor]):
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.ops: list[tuple[str, Tensor, Tensor, str | None, object]] = []
+
+    def record(self, kind: str, x: Tensor, y: Tensor, key: str | None, extra: object) -> None:
+        # The tensors themselves (not detached copies): the tape links ops by their identities, which
+        # stay unique while it holds them.
+        self.ops.append((kind, x, y, key, extra))
+
+    def tangents(self, directions: dict[str, Tensor], outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """d outputs along ``directions`` (one tensor per parameter, named as the parameters)."""
+        p, tan = self.params, {}
+        for kind, x, original, key, extra in self.ops:
+            dx = tan.get(id(x))
+            x, y = x.detach(), original.detach()
+            if kind in ("linear", "conv"):
+                w, dw, db = p[f"{key}.weight"], directions[f"{key}.weight"], directions[f"{key}.bias"]
+                axis = -1 if kind == "linear" else 1
+                if dx is not None:  # W dx + dW x in one op
+                    x, dw = torch.cat([x, dx], axis), torch.cat([dw, w], 1)
+                dy = F.linear(x, dw, db) if kind == "linear" else F.conv2d(x, dw, db, *extra)  # type: ignore[misc]
+            elif dx is None:
+                continue  # an op on something that does not depend on the parameters
+            elif kind == "act":
+                if extra == "ReLU":
+                    dy = dx * (y > 0).to(dx.dtype)
+                elif extra == "Tanh":
+                    dy = dx * (1.0 - y * y)
+                elif extra == "ELU":  # alpha = 1: the derivative is exp(x) = y + 1 where x <= 0
+                    dy = dx * torch.where(y > 0, torch.ones_like(y), y + 1.0)
+                else:
+                    raise NotImplementedError(f"no tangent for activation {extra}")
+            elif kind == "flatten":
+                dy = dx.flatten(*extra)  # type: ignore[misc]
+            elif kind == "pad":
+                dy = F.pad(dx, extra)  # type: ignore[arg-type]
+            elif kind == "squeeze":
+                dy = dx.squeeze(-1)
+            else:
+                raise NotImplementedError(kind)
+            tan[id(original)] = dy
+        out = {}
+        for name, value in outputs.items():
+            if name == "log_std":
+                out[name] = directions["log_std"].expand_as(value)
+            else:
+                out[name] = tan[id(value)] if id(value) in tan else torch.zeros_like(value)
+        return out
 
 
 def distribution(output: AgentOutput) -> Distribution:

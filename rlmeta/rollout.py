@@ -129,6 +129,10 @@ class PolicyValue:
       only and is a pure function of ``(params, obs, conditioning)``, so a memo may reuse its
       outputs between losses (the outer loss passes other hyperparameter values than the inner).
     * ``population``: the parameters are a population's (see :class:`Population`); None: one agent.
+    * ``linearize``: optional ``(params, obs, conditioning) -> (outputs, jvp)``, the forward plus
+      ``jvp(directions) -> d outputs`` reusing its activations (``ActorCritic.linearize``). Where a
+      :class:`ForwardMemo` evaluates an unconditioned single agent, it keeps the ``jvp`` beside the
+      outputs, for the tangent pass of the forward-over-reverse meta-gradient (``rlmeta.tangent``).
     """
 
     forward: Forward
@@ -138,6 +142,7 @@ class PolicyValue:
     extras: tuple[str, ...] = ()
     shares_forward: bool = True
     population: Population | None = None
+    linearize: Callable[[Params, Tensor, Tensor | None], tuple[Outputs, Callable[[Params], Outputs]]] | None = None
 
     @property
     def num_agents(self) -> int:
@@ -303,6 +308,7 @@ class ForwardMemo:
 
     def __init__(self) -> None:
         self._entries: list[tuple[tuple, Outputs]] = []
+        self._jvps: dict[int, Callable[[Params], Outputs]] = {}  # id(outputs) -> their jvp, where linearized
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -321,9 +327,17 @@ class ForwardMemo:
         return None
 
     def store(self, forward: Forward, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
-              outputs: Outputs) -> None:
-        """Remember the ``outputs`` of ``forward`` on these objects."""
+              outputs: Outputs, jvp: Callable[[Params], Outputs] | None = None) -> None:
+        """Remember the ``outputs`` of ``forward`` on these objects (and their ``jvp``, if linearized)."""
         self._entries.append((self._key(forward, params, rollout, hparams), outputs))
+        if jvp is not None:
+            self._jvps[id(outputs)] = jvp
+
+    def jvp(self, forward: Forward, params: Params, rollout: Rollout,
+            hparams: Mapping[str, Any] | None) -> Callable[[Params], Outputs] | None:
+        """The stored outputs' ``jvp`` (see ``PolicyValue.linearize``), or None."""
+        outputs = self.lookup(forward, params, rollout, hparams)
+        return None if outputs is None else self._jvps.get(id(outputs))
 
     def keep_only(self, params: Params, rollout: Rollout) -> "ForwardMemo":
         """A memo with only the entries of ``params`` on ``rollout`` (what a next meta-update can reuse)."""
@@ -332,6 +346,8 @@ class ForwardMemo:
         kept._entries = [(key, outputs) for key, outputs in self._entries
                          if key[1] is rollout and len(key) == 3 + len(tensors)
                          and all(a is b for a, b in zip(key[3:], tensors))]
+        kept._jvps = {id(outputs): self._jvps[id(outputs)] for _key, outputs in kept._entries
+                      if id(outputs) in self._jvps}
         return kept
 
 
@@ -343,8 +359,13 @@ def _forward(policy_value: PolicyValue, params: Params, rollout: Rollout, hparam
         return _rollout_outputs(policy_value, params, rollout, hparams)
     outputs = memo.lookup(policy_value.forward, params, rollout, hparams)
     if outputs is None:
-        outputs = _rollout_outputs(policy_value, params, rollout, hparams)
-        memo.store(policy_value.forward, params, rollout, hparams, outputs)
+        cond = conditioning(hparams)
+        if policy_value.linearize is not None and policy_value.population is None and cond is None:
+            outputs, jvp = policy_value.linearize(params, observations(rollout), None)
+            memo.store(policy_value.forward, params, rollout, hparams, outputs, jvp)
+        else:
+            outputs = _rollout_outputs(policy_value, params, rollout, hparams)
+            memo.store(policy_value.forward, params, rollout, hparams, outputs)
     return outputs
 
 

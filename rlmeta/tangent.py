@@ -40,6 +40,7 @@ from torch import Tensor
 
 from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
 from rlmeta.optim import Optimizer, global_norm
+from rlmeta.rollout import ForwardMemo, Rollout
 
 
 def applies(objective: Any, num_agents: int) -> bool:
@@ -87,7 +88,12 @@ class _Step:
         self.opt_state = opt_state
         self.hparams = hparams
         self.where, _ = _flatten_hparams(hparams)
-        self.context, self.check = context, check
+        # The inner forward goes through a memo, which keeps the network's linearization where the
+        # adapter offers one (PolicyValue.linearize): the tangent pass then reuses its activations.
+        self.keep = context.memo is not None  # a shared forward may be differentiated again later
+        self.memo = context.memo if context.memo is not None else ForwardMemo()
+        self.context = LossContext(memo=self.memo)
+        self.check = check
         self.metrics: dict[str, float] = {}
 
     def forward(self, eta: list[Tensor]) -> list[Tensor]:
@@ -96,8 +102,7 @@ class _Step:
         keys = list(self.params)
         with torch.enable_grad():
             leaves = {k: (v if v.requires_grad else v.detach().requires_grad_(True)) for k, v in self.given.items()}
-            # A shared forward pass may be differentiated again later (mixed unrolls): keep its graph.
-            keep = self.context.memo is not None
+            keep = self.keep  # a shared forward pass may be differentiated again later (mixed unrolls)
             result = self.objective(leaves, self.data, hparams, self.progress, self.context)
             if not isinstance(result, Loss):
                 raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
@@ -117,7 +122,8 @@ class _Step:
                 if i:
                     loss = loss + term.detach()
         self.grads = {k: g.detach() for k, g in grads.items()}
-        self.given = None
+        self.jvp = self._linearization(leaves)
+        self.given = self.memo = None  # type: ignore[assignment]
         norm = global_norm(grads)
         self.check(loss, norm)
         self.metrics = {**result.metrics, "loss": float(loss), "grad_norm": float(norm)}
@@ -154,11 +160,24 @@ class _Step:
                 eta_bar = [a if b is None else (b if a is None else a + b) for a, b in zip(eta_bar, more)]
         return [None if b is None else b.detach() for b in eta_bar]
 
+    def _linearization(self, leaves: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], Any] | None:
+        """``(adapter, primal outputs, jvp)`` of the inner forward where the memo linearized it, else None."""
+        adapter = getattr(self.objective, "policy_value", None)
+        if adapter is None or not isinstance(self.data, Rollout):
+            return None
+        jvp = self.memo.jvp(adapter.forward, leaves, self.data, self.hparams)
+        if jvp is None:
+            return None
+        outputs = self.memo.lookup(adapter.forward, leaves, self.data, self.hparams)
+        return adapter, {k: v.detach().contiguous() for k, v in outputs.items()}, jvp  # type: ignore[union-attr]
+
     def _directional(self, u: dict[str, Tensor], hparams: dict) -> Tensor | None:
         """``D_u L_in`` (restricted terms along u restricted to their parameters), a function of eta.
 
-        A restricted term gets its own tangent pass only where it depends on eta (an outer
-        critic's loss, with the fixed outer gamma and lambda, does not)."""
+        With the inner forward's linearization, the network's tangent reuses its activations and only
+        the loss head runs again (on dual outputs); otherwise forward-mode AD runs the whole loss.
+        A restricted term gets its own tangent only where it depends on eta (an outer critic's loss,
+        with the fixed outer gamma and lambda, does not)."""
         total, pending = None, [None]
         while pending:
             prefix = pending.pop(0)
@@ -166,7 +185,14 @@ class _Step:
                                                 for k, t in u.items()}
             with fwad.dual_level():
                 duals = {k: fwad.make_dual(self.params[k], tangent[k]) for k in self.keys}
-                result = self.objective(duals, self.data, hparams, self.progress, LossContext())
+                memo = None
+                if self.jvp is not None:
+                    adapter, outputs, jvp = self.jvp
+                    d_outputs = jvp(tangent)
+                    memo = ForwardMemo()
+                    memo.store(adapter.forward, duals, self.data, hparams,
+                               {k: fwad.make_dual(v, d_outputs[k]) for k, v in outputs.items()})
+                result = self.objective(duals, self.data, hparams, self.progress, LossContext(memo=memo))
                 term = result.total if prefix is None else result.restricted[prefix]
                 part = fwad.unpack_dual(term).tangent
                 if prefix is None:

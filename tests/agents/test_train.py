@@ -484,7 +484,8 @@ def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp
     per meta-update, K inner updates on K rollouts plus one outer loss on a fresh one, of which only
     the first meta-update's first update needs its own forward. With an outer critic the learner
     and the outer loss read different value heads of the same evaluation. The tangent path
-    (meta.tangent, default) adds its tangent pass: one more forward per meta-update."""
+    (meta.tangent, default) runs no forward of its own: its tangent pass reuses the inner forward's
+    activations (ActorCritic.linearize)."""
     from rlmeta.agents.config import MetaConfig
 
     meta = MetaConfig(learn=("gamma",), estimator=estimator, num_updates=k, lr=0.05, outer_critic=outer_critic,
@@ -493,16 +494,16 @@ def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp
     trainer = Trainer(config)
     apply_params, learner_forwards = trainer.net.apply_params, [0]
 
-    def counting(params, obs, hparams=None, value=True):
+    def counting(params, obs, hparams=None, value=True, tape=None):
         learner_forwards[0] += value  # acting asks for the policy only
-        return apply_params(params, obs, hparams, value)
+        return apply_params(params, obs, hparams, value, tape)
 
     trainer.net.apply_params = counting
     summary = trainer.run()
     meta_updates = summary["updates"] // k
     assert meta_updates >= 3
     # without sharing: meta_updates * 2k
-    assert learner_forwards[0] == 1 + meta_updates * k + (meta_updates if tangent else 0)
+    assert learner_forwards[0] == 1 + meta_updates * k
 
 
 def test_meta_run_resumes_its_meta_parameters(tmp_path):
