@@ -114,31 +114,62 @@ def report() -> None:
                 last = evaluations[-1]
                 finals.setdefault(variant, []).append((last["step"], last["return_mean"], gammas[-1][1] if gammas else None))
                 curves.setdefault(variant, []).append([(e["step"], e["return_mean"]) for e in evaluations])
+    gamma_curves = {variant: [_read_gamma(RESULTS / f"curve-{variant}-s{seed}.csv") for seed in SEEDS
+                              if (RESULTS / f"curve-{variant}-s{seed}.csv").is_file()] for variant in curves}
     lines = ["# Snake 6x6, reference setup (Bonnet et al.): evaluation return and gamma", "",
-             "| variant | seeds | env steps (min over seeds) | eval return (mean +- SE) | final gamma (mean +- SE) |",
-             "|---|---|---|---|---|"]
-    for variant, rows in finals.items():
-        step = min(r[0] for r in rows)
-        returns = [_at(curve, step) for curve in curves[variant]]
-        gammas = [r[2] for r in rows if r[2] is not None]
-        lines.append(f"| {variant} | {len(rows)} | {step:,} | {_fmt(returns)} | {_fmt(gammas) if gammas else '-'} |")
+             "Each cell: mean +- standard error over the seeds that reached the milestone (n), of each run's",
+             f"evaluation returns averaged over the last {WINDOW:,} env steps before it (greedy policy, its",
+             "evaluations every 500k steps), and gamma at the milestone. `-`: no run there yet.", "",
+             "| variant | " + " | ".join(f"{m / 1e6:g}M return (n)" for m in MILESTONES) + " | "
+             + " | ".join(f"{m / 1e6:g}M gamma" for m in MILESTONES) + " |",
+             "|---|" + "---|" * (2 * len(MILESTONES))]
+    for variant in VARIANTS:
+        if variant not in curves:
+            continue
+        cells, gcells = [], []
+        for milestone in MILESTONES:
+            reached = [run for run in curves[variant] if run and run[-1][0] >= milestone - 10_000]
+            values = [statistics.fmean([v for s, v in run if milestone - WINDOW < s <= milestone + 10_000])
+                      for run in reached]
+            cells.append(f"{_fmt(values)} ({len(values)})" if values else "-")
+            gs = [[v for s, v in g if s <= milestone + 10_000][-1] for g in gamma_curves[variant]
+                  if g and g[-1][0] >= milestone - 50_000]
+            gcells.append(_fmt(gs) if gs else "-")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(gcells) + " |")
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(curves)
+    _plot(curves, gamma_curves)
 
 
-def _at(curve: list[tuple[int, float]], step: int) -> float:
-    """The evaluation at the last point not after ``step``."""
-    return [v for s, v in curve if s <= step][-1]
+MILESTONES = (2_500_000, 5_000_000, 10_000_000, 20_000_000)
+WINDOW = 1_000_000
+
+
+def _read_gamma(path: Path) -> list[tuple[int, float]]:
+    with open(path) as f:
+        return [(int(r["env_step"]), float(r["value"])) for r in csv.DictReader(f) if r["kind"] == "gamma"]
 
 
 def _fmt(values: list[float]) -> str:
     mean = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return f"{mean:.3f} +- {se:.3f}"
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} +- {statistics.stdev(values) / math.sqrt(len(values)):.3f}"
 
 
-def _plot(curves: dict[str, list[list[tuple[int, float]]]]) -> None:
+def _mean_se(runs: list[list[tuple[int, float]]], grid: list[int]) -> tuple[list[int], list[float], list[float]]:
+    """Mean and standard error over the runs that have a point at or just before each grid step."""
+    xs, means, ses = [], [], []
+    for x in grid:
+        values = [[v for s, v in run if s <= x][-1] for run in runs if run and run[0][0] <= x <= run[-1][0] + 1]
+        if values:
+            xs.append(x)
+            means.append(statistics.fmean(values))
+            ses.append(statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
+    return xs, means, ses
+
+
+def _plot(curves: dict[str, list[list[tuple[int, float]]]], gammas: dict[str, list[list[tuple[int, float]]]]) -> None:
     try:
         import matplotlib  # noqa: PLC0415 - optional
 
@@ -146,21 +177,25 @@ def _plot(curves: dict[str, list[list[tuple[int, float]]]]) -> None:
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, gx) = plt.subplots(1, 2, figsize=(12, 4))
+    grid = list(range(500_000, 40_000_001, 250_000))
     for variant, runs in curves.items():
-        steps = sorted({s for run in runs for s, _ in run})
-        common = [s for s in steps if all(any(x == s for x, _ in run) for run in runs)]
-        if not common:
-            continue
-        values = [[dict(run)[s] for run in runs] for s in common]
-        mean = [statistics.fmean(v) for v in values]
-        se = [statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0 for v in values]
-        ax.plot(common, mean, label=f"{variant} ({len(runs)} seeds)")
-        ax.fill_between(common, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], alpha=0.2)
+        xs, mean, se = _mean_se(runs, grid)
+        line, = ax.plot(xs, mean, label=f"{variant} ({len(runs)} seeds)")
+        ax.fill_between(xs, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], alpha=0.2,
+                        color=line.get_color())
+        if gammas.get(variant):
+            xs, mean, se = _mean_se(gammas[variant], grid)
+            gx.plot(xs, mean, color=line.get_color(), label=variant)
+            gx.fill_between(xs, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], alpha=0.2,
+                            color=line.get_color())
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (greedy)")
-    ax.set_title("Snake 6x6, reference setup")
+    ax.set_title("Snake 6x6, reference setup: mean +- SE over seeds")
     ax.legend()
+    gx.set_xlabel("env steps")
+    gx.set_ylabel("gamma (inner discount)")
+    gx.set_title("meta-learned gamma (outer gamma 1.0)")
     fig.tight_layout()
     fig.savefig(RESULTS / "returns.png", dpi=120)
 
