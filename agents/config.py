@@ -463,6 +463,9 @@ class VarianceConfig:
     out_dir: str | None = None
     """Where results go (default: ``<run_dir>/variance``; refuses to overwrite without --overwrite)."""
     overwrite: bool = False
+    resume: bool = False
+    """Continue an interrupted study in ``out_dir``: its finished cells (saved after each one in
+    ``progress.pt``) are kept, the others sampled (fresh draws). The study's settings must match."""
     checkpoints: tuple[str, ...] = ()
     """Checkpoint files to use (default: the first, middle and last ckpt-*.pt of the run)."""
     estimators: tuple[str, ...] = ("multi-step", "mixed")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -223,8 +224,13 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     config = load_config(run_dir / "config.json")
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / "variance"
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ValueError(f"{str(out)!r} already has results; pass --overwrite or another --out-dir")
+    progress_path = out / "progress.pt"
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume keeps the finished cells")
+    if cfg.resume and not progress_path.is_file():
+        raise ValueError(f"nothing to resume: {str(progress_path)!r} does not exist")
+    if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise ValueError(f"{str(out)!r} already has results; pass --overwrite, --resume or another --out-dir")
     checkpoints = [resolve_checkpoint(run_dir, p) for p in cfg.checkpoints] or pick_checkpoints(run_dir)
     for path in checkpoints:
         if not path.is_file():
@@ -235,9 +241,27 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
     raw: dict[str, torch.Tensor] = {}  # every sample, for re-analysis (samples.npz)
+    settings = {**asdict(cfg), "learn": list(learn), "reference_k": reference_k,
+                "checkpoints": [str(p) for p in checkpoints]}
+    for key in ("overwrite", "resume", "out_dir", "device", "torch_threads"):
+        settings.pop(key, None)
+    if cfg.resume:
+        saved = torch.load(progress_path, weights_only=False)
+        if saved["settings"] != settings:
+            changed = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
+            raise ValueError(f"--resume with other settings than the interrupted study: {changed}")
+        rows, raw = saved["rows"], saved["raw"]
+        print(f"resuming: {len(rows)} finished cells kept", flush=True)
+
+    def save_progress() -> None:  # after every cell: an interruption loses at most the cell in progress
+        tmp = progress_path.with_suffix(".tmp")
+        torch.save({"settings": settings, "rows": rows, "raw": raw}, tmp)
+        os.replace(tmp, progress_path)
+
     cells = len(checkpoints) * len(cfg.targets) * sum(1 for name in cfg.estimators for k in cfg.ks
                                                       if not (name == "one-step" and k != 1))
     done = 0
+    skipped = len(rows)  # cells finished before an interruption (not timed here)
     started = time.perf_counter()
     for index, path in enumerate(checkpoints):
         sampler = Sampler(config, path, learn, cfg.seed + 1000 * index, cfg.device)
@@ -245,15 +269,21 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
             reference_estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value,
                                                   "multi-step", reference_k, vtrace=outer_correction(config),
                                                   conditioning=sampler.conditioning, generator=sampler.generator)
-            reference_draws = torch.stack([sampler.sample(reference_estimator) for _ in range(cfg.reference_samples)])
+            if f"{path.stem}/reference" not in raw:
+                raw[f"{path.stem}/reference"] = torch.stack([sampler.sample(reference_estimator)
+                                                             for _ in range(cfg.reference_samples)])
+                save_progress()
+            reference_draws = raw[f"{path.stem}/reference"]
             reference, ref_snr = reference_draws.mean(0), reference_snr(reference_draws)
-            raw[f"{path.stem}/reference"] = reference_draws
             print(f"{path.name} step {sampler.step:>9,} reference (K={reference_k} x {cfg.reference_samples}): "
                   f"SNR of its mean {ref_snr:.2f}", flush=True)
             for targets in cfg.targets:
                 for name in cfg.estimators:
                     for k in cfg.ks:
                         if name == "one-step" and k != 1:
+                            continue
+                        if f"{path.stem}/{name}/K{k}/{targets}" in raw:  # finished before an interruption
+                            done += 1
                             continue
                         estimator = build_estimator(config.meta, sampler.inner_update, sampler.policy_value, name, k,
                                                     vtrace=outer_correction(config), conditioning=sampler.conditioning,
@@ -266,12 +296,13 @@ def run(cfg: VarianceConfig) -> dict[str, Any]:
                         for i, hp in enumerate(learn):
                             row[f"variance_{hp}"] = row.pop(f"variance_{i}")
                         rows.append(row)
+                        save_progress()
                         done += 1
                         elapsed = time.perf_counter() - started
                         print(f"{path.name} step {sampler.step:>9,} {name:<12} K={k:<2} {targets:<5} variance "
                               f"{stats['variance']:.3e} cos(samples, ref) {stats['cosine_samples']:+.3f} cos(mean, ref) "
                               f"{stats['cosine_mean']:+.3f} snr {stats['snr']:.3f} [{stats['snr_low']:.3f}, "
-                              f"{stats['snr_high']:.3f}]  ({done}/{cells}, ETA {elapsed / done * (cells - done):.0f} s)",
+                              f"{stats['snr_high']:.3f}]  ({done}/{cells}, ETA {elapsed / (done - skipped) * (cells - done):.0f} s)",
                               flush=True)
         finally:
             sampler.close()

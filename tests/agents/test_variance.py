@@ -179,3 +179,42 @@ def test_ratio_intervals_and_verdicts():
     assert interval_verdict(ratios["snr_ratio_low"], ratios["snr_ratio_high"], 1.0, "higher", "lower") == "higher"
     assert interval_verdict(0.8, 1.3, 1.0, "higher", "lower") == "unresolved"
     assert interval_verdict(0.1, 0.2, 1 / 3, "above", "below") == "below"
+
+
+def test_an_interrupted_variance_study_resumes_keeping_its_finished_cells(tmp_path, monkeypatch):
+    from rlmeta.agents import variance as variance_module
+
+    run_dir = tmp_path / "run"
+    train(TrainConfig(env="snake-6x6", algo="a2c", num_envs=8, num_steps=8, total_steps=64 * 2, checkpoint_interval=64,
+                      run_dir=str(run_dir), progress=False, eval_episodes=2,
+                      network=NetworkConfig(hidden=(16,), conv_channels=(4,), activation="relu")))
+    cfg = dict(run_dir=str(run_dir), ks=(1, 2), samples=2, reference_samples=2)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        run(VarianceConfig(**cfg, resume=True))
+    original, calls = variance_module.Sampler.sample, [0]
+
+    def interrupted(self, estimator):
+        calls[0] += 1
+        if calls[0] > 2 + 3 * 2:  # the reference, three cells, then Ctrl-C inside the fourth
+            raise KeyboardInterrupt
+        return original(self, estimator)
+
+    monkeypatch.setattr(variance_module.Sampler, "sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(VarianceConfig(**cfg))
+    out = run_dir / "variance"
+    assert not (out / "variance.csv").exists() and (out / "progress.pt").is_file()
+    saved = torch.load(out / "progress.pt", weights_only=False)
+    assert len(saved["rows"]) == 3
+    with pytest.raises(ValueError, match="already has results; pass --overwrite, --resume"):
+        run(VarianceConfig(**cfg))
+    with pytest.raises(ValueError, match=r"other settings than the interrupted study: \['samples'\]"):
+        run(VarianceConfig(**{**cfg, "samples": 3, "resume": True}))
+    monkeypatch.setattr(variance_module.Sampler, "sample", original)
+    result = run(VarianceConfig(**cfg, resume=True))
+    rows = list(csv.DictReader(open(out / "variance.csv")))
+    assert len(rows) == len(result["rows"]) == 2 * 2 * 2  # checkpoints x estimators x K
+    for kept, row in zip(saved["rows"], result["rows"]):  # the finished cells are the saved ones
+        assert kept["variance"] == row["variance"] and kept["estimator"] == row["estimator"]
+    key = "ckpt-000000000064/multi-step/K1/exact"
+    np.testing.assert_array_equal(np.load(out / "samples.npz")[key], saved["raw"][key].numpy())
