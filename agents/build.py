@@ -155,6 +155,7 @@ def build_estimator(meta: MetaConfig, inner_update: InnerUpdate, policy_value: P
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}")
     k = num_updates or meta.num_updates
     common: dict[str, Any] = {"recompute": meta.recompute, "generator": generator, "tangent": meta.tangent,
+                              "tangent_fraction": meta.tangent_fraction,
                               "exact": (meta.targets == "exact") if exact is None else exact}
     if name == "bootstrapped":
         # The target's last update uses the outer values (BMG's anchor to the meta-objective).

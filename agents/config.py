@@ -216,6 +216,9 @@ class MetaConfig:
     """Differentiate each unroll's first inner update forward-over-reverse (a plain inner gradient, then one
     tangent pass of the inner loss when the meta-backward reaches it: rlmeta.tangent) where it applies;
     False: reverse-over-reverse everywhere (the reference path; same meta-gradient to rounding error)."""
+    tangent_fraction: float = 1.0
+    """Below 1: the approximate mode, the tangent pass on this fraction of the sub-envs, drawn at random
+    each update: unbiased for A2C (without normalised advantages) and V-trace, noisier (docs/benchmarks.md)."""
     reuse_outer_rollout: bool = True
     """Learn from the outer loss's fresh rollout in the next meta-update's first inner update (Xu et al. 2018);
     False: collect a new one (the reference code of Bonnet et al.)."""
@@ -272,6 +275,10 @@ class MetaConfig:
             raise ValueError("meta.outer_critic_network applies to an outer critic: add meta.outer_critic")
         if self.outer_critic_network == "separate" and self.outer_critic_trains_torso:
             raise ValueError("a separate outer critic network shares no torso: drop meta.outer_critic_trains_torso")
+        if not (isinstance(self.tangent_fraction, (int, float)) and 0.0 < self.tangent_fraction <= 1.0):
+            raise ValueError(f"meta.tangent_fraction must be in (0, 1], got {self.tangent_fraction!r}")
+        if self.tangent_fraction < 1.0 and not self.tangent:
+            raise ValueError("meta.tangent_fraction < 1 is a mode of the tangent path: it needs meta.tangent True")
         if self.targets not in ("exact", "semi"):
             raise ValueError(f"meta.targets must be 'exact' or 'semi', got {self.targets!r}")
         if self.variance_window < 0 or self.variance_window == 1:
@@ -386,6 +393,11 @@ class TrainConfig:
             for name in self.meta.learn:
                 start = learning_start(name, self.meta.init.get(name, base[name]), name in self.meta.init)
                 to_raw(name, start, learned_bounds(name, self.meta.bounds.get(name)))
+            if self.meta.tangent_fraction < 1.0 and (self.algo not in ("a2c", "vtrace") or
+                                                     (self.algo == "a2c" and self.normalize_advantages)):
+                raise ValueError("meta.tangent_fraction < 1 needs a loss that is a mean of per-sub-env losses: "
+                                 "algo a2c without normalize_advantages, or vtrace "
+                                 f"(got algo {self.algo!r}, normalize_advantages {self.normalize_advantages})")
             if "vtrace_alpha" in self.meta.learn:
                 if self.algo != "vtrace":
                     raise ValueError(f"meta.learn vtrace_alpha: only algo 'vtrace' reads it (got {self.algo!r})")

@@ -45,12 +45,18 @@ class UpdateMode:
     # The parameters do not depend on the meta-parameters (the first update of an unroll): the
     # update may take the forward-over-reverse path (rlmeta.tangent) where it applies.
     tangent: bool = False
+    # The approximate tangent pass: on this fraction of the sub-envs, drawn with ``generator``
+    # (unbiased for objectives with ``per_env``); 1.0: exact.
+    tangent_fraction: float = 1.0
+    generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
         if self.exact_targets and not self.differentiable:
             raise ValueError("exact_targets needs differentiable=True: without a graph there is nothing to keep exact")
         if self.tangent and not self.differentiable:
             raise ValueError("tangent needs differentiable=True: it is a way to differentiate the update")
+        if not 0.0 < self.tangent_fraction <= 1.0:
+            raise ValueError(f"tangent_fraction must be in (0, 1], got {self.tangent_fraction!r}")
 
 
 PLAIN_UPDATE = UpdateMode()
@@ -69,7 +75,7 @@ def gradient_step(
     num_agents = _check_population(objective, optimizer)
     if mode.tangent and not mode.exact_targets and tangent.applies(objective, num_agents):
         return tangent.tangent_step(objective, optimizer, params, opt_state, data, hparams, progress,
-                                    LossContext(memo=mode.memo), _check_finite)
+                                    LossContext(memo=mode.memo), _check_finite, mode.tangent_fraction, mode.generator)
     if mode.exact_targets and not isinstance(objective, MinibatchObjective):
         # The objective predicts with aliases of its network outputs and holds the outputs
         # themselves fixed as targets; the gradient is taken through the aliases only, so the

@@ -210,6 +210,20 @@ class Rollout(NamedTuple):
         """The same rollout on ``device``."""
         return Rollout(*(t.to(device) for t in self))
 
+    def envs(self, columns: Tensor) -> "Rollout":
+        """The steps of the sub-envs ``columns`` (sorted long indices ``[B']``) only, as a rollout of B' envs."""
+        num_envs = self.num_envs
+        position = torch.full((num_envs,), -1, dtype=torch.long, device=columns.device)
+        position[columns] = torch.arange(columns.numel(), device=columns.device)
+        step, env = self.final_index // num_envs, self.final_index % num_envs
+        keep = position[env] >= 0
+        return Rollout(
+            obs=self.obs[:, columns], actions=self.actions[:, columns], rewards=self.rewards[:, columns],
+            terminated=self.terminated[:, columns], truncated=self.truncated[:, columns],
+            behaviour_logp=self.behaviour_logp[:, columns], last_obs=self.last_obs[columns],
+            final_obs=self.final_obs[keep], final_index=step[keep] * columns.numel() + position[env[keep]],
+        )
+
 
 class Evaluation(NamedTuple):
     """A policy evaluated on a rollout: ``[T, B]`` log-probs, entropies, values and next values.

@@ -25,6 +25,11 @@ Restricted loss terms (``Loss.restricted``) get their own tangent along ``u`` re
 parameters, where they depend on eta. The result equals the reverse-over-reverse meta-gradient to
 rounding error (tests: ``tests/rlmeta/test_tangent.py``).
 
+The approximate mode (``fraction`` < 1) runs the tangent pass on a random subset of the sub-envs
+(forward-mode AD on those columns only): for an objective that is a mean of per-sub-env losses
+(``Objective.per_env``) the result is unbiased, since the directional derivative is linear in
+the per-env terms; its variance is the price (measured by ``scripts/bench_meta.py``).
+
 Where it does not apply (populations, minibatch objectives such as PPO whose update is many
 steps, an objective whose network input depends on eta) the learner falls back to the reference
 path; :func:`applies` says which.
@@ -81,7 +86,8 @@ class _Step:
 
     def __init__(self, objective: Objective, optimizer: Optimizer, params: dict, opt_state: Any, data: Any,
                  hparams: dict, progress: float, context: LossContext,
-                 check: Callable[[Tensor, Tensor], None]):
+                 check: Callable[[Tensor, Tensor], None], fraction: float = 1.0,
+                 generator: torch.Generator | None = None):
         self.objective, self.optimizer, self.data, self.progress = objective, optimizer, data, progress
         self.given = params  # the memo (shared forward passes) knows these very tensors
         self.params = {k: v.detach() for k, v in params.items()}
@@ -95,6 +101,16 @@ class _Step:
         self.context = LossContext(memo=self.memo)
         self.check = check
         self.metrics: dict[str, float] = {}
+        # The approximate mode: the tangent pass on a random subset of the sub-envs (drawn now, so a
+        # run's draws follow its generator in order).
+        self.tangent_data = data
+        if fraction < 1.0:
+            if not getattr(objective, "per_env", False) or not isinstance(data, Rollout):
+                raise ValueError(f"an approximate tangent pass (fraction {fraction:g}) needs an objective that is a mean "
+                                 f"of per-sub-env losses (per_env); {type(objective).__name__} is not")
+            count = max(1, round(fraction * data.num_envs))
+            draw = torch.randperm(data.num_envs, generator=generator, device="cpu")[:count]
+            self.tangent_data = data.envs(torch.sort(draw).values.to(data.rewards.device))
 
     def forward(self, eta: list[Tensor]) -> list[Tensor]:
         """The plain update; returns the new parameters, then the new state's float tensors."""
@@ -122,7 +138,7 @@ class _Step:
                 if i:
                     loss = loss + term.detach()
         self.grads = {k: g.detach() for k, g in grads.items()}
-        self.jvp = self._linearization(leaves)
+        self.jvp = self._linearization(leaves) if self.tangent_data is self.data else None
         self.given = self.memo = None  # type: ignore[assignment]
         norm = global_norm(grads)
         self.check(loss, norm)
@@ -192,7 +208,7 @@ class _Step:
                     memo = ForwardMemo()
                     memo.store(adapter.forward, duals, self.data, hparams,
                                {k: fwad.make_dual(v, d_outputs[k]) for k, v in outputs.items()})
-                result = self.objective(duals, self.data, hparams, self.progress, LossContext(memo=memo))
+                result = self.objective(duals, self.tangent_data, hparams, self.progress, LossContext(memo=memo))
                 term = result.total if prefix is None else result.restricted[prefix]
                 part = fwad.unpack_dual(term).tangent
                 if prefix is None:
@@ -237,13 +253,17 @@ class _TangentFunction(torch.autograd.Function):
 
 def tangent_step(objective: Objective, optimizer: Optimizer, params: dict, opt_state: Any, data: Any,
                  hparams: dict, progress: float, context: LossContext,
-                 check: Callable[[Tensor, Tensor], None]) -> tuple[dict, Any, dict[str, float]]:
+                 check: Callable[[Tensor, Tensor], None], fraction: float = 1.0,
+                 generator: torch.Generator | None = None) -> tuple[dict, Any, dict[str, float]]:
     """One differentiable update from parameters independent of eta, by the tangent path.
 
     Returns the new parameters and optimizer state (functions of eta through one autograd node)
-    and the update's metrics. ``check(loss, grad_norm)`` raises on non-finite values.
+    and the update's metrics. ``check(loss, grad_norm)`` raises on non-finite values. ``fraction``
+    < 1: the approximate mode, the tangent pass on that fraction of the sub-envs (drawn with
+    ``generator``): an unbiased estimate of the eta-derivative for ``per_env`` objectives.
     """
-    step = _Step(objective, optimizer, params, opt_state, data, hparams, progress, context, check)
+    step = _Step(objective, optimizer, params, opt_state, data, hparams, progress, context, check, fraction,
+                 generator)
     _, eta = _flatten_hparams(hparams)
     if not eta:  # nothing to differentiate: a plain update
         outputs = step.forward([])

@@ -152,6 +152,8 @@ class BenchMetaConfig:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int = 1
     """torch.set_num_threads for everything (0: torch's default)."""
+    tangent_fraction: float = 1.0
+    """(a): the meta run's ``meta.tangent_fraction`` (below 1: the approximate tangent pass)."""
     max_overhead: float = 1.7
     """(a) check: meta / plain time per iteration must be at most this (the target is 1.7 at 64 x 16 and
     2.0 at 512 x 5; the exact floor, a plain iteration plus the outer backward and one tangent pass, is
@@ -264,7 +266,8 @@ def _train_config(cfg: BenchMetaConfig, run_dir: Path, meta: bool, iterations: i
         optimizer=OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5),
         hparams=HParamsConfig(gamma=INNER_HPARAMS["gamma"], td_lambda=INNER_HPARAMS["lambda"],
                               entropy_cost=INNER_HPARAMS["entropy_cost"], value_cost=INNER_HPARAMS["value_cost"]),
-        meta=MetaConfig(learn=LEARNED, estimator="one-step", outer_gamma=OUTER_GAMMA, outer_lambda=OUTER_LAMBDA)
+        meta=MetaConfig(learn=LEARNED, estimator="one-step", outer_gamma=OUTER_GAMMA, outer_lambda=OUTER_LAMBDA,
+                        tangent_fraction=cfg.tangent_fraction)
         if meta else MetaConfig(),
         seed=cfg.seed, device=cfg.device, torch_threads=cfg.threads, run_dir=str(run_dir), progress=False,
         checkpoint_interval=0, eval_interval=0, eval_episodes=1,

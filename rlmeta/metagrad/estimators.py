@@ -134,7 +134,7 @@ class Estimator:
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int = 1,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 tangent: bool = True):
+                 tangent: bool = True, tangent_fraction: float = 1.0):
         self._carried: ForwardMemo | None = None  # the last L_K's forward, for the next first update
         self.inner_update = inner_update
         self.outer_loss = outer_loss
@@ -147,6 +147,12 @@ class Estimator:
         # Updates whose parameters do not depend on eta take the forward-over-reverse path where it
         # applies (rlmeta.tangent); False: reverse-over-reverse everywhere (the reference).
         self.tangent = tangent
+        # < 1: the approximate tangent pass on that fraction of the sub-envs (unbiased, noisier).
+        if not (isinstance(tangent_fraction, (int, float)) and 0.0 < tangent_fraction <= 1.0):
+            raise ValueError(f"tangent_fraction must be in (0, 1], got {tangent_fraction!r}")
+        if tangent_fraction < 1.0 and not tangent:
+            raise ValueError("tangent_fraction < 1 is a mode of the tangent path: it needs tangent=True")
+        self.tangent_fraction = float(tangent_fraction)
         self.generator = generator  # the inner updates' random numbers (replayed when recomputing)
 
     def mode(self, differentiable: bool, upstream: bool, memo: ForwardMemo | None = None) -> UpdateMode:
@@ -154,7 +160,8 @@ class Estimator:
         network input already depend on the meta-parameters (then its targets must stay exact)."""
         exact = self.exact and differentiable and upstream
         tangent = self.tangent and differentiable and not upstream
-        return UpdateMode(differentiable=differentiable, exact_targets=exact, memo=memo, tangent=tangent)
+        return UpdateMode(differentiable=differentiable, exact_targets=exact, memo=memo, tangent=tangent,
+                          tangent_fraction=self.tangent_fraction if tangent else 1.0, generator=self.generator)
 
     def weights(self) -> list[float]:
         """Weight of ``L_k`` (outer loss after k updates) in the meta-loss, k = 1..K."""
@@ -329,8 +336,9 @@ class OneStep(Estimator):
     name = "one-step"
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, recompute: bool = False,
-                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True):
-        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact, tangent)
+                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True,
+                 tangent_fraction: float = 1.0):
+        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact, tangent, tangent_fraction)
 
 
 class MultiStep(Estimator):
@@ -340,8 +348,8 @@ class MultiStep(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  truncation: int | None = None, recompute: bool = False, generator: torch.Generator | None = None,
-                 exact: bool = True, tangent: bool = True):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent)
+                 exact: bool = True, tangent: bool = True, tangent_fraction: float = 1.0):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction)
         if truncation is not None and not (isinstance(truncation, int) and 1 <= truncation <= num_updates):
             raise ValueError(f"truncation must be an integer in [1, K={num_updates}] or None, got {truncation!r}")
         self._truncation = truncation or num_updates
@@ -357,8 +365,9 @@ class Mixed(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  weights: str | Sequence[float] = "uniform", decay: float = 0.5, recompute: bool = False,
-                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent)
+                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True,
+                 tangent_fraction: float = 1.0):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction)
         self._weights = mixing_weights(num_updates, weights, decay)
 
     def weights(self) -> list[float]:
@@ -383,8 +392,9 @@ class Bootstrapped(Estimator):
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 outer_hparams: dict | None = None, tangent: bool = True):
-        super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact, tangent)
+                 outer_hparams: dict | None = None, tangent: bool = True, tangent_fraction: float = 1.0):
+        super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact, tangent,
+                         tangent_fraction)
         if not isinstance(target_updates, int) or target_updates < 1:
             raise ValueError(f"target_updates (L) must be an integer >= 1, got {target_updates!r}")
         if not value_cost >= 0:

@@ -114,6 +114,7 @@ class A2C(Objective):
         self.policy_value = policy_value
         self.normalize_advantages = normalize_advantages
         self.outer_critic = outer_critic
+        self.per_env = not normalize_advantages  # normalisation reads the whole batch's statistics
 
     def __call__(self, params: Params, rollout: Rollout, hparams: HParams, progress: float = 0.0,
                  context: LossContext = PLAIN) -> Loss:
@@ -149,6 +150,7 @@ class VTraceActorCritic(Objective):
         self.policy_value = policy_value
         self.rho_bar, self.c_bar, self.pg_rho_bar = rho_bar, c_bar, pg_rho_bar
         self.outer_critic = outer_critic
+        self.per_env = True
 
     def __call__(self, params: Params, rollout: Rollout, hparams: HParams, progress: float = 0.0,
                  context: LossContext = PLAIN) -> Loss:

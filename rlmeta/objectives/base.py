@@ -83,9 +83,15 @@ PLAIN = LossContext()
 
 
 class Objective(ABC):
-    """An inner loss on a whole rollout (see the module docstring)."""
+    """An inner loss on a whole rollout (see the module docstring).
+
+    ``per_env``: the loss is the mean over the rollout's sub-envs of a loss that reads each
+    sub-env's own steps only (no batch statistics), so the same objective on a random subset of
+    sub-envs is an unbiased estimate of it (the approximate tangent pass, ``rlmeta.tangent``).
+    """
 
     policy_value: PolicyValue
+    per_env: bool = False
 
     @abstractmethod
     def __call__(self, params: Params, data: Any, hparams: HParams, progress: float = 0.0,

@@ -521,6 +521,13 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
     "flags, message",
     [
         (["--meta.learn", "gama"], "unknown hyperparameter 'gama'"),
+        (["--meta.learn", "gamma", "--meta.tangent-fraction", "1.5"], r"tangent_fraction must be in \(0, 1\]"),
+        (["--meta.learn", "gamma", "--meta.tangent-fraction", "0.5", "--meta.tangent", "False"],
+         "needs meta.tangent True"),
+        (["--meta.learn", "gamma", "--meta.tangent-fraction", "0.5", "--algo", "ppo"],
+         "mean of per-sub-env losses"),
+        (["--meta.learn", "gamma", "--meta.tangent-fraction", "0.5", "--normalize-advantages", "True"],
+         "mean of per-sub-env losses"),
         (["--meta.learn", "gamma", "--meta.estimator", "multi-step", "--meta.num-updates", "0"],
          "K must be an integer >= 1, got 0"),
         (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.num-updates", "3", "--meta.weights", "1,2"],

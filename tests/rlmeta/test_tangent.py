@@ -176,3 +176,53 @@ def test_tangent_path_is_taken_and_plain_results_match():
 def test_tangent_mode_needs_a_differentiable_update():
     with pytest.raises(ValueError, match="tangent needs differentiable=True"):
         UpdateMode(tangent=True)
+
+
+def test_rollout_envs_selects_sub_envs_with_their_truncations():
+    rollout = ROLLOUTS[0]  # a truncation at (t=3, b=2)
+    sub = rollout.envs(torch.tensor([1, 2]))
+    assert sub.num_envs == 2 and sub.num_steps == T
+    torch.testing.assert_close(sub.obs, rollout.obs[:, [1, 2]])
+    torch.testing.assert_close(sub.last_obs, rollout.last_obs[[1, 2]])
+    assert sub.final_index.tolist() == [3 * 2 + 1] and torch.equal(sub.final_obs, rollout.final_obs)
+    none = rollout.envs(torch.tensor([0, 3]))
+    assert none.final_index.numel() == 0 and none.final_obs.shape == (0, D)
+
+
+def test_approximate_tangent_pass_is_unbiased():
+    """Over every subset of 2 of the 4 sub-envs the approximate meta-gradient averages to the exact one
+    (the tangent part is linear in the per-env terms); a single draw differs from it."""
+    from itertools import combinations
+
+    optimizer = OPTIMIZERS["adam"](0.5)
+    exact = run("one-step", OBJECTIVES["vtrace"](), optimizer, 1, True, True)
+    draws = []
+    original = Rollout.envs
+    for subset in combinations(range(B), B // 2):
+        Rollout.envs = lambda self, columns, subset=subset: original(self, torch.tensor(subset))
+        try:
+            def inner(params, opt_state, rollout, hparams, mode, objective=OBJECTIVES["vtrace"]()):
+                return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
+
+            estimator = OneStep(inner, OuterObjective(policy_value, value_cost=0.1, kl_cost=0.2), tangent_fraction=0.5)
+            params = make_params()
+            it = iter(ROLLOUTS)
+            draws.append(estimator.estimate(make_meta(), params, optimizer.init(params), lambda p: next(it)).vector())
+        finally:
+            Rollout.envs = original
+    mean = torch.stack(draws).mean(0)
+    assert float((mean - exact).norm() / exact.norm()) <= 1e-8
+    assert float((draws[0] - exact).norm() / exact.norm()) > 1e-3
+
+
+def test_approximate_mode_refuses_objectives_with_batch_statistics():
+    optimizer = OPTIMIZERS["sgd"](None)
+    mode = UpdateMode(differentiable=True, tangent=True, tangent_fraction=0.5)
+    params = make_params()
+    with pytest.raises(ValueError, match="per_env"):
+        gradient_step(OBJECTIVES["a2c-normalized"](), optimizer, params, optimizer.init(params), ROLLOUTS[0],
+                      make_meta().hparams(), mode=mode)
+    with pytest.raises(ValueError, match="tangent_fraction must be in"):
+        UpdateMode(differentiable=True, tangent=True, tangent_fraction=0.0)
+    with pytest.raises(ValueError, match="needs tangent=True"):
+        OneStep(lambda *a: None, lambda *a: None, tangent=False, tangent_fraction=0.5)
