@@ -147,7 +147,9 @@ class _Step:
         with torch.no_grad():
             new_params, new_state = self.optimizer.update(self.params, grads, self.opt_state,
                                                           lr=hparams.get("lr"), grad_norm=norm)
-        self.keys, self.state_template = keys, new_state
+        # The structure only: holding the outputs themselves would close a reference cycle through the
+        # autograd node (outputs -> grad_fn -> ctx.step -> outputs) that the garbage collector cannot see.
+        self.keys, self.state_template = keys, _template(new_state)
         return list(new_params.values()) + _floats(new_state)
 
     def backward(self, eta: list[Tensor], cotangents: tuple[Tensor | None, ...]) -> list[Tensor | None]:
@@ -227,13 +229,25 @@ def _floats(tree: Any) -> list[Tensor]:
     return []
 
 
-def _rebuild(tree: Any, floats: list[Tensor]) -> Any:
-    """``tree`` with its floating-point tensors replaced, in order, from ``floats`` (consumed)."""
+_FLOAT = object()  # where a template had a floating-point tensor
+
+
+def _template(tree: Any) -> Any:
+    """``tree`` with its floating-point tensors replaced by a placeholder."""
     if torch.is_tensor(tree):
-        return floats.pop(0) if tree.is_floating_point() else tree
+        return _FLOAT if tree.is_floating_point() else tree
     if isinstance(tree, dict):
-        return {k: _rebuild(v, floats) for k, v in tree.items()}
+        return {k: _template(v) for k, v in tree.items()}
     return tree
+
+
+def _rebuild(template: Any, floats: list[Tensor]) -> Any:
+    """``template`` with its placeholders filled, in order, from ``floats`` (consumed)."""
+    if template is _FLOAT:
+        return floats.pop(0)
+    if isinstance(template, dict):
+        return {k: _rebuild(v, floats) for k, v in template.items()}
+    return template
 
 
 class _TangentFunction(torch.autograd.Function):
