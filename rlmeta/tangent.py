@@ -139,7 +139,8 @@ class _Step:
                     loss = loss + term.detach()
         self.grads = {k: g.detach() for k, g in grads.items()}
         self.jvp = self._linearization(leaves) if self.tangent_data is self.data else None
-        self.given = self.memo = None  # type: ignore[assignment]
+        # Nothing that may hold this node's outputs stays referenced (see the template below).
+        self.given = self.memo = self.context = None  # type: ignore[assignment]
         norm = global_norm(grads)
         self.check(loss, norm)
         self.metrics = {**result.metrics, "loss": float(loss), "grad_norm": float(norm)}
