@@ -39,6 +39,8 @@ gamma 0.99, lambda 1, policy term only) on rollout K:
   the learner's update and ``rlmeta.optim.rmsprop(eps_root=1e-12)``; as the library runs it, the
   exact meta-gradient (targets a differentiable function of the parameters, see
   ``rlmeta.objectives.actor_critic._evaluate`` and ``rlmeta.rollout.OutputSplit``);
+* ``ours-reverse``: the same with ``tangent=False``: every update differentiated reverse-over-reverse
+  (by default each unroll's first update takes the forward-over-reverse path, ``rlmeta.tangent``);
 * ``ours-recompute``: the same with the memory-saving path (``recompute=True``: the K updates run
   without a graph, then each update's graph is rebuilt in turn in the backward sweep);
 * ``ours-semi``: the same with the usual semi-gradient (targets detached in each inner loss),
