@@ -212,10 +212,11 @@ class MetaConfig:
     """How inner updates after the first are differentiated: exact (their bootstrap values, baselines and
     importance ratios stay functions of the meta-parameters) or semi (held fixed, as Xu et al. 2018 and
     the published code do)."""
-    tangent: bool = True
+    tangent: bool = False
     """Differentiate each unroll's first inner update forward-over-reverse (a plain inner gradient, then one
-    tangent pass of the inner loss when the meta-backward reaches it: rlmeta.tangent) where it applies;
-    False: reverse-over-reverse everywhere (the reference path; same meta-gradient to rounding error)."""
+    tangent pass of the inner loss when the meta-backward reaches it: rlmeta.tangent) where it applies.
+    The same meta-gradient to rounding error; off by default because it measured slower on the Snake
+    reference setup (19.5k vs 25.5k env steps/s at 512 x 5) and about equal at 64 x 16 (docs/benchmarks.md)."""
     tangent_fraction: float = 1.0
     """Below 1: the approximate mode, the tangent pass on this fraction of the sub-envs, drawn at random
     each update: unbiased for A2C (without normalised advantages) and V-trace, noisier (docs/benchmarks.md)."""

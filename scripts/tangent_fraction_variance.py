@@ -38,7 +38,7 @@ def main() -> None:
     from rlmeta.metagrad import OneStep  # noqa: PLC0415
 
     def estimator(fraction: float) -> OneStep:
-        est = bm._ours_estimator(data.net, cfg, "multi-step", 1)
+        est = bm._ours_estimator(data.net, cfg, "multi-step", 1, tangent=True)
         est.tangent_fraction = fraction
         est.generator = torch.Generator().manual_seed(0)
         return est

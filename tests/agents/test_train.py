@@ -484,7 +484,7 @@ def test_meta_training_evaluates_the_network_once_per_parameters_and_rollout(tmp
     per meta-update, K inner updates on K rollouts plus one outer loss on a fresh one, of which only
     the first meta-update's first update needs its own forward. With an outer critic the learner
     and the outer loss read different value heads of the same evaluation. The tangent path
-    (meta.tangent, default) runs no forward of its own: its tangent pass reuses the inner forward's
+    (meta.tangent) runs no forward of its own: its tangent pass reuses the inner forward's
     activations (ActorCritic.linearize)."""
     from rlmeta.agents.config import MetaConfig
 
@@ -524,9 +524,10 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
         (["--meta.learn", "gamma", "--meta.tangent-fraction", "1.5"], r"tangent_fraction must be in \(0, 1\]"),
         (["--meta.learn", "gamma", "--meta.tangent-fraction", "0.5", "--meta.tangent", "False"],
          "needs meta.tangent True"),
-        (["--meta.learn", "gamma", "--meta.tangent-fraction", "0.5", "--algo", "ppo"],
+        (["--meta.learn", "gamma", "--meta.tangent", "True", "--meta.tangent-fraction", "0.5", "--algo", "ppo"],
          "mean of per-sub-env losses"),
-        (["--meta.learn", "gamma", "--meta.tangent-fraction", "0.5", "--normalize-advantages", "True"],
+        (["--meta.learn", "gamma", "--meta.tangent", "True", "--meta.tangent-fraction", "0.5",
+          "--normalize-advantages", "True"],
          "mean of per-sub-env losses"),
         (["--meta.learn", "gamma", "--meta.estimator", "multi-step", "--meta.num-updates", "0"],
          "K must be an integer >= 1, got 0"),

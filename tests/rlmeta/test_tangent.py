@@ -1,12 +1,12 @@
 """The forward-over-reverse path (rlmeta.tangent) equals the reverse-over-reverse reference.
 
-A small nonlinear network (tanh and ReLU layers, float64) on fixed rollouts; every estimator's first
-update takes the tangent path by default and ``tangent=False`` forces the reference everywhere.
+A small nonlinear network (tanh and ReLU layers, float64) on fixed rollouts; with ``tangent=True``
+every estimator's first update takes the tangent path, ``tangent=False`` (the default) is the reference.
 Both must agree to 1e-8 relative for SGD, RMSProp and Adam, with and without active global-norm
 clipping, for A2C (plain and normalised advantages), V-trace and A2C with an outer critic whose
 loss is restricted to its head, exact and semi targets, K = 1 and 3, a meta-learned learning rate,
 and the memory-saving recompute path. Agreement with finite differences is in test_metagrad.py
-and tests/agents/test_outer_critic.py, whose estimators take the tangent path by default.
+and tests/agents/test_outer_critic.py (the reference path, which this one must equal).
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ def test_approximate_tangent_pass_is_unbiased():
             def inner(params, opt_state, rollout, hparams, mode, objective=OBJECTIVES["vtrace"]()):
                 return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
 
-            estimator = OneStep(inner, OuterObjective(policy_value, value_cost=0.1, kl_cost=0.2), tangent_fraction=0.5)
+            estimator = OneStep(inner, OuterObjective(policy_value, value_cost=0.1, kl_cost=0.2), tangent=True,
+                                tangent_fraction=0.5)
             params = make_params()
             it = iter(ROLLOUTS)
             draws.append(estimator.estimate(make_meta(), params, optimizer.init(params), lambda p: next(it)).vector())
@@ -242,7 +243,7 @@ def test_estimates_leave_nothing_alive():
         return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
 
     # Mixed K=3: the unroll's memo holds forwards of the node's outputs (it leaked that way too)
-    estimator = Mixed(inner, OuterObjective(policy_value), 3)
+    estimator = Mixed(inner, OuterObjective(policy_value), 3, tangent=True)
     params = make_params()
     state = optimizer.init(params)
     rollouts = iter(ROLLOUTS * 15)
