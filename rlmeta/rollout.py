@@ -320,9 +320,12 @@ class ForwardMemo:
     objects, so their identities stay theirs).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, linearize: bool = False) -> None:
         self._entries: list[tuple[tuple, Outputs]] = []
-        self._jvps: dict[int, Callable[[Params], Outputs]] = {}  # id(outputs) -> their jvp, where linearized
+        # linearize: record each forward's linearization where the adapter offers one (for the tangent
+        # pass of rlmeta.tangent); id(outputs) -> their jvp.
+        self.linearize = linearize
+        self._jvps: dict[int, Callable[[Params], Outputs]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -355,7 +358,7 @@ class ForwardMemo:
 
     def keep_only(self, params: Params, rollout: Rollout) -> "ForwardMemo":
         """A memo with only the entries of ``params`` on ``rollout`` (what a next meta-update can reuse)."""
-        kept = ForwardMemo()
+        kept = ForwardMemo(self.linearize)
         tensors = list(params.values())
         kept._entries = [(key, outputs) for key, outputs in self._entries
                          if key[1] is rollout and len(key) == 3 + len(tensors)
@@ -374,7 +377,8 @@ def _forward(policy_value: PolicyValue, params: Params, rollout: Rollout, hparam
     outputs = memo.lookup(policy_value.forward, params, rollout, hparams)
     if outputs is None:
         cond = conditioning(hparams)
-        if policy_value.linearize is not None and policy_value.population is None and cond is None:
+        if memo.linearize and policy_value.linearize is not None and policy_value.population is None \
+                and cond is None:
             outputs, jvp = policy_value.linearize(params, observations(rollout), None)
             memo.store(policy_value.forward, params, rollout, hparams, outputs, jvp)
         else:

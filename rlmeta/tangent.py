@@ -97,7 +97,7 @@ class _Step:
         # The inner forward goes through a memo, which keeps the network's linearization where the
         # adapter offers one (PolicyValue.linearize): the tangent pass then reuses its activations.
         self.keep = context.memo is not None  # a shared forward may be differentiated again later
-        self.memo = context.memo if context.memo is not None else ForwardMemo()
+        self.memo = context.memo if context.memo is not None else ForwardMemo(linearize=True)
         self.context = LossContext(memo=self.memo)
         self.check = check
         self.metrics: dict[str, float] = {}

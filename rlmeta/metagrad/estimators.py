@@ -181,7 +181,8 @@ class Estimator:
         if self.recompute:
             return self._estimate_recomputing(meta, params, opt_state, collect, first_rollout)
         carried, self._carried = self._carried, None
-        memo = carried if carried is not None and self._continues(carried, params, first_rollout) else ForwardMemo()
+        memo = carried if carried is not None and self._continues(carried, params, first_rollout) \
+            else ForwardMemo(linearize=self.tangent)
         return self._estimate(meta, params if len(memo) else _leaves(params), opt_state, collect, first_rollout, memo)
 
     def _estimate(self, meta: MetaParams, params: dict, opt_state: Any, collect: Collect, first_rollout: Any,
