@@ -188,6 +188,15 @@ def _tensors(tree: object) -> list[Tensor]:
     return []
 
 
+def float_tensors(tree: object) -> list[Tensor]:
+    """The floating-point tensors of an optimizer state (or any tree of dicts), in dict order."""
+    if torch.is_tensor(tree):
+        return [tree] if tree.is_floating_point() else []  # type: ignore[list-item,union-attr]
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in float_tensors(v)]
+    return []
+
+
 def _check(name: str, value: float, low: float, high: float | None = None, low_open: bool = False) -> None:
     ok = value > low if low_open else value >= low
     if high is not None:

@@ -44,7 +44,7 @@ import torch.autograd.forward_ad as fwad
 from torch import Tensor
 
 from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
-from rlmeta.optim import Optimizer, global_norm
+from rlmeta.optim import Optimizer, float_tensors, global_norm
 from rlmeta.rollout import ForwardMemo, Rollout
 
 
@@ -151,7 +151,7 @@ class _Step:
         # The structure only: holding the outputs themselves would close a reference cycle through the
         # autograd node (outputs -> grad_fn -> ctx.step -> outputs) that the garbage collector cannot see.
         self.keys, self.state_template = keys, _template(new_state)
-        return list(new_params.values()) + _floats(new_state)
+        return list(new_params.values()) + float_tensors(new_state)
 
     def backward(self, eta: list[Tensor], cotangents: tuple[Tensor | None, ...]) -> list[Tensor | None]:
         """``d (sum_i outputs_i . cotangents_i) / d eta`` (see the module docstring)."""
@@ -163,7 +163,7 @@ class _Step:
             g = {k: self.grads[k].detach().requires_grad_(True) for k in keys}
             new_params, new_state = self.optimizer.update(self.params, g, self.opt_state, lr=hparams.get("lr"),
                                                           grad_norm=global_norm(g))
-            outputs = list(new_params.values()) + _floats(new_state)
+            outputs = list(new_params.values()) + float_tensors(new_state)
             pairs = [(o, c) for o, c in zip(outputs, cotangents) if c is not None and o.requires_grad]
             total = sum((o * c).sum() for o, c in pairs) if pairs else None
             lr = hparams.get("lr")
@@ -219,15 +219,6 @@ class _Step:
             if part is not None and part.requires_grad:
                 total = part if total is None else total + part
         return total
-
-
-def _floats(tree: Any) -> list[Tensor]:
-    """The floating-point tensors of an optimizer state, in dict order."""
-    if torch.is_tensor(tree):
-        return [tree] if tree.is_floating_point() else []
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _floats(v)]
-    return []
 
 
 _FLOAT = object()  # where a template had a floating-point tensor

@@ -93,7 +93,6 @@ def _gamma_curve(path: Path) -> list[tuple[int, float]]:
 def report() -> None:
     """Curves as CSV, the table at the last step every run of a variant reached, and a plot."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    finals: dict[str, list[tuple[int, float, float | None]]] = {}
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     for variant in VARIANTS:
         for seed in SEEDS:
@@ -111,8 +110,6 @@ def report() -> None:
                 writer.writerows(("eval_return", e["step"], e["return_mean"]) for e in evaluations)
                 writer.writerows(("gamma", step, value) for step, value in gammas)
             if evaluations:
-                last = evaluations[-1]
-                finals.setdefault(variant, []).append((last["step"], last["return_mean"], gammas[-1][1] if gammas else None))
                 curves.setdefault(variant, []).append([(e["step"], e["return_mean"]) for e in evaluations])
     gamma_curves = {variant: [_read_gamma(RESULTS / f"curve-{variant}-s{seed}.csv") for seed in SEEDS
                               if (RESULTS / f"curve-{variant}-s{seed}.csv").is_file()] for variant in curves}

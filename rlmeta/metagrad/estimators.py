@@ -60,7 +60,7 @@ from torch import Tensor
 from rlmeta.catalog import check_num_updates, mixing_weights
 from rlmeta.hparams import MetaParams
 from rlmeta.learner import UpdateMode
-from rlmeta.optim import detached
+from rlmeta.optim import detached, float_tensors
 from rlmeta.objectives.base import LossContext
 from rlmeta.rollout import ForwardMemo, Params, Rollout
 
@@ -115,15 +115,6 @@ def _leaf_state(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _leaf_state(v) for k, v in tree.items()}
     return tree
-
-
-def _state_tensors(tree: Any) -> list[Tensor]:
-    """The floating-point tensors of an optimizer state, in a fixed order (dict order)."""
-    if isinstance(tree, Tensor):
-        return [tree] if tree.is_floating_point() else []
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _state_tensors(v)]
-    return []
 
 
 class Estimator:
@@ -288,14 +279,14 @@ class Estimator:
             new_params, new_state = self.inner_update(leaves, state_in, rollout, meta.hparams(), mode)
             total = sum((new_params[n] * params_bar[n]).sum() for n in new_params if params_bar[n] is not None)
             if state_bar is not None:
-                for t, bar in zip(_state_tensors(new_state), state_bar):
+                for t, bar in zip(float_tensors(new_state), state_bar):
                     if bar is not None and t.requires_grad:
                         total = total + (t * bar).sum()
             if not first and k > 0 and weights[k - 1]:
                 loss = self.outer_loss(leaves, rollout, starts[k - 1][0], LossContext())
                 outer_losses[k] = float(loss.detach())
                 total = total + weights[k - 1] * loss
-            wrt = ([] if first else list(leaves.values()) + _state_tensors(state_in)) + raw
+            wrt = ([] if first else list(leaves.values()) + float_tensors(state_in)) + raw
             if not (isinstance(total, Tensor) and total.requires_grad):  # nothing flows back through here
                 break
             grads = torch.autograd.grad(total, wrt, allow_unused=True)
