@@ -1,5 +1,5 @@
 """Learned objectives as files: what ``rlmeta meta-train`` writes and ``rlmeta train --algo lpg`` and
-``rlmeta meta-test`` read (a path, a shipped name, or ``untrained``)."""
+``rlmeta meta-test`` read (a path, a shipped name, ``untrained`` or ``untrained:N``)."""
 
 from __future__ import annotations
 
@@ -42,19 +42,25 @@ def shipped_objectives() -> list[str]:
 
 def load_lpg(objective: str, seed: int = 0) -> LearnedLPG:
     """A learned LPG from a file written by ``rlmeta meta-train`` (``lpg.pt``), a shipped name
-    (``rlmeta meta-test --list``), or ``untrained`` (a fresh LPG, the baseline)."""
-    if objective == "untrained":
+    (``rlmeta meta-test --list``), or ``untrained`` (a fresh LPG, the baseline, initialised with ``seed``)
+    or ``untrained:N`` (initialised with seed N, so several initialisations can be scored on the same levels)."""
+    if objective == "untrained" or objective.startswith("untrained:"):
+        if objective != "untrained":
+            init = objective.split(":", 1)[1]
+            if not init.isdigit():
+                raise ValueError(f"objective {objective!r}: the seed after 'untrained:' must be an integer >= 0")
+            seed = int(init)
         config = MetaTrainConfig(lpg=LPGConfig())
         network = LPGNetwork(config.lpg.target_width, config.lpg.embedding_width, config.lpg.gru_width,
                              config.lpg.inputs_gamma, config.lpg.lifetime_conditioning)
-        return LearnedLPG(network, network.init(seed), config.lpg.target_cost, TabularHypers(), "untrained", {})
+        return LearnedLPG(network, network.init(seed), config.lpg.target_cost, TabularHypers(), objective, {})
     path = Path(objective)
     if not path.is_file():
         if objective in shipped_objectives():
             path = Path(str(resources.files(SHIPPED) / f"{objective}.pt"))
         else:
             raise ValueError(f"objective {objective!r} is neither a file nor a shipped objective "
-                             f"({shipped_objectives()}), nor 'untrained'")
+                             f"({shipped_objectives()}), nor 'untrained' or 'untrained:N'")
     data = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(data, dict) or data.get("format") != LPG_FORMAT:
         raise ValueError(f"{str(path)!r} is not a learned LPG written by rlmeta meta-train (format {LPG_FORMAT})")

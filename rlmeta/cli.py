@@ -236,7 +236,8 @@ class MetaTest:
     """Score a learned objective on held-out levels: normalised return against A2C (GROOVE's score)."""
 
     objective: tyro.conf.Positional[str] = "untrained"
-    """A learned LPG: the lpg.pt of a meta-train run, a shipped name (--list), or 'untrained'."""
+    """A learned LPG: the lpg.pt of a meta-train run, a shipped name (--list), 'untrained' (a fresh LPG
+    initialised with --seed) or 'untrained:N' (initialised with seed N, on the same levels)."""
     levels: str = "small"
     """Level generator of the held-out levels (small, medium, large, all, or a named level: dense, sparse, ...)."""
     num_levels: int = 128

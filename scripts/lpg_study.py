@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "lpg-study"
 RESULTS = ROOT / "results" / "lpg"
 ARMS = {"uniform": (0, 1, 2), "groove": (0, 1)}
+UNTRAINED_INITS = (1, 2, 3, 4)  # besides the test seed 1000
 COMMON = ["--levels", "small", "--meta-steps", "2000", "--meta-lr", "3e-4", "--num-agents", "32",
           "--envs-per-agent", "16", "--lpg.gru-width", "64", "--checkpoint-interval", "50", "--no-progress",
           "--torch-threads", "1"]
@@ -75,13 +76,15 @@ def test(parallel: int, only: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     objectives = {f"{arm}-s{seed}": str(run_dir(arm, seed) / "lpg.pt") for arm, seeds in ARMS.items()
                   for seed in seeds if finished(run_dir(arm, seed))}
-    objectives["untrained"] = "untrained"
+    objectives["untrained"] = "untrained"  # initialised with the test seed (1000)
+    for init in UNTRAINED_INITS:  # more initialisations on the same levels: the baseline is a distribution
+        objectives[f"untrained-i{init}"] = f"untrained:{init}"
     jobs = []
     for test_name, (levels, num_levels, lifetime) in TESTS.items():  # one test set at a time: A2C cached first
         if only and test_name not in only:
             continue
         for name, objective in objectives.items():
-            if name == "untrained" and test_name != "small-250":
+            if name.startswith("untrained") and test_name != "small-250":
                 continue
             if name.startswith("groove") and test_name.endswith("-2500"):
                 continue  # the GROOVE comparison is at the meta-training lifetime; 2,500 is the uniform arm's OOD test
@@ -206,6 +209,12 @@ def report() -> None:
     for objective, row in scores.items():
         cells = [f"{row[t][0]:.2f} +- {row[t][1]:.2f}" if t in row else "" for t in TESTS]
         lines.append(f"| {objective} | " + " | ".join(cells) + " |")
+    untrained = [row["small-250"][0] for name, row in scores.items() if name.startswith("untrained") and "small-250" in row]
+    if len(untrained) >= 2:
+        mean, se = _mean_se(untrained)
+        lines += ["", f"Untrained LPG over {len(untrained)} initialisations (small-250, same levels): "
+                  f"{mean:.3f} +- {se:.3f} (mean +- SE over initialisations; "
+                  f"min {min(untrained):.2f}, max {max(untrained):.2f})"]
     lines += ["", "## GROOVE vs uniform levels: mean normalised score over the five LPG levels", ""]
     for life in (250, 2500):
         per_arm = {}

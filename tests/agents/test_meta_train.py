@@ -191,3 +191,17 @@ def test_a2c_references_are_cached_by_test_setup(tmp_path):
     assert second["a2c_return"] == 100.0 != first["a2c_return"]
     meta_test("untrained", num_levels=3, lifetime=4, episodes=2, a2c_cache=cache)
     assert len(json.loads(cache.read_text())) == 2  # another setup, another entry
+
+
+def test_untrained_with_an_init_seed_keeps_the_levels(tmp_path):
+    default = load_lpg("untrained", seed=3)
+    same = load_lpg("untrained:3", seed=1000)
+    other = load_lpg("untrained:4", seed=3)
+    assert all(torch.equal(default.params[k], same.params[k]) for k in default.params)
+    assert not all(torch.equal(default.params[k], other.params[k]) for k in default.params)
+    first = meta_test("untrained:1", num_levels=3, lifetime=3, episodes=2)
+    second = meta_test("untrained:2", num_levels=3, lifetime=3, episodes=2)
+    assert first["objective"] == "untrained:1"
+    assert first["random_return"] == second["random_return"]  # same levels, same seed: only the init differs
+    with pytest.raises(ValueError, match="must be an integer"):
+        load_lpg("untrained:x")
