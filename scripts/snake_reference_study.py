@@ -1,6 +1,7 @@
 """The Snake 6x6 meta-gradient reproduction in the reference setup of Bonnet et al. (issue: Snake science).
 
     python scripts/snake_reference_study.py train [--parallel 2] [--steps 20000000]   # resumable
+    python scripts/snake_reference_study.py variance                                # resumable
     python scripts/snake_reference_study.py report                                  # -> results/snake/
 
 Variants (``configs/snake6_reference*.toml``), 3 seeds each: fixed gamma 0.8 A2C; one-step meta-gradient
@@ -10,6 +11,11 @@ one, and runs ``parallel`` at a time with one torch thread each. Run directories
 ``runs/snake-reference/`` (not committed); ``report`` writes per-run curves (evaluation return and
 gamma against env steps) as CSV, a table at the last common step (mean +- standard error over
 seeds) and a plot to ``results/snake/``.
+
+``variance`` runs the meta-gradient variance study (``rlmeta variance``, resumable) on seed 0 of the
+one-step + outer critic run, at its checkpoints at 1M, 10M and 20M env steps: K 1/2/4/8, mixed and
+multi-step, exact and semi targets; ``report`` copies its summary, table, samples and plots to
+``results/snake/variance/``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +41,9 @@ VARIANTS = {
     "multi-step-K4+oc": "snake6_reference_multistep.toml",
 }
 SEEDS = (0, 1, 2)
+VARIANCE_RUN = "one-step+oc-s0"
+VARIANCE_CHECKPOINTS = ("ckpt-000001003520.pt", "ckpt-000010004480.pt", "ckpt-000020003840.pt")
+VARIANCE_FILES = ("summary.md", "variance.csv", "samples.npz", "variance.png", "cosine_mean.png")
 
 
 def run_dir(variant: str, seed: int) -> Path:
@@ -90,9 +100,24 @@ def _gamma_curve(path: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events[::stride]]
 
 
+def variance() -> None:
+    """Run (or resume) the variance study on the reference-regime checkpoints of ``VARIANCE_RUN``."""
+    args = [sys.executable, "-m", "rlmeta.cli", "variance", "--run-dir", str(RUNS / VARIANCE_RUN),
+            "--out-dir", str(RUNS / f"variance-{VARIANCE_RUN}"), "--checkpoints", *VARIANCE_CHECKPOINTS,
+            "--targets", "exact", "semi", "--torch-threads", "1", "--resume"]
+    subprocess.run(args, check=True, cwd=ROOT)
+
+
 def report() -> None:
-    """Curves as CSV, the table at the last step every run of a variant reached, and a plot."""
+    """Curves as CSV, the table at the last step every run of a variant reached, a plot, and the
+    variance study's outputs (if it ran)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    study = RUNS / f"variance-{VARIANCE_RUN}"
+    if (study / "summary.md").is_file():
+        (RESULTS / "variance").mkdir(exist_ok=True)
+        for name in VARIANCE_FILES:
+            if (study / name).is_file():
+                shutil.copyfile(study / name, RESULTS / "variance" / name)
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     for variant in VARIANTS:
         for seed in SEEDS:
@@ -199,12 +224,14 @@ def _plot(curves: dict[str, list[list[tuple[int, float]]]], gammas: dict[str, li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("train", "report"))
+    parser.add_argument("stage", choices=("train", "variance", "report"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20_000_000)
     args = parser.parse_args()
     if args.stage == "train":
         train(args.parallel, args.steps)
+    elif args.stage == "variance":
+        variance()
     else:
         report()
 
