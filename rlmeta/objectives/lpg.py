@@ -96,15 +96,25 @@ class LPGNetwork:
             "pi_head.weight": (1, h), "pi_head.bias": (1,), "y_head.weight": (m, h), "y_head.bias": (m,),
         }
 
-    def check(self, params: Params) -> None:
-        """Raise ValueError unless ``params`` has exactly this network's parameters and shapes."""
+    def check(self, params: Params, grouped: bool = False) -> None:
+        """Raise ValueError unless ``params`` has exactly this network's parameters and shapes
+        (``grouped``: with one leading axis of any common size G, one LPG per group)."""
         expected = self.shapes()
         got = {k: tuple(v.shape) for k, v in params.items()}
+        if grouped:
+            sizes = {shape[0] for shape in got.values() if shape}
+            if len(sizes) != 1 or any(not shape for shape in got.values()):
+                raise ValueError(f"grouped LPG parameters need one common leading axis, got shapes {got}")
+            got = {k: shape[1:] for k, shape in got.items()}
         if got != expected:
             missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
             wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
             raise ValueError(f"LPG parameters do not fit {self}: missing {missing}, unexpected {extra}, "
                              f"wrong shapes {[(k, got[k], expected[k]) for k in wrong]}")
+
+    def is_grouped(self, params: Params) -> bool:
+        """Whether ``params`` hold G LPGs along a leading axis (see :meth:`__call__`)."""
+        return params["pi_head.weight"].dim() == 3
 
     def __call__(self, params: Params, rewards: Tensor, terminated: Tensor, ended: Tensor, gamma: Tensor | float,
                  pi: Tensor, y: Tensor, next_y: Tensor, progress: float = 0.0, lifetime: float = 1.0
@@ -112,7 +122,26 @@ class LPGNetwork:
         """``(pi_hat [T, B], y_hat [T, B, m])`` for a rollout's ``[T, B]`` rewards, terminal flags,
         episode ends (terminated or truncated: where the GRU state resets), discount, ``pi(a_t|s_t)``
         and predictions ``y(s_t)``, ``y(s_t+1)`` (``[T, B, m]``, probabilities). ``progress``: n/N;
-        ``lifetime``: N (TA-LPG only)."""
+        ``lifetime``: N (TA-LPG only).
+
+        Grouped parameters (every tensor with a leading axis G, e.g. the candidates of an evolution
+        strategy) apply LPG ``g`` to the ``g``-th of G equal contiguous column blocks of the batch
+        (one vmapped call; column block ``g`` gives the same outputs as a call with LPG ``g`` alone).
+        """
+        if self.is_grouped(params):
+            groups, columns = params["pi_head.weight"].shape[0], rewards.shape[1]
+            if columns % groups:
+                raise ValueError(f"{groups} grouped LPGs need a batch divisible by {groups}, got {columns} columns")
+
+            def split(t: Tensor) -> Tensor:
+                return t.reshape(t.shape[0], groups, columns // groups, *t.shape[2:])
+
+            def one(p: Params, *tensors: Tensor) -> tuple[Tensor, Tensor]:
+                return self(p, *tensors[:3], gamma, *tensors[3:], progress=progress, lifetime=lifetime)
+
+            pi_hat, y_hat = torch.func.vmap(one, in_dims=(0, 1, 1, 1, 1, 1, 1), out_dims=1)(
+                params, *map(split, (rewards, terminated, ended, pi, y, next_y)))
+            return pi_hat.reshape(pi_hat.shape[0], columns), y_hat.reshape(y_hat.shape[0], columns, -1)
         p = params
 
         def embed(v: Tensor) -> Tensor:
@@ -174,11 +203,13 @@ class LPG(Objective):
     * ``outer_critic``: a value head the objective also trains, restricted to its own parameters,
       for a meta-loss's advantages (groove trains a separate value critic for them).
     * ``lifetime``: N, the agent's lifetime in updates (TA-LPG reads n/N from ``progress``).
+    * ``grouped``: ``params`` hold G LPGs along a leading axis, LPG ``g`` applied to the ``g``-th of
+      G equal column blocks of each rollout (a population of agents split among G candidates).
     """
 
     def __init__(self, policy_value: PolicyValue, network: LPGNetwork = LPGNetwork(), params: Params | None = None,
                  tree: str = "lpg", target_cost: float = 0.5, outer_critic: OuterCritic | None = None,
-                 prediction: str = PREDICTION, lifetime: float = 1.0):
+                 prediction: str = PREDICTION, lifetime: float = 1.0, grouped: bool = False):
         if prediction not in policy_value.extras:
             raise ValueError(f"LPG reads the network output {prediction!r}; give the adapter extras=({prediction!r},) "
                              f"(it reads {list(policy_value.extras)})")
@@ -187,7 +218,7 @@ class LPG(Objective):
         if outer_critic is not None:
             outer_critic.check(policy_value)
         if params is not None:
-            network.check(params)
+            network.check(params, grouped=True) if grouped else network.check(params)
         self.policy_value, self.network, self.params, self.tree = policy_value, network, params, tree
         self.target_cost, self.outer_critic, self.prediction, self.lifetime = target_cost, outer_critic, prediction, lifetime
 

@@ -310,18 +310,19 @@ def test_the_regularisers_reach_lpg_directly():
 # A population of LPG agents (one shared LPG) learns what the same agents learn one by one.
 
 
+def join(parts):
+    """One population rollout from the agents' own rollouts (agent ``p``'s sub-envs are columns ``p * B ...``)."""
+    width = len(parts) * B
+    final_index = [r.final_index // B * width + p * B + r.final_index % B for p, r in enumerate(parts)]
+    return Rollout(*(torch.cat([getattr(r, n) for r in parts], dim=1) for n in
+                     ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logp")),
+                   last_obs=torch.cat([r.last_obs for r in parts]), final_obs=torch.cat([r.final_obs for r in parts]),
+                   final_index=torch.cat(final_index))
+
+
 def test_a_population_of_lpg_agents_equals_separate_agents():
     agents = 4
     rollouts = [[make_rollout(10 * k + p) for p in range(agents)] for k in range(3)]
-
-    def join(parts):
-        width = agents * B
-        final_index = [r.final_index // B * width + p * B + r.final_index % B for p, r in enumerate(parts)]
-        return Rollout(*(torch.cat([getattr(r, n) for r in parts], dim=1) for n in
-                         ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logp")),
-                       last_obs=torch.cat([r.last_obs for r in parts]), final_obs=torch.cat([r.final_obs for r in parts]),
-                       final_index=torch.cat(final_index))
-
     optimizer = adam(0.05, max_grad_norm=0.3)
     hparams = {"gamma": 0.9, "lpg": lpg_tree(0)}
     separate = [{k: v.requires_grad_(True) for k, v in make_params(p).items()} for p in range(agents)]
@@ -339,3 +340,37 @@ def test_a_population_of_lpg_agents_equals_separate_agents():
     for name, value in batched.items():
         expected = torch.stack([p[name].detach() for p in separate])
         assert torch.allclose(value.detach(), expected, rtol=0, atol=1e-10), name
+
+
+def test_grouped_lpgs_equal_each_lpg_on_its_own_agents():
+    """G LPGs (e.g. evolution-strategies candidates) on one population: block g of the agents learns
+    with LPG g exactly as those agents would alone with it."""
+    agents, groups = 4, 2
+    trees = [lpg_tree(0), lpg_tree(1)]
+    rollouts = [[make_rollout(10 * k + p) for p in range(agents)] for k in range(2)]
+    optimizer = sgd(0.5, max_grad_norm=0.3)
+    separate = [{k: v.requires_grad_(True) for k, v in make_params(p).items()} for p in range(agents)]
+    states = [optimizer.init(p) for p in separate]
+    batched = {k: torch.stack([p[k].detach() for p in separate]).requires_grad_(True) for k in separate[0]}
+    population = optimizer.for_population()
+    batched_state = population.init(batched)
+    grouped = {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
+    for k in range(2):
+        for p in range(agents):
+            lpg = LPG(policy_value, network=SMALL, params=trees[p // (agents // groups)])
+            separate[p], states[p], _ = update(lpg, optimizer, separate[p], states[p], rollouts[k][p], {"gamma": 0.9})
+        lpg = LPG(policy_value.for_population(agents, B), network=SMALL, params=grouped, grouped=True)
+        batched, batched_state, _ = update(lpg, population, batched, batched_state, join(rollouts[k]), {"gamma": 0.9},
+                                           mode=UpdateMode())
+    for name, value in batched.items():
+        expected = torch.stack([p[name].detach() for p in separate])
+        assert torch.allclose(value.detach(), expected, rtol=0, atol=1e-10), name
+    fresh = {k: v.requires_grad_(True) for k, v in make_params(2).items()}
+    by_tree = [update(LPG(policy_value, network=SMALL, params=t), optimizer, fresh, optimizer.init(fresh),
+                      rollouts[0][2], {"gamma": 0.9})[0]["logits"] for t in trees]
+    assert not torch.allclose(*by_tree)  # the two LPGs update differently: a wrong grouping would show
+    zeros, y = torch.zeros(5, 3, dtype=DT), torch.full((5, 3, SMALL.target_width), 1 / SMALL.target_width, dtype=DT)
+    with pytest.raises(ValueError, match="divisible"):
+        SMALL(grouped, zeros, zeros, zeros, 0.9, zeros + 0.5, y, y)
+    with pytest.raises(ValueError, match="common leading axis"):
+        SMALL.check({**grouped, "pi_head.bias": grouped["pi_head.bias"][:1]}, grouped=True)
