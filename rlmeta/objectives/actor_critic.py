@@ -238,9 +238,23 @@ class PPO(MinibatchObjective):
             batch["outer_returns"] = outer_returns.reshape(n)
         return batch
 
+    def clip_range(self, progress: float = 0.0) -> float:
+        """The clip range at training progress ``progress``: ``clip``, or ``clip * (1 - progress)`` with ``anneal_clip``."""
+        return self.clip * (1.0 - progress) if self.anneal_clip else self.clip
+
+    def surrogate(self, ratio: Tensor, log_ratio: Tensor, advantages: Tensor, hparams: HParams,
+                  progress: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The per-sample surrogate to maximise, ``min(r A, clip(r, 1 - eps, 1 + eps) A)``, and extra metrics.
+
+        The one part of the loss the mirror-learning objectives (``rlmeta.objectives.lpo``: LPO, DPO)
+        replace, by ``r A - drift(r, A)``; ``advantages`` are normalised if the objective normalises.
+        """
+        clip = self.clip_range(progress)
+        return torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages), {}
+
     def __call__(self, params: Params, batch: dict[str, Tensor], hparams: HParams, progress: float = 0.0,
                  context: LossContext = PLAIN) -> Loss:
-        """Clipped-surrogate, value and entropy losses on a prepared (mini)batch."""
+        """Surrogate (:meth:`surrogate`), value and entropy losses on a prepared (mini)batch."""
         pv = self.policy_value
         outputs = pv.outputs(params, batch["obs"], hparams)
         dist, values = pv.distribution(outputs), named_output(outputs, pv.value)
@@ -248,9 +262,10 @@ class PPO(MinibatchObjective):
         advantages = batch["advantages"]
         if self.normalize_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        ratio = torch.exp(logp - batch["old_logp"])
-        clip = self.clip * (1.0 - progress) if self.anneal_clip else self.clip
-        surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
+        log_ratio = logp - batch["old_logp"]
+        ratio = torch.exp(log_ratio)
+        clip = self.clip_range(progress)
+        surrogate, extra = self.surrogate(ratio, log_ratio, advantages, hparams, progress)
         policy_loss = -surrogate.mean()
         if self.value_clip is None:
             value_loss = 0.5 * ((batch["returns"] - values) ** 2).mean()
@@ -261,7 +276,8 @@ class PPO(MinibatchObjective):
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
         clip_fraction = ((ratio - 1).abs() > clip).float().mean()
-        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction)
+        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction,
+                           **extra)
         if self.outer_critic is not None:
             if "outer_returns" not in batch:
                 raise ValueError("this PPO trains an outer critic: prepare the batch with it (PPO.prepare)")
