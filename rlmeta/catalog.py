@@ -76,8 +76,9 @@ ESTIMATORS: tuple[str, ...] = ("one-step", "multi-step", "mixed", "bootstrapped"
 # Inner and meta optimizers (``rlmeta.optim.OPTIMIZERS`` maps each to its constructor).
 OPTIMIZERS: tuple[str, ...] = ("adam", "rmsprop", "sgd")
 
-# Hand-written actor-critic objectives (``rlmeta.objectives.OBJECTIVES``).
-ALGORITHMS: tuple[str, ...] = ("ppo", "a2c", "vtrace", "lpg")  # lpg: a learned objective (--objective)
+# Actor-critic objectives (``rlmeta.objectives.OBJECTIVES``). lpg: a learned objective (--objective);
+# lpo: PPO with a learned drift (--objective, default its PPO-clip initialisation); dpo: its closed form.
+ALGORITHMS: tuple[str, ...] = ("ppo", "a2c", "vtrace", "lpg", "lpo", "dpo")
 
 
 def learning_start(name: str, value: float, given: bool) -> float:
