@@ -15,12 +15,12 @@ import torch
 
 from rlmeta.agents.actor import make_policy_value
 from rlmeta.agents.config import MetaConfig, OptimizerConfig, TrainConfig, VTraceConfig
-from rlmeta.agents.learned import load_lpg
+from rlmeta.agents.learned import load_lpg, load_lpo
 from rlmeta.agents.networks import ActorCritic
 from rlmeta.catalog import learning_start
 from rlmeta.hparams import MetaParams
 from rlmeta.metagrad import ESTIMATORS, Estimator, InnerUpdate, OuterObjective
-from rlmeta.objectives import A2C, PPO, Objective, OuterCritic, VTraceActorCritic
+from rlmeta.objectives import A2C, DPO, PPO, Objective, OuterCritic, VTraceActorCritic
 from rlmeta.objectives.lpg import PREDICTION
 from rlmeta.optim import OPTIMIZERS, Optimizer
 from rlmeta.rollout import PolicyValue
@@ -99,6 +99,14 @@ def build_objective(config: TrainConfig, policy_value: PolicyValue) -> Objective
         p = config.ppo
         return PPO(policy_value, clip=p.clip, value_clip=p.value_clip, normalize_advantages=p.normalize_advantages,
                    epochs=p.epochs, minibatches=p.minibatches, anneal_clip=p.anneal_clip, outer_critic=critic)
+    if config.algo in ("lpo", "dpo"):  # PPO with a drift: PPO's options but the clip range and its annealing
+        p = config.ppo
+        options = dict(value_clip=p.value_clip, normalize_advantages=p.normalize_advantages, epochs=p.epochs,
+                       minibatches=p.minibatches, outer_critic=critic)
+        if config.algo == "dpo":
+            return DPO(policy_value, clip=p.clip, **options)
+        # TA-LPO reads n/N from the learner's progress; N (total env steps) only for its log N inputs
+        return load_lpo(config.objective, clip=p.clip).objective(policy_value, lifetime=config.total_steps, **options)
     if config.algo == "vtrace":
         v = config.vtrace
         return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar,

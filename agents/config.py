@@ -136,7 +136,8 @@ class HParamsConfig:
 
 @dataclass
 class PPOConfig:
-    """PPO's clipped surrogate and its epochs x minibatches."""
+    """PPO's clipped surrogate and its epochs x minibatches (also algo lpo's and dpo's epochs, minibatches, value clip
+    and advantage normalisation; their clip is lpo's ppo-init eps and the clip_fraction metric's threshold)."""
 
     clip: float = 0.2
     anneal_clip: bool = False
@@ -319,7 +320,8 @@ class TrainConfig:
     """Environment steps (all sub-envs together) to train for."""
     algo: Algorithm = "ppo"
     objective: str | None = None
-    """algo lpg: the learned objective (a meta-train run's lpg.pt, a shipped name such as lpg-grid-small)."""
+    """algo lpg: the learned objective (a meta-train run's lpg.pt, a shipped name such as lpg-grid-small).
+    algo lpo: a learned drift file (rlmeta.agents.learned.save_lpo), or 'ppo-init' (the default: PPO-clip with ppo.clip)."""
     mode: Literal["sync", "async"] = "sync"
     """sync: act then learn in turn. async: actor threads fill a bounded queue; V-trace corrects their lag."""
     num_actors: int = 2
@@ -373,14 +375,22 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.algo not in ALGORITHMS:
             raise ValueError(f"algo must be one of {sorted(ALGORITHMS)}, got {self.algo!r}")
-        if (self.algo == "lpg") != (self.objective is not None):
-            raise ValueError("algo 'lpg' needs --objective (a learned LPG file or shipped name), and --objective "
-                             f"needs --algo lpg; got algo {self.algo!r}, objective {self.objective!r}")
+        if self.algo == "dpo" and self.objective is not None:
+            raise ValueError(f"algo 'dpo' has a fixed, closed-form drift: no --objective (got {self.objective!r}); "
+                             "a learned drift is --algo lpo --objective FILE")
+        if self.algo == "lpg" and self.objective is None:
+            raise ValueError("algo 'lpg' needs --objective (a learned LPG file or shipped name)")
+        if self.objective is not None and self.algo not in ("lpg", "lpo"):
+            raise ValueError(f"--objective needs --algo lpg or --algo lpo; got algo {self.algo!r}, "
+                             f"objective {self.objective!r}")
+        if self.algo in ("lpo", "dpo") and self.ppo.anneal_clip:
+            raise ValueError(f"ppo.anneal_clip anneals PPO's clip range; algo {self.algo!r} has a drift instead "
+                             "(TA-LPO reads the training progress itself)")
         if self.algo == "lpg" and (self.meta.enabled or self.mode == "async"):
             raise ValueError("algo 'lpg' trains with a fixed learned objective: no --meta.learn, sync mode only")
         if self.mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {self.mode!r}")
-        if self.mode == "async" and self.algo == "ppo":
+        if self.mode == "async" and self.algo in ("ppo", "lpo", "dpo"):
             raise ValueError("mode='async' needs an off-policy correction: use algo='vtrace' (or 'a2c' knowingly)")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
@@ -408,7 +418,7 @@ class TrainConfig:
             stray = sorted(set(self.meta.bounds) - set(self.meta.learn))
             if stray:
                 raise ValueError(f"bounds given for hyperparameter(s) {stray} that are not learned")
-        if self.algo == "ppo" and self.num_envs * self.num_steps < self.ppo.minibatches:
+        if self.algo in ("ppo", "lpo", "dpo") and self.num_envs * self.num_steps < self.ppo.minibatches:
             raise ValueError(f"ppo.minibatches={self.ppo.minibatches} exceeds the {self.num_envs * self.num_steps} "
                              "samples of a rollout (num_envs x num_steps)")
         if self.target_return is not None and not math.isfinite(self.target_return):

@@ -1,9 +1,10 @@
 """Learned objectives as files: what ``rlmeta meta-train`` writes and ``rlmeta train --algo lpg`` and
-``rlmeta meta-test`` read (a path, a shipped name, ``untrained`` or ``untrained:N``)."""
+``rlmeta meta-test`` read (a path, a shipped name, ``untrained`` or ``untrained:N``); and learned LPO
+drifts, which ``rlmeta train --algo lpo`` reads (a path written by :func:`save_lpo`, or ``ppo-init``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,13 @@ import torch
 from rlmeta.agents.config import LPGConfig, MetaTrainConfig
 from rlmeta.agents.population import TabularHypers
 from rlmeta.objectives.lpg import LPG, LPGNetwork
+from rlmeta.objectives.lpo import LPO, LPONetwork
 from rlmeta.rollout import PolicyValue
 
 SHIPPED = "rlmeta.objectives.trained"  # package data: <name>.pt and <name>.json cards
 LPG_FORMAT = "rlmeta-lpg-1"
+LPO_FORMAT = "rlmeta-lpo-1"
+PPO_INIT = "ppo-init"  # --algo lpo's default objective: the drift network's PPO-clip initialisation
 
 
 @dataclass
@@ -73,3 +77,54 @@ def load_lpg(objective: str, seed: int = 0) -> LearnedLPG:
     return LearnedLPG(network, data["params"], float(data["target_cost"]), hypers, str(path), c)
 
 
+@dataclass
+class LearnedLPO:
+    """A learned LPO drift: its network shape and parameters, where it came from, and what its writer noted."""
+
+    network: LPONetwork
+    params: dict[str, torch.Tensor]
+    source: str
+    info: dict[str, Any]
+
+    def objective(self, policy_value: PolicyValue, lifetime: float = 1.0, **options: Any) -> LPO:
+        """The LPO objective reading the agent through ``policy_value`` (``options``: PPO's, e.g. epochs)."""
+        return LPO(policy_value, self.network, params=self.params, lifetime=lifetime, **options)
+
+
+def save_lpo(path: str | Path, network: LPONetwork, params: dict[str, torch.Tensor], **info: Any) -> Path:
+    """Write a learned LPO drift to ``path`` (format ``rlmeta-lpo-1``: ``network`` (the
+    :class:`LPONetwork` fields), ``params`` (its tensors, on the CPU) and ``info`` (any notes, plain data)),
+    the file ``rlmeta train --algo lpo --objective PATH`` and :func:`load_lpo` read."""
+    network.check(params)
+    path = Path(path)
+    data = {"format": LPO_FORMAT, "network": asdict(network),
+            "params": {k: v.detach().to("cpu").clone() for k, v in params.items()}, "info": dict(info)}
+    torch.save(data, path)
+    return path
+
+
+def load_lpo(objective: str | None = PPO_INIT, clip: float = 0.2, seed: int = 0) -> LearnedLPO:
+    """A learned LPO drift from a file written by :func:`save_lpo`, or ``ppo-init`` (or None): a fresh
+    drift network whose drift is PPO-clip's with eps ``clip`` (its hidden layer drawn with ``seed``)."""
+    if objective is None or objective == PPO_INIT:
+        network = LPONetwork(ppo_clip=clip)
+        return LearnedLPO(network, network.init(seed), PPO_INIT, {})
+    path = Path(objective)
+    if not path.is_file():
+        raise ValueError(f"LPO objective {objective!r} is neither a file nor {PPO_INIT!r}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or one holding more than plain data and tensors
+        raise ValueError(f"{str(path)!r} is not a learned LPO file (format {LPO_FORMAT}): {error}") from None
+    if not isinstance(data, dict) or data.get("format") != LPO_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        hint = " (a learned LPG: use --algo lpg)" if found == LPG_FORMAT else ""
+        raise ValueError(f"{str(path)!r} is not a learned LPO file: format {found!r}, expected {LPO_FORMAT!r}{hint}")
+    if not isinstance(data.get("network"), dict) or not isinstance(data.get("params"), dict):
+        raise ValueError(f"{str(path)!r}: a learned LPO file needs a 'network' dict and a 'params' dict")
+    try:
+        network = LPONetwork(**data["network"])
+    except TypeError as error:
+        raise ValueError(f"{str(path)!r}: its network {data['network']} is not an LPONetwork ({error})") from None
+    network.check(data["params"])
+    return LearnedLPO(network, data["params"], str(path), dict(data.get("info") or {}))
