@@ -1,4 +1,4 @@
-"""rlmeta environments: one vector-env contract for native Snake, envpool, gymnasium and Meta-World.
+"""rlmeta environments: one vector-env contract for native Snake, envpool, gymnasium, Meta-World and MinAtar.
 
 ``envs.make(id, num_envs, seed, **options)`` builds a vector env; ids are registered names
 (``snake``), backend ids (``envpool:CartPole-v1``, ``gym:...``, ``metaworld:...``) or your own
@@ -6,7 +6,7 @@
 environment; ``envs.available()`` shows what there is. The contract is in ``envs.core``.
 
 Layers, bottom up: ``core`` (the contract and shared helpers) <- the backends (``snake``,
-``envpool_backend``, ``gym_backend``, ``metaworld_backend``) and ``entry_points`` <- ``registry``.
+``envpool_backend``, ``gym_backend``, ``metaworld_backend``, ``minatar_backend``) and ``entry_points`` <- ``registry``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Ids take one of three forms:
 
 * a registered name: ``snake``, ``snake-6x6``, or a user's ``envs.register`` name;
-* a backend prefix and a name: ``envpool:<task>``, ``gym:<gymnasium id>``, ``metaworld:<benchmark>``
-  (the backend table, ``BACKENDS``);
+* a backend prefix and a name: ``envpool:<task>``, ``gym:<gymnasium id>``, ``metaworld:<benchmark>``,
+  ``minatar:<game>`` (the backend table, ``BACKENDS``);
 * a gymnasium-style entry point ``module.path:Attribute`` naming a ``gymnasium.Env`` subclass or a
   factory returning one (see ``envs.entry_points``).
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rlmeta.envs import chain, envpool_backend, gridworld, gym_backend, metaworld_backend, snake
+from rlmeta.envs import chain, envpool_backend, gridworld, gym_backend, metaworld_backend, minatar_backend, snake
 from rlmeta.envs.core import (
     Backend, Builder, EnvSpec, VectorEnv, check_num_envs, check_seed, unknown_id_message,
 )
@@ -25,7 +25,8 @@ from rlmeta.envs.gym_backend import make_gym_vector
 
 # The backend table: every id ``<prefix>:<name>`` is built by the backend of its prefix.
 BACKENDS: dict[str, Backend] = {
-    backend.prefix: backend for backend in (envpool_backend.BACKEND, gym_backend.BACKEND, metaworld_backend.BACKEND)
+    backend.prefix: backend
+    for backend in (envpool_backend.BACKEND, gym_backend.BACKEND, metaworld_backend.BACKEND, minatar_backend.BACKEND)
 }
 
 ENTRY_POINT_FORM = "<module>:<attr>"

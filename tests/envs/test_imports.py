@@ -20,7 +20,7 @@ from rlmeta import envs
 ENVS_DIR = Path(envs.__file__).resolve().parent
 MODULES = sorted(path.stem for path in ENVS_DIR.glob("*.py") if path.stem != "__init__")
 # Third-party packages heavy enough to be imported inside a function, with a comment saying so.
-DEFERRABLE = {"envpool", "metaworld", "mujoco"}
+DEFERRABLE = {"envpool", "metaworld", "minatar", "mujoco"}
 
 
 def _project_module(name: str | None, level: int) -> str | None:
@@ -78,7 +78,7 @@ def _module_graph() -> dict[str, set[str]]:
 
 
 def test_every_envs_module_is_checked():
-    assert {"core", "registry", "snake", "envpool_backend", "gym_backend", "metaworld_backend",
+    assert {"core", "registry", "snake", "envpool_backend", "gym_backend", "metaworld_backend", "minatar_backend",
             "entry_points"} <= set(MODULES)
 
 
@@ -105,9 +105,10 @@ def test_no_function_local_import_of_project_modules(module):
 def test_module_graph_has_core_at_the_bottom_and_no_cycle():
     graph = _module_graph()
     assert graph["core"] == set(), f"envs/core.py must import nothing of rlmeta's, imports {graph['core']}"
-    for backend in ("snake", "envpool_backend", "gym_backend", "metaworld_backend", "entry_points"):
+    backends = ("snake", "envpool_backend", "gym_backend", "metaworld_backend", "minatar_backend", "entry_points")
+    for backend in backends:
         assert "registry" not in graph[backend], f"envs/{backend}.py imports the registry (a cycle)"
-    assert {"snake", "envpool_backend", "gym_backend", "metaworld_backend", "entry_points"} <= graph["registry"]
+    assert set(backends) <= graph["registry"]
 
     done: set[str] = set()
 
@@ -151,3 +152,5 @@ def test_importing_a_backend_loads_neither_the_registry_nor_its_heavy_dependency
     assert "rlmeta.envs.registry" not in loaded
     assert "metaworld" not in loaded and "envpool" not in loaded and "mujoco" not in loaded
     assert set(loaded) == {"rlmeta.envs.core", "rlmeta.envs.envpool_backend", "rlmeta.envs.metaworld_backend"}
+    loaded = _modules_loaded_by("minatar_backend")
+    assert set(loaded) == {"rlmeta.envs.core", "rlmeta.envs.minatar_backend"}  # not minatar (GPL-3.0, optional)

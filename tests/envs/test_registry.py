@@ -38,8 +38,8 @@ def fake_backend(monkeypatch):
     return backend
 
 
-def test_the_table_holds_the_three_backends():
-    assert set(registry.BACKENDS) == {"envpool", "gym", "metaworld"}
+def test_the_table_holds_the_four_backends():
+    assert set(registry.BACKENDS) == {"envpool", "gym", "metaworld", "minatar"}
     for prefix, backend in registry.BACKENDS.items():
         assert isinstance(backend, Backend) and backend.prefix == prefix and backend.description
 
