@@ -7,6 +7,7 @@ into objects, reading the core's tables (``OBJECTIVES``, ``ESTIMATORS``, ``OPTIM
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -114,6 +115,11 @@ def build_objective(config: TrainConfig, policy_value: PolicyValue) -> Objective
     return A2C(policy_value, normalize_advantages=config.normalize_advantages, outer_critic=critic)
 
 
+def updates(config: TrainConfig) -> int:
+    """Agent updates in the run, its lifetime N in updates (a TA-LPG reads log N; n/N is the progress)."""
+    return max(1, math.ceil(config.total_steps / (config.num_envs * config.num_steps)))
+
+
 def build_agent(config: TrainConfig, observation_space: gym.Space, action_space: gym.Space,
                 device: torch.device | str = "cpu") -> Agent:
     """Every part of the agent ``config`` describes, for these spaces, on ``device``."""
@@ -123,7 +129,8 @@ def build_agent(config: TrainConfig, observation_space: gym.Space, action_space:
             raise ValueError(f"algo 'lpg' needs discrete actions (LPG reads pi(a|s)), got {action_space}")
         net = build_network(config, observation_space, action_space, lpg.network.target_width).to(device)
         adapter = make_policy_value(net).reading(extras=(PREDICTION,))
-        return Agent(net, adapter, adapter, lpg.objective(adapter), build_optimizer(config.optimizer))
+        return Agent(net, adapter, adapter, lpg.objective(adapter, lifetime=updates(config)),
+                     build_optimizer(config.optimizer))
     net = build_network(config, observation_space, action_space).to(device)
     learner, outer = policy_values(config, net)
     return Agent(net, learner, outer, build_objective(config, learner),

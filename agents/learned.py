@@ -34,9 +34,10 @@ class LearnedLPG:
     source: str
     config: dict[str, Any]
 
-    def objective(self, policy_value: PolicyValue) -> LPG:
-        """The LPG objective reading the agent through ``policy_value``."""
-        return LPG(policy_value, self.network, params=self.params, target_cost=self.target_cost)
+    def objective(self, policy_value: PolicyValue, lifetime: float = 1.0) -> LPG:
+        """The LPG objective reading the agent through ``policy_value``; ``lifetime``: the agent's
+        lifetime N in updates (a TA-LPG reads log N and n/N)."""
+        return LPG(policy_value, self.network, params=self.params, target_cost=self.target_cost, lifetime=lifetime)
 
 
 def shipped_objectives() -> list[str]:

@@ -65,7 +65,7 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
     hypers = lpg.hypers
     hparams = {"gamma": hypers.gamma}
     m = lpg.network.target_width
-    lpg_params = train_population(lpg.objective, test_levels, lifetime, hypers, hparams, m, seed, grid, objects,
+    lpg_params = train_population(lambda pv: lpg.objective(pv, lifetime), test_levels, lifetime, hypers, hparams, m, seed, grid, objects,
                                   device, progress_inputs=lpg.network.lifetime_conditioning)
     states = num_states(grid, objects)
     j_lpg = evaluate_population(adapter(TabularAgent(states, 5, m), num_levels, 1), lpg_params, test_levels, episodes,

@@ -8,10 +8,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+import rlmeta.agents.meta_test as meta_test_module
+from rlmeta.agents.build import build_agent, updates
 from rlmeta.agents.config import LPGConfig, MetaTrainConfig, TrainConfig
 from rlmeta.agents.learned import load_lpg
 from rlmeta.agents.meta_test import bootstrap_ratio_se, format_results, meta_test
@@ -205,3 +208,25 @@ def test_untrained_with_an_init_seed_keeps_the_levels(tmp_path):
     assert first["random_return"] == second["random_return"]  # same levels, same seed: only the init differs
     with pytest.raises(ValueError, match="must be an integer"):
         load_lpg("untrained:x")
+
+
+def test_a_ta_lpg_reads_the_lifetime_it_learns_for(tmp_path, monkeypatch):
+    """TA-LPG's log N is the lifetime of the agents it trains: the meta-test's, and a train run's updates."""
+    trainer = MetaTrainer(tiny(tmp_path, meta_steps=1, lpg=LPGConfig(gru_width=8, lifetime_conditioning=True)))
+    trainer.run()
+    path = str(tmp_path / "run" / "lpg.pt")
+    seen = []
+    original = meta_test_module.train_population
+
+    def recording(objective_for, *args, **kwargs):
+        seen.append(objective_for)
+        return original(objective_for, *args, **kwargs)
+
+    monkeypatch.setattr(meta_test_module, "train_population", recording)
+    meta_test(path, num_levels=2, lifetime=7, episodes=2, include_a2c=False)
+    lpg = load_lpg(path)
+    assert seen[0](adapter(TabularAgent(6 * 6 * 8, 5, lpg.network.target_width), 2, 16)).lifetime == 7
+    config = TrainConfig(env="envpool:CartPole-v1", algo="lpg", objective=path, num_envs=4, num_steps=8,
+                         total_steps=3200)
+    agent = build_agent(config, gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
+    assert agent.objective.lifetime == updates(config) == 100
