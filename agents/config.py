@@ -673,3 +673,88 @@ class MetaTrainConfig:
     def total_lifetime(self) -> int:
         """Agent updates per lifetime (``lifetime``, or groove's for the level set)."""
         return self.lifetime or LEVEL_LIFETIMES[self.levels]
+
+
+@dataclass
+class ESTrainConfig:
+    """Meta-train a learned objective (LPG or TA-LPG) by evolution strategies over whole agent lifetimes
+    (OpenES semantics, Jackson et al. 2024); on Ray workers with ``ray``."""
+
+    levels: str = "small"
+    """Level generator each candidate's agents draw their levels from (``rlmeta.envs.levels.GENERATORS``)."""
+    lifetime_min: int = 10
+    """Shortest agent lifetime (updates). Each generation draws one lifetime log-uniformly from
+    [lifetime_min, lifetime_max], shared by its candidates (TA-LPG learns to read it)."""
+    lifetime_max: int = 250
+    agents_per_candidate: int = 8
+    """Agents (each on its own level) a candidate trains for one lifetime; its fitness is their mean
+    normalised final return. Both members of an antithetic pair get the same levels and initial agents."""
+    popsize: int = 32
+    """Candidates per generation (even: antithetic pairs)."""
+    sigma: float = 0.1
+    """Standard deviation of the perturbations (groove's OpenES: 0.1)."""
+    lr: float = 1e-2
+    """Adam learning rate of the search distribution's center (groove's OpenES: 1e-2)."""
+    generations: int = 200
+    lpg: LPGConfig = field(default_factory=lambda: LPGConfig(gru_width=16))
+    """The LPG network (``lpg.lifetime_conditioning``: TA-LPG). A narrower GRU than meta-train's default:
+    ES's estimate degrades with the search space's dimension."""
+    envs_per_agent: int = 8
+    num_steps: int = 20
+    agent_lr: float = 40.0
+    prediction_lr: float = 4.0
+    value_lr: float = 4.0
+    agent_max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    critic_lambda: float = 0.95
+    eval_episodes: int = 8
+    """First episodes per agent after its lifetime (actions sampled from its policy)."""
+    chunk_size: int = 0
+    """Candidates per fitness call (one batched population, and one Ray task); 0: the whole population.
+    The same chunks run in process and on Ray, so both give identical results."""
+    ray: bool = False
+    """Evaluate chunks on Ray workers (a local Ray by default; see ray_address)."""
+    ray_address: str | None = None
+    """Join this Ray cluster (e.g. 'auto' or 'ray://host:10001') instead of starting a local one."""
+    ray_workers: int = 2
+    """CPUs of the local Ray started when ray_address is not given."""
+    seed: int = 0
+    device: str = "cpu"
+    torch_threads: int = 0
+    """Intra-op threads in process (fitness calls themselves run on one thread, as Ray workers do)."""
+    run_dir: str | None = None
+    """Where logs, config, checkpoints, the fitness curve and the learned LPG go (default: ``runs/es-...``)."""
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_interval: int = 5
+    """Write a checkpoint (ES state, curve, lpg.pt) every this many generations."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("lifetime_min", "lifetime_max", "agents_per_candidate", "popsize", "generations",
+                     "envs_per_agent", "num_steps", "eval_episodes", "ray_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("chunk_size", "torch_threads", "checkpoint_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.popsize % 2:
+            raise ValueError(f"popsize must be even (antithetic pairs), got {self.popsize}")
+        if self.chunk_size % 2:
+            raise ValueError(f"chunk_size must be even (a pair is evaluated in one call), got {self.chunk_size}")
+        if self.lifetime_min > self.lifetime_max:
+            raise ValueError(f"lifetime_min {self.lifetime_min} exceeds lifetime_max {self.lifetime_max}")
+        for name in ("sigma", "lr", "agent_lr", "prediction_lr", "value_lr", "agent_max_grad_norm"):
+            _positive(name, getattr(self, name))
+        for name in ("gamma", "critic_lambda"):
+            _unit(name, getattr(self, name))
+        if self.ray_address is not None and not self.ray:
+            raise ValueError("ray_address needs --ray")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resuming keeps the run, overwriting deletes it")
+        if self.resume and not self.run_dir:
+            raise ValueError("resume needs run_dir: the directory of the run to continue")

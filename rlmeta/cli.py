@@ -18,7 +18,7 @@ from typing import Annotated, Union
 
 import tyro
 
-from rlmeta.agents.config import MetaTrainConfig, TrainConfig, VarianceConfig, load_config
+from rlmeta.agents.config import ESTrainConfig, MetaTrainConfig, TrainConfig, VarianceConfig, load_config
 
 
 class InputError(SystemExit):
@@ -203,6 +203,31 @@ class Variance(VarianceConfig):
 
 
 @dataclass
+class ESTrain(ESTrainConfig):
+    """Meta-train LPG or TA-LPG by evolution strategies over whole agent lifetimes (--ray: on Ray workers)."""
+
+    def run(self) -> None:
+        from rlmeta.agents.es_train import ESTrainer, ESTrainingInterrupted  # deferred: loads torch
+
+        try:
+            trainer = ESTrainer(self)
+        except ValueError as error:
+            raise InputError("rlmeta es-train", error) from None
+        try:
+            summary = trainer.run()
+        except ESTrainingInterrupted as error:
+            print(f"rlmeta es-train: {error}", file=sys.stderr)
+            raise SystemExit(error.exit_code) from None
+        lines = [f"run: {summary['run_dir']}  ({summary['status']})",
+                 f"generations: {summary['generations']} in {summary['wall_clock_seconds']:.0f} s",
+                 f"learned LPG (the search's center): {summary['lpg']}"]
+        for key in ("fitness_first_tenth", "fitness_last_tenth"):
+            if key in summary:
+                lines.append(f"{key.replace('_', ' ')}: {summary[key]:.3f}")
+        print("\n".join(lines))
+
+
+@dataclass
 class MetaTrain(MetaTrainConfig):
     """Meta-train LPG on a population of grid-world agents (uniform levels or GROOVE's curriculum)."""
 
@@ -279,6 +304,7 @@ class MetaTest:
 Command = Union[
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[MetaTrain, tyro.conf.subcommand("meta-train")],
+    Annotated[ESTrain, tyro.conf.subcommand("es-train")],
     Annotated[MetaTest, tyro.conf.subcommand("meta-test")],
     Annotated[ListEnvs, tyro.conf.subcommand("envs")],
     Annotated[Variance, tyro.conf.subcommand("variance")],
@@ -293,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             command = parse_train(argv[1:])
         elif argv[:1] == ["meta-train"]:
             command = parse_with_defaults(argv[1:], MetaTrain, MetaTrainConfig, "rlmeta meta-train")
+        elif argv[:1] == ["es-train"]:
+            command = parse_with_defaults(argv[1:], ESTrain, ESTrainConfig, "rlmeta es-train")
         else:
             command = tyro.cli(Command, args=argv, prog="rlmeta")
     except ValueError as error:

@@ -1,0 +1,103 @@
+"""Meta-training LPG / TA-LPG by evolution strategies (``rlmeta es-train``): the lifetime fitness, the
+run directory, resume, Ray against in process, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from rlmeta.agents.config import ESTrainConfig, LPGConfig
+from rlmeta.agents.es_train import PAIR_SPACE, ESTrainer, LifetimeFitness, es_network, generation_lifetime
+from rlmeta.agents.learned import load_lpg
+from rlmeta.agents.meta_test import meta_test
+from rlmeta.cli import main
+
+TINY = dict(lifetime_min=2, lifetime_max=4, agents_per_candidate=2, popsize=4, generations=2, envs_per_agent=2,
+            num_steps=5, eval_episodes=2, lpg=LPGConfig(gru_width=4, embedding_width=3), checkpoint_interval=1,
+            progress=False, torch_threads=1)
+
+
+def tiny(tmp_path, name="run", **overrides) -> ESTrainConfig:
+    return ESTrainConfig(**{**TINY, "run_dir": str(tmp_path / name), **overrides})
+
+
+def test_es_training_writes_its_run_and_a_loadable_lpg(tmp_path):
+    summary = ESTrainer(tiny(tmp_path, lpg=LPGConfig(gru_width=4, embedding_width=3, lifetime_conditioning=True))).run()
+    run = tmp_path / "run"
+    assert summary["status"] == "completed" and summary["generations"] == 2
+    rows = list(csv.DictReader(open(run / "curve.csv")))
+    assert [int(r["generation"]) for r in rows] == [1, 2]
+    assert all(2 <= int(r["lifetime"]) <= 4 for r in rows)
+    assert all(float(r["fitness_min"]) <= float(r["fitness_mean"]) <= float(r["fitness_max"]) for r in rows)
+    lpg = load_lpg(str(run / "lpg.pt"))
+    assert lpg.network.lifetime_conditioning and lpg.network.gru_width == 4
+    initial = es_network(tiny(tmp_path)).init(0)
+    assert any(not torch.equal(lpg.params[k], initial[k].float()) for k in initial)  # the center moved
+    results = meta_test(str(run / "lpg.pt"), num_levels=2, lifetime=3, episodes=2, include_a2c=False)
+    assert "of_optimum" in results
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = ESTrainer(tiny(tmp_path, "straight", generations=3))
+    straight.run()
+    first = ESTrainer(tiny(tmp_path, "resumed", generations=2))
+    first.run()
+    resumed = ESTrainer(tiny(tmp_path, "resumed", generations=3, resume=True))
+    assert resumed.generation == 2
+    resumed.run()
+    for name, value in straight.es.center.items():
+        assert torch.equal(value, resumed.es.center[name]), name
+    assert straight.curve[-1]["fitness_mean"] == resumed.curve[-1]["fitness_mean"]
+    with pytest.raises(ValueError, match="cannot change"):
+        ESTrainer(tiny(tmp_path, "resumed", generations=4, popsize=6, resume=True))
+
+
+def test_pair_members_meet_the_same_levels_and_agents():
+    config = ESTrainConfig(**TINY)
+    fitness = LifetimeFitness(config)
+    candidates = [es_network(config).init(i) for i in range(4)]
+    seeds = [5 * PAIR_SPACE + 0, 5 * PAIR_SPACE + 0, 5 * PAIR_SPACE + 1, 5 * PAIR_SPACE + 1]
+    levels, params = fitness.setup(seeds)
+    per = config.agents_per_candidate
+    assert levels[:per] == levels[per:2 * per] != levels[2 * per:3 * per] == levels[3 * per:]
+    for name, table in params.items():
+        assert torch.equal(table[:per], table[per:2 * per]), name
+    assert not torch.equal(params["policy"][:per], params["policy"][2 * per:3 * per])  # random tables: seeded
+    assert fitness(candidates, seeds) == fitness(candidates, seeds)  # seeded: a call is deterministic
+    with pytest.raises(ValueError, match="one generation"):
+        fitness(candidates[:2], [PAIR_SPACE, 2 * PAIR_SPACE])
+
+
+def test_generation_lifetimes_are_log_uniform_in_range():
+    config = ESTrainConfig(**{**TINY, "lifetime_min": 10, "lifetime_max": 1000})
+    draws = [generation_lifetime(config, g) for g in range(400)]
+    assert min(draws) >= 10 and max(draws) <= 1000
+    below_100 = sum(d < 100 for d in draws) / len(draws)
+    assert 0.4 < below_100 < 0.6  # log-uniform: half the mass below the geometric midpoint
+
+
+def test_ray_gives_the_in_process_result(tmp_path):
+    local = ESTrainer(tiny(tmp_path, "local", chunk_size=2))
+    local.run()
+    remote = ESTrainer(tiny(tmp_path, "ray", chunk_size=2, ray=True, ray_workers=2))
+    remote.run()
+    for name, value in local.es.center.items():
+        assert torch.equal(value, remote.es.center[name]), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--popsize", "5"], "popsize must be even"),
+    (["--chunk-size", "3"], "chunk_size must be even"),
+    (["--lifetime-min", "50", "--lifetime-max", "10"], "exceeds lifetime_max"),
+    (["--ray-address", "auto"], "ray_address needs --ray"),
+    (["--levels", "nope"], "unknown levels 'nope'"),
+])
+def test_bad_es_train_input_exits_2_before_work(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["es-train", "--run-dir", str(tmp_path / "run"), *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
