@@ -216,8 +216,7 @@ class ESTrainer:
         lifetime = generation_lifetime(self.config, generation_seed)
         self.generation += 1
         row = {"generation": self.generation, "lifetime": lifetime, "fitness_mean": float(fitness.mean()),
-               "fitness_max": float(fitness.max()), "fitness_min": float(fitness.min()),
-               "wall_seconds": round(self.wall_seconds, 1)}
+               "fitness_max": float(fitness.max()), "fitness_min": float(fitness.min()), "wall_seconds": math.nan}
         self.curve.append(row)
         return {"es/fitness_mean": row["fitness_mean"], "es/fitness_max": row["fitness_max"],
                 "es/lifetime": float(lifetime), **{f"es/{k}": float(v) for k, v in metrics.items()}}
@@ -268,6 +267,7 @@ class ESTrainer:
                 while self.generation < c.generations:
                     metrics = self.step()
                     self.wall_seconds = base + time.perf_counter() - started
+                    self.curve[-1]["wall_seconds"] = round(self.wall_seconds, 1)
                     for key, value in metrics.items():
                         if math.isfinite(value):
                             self.writer.add_scalar(key, value, self.generation)
