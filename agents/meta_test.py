@@ -65,8 +65,16 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
     hypers = lpg.hypers
     hparams = {"gamma": hypers.gamma}
     m = lpg.network.target_width
-    lpg_params = train_population(lambda pv: lpg.objective(pv, lifetime), test_levels, lifetime, hypers, hparams, m, seed, grid, objects,
-                                  device, progress_inputs=lpg.network.lifetime_conditioning)
+    schedule: dict[str, list[float]] = {"progress": [], "pi_hat_rms": [], "entropy": []}
+
+    def record(step: int, metrics: dict[str, float]) -> None:  # what LPG does over the lifetime
+        schedule["progress"].append(step / lifetime)
+        schedule["pi_hat_rms"].append(math.sqrt(metrics["pi_hat_l2"]))
+        schedule["entropy"].append(metrics["entropy"])
+
+    lpg_params = train_population(lambda pv: lpg.objective(pv, lifetime), test_levels, lifetime, hypers, hparams, m,
+                                  seed, grid, objects, device, progress_inputs=lpg.network.lifetime_conditioning,
+                                  on_update=record)
     states = num_states(grid, objects)
     j_lpg = evaluate_population(adapter(TabularAgent(states, 5, m), num_levels, 1), lpg_params, test_levels, episodes,
                                 seed + 1, grid, objects)
@@ -105,7 +113,30 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
     )
     if include_a2c:
         out["a2c_of_optimum"] = _mean_se((j_a2c - j_rand)[ok] / span[ok])
+    out["schedule"] = schedule
+    if lifetime >= 3:
+        out["spearman_progress"] = {name: spearman(schedule["progress"], schedule[name])
+                                    for name in ("pi_hat_rms", "entropy")}
     return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (average ranks for ties); 0 where one is constant."""
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=np.float64)
+    for value in np.unique(values):  # ties share their mean rank
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
 
 
 def _mean_se(values: np.ndarray) -> dict[str, float]:
@@ -127,6 +158,10 @@ def format_results(results: dict[str, Any]) -> str:
              f"+- {results['of_optimum']['se']:.3f}"
              + (f", A2C {results['a2c_of_optimum']['mean']:.3f} +- {results['a2c_of_optimum']['se']:.3f}"
                 if "a2c_of_optimum" in results else "")]
+    if "spearman_progress" in results:
+        rho = results["spearman_progress"]
+        lines.append(f"over the lifetime, Spearman's rho of n/N with LPG's RMS pi_hat {rho['pi_hat_rms']:+.2f}, "
+                     f"with the policy's entropy {rho['entropy']:+.2f}")
     if "normalized_score" in results:
         lines.append(f"normalized score: {results['normalized_score']:.3f} +- {results['normalized_score_se']:.3f}")
     return "\n".join(lines)
@@ -140,4 +175,4 @@ def write_results(results: dict[str, Any], path: Path, overwrite: bool) -> None:
     atomic_json(results, path)
 
 
-__all__ = ["LearnedLPG", "format_results", "load_lpg", "meta_test", "shipped_objectives", "write_results"]
+__all__ = ["LearnedLPG", "format_results", "load_lpg", "meta_test", "shipped_objectives", "spearman", "write_results"]

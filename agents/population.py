@@ -174,11 +174,13 @@ def _first_episode_returns(env: GridVectorEnv, act: Callable[[Tensor], Tensor], 
 def train_population(objective_for: Callable[[PolicyValue], Objective], levels: Sequence[Level], lifetime: int,
                      hypers: TabularHypers, hparams: dict[str, Any], prediction: int, seed: int,
                      max_grid_size: int, max_objects: int, device: str = "cpu",
-                     progress_inputs: bool = False) -> dict[str, Tensor]:
+                     progress_inputs: bool = False,
+                     on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Tensor]:
     """Train one fresh agent per level for ``lifetime`` updates with a fixed objective; its final tables.
 
     ``objective_for(adapter)`` builds the objective (``A2C`` for the reference agents, ``LPG`` with
-    trained parameters for a meta-test); ``hparams`` are its hyperparameters.
+    trained parameters for a meta-test); ``hparams`` are its hyperparameters. ``on_update(n, metrics)``
+    receives each update's loss metrics (e.g. LPG's ``pi_hat_l2`` and ``entropy`` over a lifetime).
     """
     num_agents = len(levels)
     states = num_states(max_grid_size, max_objects)
@@ -194,8 +196,10 @@ def train_population(objective_for: Callable[[PolicyValue], Objective], levels: 
     try:
         for step in range(lifetime):
             rollout = population.collect(params)
-            params, state, _ = update(objective, optimizer, params, state, rollout, hparams,
-                                      progress=step / lifetime if progress_inputs else 0.0)
+            params, state, metrics = update(objective, optimizer, params, state, rollout, hparams,
+                                            progress=step / lifetime if progress_inputs else 0.0)
+            if on_update is not None:
+                on_update(step, metrics)
     finally:
         population.close()
     return {k: v.detach() for k, v in params.items()}

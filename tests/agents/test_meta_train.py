@@ -17,7 +17,7 @@ import rlmeta.agents.meta_test as meta_test_module
 from rlmeta.agents.build import build_agent, updates
 from rlmeta.agents.config import LPGConfig, MetaTrainConfig, TrainConfig
 from rlmeta.agents.learned import load_lpg
-from rlmeta.agents.meta_test import bootstrap_ratio_se, format_results, meta_test
+from rlmeta.agents.meta_test import bootstrap_ratio_se, format_results, meta_test, spearman
 from rlmeta.agents.meta_train import MetaTrainer, MetaTrainingInterrupted
 from rlmeta.agents.networks import TabularAgent
 from rlmeta.agents.population import GridPopulation, adapter, initial_params
@@ -230,3 +230,25 @@ def test_a_ta_lpg_reads_the_lifetime_it_learns_for(tmp_path, monkeypatch):
                          total_steps=3200)
     agent = build_agent(config, gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
     assert agent.objective.lifetime == updates(config) == 100
+
+
+def test_spearman_against_hand_values_and_scipy():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [8, 1, 0.5, 0.1]) == pytest.approx(-1.0)  # monotone, not linear
+    assert spearman([1, 2, 3], [5, 5, 5]) == 0.0
+    # ties: ranks of y = [1, 2.5, 2.5, 4] -> Pearson with [1, 2, 3, 4] = 4.5 / sqrt(5 * 4.5)
+    assert spearman([1, 2, 3, 4], [0, 1, 1, 2]) == pytest.approx(4.5 / (5 * 4.5) ** 0.5)
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=50), rng.integers(0, 5, size=50).astype(float)
+    assert spearman(list(x), list(y)) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def test_meta_test_records_what_lpg_does_over_the_lifetime():
+    results = meta_test("untrained", num_levels=2, lifetime=5, episodes=2, include_a2c=False)
+    schedule = results["schedule"]
+    assert schedule["progress"] == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert len(schedule["pi_hat_rms"]) == len(schedule["entropy"]) == 5
+    assert all(v >= 0 for v in schedule["pi_hat_rms"])
+    assert set(results["spearman_progress"]) == {"pi_hat_rms", "entropy"}
+    assert "Spearman" in format_results(results)
