@@ -16,7 +16,7 @@ import torch
 
 from rlmeta.agents.actor import make_policy_value
 from rlmeta.agents.config import MetaConfig, OptimizerConfig, TrainConfig, VTraceConfig
-from rlmeta.agents.learned import load_lpg, load_lpo
+from rlmeta.agents.learned import LearnedLPO, load_lpg, load_lpo
 from rlmeta.agents.networks import ActorCritic
 from rlmeta.catalog import learning_start
 from rlmeta.hparams import MetaParams
@@ -92,9 +92,10 @@ def policy_values(config: TrainConfig, net: ActorCritic) -> tuple[PolicyValue, P
     return learner, learner.reading(value="outer_value")
 
 
-def build_objective(config: TrainConfig, policy_value: PolicyValue) -> Objective:
+def build_objective(config: TrainConfig, policy_value: PolicyValue, lpo: LearnedLPO | None = None) -> Objective:
     """The objective ``config.algo`` names, from its section of the config (with the outer critic's term
-    if ``meta.outer_critic``: pass the learner's adapter of :func:`policy_values`)."""
+    if ``meta.outer_critic``: pass the learner's adapter of :func:`policy_values`). ``lpo``: for algo
+    lpo, this drift instead of ``config.objective``'s (e.g. an evolution-strategies candidate)."""
     critic = outer_critic(config.meta)
     if config.algo == "ppo":
         p = config.ppo
@@ -107,7 +108,8 @@ def build_objective(config: TrainConfig, policy_value: PolicyValue) -> Objective
         if config.algo == "dpo":
             return DPO(policy_value, clip=p.clip, **options)
         # TA-LPO reads n/N from the learner's progress; N (total env steps) only for its log N inputs
-        return load_lpo(config.objective, clip=p.clip).objective(policy_value, lifetime=config.total_steps, **options)
+        drift = lpo if lpo is not None else load_lpo(config.objective, clip=p.clip)
+        return drift.objective(policy_value, lifetime=config.total_steps, **options)
     if config.algo == "vtrace":
         v = config.vtrace
         return VTraceActorCritic(policy_value, rho_bar=v.rho_bar, c_bar=v.c_bar, pg_rho_bar=v.pg_rho_bar,
@@ -121,8 +123,9 @@ def updates(config: TrainConfig) -> int:
 
 
 def build_agent(config: TrainConfig, observation_space: gym.Space, action_space: gym.Space,
-                device: torch.device | str = "cpu") -> Agent:
-    """Every part of the agent ``config`` describes, for these spaces, on ``device``."""
+                device: torch.device | str = "cpu", lpo: LearnedLPO | None = None) -> Agent:
+    """Every part of the agent ``config`` describes, for these spaces, on ``device`` (``lpo``: see
+    :func:`build_objective`)."""
     if config.algo == "lpg":  # a learned objective: the network needs its prediction head
         lpg = load_lpg(config.objective)
         if not isinstance(action_space, gym.spaces.Discrete):
@@ -133,7 +136,7 @@ def build_agent(config: TrainConfig, observation_space: gym.Space, action_space:
                      build_optimizer(config.optimizer))
     net = build_network(config, observation_space, action_space).to(device)
     learner, outer = policy_values(config, net)
-    return Agent(net, learner, outer, build_objective(config, learner),
+    return Agent(net, learner, outer, build_objective(config, learner, lpo),
                  build_optimizer(config.optimizer, differentiable=config.meta.enabled))
 
 

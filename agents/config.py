@@ -676,10 +676,33 @@ class MetaTrainConfig:
 
 
 @dataclass
-class ESTrainConfig:
-    """Meta-train a learned objective (LPG or TA-LPG) by evolution strategies over whole agent lifetimes
-    (OpenES semantics, Jackson et al. 2024); on Ray workers with ``ray``."""
+class LPOConfig:
+    """The LPO drift network (Lu et al. 2022) an ES run searches over."""
 
+    hidden: int = 128
+    """tanh units of its one hidden layer, no biases (the reference's 128)."""
+    lifetime_conditioning: bool = False
+    """TA-LPO (Jackson et al. 2024): also the inputs scaled by n/N."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1:
+            raise ValueError(f"lpo.hidden must be an integer >= 1, got {self.hidden!r}")
+
+
+@dataclass
+class ESTrainConfig:
+    """Meta-train a learned objective (LPG or TA-LPG on grid worlds; LPO or TA-LPO with PPO inner loops on
+    any env) by evolution strategies over whole agent lifetimes (OpenES semantics, Jackson et al. 2024);
+    on Ray workers with ``ray``."""
+
+    objective: Literal["lpg", "lpo"] = "lpg"
+    """lpg: LPG's network over tabular grid-world lifetimes; lpo: LPO's drift over PPO lifetimes (inner_config)."""
+    inner_config: str = "configs/cartpole_ppo.toml"
+    """objective lpo: the training config of one lifetime (its algo becomes lpo, the drift the candidate)."""
+    inner_steps: int = 0
+    """objective lpo: env steps of one lifetime (0: the inner config's total_steps); fitness is the greedy
+    evaluation return after it (the inner config's eval_episodes)."""
+    lpo: LPOConfig = field(default_factory=LPOConfig)
     levels: str = "small"
     """Level generator each candidate's agents draw their levels from (``rlmeta.envs.levels.GENERATORS``)."""
     lifetime_min: int = 10
@@ -736,10 +759,12 @@ class ESTrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("chunk_size", "torch_threads", "checkpoint_interval"):
+        for name in ("chunk_size", "torch_threads", "checkpoint_interval", "inner_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.objective not in ("lpg", "lpo"):
+            raise ValueError(f"objective must be 'lpg' or 'lpo', got {self.objective!r}")
         if self.popsize % 2:
             raise ValueError(f"popsize must be even (antithetic pairs), got {self.popsize}")
         if self.chunk_size % 2:

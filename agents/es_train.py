@@ -1,11 +1,13 @@
-"""Meta-training LPG or TA-LPG by evolution strategies over whole agent lifetimes: ``rlmeta es-train``.
+"""Meta-training learned objectives by evolution strategies over whole agent lifetimes: ``rlmeta es-train``.
 
 Jackson et al. 2024 ("Discovering Temporally-Aware Reinforcement Learning Algorithms") find that
 meta-gradients through a few updates do not discover rules that depend on the agent's training
-progress, while evolution strategies over whole lifetimes do. Here the search space is an LPG
-network's parameter tree (``--lpg.lifetime-conditioning``: TA-LPG, which also reads n/N and log N),
-the engine is :class:`rlmeta.es.OpenES` (antithetic pairs, centered ranks, Adam on the center), and
-a candidate's fitness is one agent lifetime:
+progress, while evolution strategies over whole lifetimes do. The engine is
+:class:`rlmeta.es.OpenES` (antithetic pairs, centered ranks, Adam on the center); the search space
+is a learned objective's parameter tree, and a candidate's fitness is one agent lifetime.
+
+``--objective lpg``: LPG's network (``--lpg.lifetime-conditioning``: TA-LPG, which also reads n/N
+and log N) on the LPG/GROOVE grid worlds:
 
 * every generation draws one lifetime N log-uniformly from ``[lifetime_min, lifetime_max]``;
 * each candidate trains ``agents_per_candidate`` fresh tabular agents (groove's), each on its own
@@ -18,18 +20,28 @@ a candidate's fitness is one agent lifetime:
 
 Candidates are evaluated in chunks (``chunk_size``), each chunk one batched population whose
 agents are split among its candidates (:class:`~rlmeta.objectives.lpg.LPG` with grouped
-parameters): the in-process fast path. ``--ray`` sends the same chunks to Ray workers, so both
-give identical results; a chunk whose worker dies is re-run by Ray.
+parameters): the in-process fast path.
+
+``--objective lpo``: LPO's drift network (``--lpo.lifetime-conditioning``: TA-LPO), starting at its
+PPO-clip initialisation; a candidate's fitness is the greedy evaluation return of a PPO agent
+trained for one lifetime of ``inner_config`` (e.g. ``configs/cartpole_ppo.toml``, ``inner_steps``
+env steps) with the candidate's drift in place of the clip, both members of a pair on the pair's
+seed (one lifetime after another: PPO populations are not batched yet).
+
+``--ray`` sends the same chunks to Ray workers, so both give identical results; a chunk whose
+worker dies is re-run by Ray.
 
 The run directory holds ``config.json``, ``curve.csv`` (one row per generation: its lifetime
-and the population's fitness mean, max and min), TensorBoard events,
-``checkpoints/`` (the ES state; ``--resume``; Ctrl-C and SIGTERM write one) and ``lpg.pt`` (the
-center: ``rlmeta meta-test``, ``rlmeta train --algo lpg --objective``).
+and the population's fitness mean, max and min), TensorBoard events, ``checkpoints/`` (the ES
+state; ``--resume``; Ctrl-C and SIGTERM write one) and the center as a learned objective:
+``lpg.pt`` (``rlmeta meta-test``, ``rlmeta train --algo lpg --objective``) or ``lpo.pt``
+(``rlmeta train --algo lpo --objective``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import time
@@ -41,8 +53,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from rlmeta.agents.config import ESTrainConfig, load_config, save_config, to_dict
-from rlmeta.agents.learned import LPG_FORMAT
+from rlmeta.agents.build import build_agent
+from rlmeta.agents.config import ESTrainConfig, TrainConfig, load_config, save_config, to_dict
+from rlmeta.agents.learned import LPG_FORMAT, LearnedLPO, save_lpo
+from rlmeta.agents.lifetime import lifetime, make_env
 from rlmeta.agents.networks import TabularAgent
 from rlmeta.agents.population import (
     GridPopulation, TabularHypers, adapter, evaluate_population, initial_params, num_states,
@@ -56,12 +70,14 @@ from rlmeta.envs.levels import GENERATORS, optimal_return, sample_levels
 from rlmeta.es import InProcessEvaluator, OpenES, RayEvaluator
 from rlmeta.learner import update
 from rlmeta.objectives.lpg import LPG, LPGNetwork
+from rlmeta.objectives.lpo import LPONetwork
 
 CHECKPOINT_VERSION = 1
-LPG_FILE = "lpg.pt"
+OBJECTIVE_FILES = {"lpg": "lpg.pt", "lpo": "lpo.pt"}
 PAIR_SPACE = 1 << 20  # an evaluation seed is generation_seed * PAIR_SPACE + pair
 MIN_SPAN = 0.05  # levels whose optimum beats random by less count in no fitness (noise / noise), as in meta-train
-RESUME_FIXED = ("levels", "popsize", "lpg", "agents_per_candidate", "envs_per_agent", "num_steps", "chunk_size")
+RESUME_FIXED = ("objective", "levels", "popsize", "lpg", "lpo", "inner_config", "inner_steps", "agents_per_candidate",
+                "envs_per_agent", "num_steps", "chunk_size")
 CURVE_FIELDS = ("generation", "lifetime", "fitness_mean", "fitness_max", "fitness_min", "wall_seconds")
 
 
@@ -73,11 +89,29 @@ class ESTrainingInterrupted(RuntimeError):
         self.exit_code = exit_code
 
 
-def es_network(config: ESTrainConfig) -> LPGNetwork:
-    """The LPG network an ES config searches over."""
+def es_network(config: ESTrainConfig, inner: TrainConfig | None = None) -> LPGNetwork | LPONetwork:
+    """The network an ES config searches over: LPG's, or LPO's drift (PPO-clip at ``inner``'s clip)."""
+    if config.objective == "lpo":
+        clip = (inner or inner_train_config(config)).ppo.clip
+        return LPONetwork(hidden=config.lpo.hidden, ppo_clip=clip, lifetime_conditioning=config.lpo.lifetime_conditioning)
     c = config.lpg
     return LPGNetwork(target_width=c.target_width, embedding_width=c.embedding_width, gru_width=c.gru_width,
                       inputs_gamma=c.inputs_gamma, lifetime_conditioning=c.lifetime_conditioning)
+
+
+def inner_train_config(config: ESTrainConfig) -> TrainConfig:
+    """objective lpo: one lifetime's training config (``inner_config`` with algo lpo, no early stop, no run
+    directory, ``inner_steps``); refused with a reason where a lifetime cannot be a fitness."""
+    inner = load_config(config.inner_config, TrainConfig)
+    if inner.meta.enabled or inner.mode != "sync":
+        raise ValueError(f"inner_config {config.inner_config!r}: an ES lifetime trains in sync mode without "
+                         "meta-gradients (remove meta.learn, mode async)")
+    if inner.algo not in ("ppo", "lpo"):
+        raise ValueError(f"inner_config {config.inner_config!r} trains {inner.algo!r}; LPO replaces PPO's clip, so "
+                         "the inner config must be a PPO (or LPO) config")
+    return dataclasses.replace(inner, algo="lpo", objective=None, target_return=None, run_dir=None, resume=False,
+                               overwrite=False, torch_threads=1, progress=False,
+                               total_steps=config.inner_steps or inner.total_steps)
 
 
 def es_hypers(config: ESTrainConfig) -> TabularHypers:
@@ -165,15 +199,49 @@ def _stack(trees: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([t[k].detach() for t in trees]) for k in trees[0]}
 
 
+class LPOLifetimeFitness:
+    """The fitness of LPO drift candidates: the greedy evaluation return of a PPO agent trained for one
+    lifetime (``inner``) with the candidate's drift in place of PPO's clip (picklable). Both members of
+    a pair train with the pair's seed: the same envs, initial network and action-sampling seed."""
+
+    def __init__(self, config: ESTrainConfig, inner: TrainConfig):
+        self.config, self.inner = config, inner
+        self.network = es_network(config, inner)
+
+    def __call__(self, candidates: Sequence[dict[str, torch.Tensor]], seeds: Sequence[int]) -> list[float]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same arithmetic in process and on Ray workers (one thread each)
+        try:
+            with torch.random.fork_rng(devices=[]):  # lifetime() seeds torch's generator itself
+                return [self._one(candidate, seed) for candidate, seed in zip(candidates, seeds)]
+        finally:
+            torch.set_num_threads(threads)
+
+    def _one(self, candidate: dict[str, torch.Tensor], seed: int) -> float:
+        config = dataclasses.replace(self.inner, seed=seed % (2**31 - 1))
+        probe = make_env(config, config.seed, num_envs=1)
+        try:
+            spaces = probe.single_observation_space, probe.single_action_space
+        finally:
+            probe.close()
+        drift = LearnedLPO(self.network, {k: v.detach().float() for k, v in candidate.items()}, "es candidate", {})
+        agent = build_agent(config, *spaces, config.device, lpo=drift)
+        result = lifetime(config, agent=agent, evaluate_at_end=True)
+        return float(result.evaluation["return_mean"])
+
+
 class ESTrainer:
     """One ES meta-training run: the search, its evaluator, and the run directory (see the module docstring)."""
 
     def __init__(self, config: ESTrainConfig):
-        if config.levels not in GENERATORS:
+        if config.objective == "lpg" and config.levels not in GENERATORS:
             raise ValueError(f"unknown levels {config.levels!r}; known: {sorted(GENERATORS)}")
         check_device(config.device)
+        inner = inner_train_config(config) if config.objective == "lpo" else None
+        conditioned = config.lpo.lifetime_conditioning if inner else config.lpg.lifetime_conditioning
+        name = f"{'ta-' if conditioned else ''}{config.objective}"
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(
-            f"es-{'ta-lpg' if config.lpg.lifetime_conditioning else 'lpg'}-{config.levels}-s{config.seed}")
+            f"es-{name}-{Path(config.inner_config).stem if inner else config.levels}-s{config.seed}")
         if config.resume:
             saved = load_config(run_dir / "config.json", ESTrainConfig)
             changed = [k for k in RESUME_FIXED if to_dict(saved).get(k) != to_dict(config).get(k)]
@@ -183,8 +251,9 @@ class ESTrainer:
             check_new_run_dir(run_dir, config.overwrite)
         self.config, self.run_dir = config, run_dir
         set_threads(config.torch_threads)
-        self.network = es_network(config)
-        self.fitness = LifetimeFitness(config)
+        self.network = es_network(config, inner)
+        self.fitness = LPOLifetimeFitness(config, inner) if inner else LifetimeFitness(config)
+        self.objective_file = run_dir / OBJECTIVE_FILES[config.objective]
         self.es = OpenES(self.network.init(config.seed), popsize=config.popsize, sigma=config.sigma, lr=config.lr,
                          seed=config.seed)
         self.generation, self.wall_seconds, self.curve = 0, 0.0, []
@@ -231,21 +300,27 @@ class ESTrainer:
         writer.writeheader()
         writer.writerows(self.curve)
         atomic_text(out.getvalue(), self.run_dir / "curve.csv")
-        self.save_lpg(self.run_dir / LPG_FILE)
+        self.save_objective()
         return path
 
-    def save_lpg(self, path: Path) -> None:
-        """The center of the search as a learned LPG (``rlmeta meta-test``, ``rlmeta train --algo lpg``)."""
-        atomic_save({"format": LPG_FORMAT, "network": to_dict(self.network),
-                     "params": {k: v.detach().float().cpu() for k, v in self.es.center.items()},
+    def save_objective(self) -> None:
+        """The center of the search as a learned objective: ``lpg.pt`` (``rlmeta meta-test``, ``rlmeta train
+        --algo lpg --objective``) or ``lpo.pt`` (``rlmeta train --algo lpo --objective``)."""
+        center = {k: v.detach().float().cpu() for k, v in self.es.center.items()}
+        if self.config.objective == "lpo":
+            partial = self.objective_file.with_name(self.objective_file.name + ".tmp")
+            save_lpo(partial, self.network, center, generation=self.generation, config=to_dict(self.config))
+            partial.replace(self.objective_file)
+            return
+        atomic_save({"format": LPG_FORMAT, "network": to_dict(self.network), "params": center,
                      "target_cost": self.config.lpg.target_cost, "meta_step": self.generation,
-                     "config": to_dict(self.config)}, path)
+                     "config": to_dict(self.config)}, self.objective_file)
 
     def summary(self, status: str, message: str = "") -> dict[str, Any]:
         """``summary.json``: status, generations, wall clock, first and last tenth of the fitness curve."""
         out: dict[str, Any] = {"status": status, "generations": self.generation,
                                "wall_clock_seconds": round(self.wall_seconds, 1), "run_dir": str(self.run_dir),
-                               "lpg": str(self.run_dir / LPG_FILE)}
+                               "objective_file": str(self.objective_file)}
         if len(self.curve) >= 2:
             tenth = max(len(self.curve) // 10, 1)
             for name, rows in (("first", self.curve[:tenth]), ("last", self.curve[-tenth:])):

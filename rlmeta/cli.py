@@ -204,7 +204,7 @@ class Variance(VarianceConfig):
 
 @dataclass
 class ESTrain(ESTrainConfig):
-    """Meta-train LPG or TA-LPG by evolution strategies over whole agent lifetimes (--ray: on Ray workers)."""
+    """Meta-train LPG or TA-LPG (grid worlds), LPO or TA-LPO (PPO lifetimes) by evolution strategies (--ray: on Ray)."""
 
     def run(self) -> None:
         from rlmeta.agents.es_train import ESTrainer, ESTrainingInterrupted  # deferred: loads torch
@@ -220,7 +220,7 @@ class ESTrain(ESTrainConfig):
             raise SystemExit(error.exit_code) from None
         lines = [f"run: {summary['run_dir']}  ({summary['status']})",
                  f"generations: {summary['generations']} in {summary['wall_clock_seconds']:.0f} s",
-                 f"learned LPG (the search's center): {summary['lpg']}"]
+                 f"learned objective (the search's center): {summary['objective_file']}"]
         for key in ("fitness_first_tenth", "fitness_last_tenth"):
             if key in summary:
                 lines.append(f"{key.replace('_', ' ')}: {summary[key]:.3f}")

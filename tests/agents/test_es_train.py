@@ -1,5 +1,5 @@
-"""Meta-training LPG / TA-LPG by evolution strategies (``rlmeta es-train``): the lifetime fitness, the
-run directory, resume, Ray against in process, and bad input."""
+"""Meta-training LPG / TA-LPG and LPO / TA-LPO by evolution strategies (``rlmeta es-train``): the lifetime
+fitnesses, the run directory, resume, Ray against in process, and bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from rlmeta.agents.config import ESTrainConfig, LPGConfig
+from rlmeta.agents.config import ESTrainConfig, LPGConfig, LPOConfig
 from rlmeta.agents.es_train import PAIR_SPACE, ESTrainer, LifetimeFitness, es_network, generation_lifetime
-from rlmeta.agents.learned import load_lpg
+from rlmeta.agents.learned import load_lpg, load_lpo
 from rlmeta.agents.meta_test import meta_test
 from rlmeta.cli import main
 
@@ -100,4 +100,51 @@ def test_bad_es_train_input_exits_2_before_work(tmp_path, capsys, args, message)
     with pytest.raises(SystemExit) as stop:
         main(["es-train", "--run-dir", str(tmp_path / "run"), *args])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def lpo_inner(tmp_path):
+    path = tmp_path / "inner.toml"
+    path.write_text('env = "envpool:CartPole-v1"\nalgo = "ppo"\nnum_envs = 4\nnum_steps = 32\ntotal_steps = 256\n'
+                    'eval_episodes = 2\n[ppo]\nepochs = 2\nminibatches = 2\n')
+    return str(path)
+
+
+def test_lpo_by_es_writes_a_drift_that_trains(tmp_path, capsys):
+    config = tiny(tmp_path, objective="lpo", inner_config=lpo_inner(tmp_path), lpo=LPOConfig(hidden=8,
+                  lifetime_conditioning=True), generations=2, checkpoint_interval=1)
+    summary = ESTrainer(config).run()
+    drift = load_lpo(summary["objective_file"])
+    assert drift.network.lifetime_conditioning and drift.network.hidden == 8
+    assert float(drift.params["out.weight"].abs().sum()) > 0  # the center left the PPO initialisation
+    main(["train", "--env", "envpool:CartPole-v1", "--algo", "lpo", "--objective", summary["objective_file"],
+          "--total-steps", "512", "--num-envs", "4", "--num-steps", "32", "--run-dir", str(tmp_path / "train"),
+          "--no-progress", "--torch-threads", "1"])
+    assert json.loads((tmp_path / "train" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_lpo_fitness_is_deterministic_and_resume_is_exact(tmp_path):
+    inner = lpo_inner(tmp_path)
+    straight = ESTrainer(tiny(tmp_path, "straight", objective="lpo", inner_config=inner, generations=2,
+                              lpo=LPOConfig(hidden=4)))
+    straight.run()
+    first = ESTrainer(tiny(tmp_path, "resumed", objective="lpo", inner_config=inner, generations=1,
+                           lpo=LPOConfig(hidden=4)))
+    first.run()
+    resumed = ESTrainer(tiny(tmp_path, "resumed", objective="lpo", inner_config=inner, generations=2,
+                             lpo=LPOConfig(hidden=4), resume=True))
+    resumed.run()
+    for name, value in straight.es.center.items():
+        assert torch.equal(value, resumed.es.center[name]), name
+
+
+@pytest.mark.parametrize("text, message", [
+    ('env = "envpool:CartPole-v1"\nalgo = "a2c"\n', "must be a PPO"),
+    ('env = "envpool:CartPole-v1"\nalgo = "ppo"\n[meta]\nlearn = ["gamma"]\n', "without meta-gradients"),
+])
+def test_lpo_inner_configs_that_cannot_be_a_fitness_are_refused(tmp_path, text, message):
+    path = tmp_path / "inner.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        ESTrainer(tiny(tmp_path, objective="lpo", inner_config=str(path)))
     assert not (tmp_path / "run").exists()
