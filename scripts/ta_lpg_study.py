@@ -5,7 +5,9 @@
     python scripts/ta_lpg_study.py report                 # -> results/ta_lpg/
 
 Arms (``rlmeta es-train``, same settings but the lifetime inputs): ``lpg-es`` (LPG) and ``ta-lpg-es``
-(TA-LPG: LPG reading n/N and log N). Scale, set for a 2-core CPU: 32 candidates (16 antithetic
+(TA-LPG: LPG reading n/N and log N); beside them ``ta-lpg-metagrad``, TA-LPG meta-trained by
+meta-gradients through K = 5 updates (``rlmeta meta-train``, 2,000 meta-updates, lifetime 250), where
+the paper expects no time dependence. Scale, set for a 2-core CPU: 32 candidates (16 antithetic
 pairs), 8 tabular agents each on its own ``small`` level, 8 sub-envs per agent, lifetimes drawn
 log-uniformly in [10, 250] per generation, a GRU of 16 units (groove's LPG: 256), ``GENERATIONS``
 generations. Runs live in ``runs/ta-lpg-study/`` (not committed). ``test`` meta-tests each finished
@@ -34,6 +36,9 @@ TEST_LEVELS = 64
 GENERATIONS = 300
 ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"]}
 SEEDS = (0,)
+METAGRAD = {"ta-lpg-metagrad": ["--levels", "small", "--meta-steps", "2000", "--meta-lr", "3e-4", "--lifetime", "250",
+                                "--lpg.gru-width", "16", "--lpg.lifetime-conditioning", "--checkpoint-interval", "50",
+                                "--no-progress", "--torch-threads", "1"]}
 COMMON = ["--levels", "small", "--popsize", "32", "--agents-per-candidate", "8", "--envs-per-agent", "8",
           "--lifetime-min", "10", "--lifetime-max", "250", "--lpg.gru-width", "16", "--checkpoint-interval", "5",
           "--no-progress", "--torch-threads", "1"]
@@ -51,6 +56,11 @@ def finished(path: Path, generations: int) -> bool:
     return data.get("status") == "completed" and data.get("generations", 0) >= generations
 
 
+def _completed(path: Path) -> bool:
+    summary = path / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+
+
 def train(parallel: int, generations: int) -> None:
     """Run (or resume) every arm x seed to ``generations``, ``parallel`` at a time."""
     jobs = []
@@ -66,6 +76,13 @@ def train(parallel: int, generations: int) -> None:
             else:
                 args += [*COMMON, *extra, "--seed", str(seed)]
             jobs.append((f"{arm}-s{seed}", args))
+        for arm, options in METAGRAD.items():
+            path = run_dir(arm, seed)
+            if _completed(path):
+                continue
+            args = [sys.executable, "-m", "rlmeta.cli", "meta-train", "--run-dir", str(path)]
+            resume = (path / "checkpoints" / "latest.pt").is_file()
+            jobs.append((f"{arm}-s{seed}", args + (["--resume"] if resume else [*options, "--seed", str(seed)])))
     RUNS.mkdir(parents=True, exist_ok=True)
     running: list[tuple[subprocess.Popen, str]] = []
     while jobs or running:
@@ -87,9 +104,10 @@ def test(parallel: int, generations: int) -> None:
     jobs = []
     for lifetime in LIFETIMES:
         for seed in SEEDS:
-            for arm in ARMS:
+            for arm in (*ARMS, *METAGRAD):
                 path, out = run_dir(arm, seed), RESULTS / f"meta_test-{arm}-s{seed}-{lifetime}.json"
-                if finished(path, generations) and not out.is_file():
+                done = finished(path, generations) if arm in ARMS else _completed(path)
+                if done and not out.is_file():
                     jobs.append((f"{arm}-s{seed} at {lifetime}", [
                         sys.executable, "-m", "rlmeta.cli", "meta-test", str(path / "lpg.pt"), "--levels", "small",
                         "--num-levels", str(TEST_LEVELS), "--lifetime", str(lifetime), "--out", str(out),
@@ -114,10 +132,10 @@ def report() -> None:
              "## Meta-test: normalised score (J - J_random) / (J_A2C - J_random) on 64 held-out small levels", "",
              "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " |", "|---|" + "---|" * len(LIFETIMES)]
     scores: dict[str, dict[int, dict]] = {}
-    for arm in ARMS:
+    for arm in (*ARMS, *METAGRAD):
         for seed in SEEDS:
             name = f"{arm}-s{seed}"
-            if (run_dir(arm, seed) / "curve.csv").is_file():
+            if arm in ARMS and (run_dir(arm, seed) / "curve.csv").is_file():
                 shutil.copyfile(run_dir(arm, seed) / "curve.csv", RESULTS / f"curve-{name}.csv")
             for lifetime in LIFETIMES:
                 path = RESULTS / f"meta_test-{name}-{lifetime}.json"

@@ -1,0 +1,216 @@
+"""LPO and TA-LPO discovered by evolution strategies with PPO inner loops, against PPO and DPO
+(issue: learned objectives II; Lu et al. 2022, Jackson et al. 2024), scaled to a 2-core CPU.
+
+    python scripts/lpo_study.py train [--parallel 2]   # resumable: one es-train run per arm
+    python scripts/lpo_study.py test [--parallel 2]    # 32 fresh seeds x horizons 0.5, 1, 2 x objectives
+    python scripts/lpo_study.py report                 # -> results/lpo/
+
+Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
+starts at its PPO-clip initialisation; a candidate's fitness is the greedy evaluation return (8
+episodes) of a PPO agent trained on CartPole-v1 (``configs/cartpole_ppo.toml``: 8 envs x 128
+steps, 10 epochs x 4 minibatches, Adam 2.5e-3) for ``HORIZON`` env steps with the candidate's
+drift; popsize 16 (8 antithetic pairs, each pair on one seed), sigma 0.1, Adam 1e-2 on the center,
+``GENERATIONS`` generations. Arms: ``lpo`` and ``ta-lpo`` (the drift also reads n/N).
+
+Test: each objective (PPO = LPO at its initialisation, DPO, the two learned drifts) trains 32
+fresh seeds (never seen in meta-training: 10,000 + i) at 0.5x, 1x and 2x the horizon; the table
+gives mean +- standard error of the final greedy return and one-sided Welch p-values for
+"learned >= PPO" and "TA-LPO >= LPO". Runs live in ``runs/lpo-study/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "lpo-study"
+RESULTS = ROOT / "results" / "lpo"
+HORIZON = 8192
+GENERATIONS = 150
+INNER = ROOT / "configs" / "cartpole_ppo.toml"
+ARMS = {"lpo": [], "ta-lpo": ["--lpo.lifetime-conditioning"]}
+COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--inner-steps", str(HORIZON), "--popsize", "16",
+          "--checkpoint-interval", "5", "--no-progress", "--torch-threads", "1"]
+TEST_SEEDS = tuple(range(10_000, 10_032))
+HORIZONS = (0.5, 1.0, 2.0)
+
+
+def run_dir(arm: str) -> Path:
+    return RUNS / f"{arm}-s0"
+
+
+def completed(path: Path, generations: int) -> bool:
+    summary = path / "summary.json"
+    if not summary.is_file():
+        return False
+    data = json.loads(summary.read_text())
+    return data.get("status") == "completed" and data.get("generations", 0) >= generations
+
+
+def _run(jobs: list[tuple[str, list[str], Path | None]], parallel: int) -> None:
+    running: list[tuple[subprocess.Popen, str]] = []
+    while jobs or running:
+        while jobs and len(running) < parallel:
+            name, args, log = jobs.pop(0)
+            print(f"{time.strftime('%H:%M:%S')} start {name}", flush=True)
+            out = open(log, "a") if log else subprocess.DEVNULL
+            running.append((subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT), name))
+        time.sleep(2)
+        for process, name in list(running):
+            if process.poll() is not None:
+                if process.returncode:
+                    print(f"{time.strftime('%H:%M:%S')} {name} exited {process.returncode}", flush=True)
+                running.remove((process, name))
+
+
+def train(parallel: int, generations: int) -> None:
+    """Run (or resume) each arm's ES meta-training to ``generations``."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for arm, extra in ARMS.items():
+        path = run_dir(arm)
+        if completed(path, generations):
+            continue
+        args = [sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", str(path), "--generations", str(generations)]
+        resume = (path / "checkpoints" / "latest.pt").is_file()
+        jobs.append((arm, args + (["--resume"] if resume else [*COMMON, *extra, "--seed", "0"]), RUNS / f"{arm}.log"))
+    _run(jobs, parallel)
+
+
+def objectives() -> dict[str, list[str]]:
+    """``rlmeta train`` options of every objective under test (learned drifts where their run finished)."""
+    out = {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]}
+    for arm in ARMS:
+        if (run_dir(arm) / "lpo.pt").is_file() and completed(run_dir(arm), GENERATIONS):
+            out[arm] = ["--algo", "lpo", "--objective", str(run_dir(arm) / "lpo.pt")]
+    return out
+
+
+def test(parallel: int) -> None:
+    """Train every objective on the fresh seeds at every horizon (skipping finished runs)."""
+    jobs = []
+    for name, options in objectives().items():
+        for scale in HORIZONS:
+            for seed in TEST_SEEDS:
+                path = RUNS / "test" / f"{name}-h{scale:g}-s{seed}"
+                if (path / "summary.json").is_file():
+                    continue
+                jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(INNER), *options,
+                                         "--total-steps", str(int(HORIZON * scale)), "--target-return", "None",
+                                         "--eval-interval", "0", "--eval-episodes", "8", "--seed", str(seed),
+                                         "--run-dir", str(path), "--overwrite", "--no-progress",
+                                         "--torch-threads", "1"], None))
+    _run(jobs, parallel)
+
+
+def final_returns(name: str, scale: float) -> list[float]:
+    """The final greedy evaluation returns of an objective's test runs at one horizon."""
+    values = []
+    for seed in TEST_SEEDS:
+        summary = RUNS / "test" / f"{name}-h{scale:g}-s{seed}" / "summary.json"
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            if data.get("status") == "completed" and data.get("eval"):
+                values.append(float(data["eval"]["return_mean"]))
+    return values
+
+
+def welch_greater(a: list[float], b: list[float]) -> float:
+    """One-sided Welch t-test p-value for mean(a) > mean(b)."""
+    from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
+
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+def report() -> None:
+    """Fitness curves (CSV), the test table, the p-values and the learned drifts plotted against r."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    lines = ["# LPO / TA-LPO by evolution strategies on CartPole-v1 (scaled): results", "",
+             "Generated by `python scripts/lpo_study.py report`; setup in the script's docstring.", "",
+             f"## Final greedy return on {len(TEST_SEEDS)} fresh seeds (mean +- SE), horizon {HORIZON} env steps = 1x", "",
+             "| objective | " + " | ".join(f"{h:g}x" for h in HORIZONS) + " |", "|---|" + "---|" * len(HORIZONS)]
+    table: dict[str, dict[float, list[float]]] = {}
+    for name in objectives():
+        table[name] = {h: final_returns(name, h) for h in HORIZONS}
+        cells = []
+        for h in HORIZONS:
+            values = table[name][h]
+            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+            cells.append(f"{statistics.fmean(values):.1f} +- {se:.1f} ({len(values)})" if values else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## One-sided Welch tests", ""]
+    for learned in ("lpo", "ta-lpo", "dpo"):
+        for h in HORIZONS:
+            if learned in table and len(table[learned][h]) > 1 and len(table["ppo"][h]) > 1:
+                lines.append(f"- {learned} >= ppo at {h:g}x: p = {welch_greater(table[learned][h], table['ppo'][h]):.3f}")
+    if "lpo" in table and "ta-lpo" in table:
+        ta = [v for h in HORIZONS for v in table["ta-lpo"][h]]
+        plain = [v for h in HORIZONS for v in table["lpo"][h]]
+        if len(ta) > 1 and len(plain) > 1:
+            lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
+                         f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
+    for arm in ARMS:
+        if (run_dir(arm) / "curve.csv").is_file():
+            shutil.copyfile(run_dir(arm) / "curve.csv", RESULTS / f"curve-{arm}.csv")
+    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot()
+
+
+def _plot() -> None:
+    import matplotlib  # noqa: PLC0415 - optional: only the plots need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - to evaluate the learned drifts
+
+    from rlmeta.agents.learned import load_lpo  # noqa: PLC0415 - scripts import the library lazily here
+
+    fig, (curve_ax, *drift_axes) = plt.subplots(1, 1 + len(ARMS), figsize=(5 * (1 + len(ARMS)), 4))
+    for path in sorted(RESULTS.glob("curve-*.csv")):
+        rows = list(csv.DictReader(open(path)))
+        curve_ax.plot([int(r["generation"]) for r in rows], [float(r["fitness_mean"]) for r in rows],
+                      label=path.stem[len("curve-"):], lw=0.8)
+    curve_ax.set(xlabel="ES generation", ylabel="population's mean fitness (greedy return)")
+    curve_ax.legend()
+    r = torch.linspace(0.5, 1.5, 201, dtype=torch.float64)
+    for ax, arm in zip(drift_axes, ARMS):
+        if not (run_dir(arm) / "lpo.pt").is_file():
+            continue
+        drift = load_lpo(str(run_dir(arm) / "lpo.pt"))
+        params = {k: v.double() for k, v in drift.params.items()}
+        for progress in (0.0, 0.5, 1.0) if drift.network.lifetime_conditioning else (0.0,):
+            for advantage in (1.0, -1.0):
+                values = drift.network(params, r, torch.log(r), torch.full_like(r, advantage), progress=progress)
+                ax.plot(r, values.detach(), label=f"A={advantage:+g}, n/N={progress:g}")
+        ax.set(title=f"learned drift ({arm})", xlabel="r = pi / pi_old", ylabel="drift(r, A)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "lpo.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=("train", "test", "report"))
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--generations", type=int, default=GENERATIONS)
+    args = parser.parse_args()
+    if args.stage == "train":
+        train(args.parallel, args.generations)
+    elif args.stage == "test":
+        test(args.parallel)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
