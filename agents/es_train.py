@@ -259,14 +259,17 @@ class ESTrainer:
         self.generation, self.wall_seconds, self.curve = 0, 0.0, []
         if config.resume:
             self._load(torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False))
-        prepare_run_dir(run_dir, config.overwrite, config.resume)
-        save_config(config, run_dir / "config.json")
         chunk = config.chunk_size or None
-        if config.ray:
-            self.evaluator = RayEvaluator(self.fitness, num_workers=config.ray_workers, address=config.ray_address,
-                                          chunk_size=chunk)
+        if config.ray:  # joined (or started) before the run directory is touched: a bad address writes nothing
+            try:
+                self.evaluator = RayEvaluator(self.fitness, num_workers=config.ray_workers,
+                                              address=config.ray_address, chunk_size=chunk)
+            except ConnectionError as error:
+                raise ValueError(str(error)) from None
         else:
             self.evaluator = InProcessEvaluator(self.fitness, chunk_size=chunk)
+        prepare_run_dir(run_dir, config.overwrite, config.resume)
+        save_config(config, run_dir / "config.json")
         self.writer = SummaryWriter(str(run_dir / "tb"))
 
     def _load(self, state: dict[str, Any]) -> None:

@@ -436,7 +436,7 @@ class RayEvaluator:
     """Evaluates a population on Ray workers: one Ray task per chunk, each retried up to
     ``max_retries`` times if its worker process dies, so a generation completes.
 
-    Connects to Ray if it is running (``ray.init(address=address)`` otherwise, or a local Ray with
+    Connects to Ray if it is running (``ray.init(address=address)`` otherwise, or a new local Ray with
     ``num_cpus=num_workers``, no dashboard and warnings only when ``address`` is None; ``ray_init``
     adds keyword arguments to ``ray.init``, e.g. ``object_store_memory``). ``close()`` (or leaving the
     ``with`` block) shuts down a Ray that this evaluator started. ``chunk_size=None`` gives each
@@ -460,10 +460,16 @@ class RayEvaluator:
         self._owns_ray = False
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
-            if address is None:
+            if address is None:  # "local": a new Ray of our own, even where `ray start` left a cluster to join
                 options["num_cpus"] = num_workers
             options.update(ray_init or {})
-            ray.init(address=address, **options)
+            try:
+                ray.init(address="local" if address is None else address, **options)
+            except ConnectionError as error:
+                raise ConnectionError(
+                    f"could not join the Ray cluster at {address!r}: {error}. Ray's token authentication (on by "
+                    "default since Ray 2.59) needs the cluster's token on this machine: RAY_AUTH_TOKEN, or the file "
+                    "`ray get-auth-token` reads; on a node of the cluster, --ray-address auto finds it") from None
             self._owns_ray = True
         self._task = ray.remote(_unstack_and_evaluate).options(
             num_cpus=1, max_retries=max_retries, retry_exceptions=False)

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +22,10 @@ from rlmeta.agents.config import ESTrainConfig, LPGConfig, LPOConfig
 from rlmeta.agents.es_train import PAIR_SPACE, ESTrainer, LifetimeFitness, es_network, generation_lifetime
 from rlmeta.agents.learned import load_lpg, load_lpo
 from rlmeta.agents.meta_test import meta_test
+from rlmeta.agents.config import load_config
 from rlmeta.cli import main
+
+from helpers.processes import terminate_after_checkpoint
 
 TINY = dict(lifetime_min=2, lifetime_max=4, agents_per_candidate=2, popsize=4, generations=2, envs_per_agent=2,
             num_steps=5, eval_episodes=2, lpg=LPGConfig(gru_width=4, embedding_width=3), checkpoint_interval=1,
@@ -148,3 +160,54 @@ def test_lpo_inner_configs_that_cannot_be_a_fitness_are_refused(tmp_path, text, 
     with pytest.raises(ValueError, match=message):
         ESTrainer(tiny(tmp_path, objective="lpo", inner_config=str(path)))
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    status, err, summary = terminate_after_checkpoint(
+        ["es-train", "--run-dir", str(run), "--generations", "100000", "--popsize", "4", "--agents-per-candidate", "2",
+         "--envs-per-agent", "2", "--num-steps", "5", "--lifetime-min", "2", "--lifetime-max", "3",
+         "--eval-episodes", "2", "--lpg.gru-width", "4", "--checkpoint-interval", "1", "--no-progress",
+         "--torch-threads", "1"], run)
+    assert status == 143, err
+    assert summary["status"] == "interrupted" and "--resume" in err
+    saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
+    assert saved["generation"] == summary["generations"] >= 1
+    saved_config = load_config(run / "config.json", ESTrainConfig)
+    resumed = ESTrainer(replace(saved_config, generations=saved["generation"] + 1, resume=True, progress=False))
+    assert resumed.generation == saved["generation"]
+    resumed.run()
+    assert len(list(csv.DictReader(open(run / "curve.csv")))) == saved["generation"] + 1
+
+
+def test_es_train_joins_a_running_ray_cluster(tmp_path):
+    """``ray start --head`` (a cluster of one node), then ``rlmeta es-train --ray --ray-address auto``: the run
+    uses that cluster and gives the in-process result."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    args = ["--generations", "2", "--popsize", "4", "--agents-per-candidate", "2", "--envs-per-agent", "2",
+            "--num-steps", "5", "--lifetime-min", "2", "--lifetime-max", "3", "--eval-episodes", "2",
+            "--lpg.gru-width", "4", "--chunk-size", "2", "--no-progress", "--torch-threads", "1"]
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+                             "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # only this cluster is stopped below
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        deadline = time.time() + 120
+        while not (current.is_file() and current.read_text().strip().endswith(f":{port}")):
+            assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
+            time.sleep(0.5)
+        cluster = subprocess.run([sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", str(tmp_path / "cluster"),
+                                  *args, "--ray", "--ray-address", "auto"], capture_output=True, text=True, timeout=300)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=120)
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()  # the stopped cluster is no longer the one to join
+    assert cluster.returncode == 0, cluster.stderr[-2000:]
+    main(["es-train", "--run-dir", str(tmp_path / "local"), *args])
+    remote, local = load_lpg(str(tmp_path / "cluster" / "lpg.pt")), load_lpg(str(tmp_path / "local" / "lpg.pt"))
+    assert all(torch.equal(remote.params[k], local.params[k]) for k in local.params)
+

@@ -75,7 +75,7 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 2**20)
     print(f"ray.init: {time.perf_counter() - started:.1f} s")
     yield ray
     ray.shutdown()
