@@ -268,9 +268,13 @@ class ESTrainer:
                 raise ValueError(str(error)) from None
         else:
             self.evaluator = InProcessEvaluator(self.fitness, chunk_size=chunk)
-        prepare_run_dir(run_dir, config.overwrite, config.resume)
-        save_config(config, run_dir / "config.json")
-        self.writer = SummaryWriter(str(run_dir / "tb"))
+        try:
+            prepare_run_dir(run_dir, config.overwrite, config.resume)
+            save_config(config, run_dir / "config.json")
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        except BaseException:
+            self.evaluator.close()  # a Ray this run started goes with it
+            raise
 
     def _load(self, state: dict[str, Any]) -> None:
         if state.get("version") != CHECKPOINT_VERSION:
@@ -294,7 +298,7 @@ class ESTrainer:
                 "es/lifetime": float(lifetime), **{f"es/{k}": float(v) for k, v in metrics.items()}}
 
     def save_checkpoint(self) -> Path:
-        """``checkpoints/ckpt-<generation>.pt``, ``latest.pt``, ``curve.csv`` and ``lpg.pt`` (all atomic)."""
+        """``checkpoints/ckpt-<generation>.pt``, ``latest.pt``, ``curve.csv`` and the objective file (all atomic)."""
         state = {"version": CHECKPOINT_VERSION, "generation": self.generation, "wall_seconds": self.wall_seconds,
                  "es": self.es.state_dict(), "curve": self.curve}
         path = save_checkpoint(state, self.run_dir / "checkpoints", self.generation)
