@@ -3,6 +3,7 @@
 
     python scripts/lpo_study.py train [--parallel 2]   # resumable: one es-train run per arm
     python scripts/lpo_study.py test [--parallel 2]    # 32 fresh seeds x horizons 0.5, 1, 2 x objectives
+    python scripts/lpo_study.py transfer [--parallel 2] # MinAtar Breakout, 300k steps, 3 seeds (needs [minatar])
     python scripts/lpo_study.py report                 # -> results/lpo/
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
@@ -15,7 +16,9 @@ drift; popsize 16 (8 antithetic pairs, each pair on one seed), sigma 0.1, Adam 1
 Test: each objective (PPO = LPO at its initialisation, DPO, the two learned drifts) trains 32
 fresh seeds (never seen in meta-training: 10,000 + i) at 0.5x, 1x and 2x the horizon; the table
 gives mean +- standard error of the final greedy return and one-sided Welch p-values for
-"learned >= PPO" and "TA-LPO >= LPO". Runs live in ``runs/lpo-study/`` (not committed).
+"learned >= PPO" and "TA-LPO >= LPO". Transfer: the same objectives train on MinAtar Breakout
+(``configs/minatar_breakout_ppo.toml``, 300k env steps, 3 seeds); the check is learned (and DPO)
+>= PPO - 1 standard error. Runs live in ``runs/lpo-study/`` (not committed).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ ARMS = {"lpo": [], "ta-lpo": ["--lpo.lifetime-conditioning"]}
 COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--inner-steps", str(HORIZON), "--popsize", "16",
           "--checkpoint-interval", "5", "--no-progress", "--torch-threads", "1"]
 TEST_SEEDS = tuple(range(10_000, 10_032))
+TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
+TRANSFER_SEEDS = (0, 1, 2)
 HORIZONS = (0.5, 1.0, 2.0)
 
 
@@ -112,16 +117,39 @@ def test(parallel: int) -> None:
     _run(jobs, parallel)
 
 
+def transfer(parallel: int) -> None:
+    """Every objective on MinAtar Breakout at 300k env steps, 3 seeds (skipping finished runs)."""
+    jobs = []
+    for name, options in objectives().items():
+        for seed in TRANSFER_SEEDS:
+            path = RUNS / "transfer" / f"{name}-s{seed}"
+            if not (path / "summary.json").is_file():
+                jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
+                                         *options, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
+                                         "--no-progress", "--torch-threads", "1"], None))
+    _run(jobs, parallel)
+
+
+def _summary_return(path: Path) -> float | None:
+    summary = path / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        if data.get("status") == "completed" and data.get("eval"):
+            return float(data["eval"]["return_mean"])
+    return None
+
+
 def final_returns(name: str, scale: float) -> list[float]:
     """The final greedy evaluation returns of an objective's test runs at one horizon."""
-    values = []
-    for seed in TEST_SEEDS:
-        summary = RUNS / "test" / f"{name}-h{scale:g}-s{seed}" / "summary.json"
-        if summary.is_file():
-            data = json.loads(summary.read_text())
-            if data.get("status") == "completed" and data.get("eval"):
-                values.append(float(data["eval"]["return_mean"]))
-    return values
+    values = [_summary_return(RUNS / "test" / f"{name}-h{scale:g}-s{seed}") for seed in TEST_SEEDS]
+    return [v for v in values if v is not None]
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return statistics.fmean(values), se
 
 
 def welch_greater(a: list[float], b: list[float]) -> float:
@@ -144,8 +172,8 @@ def report() -> None:
         cells = []
         for h in HORIZONS:
             values = table[name][h]
-            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-            cells.append(f"{statistics.fmean(values):.1f} +- {se:.1f} ({len(values)})" if values else "")
+            mean, se = _mean_se(values)
+            cells.append(f"{mean:.1f} +- {se:.1f} ({len(values)})" if values else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## One-sided Welch tests", ""]
     for learned in ("lpo", "ta-lpo", "dpo"):
@@ -158,6 +186,18 @@ def report() -> None:
         if len(ta) > 1 and len(plain) > 1:
             lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
+    transfer_rows = {name: [v for v in (_summary_return(RUNS / "transfer" / f"{name}-s{seed}")
+                                        for seed in TRANSFER_SEEDS) if v is not None] for name in objectives()}
+    if any(transfer_rows.values()):
+        lines += ["", "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)", ""]
+        ppo = transfer_rows.get("ppo", [])
+        ppo_mean, ppo_se = _mean_se(ppo)
+        for name, values in transfer_rows.items():
+            mean, se = _mean_se(values)
+            verdict = "" if name == "ppo" or len(values) < 2 or len(ppo) < 2 else (
+                f"; >= PPO - 1 SE ({ppo_mean - ppo_se:.2f}): {'yes' if mean >= ppo_mean - ppo_se else 'no'}")
+            lines.append(f"- {name}: {mean:.2f} +- {se:.2f} ({len(values)} seeds: "
+                         f"{', '.join(f'{v:.2f}' for v in values)}){verdict}")
     for arm in ARMS:
         if (run_dir(arm) / "curve.csv").is_file():
             shutil.copyfile(run_dir(arm) / "curve.csv", RESULTS / f"curve-{arm}.csv")
@@ -200,7 +240,7 @@ def _plot() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("train", "test", "report"))
+    parser.add_argument("stage", choices=("train", "test", "transfer", "report"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--generations", type=int, default=GENERATIONS)
     args = parser.parse_args()
@@ -208,6 +248,8 @@ def main() -> None:
         train(args.parallel, args.generations)
     elif args.stage == "test":
         test(args.parallel)
+    elif args.stage == "transfer":
+        transfer(args.parallel)
     else:
         report()
 
