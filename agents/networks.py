@@ -307,8 +307,14 @@ def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor
             if tape is not None:
                 tape.record("pad", x, y, None, tuple(module.padding))
             x = y
-        else:  # a parameter-free activation
-            y = module(x)
+        else:  # a parameter-free activation (Tanh and ReLU called as their functions: no module call)
+            kind = type(module)
+            if kind is nn.Tanh:
+                y = torch.tanh(x)
+            elif kind is nn.ReLU and not module.inplace:
+                y = torch.relu(x)
+            else:
+                y = module(x)
             if tape is not None:
                 tape.record("act", x, y, None, type(module).__name__)
             x = y

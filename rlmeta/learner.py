@@ -31,7 +31,7 @@ from torch import Tensor
 
 from rlmeta import tangent
 from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
-from rlmeta.optim import Optimizer, detached, global_norm
+from rlmeta.optim import FlatSteps, Optimizer, detached, global_norm
 from rlmeta.rollout import ForwardMemo, Params, Rollout
 
 
@@ -102,21 +102,8 @@ def gradient_step(
 
         def gradient(term: Tensor, names: list[str], last: bool) -> list[Tensor]:
             return _grad(term, [params[k] for k in names], create_graph=mode.differentiable, retain=not last)
-    if not isinstance(result, Loss):
-        raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
-    loss, restricted = result.total, result.restricted
     # A population's loss is the mean over its agents: scaled by P, each agent gets its own loss's gradient.
-    scale = num_agents if num_agents > 1 else None
-    grads = dict(zip(keys, gradient(loss if scale is None else loss * scale, keys, not restricted)))
-    for i, (prefix, term) in enumerate(restricted.items()):
-        names = [k for k in keys if k.startswith(prefix)]
-        if not names:
-            raise ValueError(f"the objective restricts a loss term to parameters named {prefix!r}..., "
-                             f"but there are none among {keys}")
-        scaled = term if scale is None else term * scale
-        for k, g in zip(names, gradient(scaled, names, i == len(restricted) - 1)):
-            grads[k] = grads[k] + g
-        loss = loss + term.detach()  # the reported loss includes it
+    loss, grads = _gradients(result, keys, gradient, num_agents if num_agents > 1 else None)
     grad_norm = global_norm(grads, per_agent=num_agents > 1)  # [P] for a population
     loss_value, norm_value = _check_finite(loss, grad_norm)
     new_params, new_state = optimizer.update(params, grads, opt_state, lr=hparams.get("lr") if hparams else None,
@@ -128,9 +115,30 @@ def gradient_step(
     return new_params, new_state, metrics
 
 
+def _gradients(result: Loss, keys: list[str], gradient: Any, scale: int | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(loss, grads)`` of an objective's result: ``gradient(term, names, last)`` of its total, plus
+    those of its restricted terms (each with respect to the parameters its prefix names); the
+    loss includes the restricted terms. ``scale``: multiply the terms by it (a population's P)."""
+    if not isinstance(result, Loss):
+        raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
+    loss, restricted = result.total, result.restricted
+    grads = dict(zip(keys, gradient(loss if scale is None else loss * scale, keys, not restricted)))
+    for i, (prefix, term) in enumerate(restricted.items()):
+        names = [k for k in keys if k.startswith(prefix)]
+        if not names:
+            raise ValueError(f"the objective restricts a loss term to parameters named {prefix!r}..., "
+                             f"but there are none among {keys}")
+        scaled = term if scale is None else term * scale
+        for k, g in zip(names, gradient(scaled, names, i == len(restricted) - 1)):
+            grads[k] = grads[k] + g
+        loss = loss + term.detach()  # the reported loss includes it
+    return loss, grads
+
+
 def _check_finite(loss: Tensor, grad_norm: Tensor) -> tuple[float, float]:
     """The loss and the (agents' mean) gradient norm as floats; raises on a non-finite one."""
-    loss_value, norm_value = float(loss.detach()), float(grad_norm.detach().mean())
+    norm = grad_norm.detach()
+    loss_value, norm_value = float(loss.detach()), float(norm if norm.dim() == 0 else norm.mean())
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"non-finite loss {loss_value}")
     if not math.isfinite(norm_value):
@@ -170,6 +178,11 @@ def update(
         raise ValueError(f"a rollout of {size} samples cannot make {objective.minibatches} minibatches; "
                          "collect more steps or use fewer minibatches")
     per = size // objective.minibatches  # the remainder of an uneven split sits out that epoch
+    if not mode.differentiable:
+        _check_population(objective, optimizer)
+        flat = optimizer.flat_steps(params, opt_state, hparams.get("lr") if hparams else None)
+        if flat is not None:
+            return _flat_minibatch_steps(objective, flat, batch, hparams, progress, mode, generator, size, per)
     metrics: dict[str, float] = {}
     for _ in range(objective.epochs):
         order = torch.randperm(size, generator=generator, device="cpu").to(batch["obs"].device)
@@ -179,6 +192,42 @@ def update(
             params, opt_state, metrics = gradient_step(objective, optimizer, params, opt_state, minibatch, hparams,
                                                        progress, mode)
     return params, opt_state, metrics
+
+
+def _flat_minibatch_steps(
+    objective: MinibatchObjective, flat: FlatSteps, batch: dict[str, Tensor], hparams: dict, progress: float,
+    mode: UpdateMode, generator: torch.Generator | None, size: int, per: int,
+) -> tuple[Params, dict, dict[str, float]]:
+    """``update``'s minibatch loop in plain training, on the optimizer's flat buffers (:class:`FlatSteps`).
+
+    The same steps as a loop of :func:`gradient_step` calls, bitwise, with less work per step: the
+    parameters and the optimizer state stay flat between steps, and the objective is told that the
+    metrics of every step but the last are not read (``LossContext.metrics``).
+    """
+    keys = flat.layout.keys
+    quiet, last_context = LossContext(memo=mode.memo, metrics=False), LossContext(memo=mode.memo)
+    steps = objective.epochs * objective.minibatches
+    result, loss_value, norm_value, done = None, 0.0, 0.0, 0
+    device = batch["obs"].device
+    for _ in range(objective.epochs):
+        order = torch.randperm(size, generator=generator, device="cpu").to(device)
+        for start in range(0, per * objective.minibatches, per):
+            idx = order[start : start + per]
+            minibatch = {k: v[idx] for k, v in batch.items()}
+            done += 1
+            params = flat.params
+            result = objective(params, minibatch, hparams, progress, last_context if done == steps else quiet)
+
+            def gradient(term: Tensor, names: list[str], last: bool) -> list[Tensor]:
+                return _grad(term, [params[k] for k in names], create_graph=False, retain=not last)
+
+            loss, grads = _gradients(result, keys, gradient, None)
+            grad_norm = global_norm(grads)
+            loss_value, norm_value = _check_finite(loss, grad_norm)
+            flat.step(grads, grad_norm)
+    new_params, new_state = flat.result()
+    assert result is not None
+    return new_params, new_state, {**result.metrics, "loss": loss_value, "grad_norm": norm_value}
 
 
 def _grad(term: Tensor, inputs: list[Tensor], create_graph: bool, retain: bool = False) -> list[Tensor]:

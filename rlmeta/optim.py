@@ -112,6 +112,19 @@ class Optimizer:
         step, new_state = self.direction(grads, state)
         return {k: params[k] - _per_row(rate, step[k]) * step[k] for k in params}, new_state
 
+    def flat_steps(self, params: Params, state: State, lr: float | Tensor | None = None) -> "FlatSteps | None":
+        """Plain steps on flat buffers kept from one step to the next (:class:`FlatSteps`), or None where
+        this optimizer cannot take them: no fused direction, a population's, an ``lr`` or state that
+        carries a gradient (meta-gradients), or parameters that are not leaves."""
+        rate = self.lr if lr is None else lr
+        if self.fused_direction is None or self.per_agent or not params:
+            return None
+        if torch.is_tensor(rate) and rate.dim() > 0:
+            return None
+        if _needs_graph(params, {}, state, rate):
+            return None
+        return FlatSteps(self, params, state, float(rate))
+
     def _fused_update(
         self, params: Params, grads: Params, state: State, rate: float, grad_norm: Tensor | None
     ) -> tuple[Params, State]:
@@ -154,6 +167,65 @@ class _Layout:
             return {k: t.reshape(shape) for k, t, shape in zip(self.keys, torch.split(flat, self.sizes, dim=1),
                                                                 self.shapes)}
         return {k: t.view(shape) for k, t, shape in zip(self.keys, torch.split(flat, self.sizes), self.shapes)}
+
+
+class _Owned:
+    """The layout of :class:`FlatSteps`' buffers, which are flat already: a fused direction given it
+    updates them in place (``layout.flat`` of a :class:`_Layout` copies, so ``update`` never does)."""
+
+    @staticmethod
+    def flat(tensors: Tensor) -> Tensor:
+        return tensors
+
+    @staticmethod
+    def split(flat: Tensor) -> Tensor:
+        return flat
+
+
+class FlatSteps:
+    """Several plain (non-differentiable) steps of one fused optimizer on flat buffers kept between steps.
+
+    ``Optimizer.update`` on its fused path flattens the parameters, the gradients and the state into
+    new buffers and splits them again at every step, which is most of a step's cost on a small
+    network. Here the parameters and the state are flattened once: :attr:`params` are leaves that
+    require grad and are views of one flat buffer (for the forward pass: take gradients with respect
+    to them), :meth:`step` updates that buffer in place, so :attr:`params` hold the new values after
+    each step, and :meth:`result` gives ``(params, state)`` in ``update``'s form and ends the run.
+    Every step runs the same operations on the same values as ``update(params, grads, state, lr,
+    grad_norm)``, so the results are bitwise those of a loop of ``update`` calls; the inputs are not
+    modified.
+    """
+
+    def __init__(self, optimizer: Optimizer, params: Params, state: State, rate: float):
+        self.optimizer, self.rate = optimizer, rate
+        self.layout = _Layout(params)
+        keys = set(self.layout.keys)
+        # The state's per-parameter trees (moments) become flat buffers of their own; the rest stays.
+        self._trees = [k for k, v in state.items() if isinstance(v, dict) and set(v) == keys
+                       and all(torch.is_tensor(t) for t in v.values())]
+        with torch.no_grad():
+            self.flat = self.layout.flat(params)
+            self.state: State = {k: self.layout.flat(v) if k in self._trees else v for k, v in state.items()}
+        # Leaf views: a step writes the buffer under no_grad, and they read the new values.
+        self.params: Params = {k: t.requires_grad_(True) for k, t in self.layout.split(self.flat).items()}
+
+    def step(self, grads: Params, grad_norm: Tensor | None = None) -> None:
+        """One update with ``grads`` (keyed as the parameters); ``grad_norm`` as for ``Optimizer.update``."""
+        opt = self.optimizer
+        with torch.no_grad():
+            g = self.layout.flat(grads)
+            if opt.max_grad_norm is not None:
+                if grad_norm is None:
+                    grad_norm = torch.linalg.vector_norm(g, dim=-1)
+                g = g * torch.clamp(opt.max_grad_norm / grad_norm, max=1.0)
+            step, self.state = opt.fused_direction(g, self.state, _Owned)  # type: ignore[misc,arg-type]
+            self.flat.sub_(step, alpha=self.rate)
+
+    def result(self) -> tuple[Params, State]:
+        """``(params, state)`` after the steps: fresh leaves that require grad, and a detached state."""
+        params = {k: t.detach().requires_grad_(True) for k, t in self.layout.split(self.flat).items()}
+        state = {k: self.layout.split(v) if k in self._trees else v for k, v in self.state.items()}
+        return params, detached(state)  # type: ignore[return-value]
 
 
 def _needs_graph(params: Params, grads: Params, state: State, lr: float | Tensor) -> bool:

@@ -30,6 +30,11 @@ def _hp(hparams: HParams, name: str) -> float | Tensor:
     return hparams[name] if name in hparams else DEFAULT_HPARAMS[name]
 
 
+def _is_number(value: float | Tensor, number: float) -> bool:
+    """Whether a hyperparameter is the plain number ``number`` (not a tensor, which may carry a gradient)."""
+    return isinstance(value, (int, float)) and value == number
+
+
 def _metrics(**values: Tensor) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in values.items()}
 
@@ -272,12 +277,24 @@ class PPO(MinibatchObjective):
         else:
             clipped = batch["old_values"] + torch.clamp(values - batch["old_values"], -self.value_clip, self.value_clip)
             value_loss = 0.5 * torch.max((batch["returns"] - values) ** 2, (batch["returns"] - clipped) ** 2).mean()
-        entropy = dist.entropy().mean()
-        loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
-                - _hp(hparams, "entropy_cost") * entropy)
-        clip_fraction = ((ratio - 1).abs() > clip).float().mean()
-        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, clip_fraction=clip_fraction,
-                           **extra)
+        # The terms as A2C's, with less work where it cannot change the loss or its gradient: a weight
+        # that is the number 1 multiplies nothing, and a weight that is the number 0 (PPO's usual
+        # entropy cost) drops its term (x - 0 * H is x; its gradient adds zeros).
+        policy_cost, entropy_cost = _hp(hparams, "policy_cost"), _hp(hparams, "entropy_cost")
+        loss = ((policy_loss if _is_number(policy_cost, 1) else policy_cost * policy_loss)
+                + _hp(hparams, "value_cost") * value_loss)
+        entropy = None
+        if not _is_number(entropy_cost, 0):
+            entropy = dist.entropy().mean()
+            loss = loss - entropy_cost * entropy
+        if not context.metrics:  # nobody reads them (LossContext.metrics)
+            metrics: dict[str, float] = {}
+        else:
+            if entropy is None:
+                entropy = dist.entropy().mean()
+            clip_fraction = ((ratio.detach() - 1).abs() > clip).float().mean()
+            metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy,
+                               clip_fraction=clip_fraction, **extra)
         if self.outer_critic is not None:
             if "outer_returns" not in batch:
                 raise ValueError("this PPO trains an outer critic: prepare the batch with it (PPO.prepare)")

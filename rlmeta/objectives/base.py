@@ -56,10 +56,14 @@ class LossContext:
       out while a meta-gradient still sees them. False: the targets are the predictions detached,
       the usual semi-gradient.
     * ``memo``: forward passes shared with other losses of the same parameters on the same rollout.
+    * ``metrics``: whether the caller reads the loss's metrics. False (the learner's minibatch
+      steps before the last, whose metrics it drops): an objective may leave them out, and the
+      work they take; the loss and its gradient must not change.
     """
 
     exact: bool = False
     memo: ForwardMemo | None = None
+    metrics: bool = True
     split: OutputSplit | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

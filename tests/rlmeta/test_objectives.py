@@ -1265,3 +1265,62 @@ def test_real_network_outer_critic_restricted_to_its_head_leaves_the_rest_of_the
             torch.testing.assert_close(new[key], alone[key], rtol=1e-6, atol=1e-7)
     assert any(not torch.allclose(shared[k], alone[k], rtol=1e-5, atol=1e-7) for k in params
                if k.startswith("value_torso"))  # unrestricted, it trains the value torso too
+
+
+# --------------------------------------------------------------------------------------------
+# The plain minibatch loop on flat buffers (rlmeta.optim.FlatSteps) is the loop of gradient steps
+
+
+def _gradient_step_loop(objective, opt, params, state, rollout, hparams, generator):
+    """``update``'s minibatch loop as a plain loop of :func:`gradient_step` calls, one per minibatch."""
+    batch = objective.prepare(params, rollout, hparams)
+    size = batch["obs"].shape[0]
+    per = size // objective.minibatches
+    metrics = {}
+    for _ in range(objective.epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, per * objective.minibatches, per):
+            minibatch = {k: v[order[start : start + per]] for k, v in batch.items()}
+            params, state, metrics = gradient_step(objective, opt, params, state, minibatch, hparams)
+    return params, state, metrics
+
+
+@pytest.mark.parametrize("make_opt", [lambda: adam(0.05, eps=1e-5, max_grad_norm=0.5), lambda: sgd(0.1, momentum=0.9),
+                                      lambda: adam(0.05)], ids=["adam_clipped", "sgd_momentum", "adam"])
+@pytest.mark.parametrize("outer", [None, "joint", "restricted"])
+@pytest.mark.parametrize("costs", [HP, {**HP, "policy_cost": 1.0, "entropy_cost": 0.0}], ids=["costs", "unit_zero"])
+def test_plain_ppo_update_equals_a_loop_of_gradient_steps_bitwise(make_opt, outer, costs):
+    params = make_params() if outer is None else make_outer_params()
+    rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
+    critic = {None: None, "joint": OC, "restricted": OuterCritic(gamma=0.97, lambda_=0.5, cost=0.3, head="outer_values")}
+    objective = PPO(tabular_policy_value if outer is None else both_policy_value, outer_critic=critic[outer], epochs=3,
+                    minibatches=2, value_clip=0.5)
+    opt = make_opt()
+    state = opt.init(params)
+    new, new_state, metrics = update(objective, opt, params, state, rollout, costs,
+                                     generator=torch.Generator().manual_seed(3))
+    ref, ref_state, ref_metrics = _gradient_step_loop(objective, opt, params, state, rollout, costs,
+                                                      torch.Generator().manual_seed(3))
+    torch.testing.assert_close((new, new_state), (ref, ref_state), rtol=0, atol=0)
+    assert metrics == ref_metrics
+    assert all(v.is_leaf and v.requires_grad for v in new.values())
+
+
+def test_ppo_unit_and_zero_costs_change_neither_the_loss_nor_its_gradient():
+    """A cost that is the number 1 (0) multiplies nothing (drops its term): the same loss and gradient as
+    the same costs given as tensors, which take the general path; metrics=False leaves the metrics out only."""
+    params = make_params()
+    rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
+    objective = PPO(tabular_policy_value)
+    batch = objective.prepare(params, rollout, HP)
+    numbers = {**HP, "policy_cost": 1.0, "entropy_cost": 0.0}
+    tensors = {**HP, "policy_cost": torch.tensor(1.0, dtype=DT), "entropy_cost": torch.tensor(0.0, dtype=DT)}
+    results = [objective(params, batch, hp, 0.3, context) for hp, context in
+               [(numbers, PLAIN), (tensors, PLAIN), (numbers, LossContext(metrics=False))]]
+    grads = [torch.autograd.grad(r.total, list(params.values())) for r in results]
+    for r, g in zip(results[1:], grads[1:]):
+        assert torch.equal(r.total, results[0].total)
+        assert all(torch.equal(a, b) for a, b in zip(g, grads[0]))
+    assert results[0].metrics == results[1].metrics
+    assert {"entropy", "clip_fraction", "policy_loss", "value_loss"} <= set(results[0].metrics)
+    assert results[2].metrics == {}

@@ -389,3 +389,53 @@ def test_partitioned_optimizer_equals_separate_optimizers_per_group():
         opt.update(params, grads, opt.init(params), lr=0.1)
     with pytest.raises(ValueError, match="all be per-agent or none"):
         O.Partitioned({"a": O.sgd(0.1), "b": O.sgd(0.1).for_population()})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: O.sgd(lr=0.1),
+        lambda: O.sgd(lr=0.1, momentum=0.9, max_grad_norm=0.5),
+        lambda: O.rmsprop(lr=0.1, eps_root=1e-12, max_grad_norm=0.5),
+        lambda: O.adam(lr=0.1, max_grad_norm=0.5),
+        lambda: O.adam(lr=0.1, eps=1e-5),
+    ],
+    ids=["sgd", "sgd_momentum", "rmsprop", "adam", "adam_unclipped"],
+)
+@pytest.mark.parametrize("pass_norm", [True, False])
+def test_flat_steps_equal_a_loop_of_updates_bitwise(make, pass_norm):
+    """FlatSteps (the learner's plain minibatch loop) is a loop of ``update`` calls, bit for bit, and
+    leaves its inputs alone; its parameters are leaves that read the new values after each step."""
+    opt = make()
+    params = {k: v.requires_grad_(True) for k, v in make_params(3).items()}
+    state = opt.init(params)
+    params, state = opt.update(params, random_grads(0, params), state)  # a non-trivial state first
+    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    snapshot = copy.deepcopy(({k: v.detach() for k, v in params.items()}, state))
+    flat = opt.flat_steps(params, state, lr=0.05)
+    assert flat is not None
+    ref_params, ref_state = params, state
+    for step in range(6):
+        assert all(v.is_leaf and v.requires_grad for v in flat.params.values())
+        for k in params:
+            assert torch.equal(flat.params[k].detach(), ref_params[k].detach())
+        grads = {k: 3.0 * v for k, v in random_grads(step + 1, params).items()}  # clipping bites
+        norm = O.global_norm(grads) if pass_norm else None
+        flat.step(grads, norm)
+        ref_params, ref_state = opt.update(ref_params, grads, ref_state, lr=0.05, grad_norm=norm)
+    new_params, new_state = flat.result()
+    torch.testing.assert_close((new_params, new_state), (ref_params, ref_state), rtol=0, atol=0)
+    assert all(v.is_leaf and v.requires_grad for v in new_params.values())
+    torch.testing.assert_close(({k: v.detach() for k, v in params.items()}, state), snapshot, rtol=0, atol=0)
+
+
+def test_flat_steps_refused_where_the_update_needs_a_graph_or_per_agent_rows():
+    params = {k: v.requires_grad_(True) for k, v in make_params(4).items()}
+    opt = O.adam(lr=0.1)
+    state = opt.init(params)
+    assert opt.flat_steps(params, state) is not None
+    assert opt.flat_steps(params, state, lr=torch.tensor(0.1, dtype=DT, requires_grad=True)) is None
+    assert opt.flat_steps({k: v * 1.0 for k, v in params.items()}, state) is None  # not leaves
+    assert opt.for_population().flat_steps(params, state) is None
+    partitioned = O.Partitioned({"w": O.sgd(0.1), "b": O.adam(0.1)})
+    assert partitioned.flat_steps(params, partitioned.init(params)) is None

@@ -1,0 +1,229 @@
+"""Profile one PPO update at RL Zoo's CartPole sizes: ours vs Stable-Baselines3, per gradient step.
+
+Run with ``.venv/bin/python scripts/profile_ppo_step.py`` (needs the ``bench`` extras for SB3).
+
+Both sides learn from a rollout of 8 envs x 32 steps (256 samples) in minibatches of 256 for 20
+epochs: 20 gradient steps per update, (64, 64) tanh MLPs for policy and value, Adam with
+max_grad_norm 0.5 (RL Zoo's hyperparameters, as ``scripts/bench_train.py``'s ``ours-zoo``), on
+one torch thread, in the same process, the two interleaved ``repeats`` times.
+
+* ours: ``rlmeta.learner.update`` on one rollout of ``envpool:CartPole-v1`` (everything the
+  learner does: ``prepare``, the minibatch shuffles and gathers, forward, loss, metrics, gradient,
+  clipping, Adam), built by ``agents.train.Trainer`` from bench_train's ``ours-zoo`` config;
+* SB3: ``PPO.train()`` on a full rollout buffer (after one ``learn`` of 256 steps; its progress
+  reset to 1 so the learning rate and clip range are the initial ones).
+
+Reported: the median over ``repeats`` of ms per gradient step (update time / 20) for each, the
+ratio SB3 / ours, then a ``torch.profiler`` table of one of our updates (op counts per gradient
+step and self CPU time) and a cProfile of our update by Python function. ``--floor`` also times
+the bare ops of one gradient step (forward of the two MLPs at batch 256, the loss, backward, one
+fused clip+Adam) to show how much is left above them.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@dataclass
+class ProfileConfig:
+    repeats: int = 15
+    """Timed updates per side (interleaved); the median is reported."""
+    warmup: int = 5
+    """Untimed updates per side first."""
+    torch_profile: bool = True
+    """Print the torch.profiler table of one of our updates."""
+    cprofile: bool = True
+    """Print the cProfile of our updates (by cumulative time)."""
+    floor: bool = True
+    """Also time the bare ops of one gradient step (the physical floor)."""
+    rows: int = 30
+
+
+def build_ours(tmp: Path):
+    """Our learner's parts at ours-zoo's config and one rollout."""
+    from bench_train import BenchTrainConfig, _ours_config
+    from rlmeta.agents.train import Trainer
+
+    cfg = BenchTrainConfig(threads=1)
+    trainer = Trainer(_ours_config("ours-zoo", 0, cfg, tmp / "ours", cfg.budget))
+    learning = trainer.learning
+    learning.start(trainer.state, trainer.loop)
+    rollout = trainer.loop.next().rollout
+    trainer.loop.close()
+    return learning, trainer.state, rollout
+
+
+def build_sb3():
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from bench_train import ZOO, _Linear
+
+    env = make_vec_env("CartPole-v1", n_envs=ZOO["n_envs"], seed=0)
+    model = PPO("MlpPolicy", env, n_steps=ZOO["n_steps"], batch_size=ZOO["batch_size"], gae_lambda=ZOO["gae_lambda"],
+                gamma=ZOO["gamma"], n_epochs=ZOO["n_epochs"], ent_coef=ZOO["ent_coef"],
+                learning_rate=_Linear(ZOO["learning_rate"]), clip_range=_Linear(ZOO["clip_range"]),
+                seed=0, device="cpu", verbose=0)
+    model.learn(total_timesteps=ZOO["n_envs"] * ZOO["n_steps"])  # one rollout (and one train)
+    return model
+
+
+def ours_update(learning, state, rollout):
+    from rlmeta.learner import update
+
+    hparams = learning.hparams(state)
+    return lambda: update(learning.objective, learning.optimizer, state.params, state.opt_state, rollout, hparams,
+                          progress=0.0, generator=learning.generator)
+
+
+def sb3_update(model):
+    def run():
+        model._current_progress_remaining = 1.0
+        model.train()
+    return run
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def floor_ms(steps: int = 200) -> dict[str, float]:
+    """ms per gradient step of the bare ops: two (64, 64) tanh MLPs at batch 256 (CartPole: 4 inputs,
+    2 actions), a PPO loss, backward into a flat buffer, clip + Adam on the flat buffer."""
+    torch.manual_seed(0)
+    n, d, a = 256, 4, 2
+    shapes = [(64, d), (64,), (64, 64), (64,), (a, 64), (a,), (64, d), (64,), (64, 64), (64,), (1, 64), (1,)]
+    flat = torch.randn(sum(torch.Size(s).numel() for s in shapes)) * 0.1
+    flat.requires_grad_(True)
+    sizes = [torch.Size(s).numel() for s in shapes]
+    obs, act = torch.randn(n, d), torch.randint(0, a, (n,))
+    old_logp, adv, ret = -torch.rand(n), torch.randn(n), torch.randn(n)
+    mu, nu = torch.zeros_like(flat), torch.zeros_like(flat)
+
+    def forward():
+        w = [v.view(s) for v, s in zip(flat.split(sizes), shapes)]
+        h = torch.tanh(torch.nn.functional.linear(obs, w[0], w[1]))
+        h = torch.tanh(torch.nn.functional.linear(h, w[2], w[3]))
+        logits = torch.nn.functional.linear(h, w[4], w[5])
+        g = torch.tanh(torch.nn.functional.linear(obs, w[6], w[7]))
+        g = torch.tanh(torch.nn.functional.linear(g, w[8], w[9]))
+        value = torch.nn.functional.linear(g, w[10], w[11]).squeeze(-1)
+        return logits, value
+
+    def loss_of(logits, value):
+        logp_all = torch.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, act[:, None]).squeeze(-1)
+        ratio = torch.exp(logp - old_logp)
+        surr = torch.min(ratio * adv, torch.clamp(ratio, 0.8, 1.2) * adv).mean()
+        return -surr + 0.5 * 0.5 * ((ret - value) ** 2).mean()
+
+    def adam_step(grad):
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(grad)
+            g = grad * torch.clamp(0.5 / norm, max=1.0)
+            mu.mul_(0.9).add_(g, alpha=0.1)
+            nu.mul_(0.999).addcmul_(g, g, value=0.001)
+            flat.sub_(mu / 0.1 / ((nu / 0.001).sqrt_().add_(1e-5)), alpha=1e-3)
+
+    parts: dict[str, float] = {}
+
+    def clock(name, fn, reps=steps):
+        for _ in range(20):
+            fn()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        parts[name] = (time.perf_counter() - start) / reps * 1e3
+
+    clock("forward (2 MLPs)", forward)
+    outs = forward()
+    clock("forward + loss", lambda: loss_of(*forward()))
+    clock("forward + loss + backward", lambda: loss_of(*forward()).backward())
+    flat.grad = None
+    grad = torch.randn_like(flat)
+    clock("clip + Adam (flat, fused)", lambda: adam_step(grad))
+
+    def full():
+        flat.grad = None
+        loss_of(*forward()).backward()
+        adam_step(flat.grad)
+    clock("whole step (fwd, loss, bwd, clip, Adam)", full)
+    del outs
+    return parts
+
+
+def main(cfg: ProfileConfig) -> dict:
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="rlmeta-profile-ppo-"))
+    try:
+        learning, state, rollout = build_ours(tmp)
+        steps = learning.objective.epochs * learning.objective.minibatches
+        model = build_sb3()
+        sb3_steps = model.n_epochs * (model.n_steps * model.n_envs // model.batch_size)
+        ours, sb3 = ours_update(learning, state, rollout), sb3_update(model)
+        for _ in range(cfg.warmup):
+            ours()
+            sb3()
+        t_ours, t_sb3 = [], []
+        for _ in range(cfg.repeats):
+            t_ours.append(timed(ours) / steps * 1e3)
+            t_sb3.append(timed(sb3) / sb3_steps * 1e3)
+        m_ours, m_sb3 = statistics.median(t_ours), statistics.median(t_sb3)
+        print(f"gradient steps per update: ours {steps}, SB3 {sb3_steps} (batch 256, (64, 64) tanh MLPs, 1 thread)")
+        print(f"ms per gradient step (median of {cfg.repeats}): ours {m_ours:.3f}, SB3 {m_sb3:.3f}; "
+              f"SB3 / ours {m_sb3 / m_ours:.2f}x")
+        print(f"  ours all: {' '.join(f'{t:.3f}' for t in t_ours)}")
+        print(f"  SB3 all:  {' '.join(f'{t:.3f}' for t in t_sb3)}")
+        out = {"ours_ms": m_ours, "sb3_ms": m_sb3, "ratio": m_sb3 / m_ours}
+        if cfg.torch_profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                ours()
+            events = prof.key_averages()
+            total_calls = sum(e.count for e in events if not e.key.startswith("autograd::engine") and
+                              e.key.startswith("aten::"))
+            print(f"\ntorch.profiler, one update of ours ({steps} gradient steps): "
+                  f"{total_calls / steps:.0f} aten op calls per gradient step (incl. nested)")
+            print(events.table(sort_by="self_cpu_time_total", row_limit=cfg.rows))
+        if cfg.cprofile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(5):
+                ours()
+            prof.disable()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(cfg.rows)
+            print(f"\ncProfile of 5 updates of ours ({5 * steps} gradient steps):")
+            print(s.getvalue())
+        if cfg.floor:
+            parts = floor_ms()
+            print("\nthe bare ops of one gradient step (ms; batch 256, CartPole sizes, 1 thread):")
+            for name, ms in parts.items():
+                print(f"  {name:<42} {ms:.3f}")
+            out["floor"] = parts
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(ProfileConfig))
