@@ -396,10 +396,20 @@ class Tape:
         return out
 
 
+class _Categorical(Categorical):
+    """torch's Categorical, with ``log_prob`` of values shaped as its batch (the usual case) as one gather:
+    the same values and gradient as the parent's, without its broadcasting ops."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args or value.shape != self._batch_shape:
+            return super().log_prob(value)
+        return self.logits.gather(-1, value.long().unsqueeze(-1)).squeeze(-1)
+
+
 def distribution(output: AgentOutput) -> Distribution:
     """The policy distribution of network outputs (Categorical, or a diagonal Normal)."""
     if output.log_std is None:
-        return Categorical(logits=output.policy, validate_args=False)
+        return _Categorical(logits=output.policy, validate_args=False)
     scale = output.log_std.exp().expand_as(output.policy)
     return Independent(Normal(output.policy, scale, validate_args=False), 1, validate_args=False)
 
@@ -407,7 +417,7 @@ def distribution(output: AgentOutput) -> Distribution:
 def named_distribution(outputs: Mapping[str, Tensor]) -> Distribution:
     """The policy distribution of :meth:`ActorCritic.named_outputs` (Categorical, or a diagonal Normal)."""
     if "log_std" not in outputs:
-        return Categorical(logits=outputs["policy"], validate_args=False)
+        return _Categorical(logits=outputs["policy"], validate_args=False)
     return Independent(Normal(outputs["policy"], outputs["log_std"].exp(), validate_args=False), 1,
                        validate_args=False)
 

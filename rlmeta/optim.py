@@ -323,7 +323,8 @@ def rmsprop(
 
     def fused(grads: Tensor, state: State, layout: "_Layout") -> tuple[Tensor, State]:
         nu = layout.flat(state["nu"]).mul_(decay).addcmul_(grads, grads, value=1 - decay)
-        return grads / (nu + eps_root).sqrt_().add_(eps), {"nu": layout.split(nu)}
+        root = nu.sqrt() if eps_root == 0 else (nu + eps_root).sqrt_()  # nu >= +0: nu + 0 is nu, bitwise
+        return grads / root.add_(eps), {"nu": layout.split(nu)}
 
     return Optimizer("rmsprop", lr, init, direction, max_grad_norm, fused)
 
@@ -359,7 +360,8 @@ def adam(
         mu = layout.flat(state["mu"]).mul_(b1).add_(grads, alpha=1 - b1)
         nu = layout.flat(state["nu"]).mul_(b2).addcmul_(grads, grads, value=1 - b2)
         c1, c2 = 1 - b1**count, 1 - b2**count
-        step = (mu / c1).div_((nu / c2).add_(eps_root).sqrt_().add_(eps))
+        second = nu / c2 if eps_root == 0 else (nu / c2).add_(eps_root)  # nu >= +0: adding 0 changes no bit
+        step = (mu / c1).div_(second.sqrt_().add_(eps))
         return step, {"count": count, "mu": layout.split(mu), "nu": layout.split(nu)}
 
     return Optimizer("adam", lr, init, direction, max_grad_norm, fused)

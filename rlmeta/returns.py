@@ -90,6 +90,16 @@ def generalized_advantages(
     deltas = td_errors(rewards, discounts, values, next_values)
     advantages = []
     a = torch.zeros_like(deltas[-1])
+    inputs = (rewards, discounts, values, next_values, continues, lambda_)
+    if not any(torch.is_tensor(x) and x.requires_grad for x in inputs):
+        # Nothing to differentiate: the coefficients d_t lambda c_t of all steps at once (the same
+        # products, so the same values), the recursion on their rows.
+        coefficients = (discounts * lambda_ * continues).unbind(0)
+        rows = deltas.unbind(0)
+        for t in reversed(range(deltas.shape[0])):
+            a = rows[t] + coefficients[t] * a
+            advantages.append(a)
+        return torch.stack(advantages[::-1])
     for t in reversed(range(deltas.shape[0])):
         a = deltas[t] + discounts[t] * lambda_ * continues[t] * a
         advantages.append(a)

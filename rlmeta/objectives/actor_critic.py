@@ -219,7 +219,13 @@ class PPO(MinibatchObjective):
         differentiates the minibatch losses through them.
         """
         keep_graph = context.exact
-        ev = context.evaluate_once(self.policy_value, params, rollout, hparams)
+        if not keep_graph and context.memo is None:
+            # The network's outputs are held fixed and shared with no other loss: no graph to build
+            # (the hyperparameters, which may be meta-learned, keep theirs below).
+            with torch.no_grad():
+                ev = context.evaluate_once(self.policy_value, params, rollout, hparams)
+        else:
+            ev = context.evaluate_once(self.policy_value, params, rollout, hparams)
         values = ev.values if keep_graph else ev.values.detach()
         next_values = ev.next_values if keep_graph else ev.next_values.detach()
         discounts = _hp(hparams, "gamma") * (1.0 - rollout.terminated)

@@ -1324,3 +1324,21 @@ def test_ppo_unit_and_zero_costs_change_neither_the_loss_nor_its_gradient():
     assert results[0].metrics == results[1].metrics
     assert {"entropy", "clip_fraction", "policy_loss", "value_loss"} <= set(results[0].metrics)
     assert results[2].metrics == {}
+
+
+def test_ppo_prepare_without_a_graph_is_bitwise_the_prepare_with_one():
+    """Plain prepare runs the network without autograd (its values are held fixed): the same batch, bitwise;
+    meta-learned hyperparameters keep their graph."""
+    from rlmeta.rollout import ForwardMemo
+
+    params = make_outer_params()
+    rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
+    objective = PPO(both_policy_value, outer_critic=OC)
+    plain = objective.prepare(params, rollout, HP)
+    traced = objective.prepare(params, rollout, HP, LossContext(memo=ForwardMemo()))
+    assert set(plain) == set(traced)
+    assert all(torch.equal(plain[k], traced[k].detach()) for k in plain)
+    assert not any(v.requires_grad for v in plain.values())
+    gamma = torch.tensor(HP["gamma"], dtype=DT, requires_grad=True)
+    meta = objective.prepare(params, rollout, {**HP, "gamma": gamma})
+    assert meta["advantages"].requires_grad and torch.equal(meta["advantages"].detach(), plain["advantages"])

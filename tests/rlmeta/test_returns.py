@@ -492,3 +492,19 @@ def test_bad_n_raises(n):
     a = _good()
     with pytest.raises(ValueError):
         R.n_step_returns(a["rewards"], a["discounts"], a["next_values"], a["continues"], n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_generalized_advantages_without_gradients_are_bitwise_those_with(dtype):
+    """Where nothing requires grad, GAE takes its coefficients for all steps at once: the same values, bitwise."""
+    g = torch.Generator().manual_seed(7)
+    T, B = 17, 5
+    rewards, values, next_values = (torch.randn(T, B, generator=g, dtype=dtype) for _ in range(3))
+    discounts = 0.97 * (torch.rand(T, B, generator=g, dtype=dtype) > 0.1).to(dtype)
+    continues = (torch.rand(T, B, generator=g, dtype=dtype) > 0.2).to(dtype)
+    for lam in (0.8, torch.tensor(0.93, dtype=dtype), torch.rand(B, generator=g, dtype=dtype)):
+        plain = R.generalized_advantages(rewards, discounts, values, next_values, continues, lam)
+        traced = R.generalized_advantages(rewards, discounts, values.clone().requires_grad_(True), next_values,
+                                          continues, lam)
+        assert traced.requires_grad and not plain.requires_grad
+        assert torch.equal(plain, traced.detach())
