@@ -41,7 +41,7 @@ def global_norm(tensors: Params, per_agent: bool = False) -> Tensor:
         return torch.sqrt(total + 1e-30)
     if not any(t.requires_grad for t in values):  # one fused kernel per tensor list
         norms = torch._foreach_norm(values)
-        return torch.sqrt(torch.sum(torch.stack(norms) ** 2) + 1e-30)
+        return torch.sqrt(torch.sum(torch.stack(norms).pow(2)) + 1e-30)  # pow(2): ** 2 without its wrapper
     total = sum(torch.sum(t * t) for t in values)
     return torch.sqrt(total + 1e-30)
 
@@ -217,7 +217,8 @@ class FlatSteps:
             if opt.max_grad_norm is not None:
                 if grad_norm is None:
                     grad_norm = torch.linalg.vector_norm(g, dim=-1)
-                g = g * torch.clamp(opt.max_grad_norm / grad_norm, max=1.0)
+                # max_grad_norm / grad_norm, as Tensor.__rtruediv__ computes it (without its Python wrapper)
+                g = g * torch.clamp(grad_norm.reciprocal() * opt.max_grad_norm, max=1.0)
             step, self.state = opt.fused_direction(g, self.state, _Owned)  # type: ignore[misc,arg-type]
             self.flat.sub_(step, alpha=self.rate)
 

@@ -279,7 +279,7 @@ class PPO(MinibatchObjective):
         surrogate, extra = self.surrogate(ratio, log_ratio, advantages, hparams, progress)
         policy_loss = -surrogate.mean()
         if self.value_clip is None:
-            value_loss = 0.5 * ((batch["returns"] - values) ** 2).mean()
+            value_loss = 0.5 * (batch["returns"] - values).pow(2).mean()
         else:
             clipped = batch["old_values"] + torch.clamp(values - batch["old_values"], -self.value_clip, self.value_clip)
             value_loss = 0.5 * torch.max((batch["returns"] - values) ** 2, (batch["returns"] - clipped) ** 2).mean()
