@@ -50,6 +50,8 @@ class ProfileConfig:
     """Print the cProfile of our updates (by cumulative time)."""
     floor: bool = True
     """Also time the bare ops of one gradient step (the physical floor)."""
+    floor_batches: tuple[int, ...] = (256, 64)
+    """Minibatch sizes to time the floor at (256: RL Zoo's and the shipped config's)."""
     rows: int = 30
 
 
@@ -103,11 +105,11 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def floor_ms(steps: int = 200) -> dict[str, float]:
-    """ms per gradient step of the bare ops: two (64, 64) tanh MLPs at batch 256 (CartPole: 4 inputs,
+def floor_ms(n: int = 256, steps: int = 200) -> dict[str, float]:
+    """ms per gradient step of the bare ops: two (64, 64) tanh MLPs at batch ``n`` (CartPole: 4 inputs,
     2 actions), a PPO loss, backward into a flat buffer, clip + Adam on the flat buffer."""
     torch.manual_seed(0)
-    n, d, a = 256, 4, 2
+    d, a = 4, 2
     shapes = [(64, d), (64,), (64, 64), (64,), (a, 64), (a,), (64, d), (64,), (64, 64), (64,), (1, 64), (1,)]
     flat = torch.randn(sum(torch.Size(s).numel() for s in shapes)) * 0.1
     flat.requires_grad_(True)
@@ -213,11 +215,12 @@ def main(cfg: ProfileConfig) -> dict:
             print(f"\ncProfile of 5 updates of ours ({5 * steps} gradient steps):")
             print(s.getvalue())
         if cfg.floor:
-            parts = floor_ms()
-            print("\nthe bare ops of one gradient step (ms; batch 256, CartPole sizes, 1 thread):")
-            for name, ms in parts.items():
-                print(f"  {name:<42} {ms:.3f}")
-            out["floor"] = parts
+            out["floor"] = {}
+            for n in cfg.floor_batches:
+                parts = out["floor"][n] = floor_ms(n)
+                print(f"\nthe bare ops of one gradient step (ms; batch {n}, CartPole sizes, 1 thread):")
+                for name, ms in parts.items():
+                    print(f"  {name:<42} {ms:.3f}")
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
