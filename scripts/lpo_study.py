@@ -29,10 +29,10 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from study_jobs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "lpo-study"
@@ -61,22 +61,6 @@ def completed(path: Path, generations: int) -> bool:
     return data.get("status") == "completed" and data.get("generations", 0) >= generations
 
 
-def _run(jobs: list[tuple[str, list[str], Path | None]], parallel: int) -> None:
-    running: list[tuple[subprocess.Popen, str]] = []
-    while jobs or running:
-        while jobs and len(running) < parallel:
-            name, args, log = jobs.pop(0)
-            print(f"{time.strftime('%H:%M:%S')} start {name}", flush=True)
-            out = open(log, "a") if log else subprocess.DEVNULL
-            running.append((subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT), name))
-        time.sleep(2)
-        for process, name in list(running):
-            if process.poll() is not None:
-                if process.returncode:
-                    print(f"{time.strftime('%H:%M:%S')} {name} exited {process.returncode}", flush=True)
-                running.remove((process, name))
-
-
 def train(parallel: int, generations: int) -> None:
     """Run (or resume) each arm's ES meta-training to ``generations``."""
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -88,7 +72,7 @@ def train(parallel: int, generations: int) -> None:
         args = [sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", str(path), "--generations", str(generations)]
         resume = (path / "checkpoints" / "latest.pt").is_file()
         jobs.append((arm, args + (["--resume"] if resume else [*COMMON, *extra, "--seed", "0"]), RUNS / f"{arm}.log"))
-    _run(jobs, parallel)
+    run_jobs(jobs, parallel, ROOT, poll=2)
 
 
 def objectives() -> dict[str, list[str]]:
@@ -114,7 +98,7 @@ def test(parallel: int) -> None:
                                          "--eval-interval", "0", "--eval-episodes", "8", "--seed", str(seed),
                                          "--run-dir", str(path), "--overwrite", "--no-progress",
                                          "--torch-threads", "1"], None))
-    _run(jobs, parallel)
+    run_jobs(jobs, parallel, ROOT, poll=2)
 
 
 def transfer(parallel: int) -> None:
@@ -127,7 +111,7 @@ def transfer(parallel: int) -> None:
                 jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
                                          *options, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
                                          "--no-progress", "--torch-threads", "1"], None))
-    _run(jobs, parallel)
+    run_jobs(jobs, parallel, ROOT, poll=2)
 
 
 def _summary_return(path: Path) -> float | None:

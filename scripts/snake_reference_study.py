@@ -28,8 +28,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from study_jobs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "snake-reference"
@@ -72,20 +73,9 @@ def train(parallel: int, steps: int) -> None:
             else:
                 args += ["--config", str(ROOT / "configs" / config), "--run-dir", str(path), "--seed", str(seed)]
             args += ["--total-steps", str(steps), "--torch-threads", "1", "--no-progress"]
-            jobs.append((f"{variant}-s{seed}", args))
-    running: list[tuple[subprocess.Popen, str]] = []
+            jobs.append((f"{variant}-s{seed}", args, RUNS / f"{variant}-s{seed}.log"))
     RUNS.mkdir(parents=True, exist_ok=True)
-    while jobs or running:
-        while jobs and len(running) < parallel:
-            name, args = jobs.pop(0)
-            log = open(RUNS / f"{name}.log", "a")
-            print(f"{time.strftime('%H:%M:%S')} start {name}", flush=True)
-            running.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), name))
-        time.sleep(10)
-        for process, name in list(running):
-            if process.poll() is not None:
-                print(f"{time.strftime('%H:%M:%S')} {name} exited {process.returncode}", flush=True)
-                running.remove((process, name))
+    run_jobs(jobs, parallel, ROOT, poll=10)
 
 
 def _gamma_curve(path: Path) -> list[tuple[int, float]]:

@@ -23,10 +23,10 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from study_jobs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "ta-lpg-study"
@@ -75,53 +75,35 @@ def train(parallel: int, generations: int) -> None:
                 args += ["--resume"]
             else:
                 args += [*COMMON, *extra, "--seed", str(seed)]
-            jobs.append((f"{arm}-s{seed}", args))
+            jobs.append((f"{arm}-s{seed}", args, RUNS / f"{arm}-s{seed}.log"))
         for arm, options in METAGRAD.items():
             path = run_dir(arm, seed)
             if _completed(path):
                 continue
             args = [sys.executable, "-m", "rlmeta.cli", "meta-train", "--run-dir", str(path)]
             resume = (path / "checkpoints" / "latest.pt").is_file()
-            jobs.append((f"{arm}-s{seed}", args + (["--resume"] if resume else [*options, "--seed", str(seed)])))
+            jobs.append((f"{arm}-s{seed}", args + (["--resume"] if resume else [*options, "--seed", str(seed)]),
+                         RUNS / f"{arm}-s{seed}.log"))
     RUNS.mkdir(parents=True, exist_ok=True)
-    running: list[tuple[subprocess.Popen, str]] = []
-    while jobs or running:
-        while jobs and len(running) < parallel:
-            name, args = jobs.pop(0)
-            log = open(RUNS / f"{name}.log", "a")
-            print(f"{time.strftime('%H:%M:%S')} start {name}", flush=True)
-            running.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), name))
-        time.sleep(10)
-        for process, name in list(running):
-            if process.poll() is not None:
-                print(f"{time.strftime('%H:%M:%S')} {name} exited {process.returncode}", flush=True)
-                running.remove((process, name))
+    run_jobs(jobs, parallel, ROOT, poll=10)
 
 
 def test(parallel: int, generations: int) -> None:
     """Meta-test every finished arm at every lifetime (skipping results that exist)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    jobs = []
     for lifetime in LIFETIMES:
+        jobs = []
         for seed in SEEDS:
             for arm in (*ARMS, *METAGRAD):
                 path, out = run_dir(arm, seed), RESULTS / f"meta_test-{arm}-s{seed}-{lifetime}.json"
                 done = finished(path, generations) if arm in ARMS else _completed(path)
                 if done and not out.is_file():
-                    jobs.append((f"{arm}-s{seed} at {lifetime}", [
+                    jobs.append((f"meta-test {arm}-s{seed} at {lifetime}", [
                         sys.executable, "-m", "rlmeta.cli", "meta-test", str(path / "lpg.pt"), "--levels", "small",
                         "--num-levels", str(TEST_LEVELS), "--lifetime", str(lifetime), "--out", str(out),
-                        "--torch-threads", "1", "--a2c-cache", str(RUNS / "a2c_cache.json")]))
-    running: list[tuple[subprocess.Popen, str]] = []
-    while jobs or running:
-        while jobs and len(running) < parallel:
-            name, args = jobs.pop(0)
-            print(f"{time.strftime('%H:%M:%S')} meta-test {name}", flush=True)
-            running.append((subprocess.Popen(args, stdout=subprocess.DEVNULL, cwd=ROOT), name))
-            if len(running) == 1 and jobs:  # the first of a lifetime fills the A2C cache alone
-                running[0][0].wait()
-        time.sleep(5)
-        running = [(p, n) for p, n in running if p.poll() is None]
+                        "--torch-threads", "1", "--a2c-cache", str(RUNS / "a2c_cache.json")], None))
+        run_jobs(jobs[:1], 1, ROOT, poll=2)  # the first of a lifetime fills the A2C cache alone
+        run_jobs(jobs[1:], parallel, ROOT, poll=2)
 
 
 def report() -> None:
