@@ -53,10 +53,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from rlmeta.agents.build import build_agent
 from rlmeta.agents.config import ESTrainConfig, TrainConfig, load_config, save_config, to_dict
 from rlmeta.agents.learned import LPG_FORMAT, LearnedLPO, save_lpo
-from rlmeta.agents.lifetime import lifetime, make_env
+from rlmeta.agents.meta_test import lpo_inner_config, lpo_return
 from rlmeta.agents.networks import TabularAgent
 from rlmeta.agents.population import (
     GridPopulation, TabularHypers, adapter, evaluate_population, initial_params, num_states,
@@ -102,16 +101,8 @@ def es_network(config: ESTrainConfig, inner: TrainConfig | None = None) -> LPGNe
 def inner_train_config(config: ESTrainConfig) -> TrainConfig:
     """objective lpo: one lifetime's training config (``inner_config`` with algo lpo, no early stop, no run
     directory, ``inner_steps``); refused with a reason where a lifetime cannot be a fitness."""
-    inner = load_config(config.inner_config, TrainConfig)
-    if inner.meta.enabled or inner.mode != "sync":
-        raise ValueError(f"inner_config {config.inner_config!r}: an ES lifetime trains in sync mode without "
-                         "meta-gradients (remove meta.learn, mode async)")
-    if inner.algo not in ("ppo", "lpo"):
-        raise ValueError(f"inner_config {config.inner_config!r} trains {inner.algo!r}; LPO replaces PPO's clip, so "
-                         "the inner config must be a PPO (or LPO) config")
-    return dataclasses.replace(inner, algo="lpo", objective=None, target_return=None, run_dir=None, resume=False,
-                               overwrite=False, torch_threads=1, progress=False,
-                               total_steps=config.inner_steps or inner.total_steps)
+    return lpo_inner_config(load_config(config.inner_config, TrainConfig), f"inner_config {config.inner_config!r}",
+                            config.inner_steps or None)
 
 
 def es_hypers(config: ESTrainConfig) -> TabularHypers:
@@ -212,22 +203,13 @@ class LPOLifetimeFitness:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the same arithmetic in process and on Ray workers (one thread each)
         try:
-            with torch.random.fork_rng(devices=[]):  # lifetime() seeds torch's generator itself
-                return [self._one(candidate, seed) for candidate, seed in zip(candidates, seeds)]
+            return [self._one(candidate, seed) for candidate, seed in zip(candidates, seeds)]
         finally:
             torch.set_num_threads(threads)
 
     def _one(self, candidate: dict[str, torch.Tensor], seed: int) -> float:
-        config = dataclasses.replace(self.inner, seed=seed % (2**31 - 1))
-        probe = make_env(config, config.seed, num_envs=1)
-        try:
-            spaces = probe.single_observation_space, probe.single_action_space
-        finally:
-            probe.close()
         drift = LearnedLPO(self.network, {k: v.detach().float() for k, v in candidate.items()}, "es candidate", {})
-        agent = build_agent(config, *spaces, config.device, lpo=drift)
-        result = lifetime(config, agent=agent, evaluate_at_end=True)
-        return float(result.evaluation["return_mean"])
+        return lpo_return(self.inner, drift, seed % (2**31 - 1))
 
 
 class ESTrainer:
@@ -316,7 +298,8 @@ class ESTrainer:
         center = {k: v.detach().float().cpu() for k, v in self.es.center.items()}
         if self.config.objective == "lpo":
             partial = self.objective_file.with_name(self.objective_file.name + ".tmp")
-            save_lpo(partial, self.network, center, generation=self.generation, config=to_dict(self.config))
+            save_lpo(partial, self.network, center, generation=self.generation, config=to_dict(self.config),
+                     inner=to_dict(self.fitness.inner))
             partial.replace(self.objective_file)
             return
         atomic_save({"format": LPG_FORMAT, "network": to_dict(self.network), "params": center,

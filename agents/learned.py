@@ -1,9 +1,12 @@
 """Learned objectives as files: what ``rlmeta meta-train`` writes and ``rlmeta train --algo lpg`` and
 ``rlmeta meta-test`` read (a path, a shipped name, ``untrained`` or ``untrained:N``); and learned LPO
-drifts, which ``rlmeta train --algo lpo`` reads (a path written by :func:`save_lpo`, or ``ppo-init``)."""
+drifts, which ``rlmeta train --algo lpo`` and ``rlmeta meta-test`` read (a path written by
+:func:`save_lpo`, a shipped name, or ``ppo-init``). Shipped objectives are package data: ``<name>.pt``
+and its card ``<name>.json``, whose ``kind`` (``lpg`` or ``lpo``) says which loader reads it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,9 +43,53 @@ class LearnedLPG:
         return LPG(policy_value, self.network, params=self.params, target_cost=self.target_cost, lifetime=lifetime)
 
 
-def shipped_objectives() -> list[str]:
-    """Names of the learned objectives that ship with rlmeta."""
-    return sorted(p.name[:-3] for p in resources.files(SHIPPED).iterdir() if p.name.endswith(".pt"))
+KINDS = ("lpg", "lpo")
+
+
+def shipped_card(name: str) -> dict[str, Any]:
+    """The card (``<name>.json``) of a shipped objective: where it came from, its config and its scores."""
+    card = resources.files(SHIPPED) / f"{name}.json"
+    if not card.is_file():
+        raise ValueError(f"{name!r} is not a shipped objective ({shipped_objectives()})")
+    return json.loads(card.read_text())
+
+
+def shipped_objectives(kind: str | None = None) -> list[str]:
+    """Names of the learned objectives that ship with rlmeta (``kind``: only LPGs (``lpg``) or LPO drifts (``lpo``))."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    names = sorted(p.name[:-3] for p in resources.files(SHIPPED).iterdir() if p.name.endswith(".pt"))
+    return [n for n in names if kind is None or shipped_card(n).get("kind") == kind]
+
+
+def _shipped_path(name: str) -> Path:
+    return Path(str(resources.files(SHIPPED) / f"{name}.pt"))
+
+
+def objective_kind(objective: str) -> str:
+    """``lpg`` or ``lpo``: which kind of learned objective ``objective`` (a file, a shipped name,
+    ``untrained[:N]`` or ``ppo-init``) is; a clear error where it is none."""
+    if objective == "untrained" or objective.startswith("untrained:"):
+        return "lpg"
+    if objective == PPO_INIT:
+        return "lpo"
+    path = Path(objective)
+    if not path.is_file():
+        if objective in shipped_objectives():
+            return shipped_card(objective)["kind"]
+        raise ValueError(f"objective {objective!r} is neither a file nor a shipped objective ({shipped_objectives()}), "
+                         f"nor 'untrained', 'untrained:N' or {PPO_INIT!r}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # not a torch file
+        raise ValueError(f"{str(path)!r} is not a learned objective file: {error}") from None
+    found = data.get("format") if isinstance(data, dict) else None
+    if found == LPG_FORMAT:
+        return "lpg"
+    if found == LPO_FORMAT:
+        return "lpo"
+    raise ValueError(f"{str(path)!r} is not a learned objective: format {found!r}, expected {LPG_FORMAT!r} "
+                     f"(rlmeta meta-train / es-train --objective lpg) or {LPO_FORMAT!r} (es-train --objective lpo)")
 
 
 def load_lpg(objective: str, seed: int = 0) -> LearnedLPG:
@@ -61,11 +108,13 @@ def load_lpg(objective: str, seed: int = 0) -> LearnedLPG:
         return LearnedLPG(network, network.init(seed), config.lpg.target_cost, TabularHypers(), objective, {})
     path = Path(objective)
     if not path.is_file():
-        if objective in shipped_objectives():
-            path = Path(str(resources.files(SHIPPED) / f"{objective}.pt"))
+        if objective in shipped_objectives("lpg"):
+            path = _shipped_path(objective)
+        elif objective in shipped_objectives("lpo"):
+            raise ValueError(f"{objective!r} is a shipped LPO drift, not an LPG: use it with --algo lpo")
         else:
-            raise ValueError(f"objective {objective!r} is neither a file nor a shipped objective "
-                             f"({shipped_objectives()}), nor 'untrained' or 'untrained:N'")
+            raise ValueError(f"objective {objective!r} is neither a file nor a shipped LPG "
+                             f"({shipped_objectives('lpg')}), nor 'untrained' or 'untrained:N'")
     data = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(data, dict) or data.get("format") != LPG_FORMAT:
         raise ValueError(f"{str(path)!r} is not a learned LPG written by rlmeta meta-train (format {LPG_FORMAT})")
@@ -105,14 +154,21 @@ def save_lpo(path: str | Path, network: LPONetwork, params: dict[str, torch.Tens
 
 
 def load_lpo(objective: str | None = PPO_INIT, clip: float = 0.2, seed: int = 0) -> LearnedLPO:
-    """A learned LPO drift from a file written by :func:`save_lpo`, or ``ppo-init`` (or None): a fresh
-    drift network whose drift is PPO-clip's with eps ``clip`` (its hidden layer drawn with ``seed``)."""
+    """A learned LPO drift from a file written by :func:`save_lpo`, a shipped name (``rlmeta meta-test
+    --list``), or ``ppo-init`` (or None): a fresh drift network whose drift is PPO-clip's with eps
+    ``clip`` (its hidden layer drawn with ``seed``)."""
     if objective is None or objective == PPO_INIT:
         network = LPONetwork(ppo_clip=clip)
         return LearnedLPO(network, network.init(seed), PPO_INIT, {})
     path = Path(objective)
     if not path.is_file():
-        raise ValueError(f"LPO objective {objective!r} is neither a file nor {PPO_INIT!r}")
+        if objective in shipped_objectives("lpo"):
+            path = _shipped_path(objective)
+        elif objective in shipped_objectives("lpg"):
+            raise ValueError(f"{objective!r} is a shipped LPG, not an LPO drift: use it with --algo lpg")
+        else:
+            raise ValueError(f"LPO objective {objective!r} is neither a file, a shipped LPO drift "
+                             f"({shipped_objectives('lpo')}) nor {PPO_INIT!r}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, or one holding more than plain data and tensors

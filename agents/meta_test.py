@@ -13,6 +13,12 @@ comes from a bootstrap over levels. Beside it: the per-level normalised return a
 level's optimum by dynamic programming, ``(J - J_random) / (J* - J_random)``, for the
 objective and for A2C. Held-out levels are ``sample_levels(levels, num_levels, seed)``; training
 draws its levels one at a time from other seeds.
+
+A learned LPO drift (``rlmeta meta-test lpo-cartpole``, or an ``es-train --objective lpo`` run's
+``lpo.pt``) is meta-tested the way LPO is judged (:func:`meta_test_lpo`): fresh PPO agents (seeds
+``seed, seed + 1, ...``) learn one lifetime of the config the drift was meta-trained in, with the
+drift and with PPO's clip (its initialisation) on the same seeds; the score is each one's mean
+greedy evaluation return, and the paired difference with its standard error.
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlmeta.agents.learned import LearnedLPG, load_lpg, shipped_objectives
+from rlmeta.agents.build import build_agent
+from rlmeta.agents.config import TrainConfig, from_dict, load_config
+from rlmeta.agents.learned import PPO_INIT, LearnedLPG, LearnedLPO, load_lpg, load_lpo, shipped_objectives
+from rlmeta.agents.lifetime import lifetime as run_lifetime
+from rlmeta.agents.lifetime import make_env
 from rlmeta.agents.networks import TabularAgent
 from rlmeta.agents.population import (
     TabularHypers, a2c_objective, adapter, evaluate_population, num_states, random_returns, train_population,
@@ -120,6 +130,84 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
     return out
 
 
+def lpo_inner_config(inner: TrainConfig, where: str, steps: int | None = None) -> TrainConfig:
+    """One LPO lifetime's training config from a PPO (or LPO) config: algo lpo, no early stop, no run
+    directory, one thread, ``steps`` env steps (default: the config's); refused with a reason where a
+    lifetime cannot be scored (meta-gradients, async mode, another algorithm)."""
+    if inner.meta.enabled or inner.mode != "sync":
+        raise ValueError(f"{where}: an LPO lifetime trains in sync mode without meta-gradients (remove meta.learn, "
+                         "mode async)")
+    if inner.algo not in ("ppo", "lpo"):
+        raise ValueError(f"{where} trains {inner.algo!r}; LPO replaces PPO's clip, so the config must be a PPO "
+                         "(or LPO) config")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return dataclasses.replace(inner, algo="lpo", objective=None, target_return=None, run_dir=None, resume=False,
+                               overwrite=False, torch_threads=1, progress=False, total_steps=steps or inner.total_steps)
+
+
+def lpo_return(config: TrainConfig, drift: LearnedLPO, seed: int) -> float:
+    """The greedy evaluation return of a PPO agent after one lifetime of ``config`` (seed ``seed``)
+    learning with ``drift`` in place of PPO's clip (deterministic for a seed on one thread)."""
+    config = dataclasses.replace(config, seed=seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's torch generator is left as it was
+        torch.manual_seed(config.seed)  # the initial network: drawn from the seed, as in rlmeta train
+        probe = make_env(config, config.seed, num_envs=1)
+        try:
+            spaces = probe.single_observation_space, probe.single_action_space
+        finally:
+            probe.close()
+        agent = build_agent(config, *spaces, config.device, lpo=drift)
+        result = run_lifetime(config, agent=agent, evaluate_at_end=True)
+    return float(result.evaluation["return_mean"])
+
+
+def meta_test_lpo(objective: str, num_seeds: int = 32, seed: int = 1000, steps: int | None = None,
+                  inner_config: str | None = None, include_ppo: bool = True) -> dict[str, Any]:
+    """Score a learned LPO drift (see the module docstring); returns the results dict.
+
+    ``inner_config``: a PPO config (TOML/JSON) to test in (default: the one the drift was meta-trained
+    in, kept in its file); ``steps``: env steps per lifetime (default: that config's, the meta-training
+    horizon).
+    """
+    if not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"num_seeds must be an integer >= 1, got {num_seeds!r}")
+    drift = load_lpo(objective)
+    if inner_config is not None:
+        base, where = load_config(inner_config, TrainConfig), f"inner config {inner_config!r}"
+    elif "inner" in drift.info:
+        base, where = from_dict(TrainConfig, drift.info["inner"]), f"{drift.source}'s inner config"
+    else:
+        raise ValueError(f"{drift.source!r} does not record the config it was meta-trained in: pass --inner-config")
+    config = lpo_inner_config(base, where, steps)
+    seeds = list(range(seed, seed + num_seeds))
+    learned = np.array([lpo_return(config, drift, s) for s in seeds])
+    out: dict[str, Any] = {"objective": drift.source, "kind": "lpo", "env": config.env, "steps": config.total_steps,
+                           "seed": seed, "num_seeds": num_seeds, "eval_episodes": config.eval_episodes,
+                           "lifetime_conditioning": drift.network.lifetime_conditioning,
+                           "return": _mean_se(learned), "per_seed": [float(j) for j in learned]}
+    if include_ppo:
+        ppo = load_lpo(PPO_INIT, clip=config.ppo.clip)  # PPO itself (LPO at its initialisation is PPO-clip)
+        baseline = np.array([lpo_return(config, ppo, s) for s in seeds])
+        out.update(ppo_return=_mean_se(baseline), ppo_per_seed=[float(j) for j in baseline],
+                   difference=_mean_se(learned - baseline))
+    return out
+
+
+def format_lpo_results(results: dict[str, Any]) -> str:
+    """The readable report of :func:`meta_test_lpo`; its last line is the paired difference to PPO."""
+    r = results["return"]
+    lines = [f"objective: {results['objective']} (LPO drift{', TA-LPO' if results['lifetime_conditioning'] else ''})",
+             f"{results['num_seeds']} fresh PPO agents (seeds {results['seed']}..{results['seed'] + results['num_seeds'] - 1}) "
+             f"on {results['env']}, {results['steps']} env steps each, {results['eval_episodes']} greedy evaluation episodes",
+             f"return with the learned drift: {r['mean']:.2f} +- {r['se']:.2f}"]
+    if "ppo_return" in results:
+        p, d = results["ppo_return"], results["difference"]
+        lines += [f"return with PPO's clip: {p['mean']:.2f} +- {p['se']:.2f}",
+                  f"learned - PPO (paired over seeds): {d['mean']:+.2f} +- {d['se']:.2f}"]
+    return "\n".join(lines)
+
+
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation of ``x`` and ``y`` (average ranks for ties); 0 where one is constant."""
     rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
@@ -175,4 +263,5 @@ def write_results(results: dict[str, Any], path: Path, overwrite: bool) -> None:
     atomic_json(results, path)
 
 
-__all__ = ["LearnedLPG", "format_results", "load_lpg", "meta_test", "shipped_objectives", "spearman", "write_results"]
+__all__ = ["LearnedLPG", "format_lpo_results", "format_results", "load_lpg", "lpo_inner_config", "lpo_return",
+           "meta_test", "meta_test_lpo", "shipped_objectives", "spearman", "write_results"]

@@ -258,47 +258,65 @@ class MetaTrain(MetaTrainConfig):
 
 @dataclass
 class MetaTest:
-    """Score a learned objective on held-out levels: normalised return against A2C (GROOVE's score)."""
+    """Score a learned objective: an LPG on held-out levels (normalised return against A2C, GROOVE's
+    score), or an LPO drift on fresh PPO agents (return against PPO's clip on the same seeds)."""
 
     objective: tyro.conf.Positional[str] = "untrained"
-    """A learned LPG: the lpg.pt of a meta-train run, a shipped name (--list), 'untrained' (a fresh LPG
-    initialised with --seed) or 'untrained:N' (initialised with seed N, on the same levels)."""
+    """A learned LPG (the lpg.pt of a meta-train or es-train run, a shipped name (--list), 'untrained'
+    (a fresh LPG initialised with --seed) or 'untrained:N' (initialised with seed N, on the same levels)),
+    or a learned LPO drift (an es-train run's lpo.pt, a shipped name)."""
     levels: str = "small"
-    """Level generator of the held-out levels (small, medium, large, all, or a named level: dense, sparse, ...)."""
+    """LPG: level generator of the held-out levels (small, medium, large, all, or a named level: dense, sparse, ...)."""
     num_levels: int = 128
+    """LPG: held-out levels."""
     lifetime: int = 250
-    """Agent updates each agent learns for."""
+    """LPG: agent updates each agent learns for."""
     seed: int = 1000
-    """Seed of the held-out levels (and of the agents)."""
+    """Seed of the held-out levels and agents (LPO: the agents' seeds are --seed, --seed+1, ...)."""
     episodes: int = 16
-    """Evaluation episodes per level and policy."""
+    """LPG: evaluation episodes per level and policy."""
+    num_seeds: int = 32
+    """LPO: fresh PPO agents, each trained with the drift and with PPO's clip."""
+    steps: int | None = None
+    """LPO: env steps per lifetime (default: the meta-training horizon)."""
+    inner_config: str | None = None
+    """LPO: the PPO config (TOML/JSON) to test in (default: the one the drift was meta-trained in)."""
     out: str = "meta_test.json"
-    """Where the results go (JSON with the key normalized_score)."""
+    """Where the results go (JSON; LPG: the key normalized_score)."""
     a2c_cache: str | None = None
-    """A JSON file that keeps A2C reference returns by test setup, so several objectives share them."""
+    """LPG: a JSON file that keeps A2C reference returns by test setup, so several objectives share them."""
     overwrite: bool = False
     torch_threads: int = 0
     list: bool = False
-    """List the shipped objectives and exit."""
+    """List the shipped objectives (with their kind) and exit."""
 
     def run(self) -> None:
-        from rlmeta.agents.meta_test import format_results, meta_test, shipped_objectives, write_results  # deferred
+        from rlmeta.agents.learned import objective_kind, shipped_card  # deferred: loads torch
+        from rlmeta.agents.meta_test import (  # deferred
+            format_lpo_results, format_results, meta_test, meta_test_lpo, shipped_objectives, write_results,
+        )
         from rlmeta.agents.runs import set_threads  # deferred: loads torch
 
         if self.list:
-            print("\n".join(shipped_objectives()) or "(none)")
+            names = shipped_objectives()
+            print("\n".join(f"{name} ({shipped_card(name)['kind']})" for name in names) or "(none)")
             return
         set_threads(self.torch_threads)
         out = Path(self.out)
         try:
             if out.exists() and not self.overwrite:
                 raise ValueError(f"{str(out)!r} already exists; pass --overwrite or another --out")
-            results = meta_test(self.objective, self.levels, self.num_levels, self.lifetime, self.seed, self.episodes,
-                                a2c_cache=Path(self.a2c_cache) if self.a2c_cache else None)
+            if objective_kind(self.objective) == "lpo":
+                results = meta_test_lpo(self.objective, self.num_seeds, self.seed, self.steps, self.inner_config)
+                report = format_lpo_results(results)
+            else:
+                results = meta_test(self.objective, self.levels, self.num_levels, self.lifetime, self.seed,
+                                    self.episodes, a2c_cache=Path(self.a2c_cache) if self.a2c_cache else None)
+                report = format_results(results)
             write_results(results, out, self.overwrite)
         except ValueError as error:
             raise InputError("rlmeta meta-test", error) from None
-        print(format_results(results))
+        print(report)
 
 
 Command = Union[

@@ -108,8 +108,10 @@ def test_drift_files_round_trip(tmp_path):
 
 
 def test_bad_drift_files_give_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="is neither a file nor 'ppo-init'"):
+    with pytest.raises(ValueError, match=r"is neither a file, a shipped LPO drift \(.*\) nor 'ppo-init'"):
         load_lpo(str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="'lpg-grid-small' is a shipped LPG, not an LPO drift: use it with --algo lpg"):
+        load_lpo("lpg-grid-small")
     text = tmp_path / "notes.txt"
     text.write_text("not a drift")
     with pytest.raises(ValueError, match="is not a learned LPO file"):
@@ -151,7 +153,7 @@ def test_cli_input_errors_exit_2_before_anything_is_written(tmp_path, capsys):
     torch.save({"format": "rlmeta-lpg-1"}, lpg_like)
     for flags, message in [
         (["--algo", "dpo", "--objective", "ppo-init"], "algo 'dpo' has a fixed, closed-form drift"),
-        (["--algo", "lpo", "--objective", str(tmp_path / "missing.pt")], "is neither a file nor 'ppo-init'"),
+        (["--algo", "lpo", "--objective", str(tmp_path / "missing.pt")], "is neither a file, a shipped LPO drift"),
         (["--algo", "lpo", "--objective", str(lpg_like)], "use --algo lpg"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,5 @@
-"""The learned objectives that ship with rlmeta: loadable by name, and ``meta-test`` reproduces each card's score."""
+"""The learned objectives that ship with rlmeta: loadable by name with the loader of their kind, and
+``meta-test`` reproduces each card's check score."""
 
 from __future__ import annotations
 
@@ -8,26 +9,54 @@ from importlib import resources
 import pytest
 import torch
 
-from rlmeta.agents.learned import load_lpg, shipped_objectives
-from rlmeta.agents.meta_test import meta_test
+from rlmeta.agents.learned import load_lpg, load_lpo, objective_kind, shipped_card, shipped_objectives
+from rlmeta.agents.meta_test import meta_test, meta_test_lpo
 
 TRAINED = resources.files("rlmeta.objectives.trained")
+SHIPPED = shipped_objectives()
 
 
-def test_lpg_grid_small_ships_with_a_card():
-    assert "lpg-grid-small" in shipped_objectives()
-    card = json.loads((TRAINED / "lpg-grid-small.json").read_text())
-    assert {"config", "commit", "check", "meta_steps", "network"} <= set(card)
-    lpg = load_lpg("lpg-grid-small")
-    assert lpg.network.target_width == card["network"]["target_width"] and lpg.source.endswith("lpg-grid-small.pt")
-    assert (TRAINED / "lpg-grid-small.pt").stat().st_size < 1_000_000  # small enough to ship
+def test_the_expected_objectives_ship():
+    assert {"lpg-grid-small", "ta-lpg-grid-small"} <= set(SHIPPED)
+    assert set(shipped_objectives("lpg")) | set(shipped_objectives("lpo")) == set(SHIPPED)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        shipped_objectives("ppo")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_objective_has_a_card_and_loads_by_name(name):
+    card = shipped_card(name)
+    assert {"name", "kind", "config", "commit", "check", "network", "objective", "source_run"} <= set(card)
+    assert card["name"] == name and objective_kind(name) == card["kind"]
+    assert (TRAINED / f"{name}.pt").stat().st_size < 1_000_000  # small enough to ship
+    if card["kind"] == "lpg":
+        learned = load_lpg(name)
+        assert learned.network.lifetime_conditioning == card["network"]["lifetime_conditioning"]
+        with pytest.raises(ValueError, match="is a shipped LPG, not an LPO drift"):
+            load_lpo(name)
+    else:
+        learned = load_lpo(name)
+        assert learned.network.lifetime_conditioning == card["network"]["lifetime_conditioning"]
+        with pytest.raises(ValueError, match="is a shipped LPO drift, not an LPG"):
+            load_lpg(name)
+    assert learned.source.endswith(f"{name}.pt")
+
+
+def test_the_ta_lpg_card_is_a_time_aware_lpg_from_es():
+    card = shipped_card("ta-lpg-grid-small")
+    assert card["network"]["lifetime_conditioning"] and card["generations"] >= 1 and "popsize" in card["config"]
 
 
 @pytest.mark.slow
-def test_meta_test_reproduces_the_cards_score():
-    card = json.loads((TRAINED / "lpg-grid-small.json").read_text())
+@pytest.mark.parametrize("name", SHIPPED)
+def test_meta_test_reproduces_the_cards_check(name):
+    card = json.loads((TRAINED / f"{name}.json").read_text())
     check = card["check"]
     torch.set_num_threads(check["torch_threads"])
-    results = meta_test("lpg-grid-small", **check["args"])
-    assert abs(results["normalized_score"] - check["normalized_score"]) <= 2 * check["normalized_score_se"], (
-        results["normalized_score"], check)
+    if card["kind"] == "lpg":
+        results = meta_test(name, **check["args"])
+        got, want, se = results["normalized_score"], check["normalized_score"], check["normalized_score_se"]
+    else:
+        results = meta_test_lpo(name, **check["args"])
+        got, want, se = results["return"]["mean"], check["return_mean"], check["return_se"]
+    assert abs(got - want) <= 2 * se, (got, check)
