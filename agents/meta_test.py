@@ -58,8 +58,11 @@ def bootstrap_ratio_se(numerator: np.ndarray, denominator: np.ndarray, samples: 
 
 def meta_test(objective: str, levels: str = "small", num_levels: int = 128, lifetime: int = 250, seed: int = 1000,
               episodes: int = 16, device: str = "cpu", include_a2c: bool = True,
-              a2c_cache: Path | None = None) -> dict[str, Any]:
+              a2c_cache: Path | None = None, frozen_progress: float | None = None) -> dict[str, Any]:
     """Score a learned LPG on held-out levels (see the module docstring); returns the results dict.
+
+    ``frozen_progress``: a TA-LPG reads this n/N at every update instead of the true fraction (log N
+    stays true): a counterfactual that shows how much of its score its use of time carries.
 
     ``a2c_cache``: a JSON file keeping the A2C reference returns by test setup (levels, count, lifetime,
     seed, episodes, hyperparameters), so scoring several objectives on one setup trains A2C once.
@@ -70,6 +73,10 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     lpg = load_lpg(objective, seed)
+    if frozen_progress is not None and not lpg.network.lifetime_conditioning:
+        raise ValueError(f"frozen_progress needs a time-aware LPG (TA-LPG); {lpg.source!r} does not read n/N")
+    if frozen_progress is not None and not 0.0 <= frozen_progress <= 1.0:
+        raise ValueError(f"frozen_progress must be in [0, 1], got {frozen_progress!r}")
     test_levels = sample_levels(levels, num_levels, seed)
     grid, objects, _ = GENERATORS[levels].bounds()
     hypers = lpg.hypers
@@ -84,14 +91,14 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
 
     lpg_params = train_population(lambda pv: lpg.objective(pv, lifetime), test_levels, lifetime, hypers, hparams, m,
                                   seed, grid, objects, device, progress_inputs=lpg.network.lifetime_conditioning,
-                                  on_update=record)
+                                  on_update=record, frozen_progress=frozen_progress)
     states = num_states(grid, objects)
     j_lpg = evaluate_population(adapter(TabularAgent(states, 5, m), num_levels, 1), lpg_params, test_levels, episodes,
                                 seed + 1, grid, objects)
     j_rand = random_returns(test_levels, episodes, seed + 2, grid, objects)
     j_opt = np.array([optimal_return(level) for level in test_levels])
     out: dict[str, Any] = {"objective": lpg.source, "levels": levels, "num_levels": num_levels, "lifetime": lifetime,
-                           "seed": seed, "episodes": episodes}
+                           "seed": seed, "episodes": episodes, "frozen_progress": frozen_progress}
     if include_a2c:
         key = json.dumps({"levels": levels, "num_levels": num_levels, "lifetime": lifetime, "seed": seed,
                           "episodes": episodes, "hypers": dataclasses.asdict(hypers)}, sort_keys=True)
@@ -238,7 +245,8 @@ def format_results(results: dict[str, Any]) -> str:
     """The readable report; its last line is ``normalized score: X +- Y``."""
     lines = [f"objective: {results['objective']}",
              f"levels: {results['num_levels']} held-out '{results['levels']}' levels (seed {results['seed']}), "
-             f"lifetime {results['lifetime']} updates, {results['episodes']} evaluation episodes each",
+             f"lifetime {results['lifetime']} updates, {results['episodes']} evaluation episodes each"
+             + (f", n/N frozen at {results['frozen_progress']:g}" if results.get("frozen_progress") is not None else ""),
              f"mean return: learned objective {results['return_mean']:.3f}, "
              + (f"A2C {results['a2c_return']:.3f}, " if "a2c_return" in results else "")
              + f"random {results['random_return']:.3f}, optimal (DP) {results['optimal_return']:.3f}",

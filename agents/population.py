@@ -175,13 +175,19 @@ def train_population(objective_for: Callable[[PolicyValue], Objective], levels: 
                      hypers: TabularHypers, hparams: dict[str, Any], prediction: int, seed: int,
                      max_grid_size: int, max_objects: int, device: str = "cpu",
                      progress_inputs: bool = False,
-                     on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Tensor]:
+                     on_update: Callable[[int, dict[str, float]], None] | None = None,
+                     frozen_progress: float | None = None) -> dict[str, Tensor]:
     """Train one fresh agent per level for ``lifetime`` updates with a fixed objective; its final tables.
 
     ``objective_for(adapter)`` builds the objective (``A2C`` for the reference agents, ``LPG`` with
     trained parameters for a meta-test); ``hparams`` are its hyperparameters. ``on_update(n, metrics)``
     receives each update's loss metrics (e.g. LPG's ``pi_hat_l2`` and ``entropy`` over a lifetime).
+    ``progress_inputs``: the objective reads the training progress n/N (TA-LPG); ``frozen_progress``
+    feeds it this fixed value at every update instead (a counterfactual: does the rule use time?).
     """
+    if frozen_progress is not None and not (progress_inputs and 0.0 <= frozen_progress <= 1.0):
+        raise ValueError(f"frozen_progress {frozen_progress!r}: needs an objective that reads n/N (progress_inputs) "
+                         "and a value in [0, 1]")
     num_agents = len(levels)
     states = num_states(max_grid_size, max_objects)
     net = TabularAgent(states, 5, prediction)
@@ -197,7 +203,8 @@ def train_population(objective_for: Callable[[PolicyValue], Objective], levels: 
         for step in range(lifetime):
             rollout = population.collect(params)
             params, state, metrics = update(objective, optimizer, params, state, rollout, hparams,
-                                            progress=step / lifetime if progress_inputs else 0.0)
+                                            progress=(step / lifetime if frozen_progress is None else frozen_progress)
+                                            if progress_inputs else 0.0)
             if on_update is not None:
                 on_update(step, metrics)
     finally:

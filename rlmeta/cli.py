@@ -275,6 +275,8 @@ class MetaTest:
     """Seed of the held-out levels and agents (LPO: the agents' seeds are --seed, --seed+1, ...)."""
     episodes: int = 16
     """LPG: evaluation episodes per level and policy."""
+    frozen_progress: float | None = None
+    """TA-LPG: feed this n/N (in [0, 1]) at every update instead of the true fraction (a counterfactual)."""
     num_seeds: int = 32
     """LPO: fresh PPO agents, each trained with the drift and with PPO's clip."""
     steps: int | None = None
@@ -311,7 +313,8 @@ class MetaTest:
                 report = format_lpo_results(results)
             else:
                 results = meta_test(self.objective, self.levels, self.num_levels, self.lifetime, self.seed,
-                                    self.episodes, a2c_cache=Path(self.a2c_cache) if self.a2c_cache else None)
+                                    self.episodes, a2c_cache=Path(self.a2c_cache) if self.a2c_cache else None,
+                                    frozen_progress=self.frozen_progress)
                 report = format_results(results)
             write_results(results, out, self.overwrite)
         except ValueError as error:

@@ -13,8 +13,10 @@ log-uniformly in [10, 250] per generation, a GRU of 16 units (groove's LPG: 256)
 generations. Runs live in ``runs/ta-lpg-study/`` (not committed). ``test`` meta-tests each finished
 arm on 64 held-out ``small`` levels at lifetimes 10, 30, 100, 250 (the meta-training range) and
 1,000 (out of distribution), recording Spearman's rho of n/N with LPG's RMS pi_hat and with the
-policy's entropy over each lifetime; ``report`` writes the fitness curves (CSV), the tables and a
-plot to ``results/ta_lpg/``.
+policy's entropy over each lifetime, and meta-tests each time-aware arm again with n/N frozen at
+0, 0.5 and 1 (``FROZEN``; log N stays true) at lifetimes 100, 250 and 1,000: the counterfactual
+that shows whether the learned rule's score rests on its reading of time; ``report`` writes the
+fitness curves (CSV), the tables and a plot to ``results/ta_lpg/``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ TEST_LEVELS = 64
 GENERATIONS = 300
 ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"]}
 SEEDS = (0,)
+FROZEN = (0.0, 0.5, 1.0)
+FROZEN_LIFETIMES = (100, 250, 1000)
 METAGRAD = {"ta-lpg-metagrad": ["--levels", "small", "--meta-steps", "2000", "--meta-lr", "3e-4", "--lifetime", "250",
                                 "--lpg.gru-width", "16", "--lpg.lifetime-conditioning", "--checkpoint-interval", "50",
                                 "--no-progress", "--torch-threads", "1"]}
@@ -102,8 +106,26 @@ def test(parallel: int, generations: int) -> None:
                         sys.executable, "-m", "rlmeta.cli", "meta-test", str(path / "lpg.pt"), "--levels", "small",
                         "--num-levels", str(TEST_LEVELS), "--lifetime", str(lifetime), "--out", str(out),
                         "--torch-threads", "1", "--a2c-cache", str(RUNS / "a2c_cache.json")], None))
+        if lifetime in FROZEN_LIFETIMES:
+            for seed in SEEDS:
+                for arm in time_aware():
+                    path = run_dir(arm, seed)
+                    done = finished(path, generations) if arm in ARMS else _completed(path)
+                    for value in FROZEN:
+                        out = RESULTS / f"meta_test-{arm}-s{seed}-{lifetime}-frozen{value:g}.json"
+                        if done and not out.is_file():
+                            jobs.append((f"meta-test {arm}-s{seed} at {lifetime}, n/N frozen at {value:g}", [
+                                sys.executable, "-m", "rlmeta.cli", "meta-test", str(path / "lpg.pt"), "--levels",
+                                "small", "--num-levels", str(TEST_LEVELS), "--lifetime", str(lifetime), "--out",
+                                str(out), "--torch-threads", "1", "--a2c-cache", str(RUNS / "a2c_cache.json"),
+                                "--frozen-progress", str(value)], None))
         run_jobs(jobs[:1], 1, ROOT, poll=2)  # the first of a lifetime fills the A2C cache alone
         run_jobs(jobs[1:], parallel, ROOT, poll=2)
+
+
+def time_aware() -> list[str]:
+    """The arms whose LPG reads n/N and log N."""
+    return [arm for arm, extra in {**ARMS, **METAGRAD}.items() if "--lpg.lifetime-conditioning" in extra]
 
 
 def report() -> None:
@@ -133,6 +155,23 @@ def report() -> None:
         cells = [f"{row[n]['spearman_progress']['pi_hat_rms']:+.2f} / {row[n]['spearman_progress']['entropy']:+.2f}"
                  if n in row and "spearman_progress" in row[n] else "" for n in LIFETIMES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Counterfactual: n/N frozen (log N true); normalised score, and true minus the best frozen", "",
+              "| arm | lifetime | true n/N | " + " | ".join(f"frozen {v:g}" for v in FROZEN) + " | true - best frozen |",
+              "|---|---|---|" + "---|" * len(FROZEN) + "---|"]
+    for arm in time_aware():
+        for seed in SEEDS:
+            name = f"{arm}-s{seed}"
+            for lifetime in FROZEN_LIFETIMES:
+                paths = [RESULTS / f"meta_test-{name}-{lifetime}-frozen{v:g}.json" for v in FROZEN]
+                if lifetime not in scores.get(name, {}) or not all(p.is_file() for p in paths):
+                    continue
+                true = scores[name][lifetime]
+                frozen = [json.loads(p.read_text()) for p in paths]
+                best = max(frozen, key=lambda r: r["normalized_score"])
+                gain = true["normalized_score"] - best["normalized_score"]
+                lines.append(f"| {name} | {lifetime} | {true['normalized_score']:.2f} +- {true['normalized_score_se']:.2f} | "
+                             + " | ".join(f"{r['normalized_score']:.2f} +- {r['normalized_score_se']:.2f}" for r in frozen)
+                             + f" | {gain:+.2f} |")
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot()

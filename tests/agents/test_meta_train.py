@@ -232,6 +232,33 @@ def test_a_ta_lpg_reads_the_lifetime_it_learns_for(tmp_path, monkeypatch):
     assert agent.objective.lifetime == updates(config) == 100
 
 
+def test_frozen_progress_feeds_a_fixed_n_over_N_to_a_ta_lpg(tmp_path, monkeypatch):
+    """The counterfactual meta-test: TA-LPG reads the fixed n/N at every update (log N stays true)."""
+    import rlmeta.agents.population as population_module
+
+    trainer = MetaTrainer(tiny(tmp_path, meta_steps=1, lpg=LPGConfig(gru_width=8, lifetime_conditioning=True)))
+    trainer.run()
+    path = str(tmp_path / "run" / "lpg.pt")
+    seen: list[float] = []
+    original = population_module.update
+
+    def recording(*args, progress=0.0, **kwargs):
+        seen.append(progress)
+        return original(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(population_module, "update", recording)
+    true = meta_test(path, num_levels=2, lifetime=4, episodes=2, include_a2c=False)
+    assert seen == [0.0, 0.25, 0.5, 0.75] and true["frozen_progress"] is None
+    seen.clear()
+    frozen = meta_test(path, num_levels=2, lifetime=4, episodes=2, include_a2c=False, frozen_progress=0.9)
+    assert seen == [0.9] * 4 and frozen["frozen_progress"] == 0.9
+    assert "n/N frozen at 0.9" in format_results(frozen)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        meta_test(path, num_levels=2, lifetime=4, frozen_progress=1.5)
+    with pytest.raises(ValueError, match="needs a time-aware LPG"):
+        meta_test("untrained", num_levels=2, lifetime=4, frozen_progress=0.5)
+
+
 def test_spearman_against_hand_values_and_scipy():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [8, 1, 0.5, 0.1]) == pytest.approx(-1.0)  # monotone, not linear
