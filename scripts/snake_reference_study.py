@@ -148,9 +148,61 @@ def report() -> None:
                   if g and g[-1][0] >= milestone - 50_000]
             gcells.append(_fmt(gs) if gs else "-")
         lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(gcells) + " |")
+    lines += verdicts(curves, gamma_curves)
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(curves, gamma_curves)
+
+
+def _window_mean(run: list[tuple[int, float]], milestone: int) -> float | None:
+    """A run's evaluation returns averaged over the ``WINDOW`` env steps before ``milestone`` (None if short)."""
+    if not run or run[-1][0] < milestone - 10_000:
+        return None
+    return statistics.fmean([v for s, v in run if milestone - WINDOW < s <= milestone + 10_000])
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, tuple[float, float], float]:
+    """mean(a) - mean(b), its Welch standard error, the 95% confidence interval (Welch-Satterthwaite
+    degrees of freedom) and the one-sided p-value for mean(a) > mean(b)."""
+    from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else float("inf")
+    half = stats.t.ppf(0.975, df) * se
+    p = float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    return diff, se, (diff - half, diff + half), p
+
+
+def verdicts(curves: dict[str, list[list[tuple[int, float]]]],
+             gammas: dict[str, list[list[tuple[int, float]]]]) -> list[str]:
+    """The issue's three questions at the last milestone, with Welch intervals over seeds."""
+    final = MILESTONES[-1]
+    returns = {v: [r for r in (_window_mean(run, final) for run in runs) if r is not None] for v, runs in curves.items()}
+    if any(len(returns.get(v, [])) < 2 for v in VARIANTS):
+        return ["", "Verdicts: not yet (every variant needs at least 2 runs at the last milestone)."]
+    n = {v: len(r) for v, r in returns.items()}
+    out = ["", f"## Verdicts at {final / 1e6:g}M env steps (Welch: difference, SE, 95% CI, one-sided p)", ""]
+    diff, se, (lo, hi), p = welch(returns["one-step+oc"], returns["a2c-gamma0.8"])
+    out.append(f"- **One-step + outer critic vs fixed gamma 0.8 A2C** ({n['one-step+oc']} vs {n['a2c-gamma0.8']} "
+               f"seeds): {diff:+.3f} +- {se:.3f}, CI [{lo:+.3f}, {hi:+.3f}], p(one-step > A2C) = {p:.2f}: "
+               + ("beats it." if lo > 0 else "does not beat it (the interval includes 0)." if hi > 0
+                  else "worse (the interval is below 0)."))
+    for variant in ("one-step+oc", "mixed-K4+oc", "multi-step-K4+oc"):
+        done = [run for run in gammas.get(variant, []) if run and run[-1][0] >= final - 50_000]
+        finals = [[g for s, g in run if s <= final + 10_000][-1] for run in done]
+        peaks = [max(g for s, g in run if s <= final + 10_000) for run in done]
+        if len(finals) > 1:
+            mean, se = statistics.fmean(finals), statistics.stdev(finals) / math.sqrt(len(finals))
+            out.append(f"- **gamma, {variant}**: {mean:.3f} +- {se:.3f} at {final / 1e6:g}M (every run "
+                       f"{'above' if min(finals) > 0.8 else 'not all above'} 0.8: {', '.join(f'{g:.3f}' for g in finals)}; "
+                       f"peak {', '.join(f'{g:.3f}' for g in peaks)}).")
+    diff, se, (lo, hi), p = welch(returns["mixed-K4+oc"], returns["multi-step-K4+oc"])
+    out.append(f"- **Mixed K=4 vs multi-step K=4, score** ({n['mixed-K4+oc']} vs {n['multi-step-K4+oc']} seeds): "
+               f"{diff:+.3f} +- {se:.3f}, CI [{lo:+.3f}, {hi:+.3f}], p(mixed > multi-step) = {p:.2f}: "
+               + ("higher." if lo > 0 else "lower (the interval is below 0)." if hi < 0
+                  else "not resolved: neither similar-or-higher nor lower is established."))
+    return out
 
 
 MILESTONES = (2_500_000, 5_000_000, 10_000_000, 20_000_000)
