@@ -61,11 +61,13 @@ def completed(path: Path, generations: int) -> bool:
     return data.get("status") == "completed" and data.get("generations", 0) >= generations
 
 
-def train(parallel: int, generations: int) -> None:
-    """Run (or resume) each arm's ES meta-training to ``generations``."""
+def train(parallel: int, generations: int, arms: list[str] | None = None) -> None:
+    """Run (or resume) each arm's (or only ``arms``') ES meta-training to ``generations``."""
     RUNS.mkdir(parents=True, exist_ok=True)
     jobs = []
     for arm, extra in ARMS.items():
+        if arms and arm not in arms:
+            continue
         path = run_dir(arm)
         if completed(path, generations):
             continue
@@ -227,9 +229,10 @@ def main() -> None:
     parser.add_argument("stage", choices=("train", "test", "transfer", "report"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--generations", type=int, default=GENERATIONS)
+    parser.add_argument("--arm", choices=sorted(ARMS), action="append", help="train only this arm (repeatable)")
     args = parser.parse_args()
     if args.stage == "train":
-        train(args.parallel, args.generations)
+        train(args.parallel, args.generations, args.arm)
     elif args.stage == "test":
         test(args.parallel)
     elif args.stage == "transfer":
