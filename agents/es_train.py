@@ -53,6 +53,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from rlmeta.agents.build import updates
 from rlmeta.agents.config import ESTrainConfig, TrainConfig, load_config, save_config, to_dict
 from rlmeta.agents.learned import LPG_FORMAT, LearnedLPO, save_lpo
 from rlmeta.agents.meta_test import lpo_inner_config, lpo_return
@@ -271,7 +272,9 @@ class ESTrainer:
         seeds = [generation_seed * PAIR_SPACE + i // 2 for i in range(len(candidates))]
         fitness = np.asarray(self.evaluator(candidates, seeds), dtype=np.float64)
         metrics = self.es.tell(torch.as_tensor(fitness))
-        lifetime = generation_lifetime(self.config, generation_seed)
+        # LPG: the generation's drawn lifetime; LPO: the inner config's updates (fixed)
+        lifetime = (updates(self.fitness.inner) if isinstance(self.fitness, LPOLifetimeFitness)
+                    else generation_lifetime(self.config, generation_seed))
         self.generation += 1
         row = {"generation": self.generation, "lifetime": lifetime, "fitness_mean": float(fitness.mean()),
                "fitness_max": float(fitness.max()), "fitness_min": float(fitness.min()), "wall_seconds": math.nan}

@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -185,8 +184,13 @@ def report() -> None:
             lines.append(f"- {name}: {mean:.2f} +- {se:.2f} ({len(values)} seeds: "
                          f"{', '.join(f'{v:.2f}' for v in values)}){verdict}")
     for arm in ARMS:
-        if (run_dir(arm) / "curve.csv").is_file():
-            shutil.copyfile(run_dir(arm) / "curve.csv", RESULTS / f"curve-{arm}.csv")
+        if (run_dir(arm) / "curve.csv").is_file():  # without the lifetime column (runs before it was fixed logged LPG's)
+            with open(run_dir(arm) / "curve.csv") as f:
+                rows = [{k: v for k, v in row.items() if k != "lifetime"} for row in csv.DictReader(f)]
+            with open(RESULTS / f"curve-{arm}.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["generation"])
+                writer.writeheader()
+                writer.writerows(rows)
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot()
