@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlmeta.agents.build import updates
 from rlmeta.agents.config import ESTrainConfig, LPGConfig, LPOConfig
 from rlmeta.agents.es_train import PAIR_SPACE, ESTrainer, LifetimeFitness, es_network, generation_lifetime
 from rlmeta.agents.learned import load_lpg, load_lpo
@@ -63,6 +64,8 @@ def test_resume_continues_exactly(tmp_path):
     resumed.run()
     for name, value in straight.es.center.items():
         assert torch.equal(value, resumed.es.center[name]), name
+    with open(straight.run_dir / "curve.csv") as f:  # an LPO lifetime is the inner config's updates
+        assert {int(r["lifetime"]) for r in csv.DictReader(f)} == {updates(straight.fitness.inner)}
     assert straight.curve[-1]["fitness_mean"] == resumed.curve[-1]["fitness_mean"]
     with pytest.raises(ValueError, match="cannot change"):
         ESTrainer(tiny(tmp_path, "resumed", generations=4, popsize=6, resume=True))
@@ -148,6 +151,8 @@ def test_lpo_fitness_is_deterministic_and_resume_is_exact(tmp_path):
     resumed.run()
     for name, value in straight.es.center.items():
         assert torch.equal(value, resumed.es.center[name]), name
+    with open(straight.run_dir / "curve.csv") as f:  # an LPO lifetime is the inner config's updates
+        assert {int(r["lifetime"]) for r in csv.DictReader(f)} == {updates(straight.fitness.inner)}
 
 
 @pytest.mark.parametrize("text, message", [
