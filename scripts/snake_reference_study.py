@@ -222,10 +222,14 @@ def _fmt(values: list[float]) -> str:
 
 
 def _mean_se(runs: list[list[tuple[int, float]]], grid: list[int]) -> tuple[list[int], list[float], list[float]]:
-    """Mean and standard error over the runs that have a point at or just before each grid step."""
+    """Mean and standard error over the runs at each grid step every run has reached (the value at or just
+    before it), so a curve's seed count does not change along it."""
     xs, means, ses = [], [], []
+    runs = [run for run in runs if run]
     for x in grid:
-        values = [[v for s, v in run if s <= x][-1] for run in runs if run and run[0][0] <= x <= run[-1][0] + 1]
+        if not runs or any(not run[0][0] <= x <= run[-1][0] + 1 for run in runs):
+            continue
+        values = [[v for s, v in run if s <= x][-1] for run in runs]
         if values:
             xs.append(x)
             means.append(statistics.fmean(values))
