@@ -46,7 +46,7 @@ def build_network(config: TrainConfig, observation_space: gym.Space, action_spac
     return ActorCritic(observation_space, action_space, hidden=n.hidden, conv_channels=n.conv_channels,
                        activation=n.activation, init_log_std=n.init_log_std, shared_torso=n.shared_torso,
                        channels_first=n.channels_first, conv_kernel=n.conv_kernel, conv_strides=n.conv_strides,
-                       value_hidden=n.value_hidden, value_convs=n.value_convs,
+                       value_hidden=n.value_hidden, value_convs=n.value_convs, init=n.init,
                        num_hparams=len(config.meta.learn) if config.meta.condition else 0,
                        outer_critic=outer_critic(config.meta) is not None,
                        outer_critic_network=config.meta.enabled and config.meta.outer_critic

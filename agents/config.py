@@ -61,6 +61,9 @@ class NetworkConfig:
     """Sizes of the value's MLP (empty: as hidden)."""
     value_convs: bool = False
     """The value gets its own convolutions (a separate value network, as the reference Snake agents)."""
+    init: Literal["default", "lecun_normal"] = "default"
+    """Weights: "default" (torch's layers, orthogonal heads: policy gain 0.01, value 1) or "lecun_normal"
+    (every layer, heads included, as Haiku and Flax: truncated normal of variance 1 / fan_in, zero biases)."""
 
     def __post_init__(self) -> None:
         self.hidden, self.conv_channels = tuple(self.hidden), tuple(self.conv_channels)

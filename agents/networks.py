@@ -81,6 +81,23 @@ def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+INITS = ("default", "lecun_normal")
+_TRUNCATED_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
+
+
+def lecun_normal_(module: nn.Module) -> nn.Module:
+    """Re-initialise every Linear and Conv2d in ``module`` as Haiku and Flax do by default: weights from
+    a normal truncated at two standard deviations, scaled to variance ``1 / fan_in``; biases zero."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            fan_in = layer.weight[0].numel()
+            std = (1.0 / fan_in) ** 0.5 / _TRUNCATED_STD
+            nn.init.trunc_normal_(layer.weight, 0.0, std, -2 * std, 2 * std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+
 def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
@@ -109,8 +126,11 @@ class ActorCritic(nn.Module):
         conv_strides: tuple[int, ...] = (),
         value_hidden: tuple[int, ...] = (),
         value_convs: bool = False,
+        init: str = "default",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if not hidden or any(h < 1 for h in hidden):
@@ -180,6 +200,8 @@ class ActorCritic(nn.Module):
         self.extra_heads = nn.ModuleDict(
             {name: nn.Linear(width, size) for name, size in (extra_outputs or {}).items()}
         )
+        if init == "lecun_normal":
+            lecun_normal_(self)
 
     def forward(self, obs: Tensor, hparams: Tensor | None = None) -> AgentOutput:
         """Outputs for observations ``[N, *obs_shape]`` and optional hyperparameters ``[N, H]`` or ``[H]``."""

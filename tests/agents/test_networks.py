@@ -440,3 +440,23 @@ def test_reference_snake_network_same_padding_and_separate_value_network():
     assert dict(odd.named_parameters())["torso.0.weight"].shape == (8, 4 * 4 * 4)  # ceil(7 / 2) = 4
     with pytest.raises(ValueError, match="one stride >= 1 per conv layer"):
         ActorCritic(box(6, 6, 5, low=0.0), gym.spaces.Discrete(4), conv_channels=(4, 4), conv_strides=(2,))
+
+
+def test_lecun_normal_init_is_haikus_default():
+    """Every layer, heads included: truncated normal at 2 std, variance 1 / fan_in; zero biases."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = ActorCritic(gym.spaces.Box(0, 1, (6, 6, 5)), gym.spaces.Discrete(4), hidden=(512, 512), conv_channels=(64, 64),
+                      activation="relu", conv_kernel=2, conv_strides=(2, 1), value_convs=True, init="lecun_normal")
+    layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert net.policy_head in layers and net.value_head in layers
+    for layer in layers:
+        fan_in = layer.weight[0].numel()
+        w = layer.weight.detach().flatten()
+        assert (layer.bias == 0).all()
+        assert w.abs().max() <= 2 * (1 / fan_in) ** 0.5 / 0.8796 + 1e-6  # truncated at 2 std of the pre-truncation normal
+        if w.numel() >= 20_000:
+            assert abs(w.std().item() * fan_in ** 0.5 - 1.0) < 0.05, (layer, w.std().item() * fan_in ** 0.5)
+    with pytest.raises(ValueError, match="init must be one of"):
+        ActorCritic(gym.spaces.Box(0, 1, (4,)), gym.spaces.Discrete(2), init="xavier")
