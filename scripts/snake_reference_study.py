@@ -8,9 +8,14 @@ Variants (``configs/snake6_reference*.toml``), 3 seeds each: fixed gamma 0.8 A2C
 with the separate outer critic; mixed K = 4 and multi-step K = 4 (semi targets) with the outer critic.
 Each run checkpoints every 500k env steps; ``train`` resumes a run with a checkpoint, skips a finished
 one, and runs ``parallel`` at a time with one torch thread each. Run directories live in
-``runs/snake-reference/`` (not committed); ``report`` writes per-run curves (evaluation return and
+``runs/snake-reference-lecun/`` (not committed); ``report`` writes per-run curves (evaluation return and
 gamma against env steps) as CSV, a table at the last common step (mean +- standard error over
 seeds) and a plot to ``results/snake/``.
+
+The configs initialise every layer as the reference's Haiku networks (``network.init = "lecun_normal"``).
+The first edition of this study used torch's default initialisation (orthogonal heads, policy gain
+0.01): every variant stalled near a return of 6.5 after 5M steps; its results stay in
+``results/snake/torch-default-init/``.
 
 ``variance`` runs the meta-gradient variance study (``rlmeta variance``, resumable) on seed 0 of the
 one-step + outer critic run, at its checkpoints at 1M, 10M and 20M env steps: K 1/2/4/8, mixed and
@@ -33,7 +38,7 @@ from pathlib import Path
 from study_jobs import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "runs" / "snake-reference"
+RUNS = ROOT / "runs" / "snake-reference-lecun"  # the runs with Haiku's initialisation (network.init)
 RESULTS = ROOT / "results" / "snake"
 VARIANTS = {
     "a2c-gamma0.8": "snake6_reference_a2c.toml",
