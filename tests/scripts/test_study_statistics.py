@@ -1,0 +1,49 @@
+"""The statistics the study reports compute: Welch intervals (Snake), paired bootstrap differences
+(TA-LPG), one-sided Welch p-values (LPO), against scipy and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+stats = pytest.importorskip("scipy.stats")
+
+from lpo_study import welch_greater  # noqa: E402 - scripts/ is on sys.path (tests/conftest.py)
+from snake_reference_study import _mean_se, _window_mean, welch  # noqa: E402
+from ta_lpg_study import paired_difference  # noqa: E402
+
+
+def test_welch_interval_matches_scipy_and_the_hand_formula():
+    a, b = [6.1, 6.5, 6.9], [6.55, 6.6, 6.62]
+    diff, se, (lo, hi), p = welch(a, b)
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3
+    assert diff == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
+    assert se == pytest.approx(math.sqrt(va + vb))
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert hi - diff == pytest.approx(stats.t.ppf(0.975, df) * se) and diff - lo == pytest.approx(hi - diff)
+    assert p == pytest.approx(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    assert welch_greater(a, b) == pytest.approx(p)
+    assert welch([2.0, 2.1, 2.2], [1.0, 1.1, 1.2])[2][0] > 0  # a clear difference: the interval excludes 0
+
+
+def test_window_mean_and_curve_mean_keep_the_seed_count_fixed():
+    run = [(500_000 * i, float(i)) for i in range(1, 41)]  # to 20M
+    assert _window_mean(run, 20_000_000) == pytest.approx(statistics.fmean([39.0, 40.0]))  # (19M, 20M]
+    assert _window_mean(run[:30], 20_000_000) is None  # a run that stopped at 15M has no 20M value
+    xs, means, _ = _mean_se([run, run[:30]], [10_000_000, 15_000_000, 20_000_000])
+    assert xs == [10_000_000, 15_000_000] and means == [20.0, 30.0]  # 20M: not every run reached it
+
+
+def test_paired_difference_is_exact_on_a_shift_and_zero_on_itself():
+    rng = np.random.default_rng(0)
+    levels = [{"level": f"l{i}", "return": float(r), "random": 0.0, "a2c": 2.0} for i, r in enumerate(rng.random(50))]
+    a = {"per_level": levels}
+    b = {"per_level": [{**lvl, "return": lvl["return"] - 0.5} for lvl in levels]}
+    diff, se = paired_difference(a, b)
+    assert diff == pytest.approx(0.25) and se == pytest.approx(0.0, abs=1e-12)  # (0.5 / 2.0), no noise in a shift
+    assert paired_difference(a, a) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="different levels"):
+        paired_difference(a, {"per_level": [{**lvl, "level": "x"} for lvl in levels]})
