@@ -153,9 +153,10 @@ def lpo_inner_config(inner: TrainConfig, where: str, steps: int | None = None) -
                                overwrite=False, torch_threads=1, progress=False, total_steps=steps or inner.total_steps)
 
 
-def lpo_return(config: TrainConfig, drift: LearnedLPO, seed: int) -> float:
+def lpo_return(config: TrainConfig, drift: LearnedLPO | None, seed: int) -> float:
     """The greedy evaluation return of a PPO agent after one lifetime of ``config`` (seed ``seed``)
-    learning with ``drift`` in place of PPO's clip (deterministic for a seed on one thread)."""
+    learning with ``drift`` in place of PPO's clip (None: the config's own algorithm, e.g. ``dpo``);
+    deterministic for a seed on one thread."""
     config = dataclasses.replace(config, seed=seed)
     with torch.random.fork_rng(devices=[]):  # the caller's torch generator is left as it was
         torch.manual_seed(config.seed)  # the initial network: drawn from the seed, as in rlmeta train
