@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -66,6 +66,24 @@ def _shipped_path(name: str) -> Path:
     return Path(str(resources.files(SHIPPED) / f"{name}.pt"))
 
 
+_KIND_NAMES = {"lpg": "LPG", "lpo": "LPO drift"}
+
+
+def _objective_path(objective: str, kind: str, missing: Callable[[], str]) -> Path:
+    """The file of ``objective`` (a path, or a shipped name of ``kind``); a shipped name of the other kind
+    says which ``--algo`` reads it; anything else raises ``missing()``."""
+    path = Path(objective)
+    if path.is_file():
+        return path
+    if objective in shipped_objectives(kind):
+        return _shipped_path(objective)
+    other = "lpo" if kind == "lpg" else "lpg"
+    if objective in shipped_objectives(other):
+        raise ValueError(f"{objective!r} is a shipped {_KIND_NAMES[other]}, not an {_KIND_NAMES[kind]}: "
+                         f"use it with --algo {other}")
+    raise ValueError(missing())
+
+
 def objective_kind(objective: str) -> str:
     """``lpg`` or ``lpo``: which kind of learned objective ``objective`` (a file, a shipped name,
     ``untrained[:N]`` or ``ppo-init``) is; a clear error where it is none."""
@@ -106,15 +124,8 @@ def load_lpg(objective: str, seed: int = 0) -> LearnedLPG:
         network = LPGNetwork(config.lpg.target_width, config.lpg.embedding_width, config.lpg.gru_width,
                              config.lpg.inputs_gamma, config.lpg.lifetime_conditioning)
         return LearnedLPG(network, network.init(seed), config.lpg.target_cost, TabularHypers(), objective, {})
-    path = Path(objective)
-    if not path.is_file():
-        if objective in shipped_objectives("lpg"):
-            path = _shipped_path(objective)
-        elif objective in shipped_objectives("lpo"):
-            raise ValueError(f"{objective!r} is a shipped LPO drift, not an LPG: use it with --algo lpo")
-        else:
-            raise ValueError(f"objective {objective!r} is neither a file nor a shipped LPG "
-                             f"({shipped_objectives('lpg')}), nor 'untrained' or 'untrained:N'")
+    path = _objective_path(objective, "lpg", lambda: f"objective {objective!r} is neither a file nor a shipped LPG "
+                           f"({shipped_objectives('lpg')}), nor 'untrained' or 'untrained:N'")
     data = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(data, dict) or data.get("format") != LPG_FORMAT:
         raise ValueError(f"{str(path)!r} is not a learned LPG written by rlmeta meta-train (format {LPG_FORMAT})")
@@ -160,15 +171,8 @@ def load_lpo(objective: str | None = PPO_INIT, clip: float = 0.2, seed: int = 0)
     if objective is None or objective == PPO_INIT:
         network = LPONetwork(ppo_clip=clip)
         return LearnedLPO(network, network.init(seed), PPO_INIT, {})
-    path = Path(objective)
-    if not path.is_file():
-        if objective in shipped_objectives("lpo"):
-            path = _shipped_path(objective)
-        elif objective in shipped_objectives("lpg"):
-            raise ValueError(f"{objective!r} is a shipped LPG, not an LPO drift: use it with --algo lpg")
-        else:
-            raise ValueError(f"LPO objective {objective!r} is neither a file, a shipped LPO drift "
-                             f"({shipped_objectives('lpo')}) nor {PPO_INIT!r}")
+    path = _objective_path(objective, "lpo", lambda: f"LPO objective {objective!r} is neither a file, a shipped LPO "
+                           f"drift ({shipped_objectives('lpo')}) nor {PPO_INIT!r}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, or one holding more than plain data and tensors
