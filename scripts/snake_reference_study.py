@@ -99,7 +99,9 @@ def variance() -> None:
     """Run (or resume) the variance study on the reference-regime checkpoints of ``VARIANCE_RUN``."""
     args = [sys.executable, "-m", "rlmeta.cli", "variance", "--run-dir", str(RUNS / VARIANCE_RUN),
             "--out-dir", str(RUNS / f"variance-{VARIANCE_RUN}"), "--checkpoints", *VARIANCE_CHECKPOINTS,
-            "--targets", "exact", "semi", "--torch-threads", "1", "--resume"]
+            "--targets", "exact", "semi", "--torch-threads", "1"]
+    if (RUNS / f"variance-{VARIANCE_RUN}" / "progress.pt").is_file():
+        args.append("--resume")  # a study that started before; a fresh one has nothing to resume
     subprocess.run(args, check=True, cwd=ROOT)
 
 

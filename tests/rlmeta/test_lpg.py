@@ -145,6 +145,35 @@ def test_lpg_network_checks_its_parameters_and_shape():
     assert torch.equal(SMALL.init(3)["gru.weight_ih"], SMALL.init(3)["gru.weight_ih"])  # seeded
 
 
+def test_a_ta_lpg_starts_as_the_lpg_of_its_seed():
+    """Same draws for every parameter, zero weights on n/N and log N: at initialisation a TA-LPG is its
+    seed's LPG whatever the time inputs, so ES comparisons of the two start from one function."""
+    plain, timed = LPGNetwork(gru_width=6), LPGNetwork(gru_width=6, lifetime_conditioning=True)
+    p, q = plain.init(4, DT), timed.init(4, DT)
+    timed.check(q)
+    assert all(torch.equal(p[k], q[k]) for k in p if k != "gru.weight_ih")
+    assert torch.equal(q["gru.weight_ih"][:, :-2], p["gru.weight_ih"]) and not q["gru.weight_ih"][:, -2:].any()
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(terminated=torch.zeros(T, 2, dtype=DT), ended=torch.zeros(T, 2, dtype=DT), gamma=0.9,
+                  pi=torch.rand(T, 2, generator=g, dtype=DT), y=torch.softmax(torch.randn(T, 2, M, generator=g, dtype=DT), -1),
+                  next_y=torch.softmax(torch.randn(T, 2, M, generator=g, dtype=DT), -1))
+    rewards = torch.randn(T, 2, generator=g, dtype=DT)
+    reference = LPGNetwork(gru_width=6, target_width=M)
+    base = reference.init(4, DT)
+    for progress, lifetime in ((0.0, 10.0), (0.7, 250.0)):
+        timed_net = LPGNetwork(gru_width=6, target_width=M, lifetime_conditioning=True)
+        out = timed_net(timed_net.init(4, DT), rewards, progress=progress, lifetime=lifetime, **inputs)
+        expected = reference(base, rewards, **inputs)
+        # equal up to the summation order of the GRU's input product (zero terms added)
+        assert torch.allclose(out[0], expected[0], rtol=1e-13, atol=1e-15)
+        assert torch.allclose(out[1], expected[1], rtol=1e-13, atol=1e-15)
+    moved = dict(timed_net.init(4, DT))
+    moved["gru.weight_ih"] = moved["gru.weight_ih"].clone()
+    moved["gru.weight_ih"][:, -1] = 0.5  # once ES moves a time weight, the lifetime matters
+    assert not torch.equal(timed_net(moved, rewards, lifetime=10.0, **inputs)[0],
+                           timed_net(moved, rewards, lifetime=250.0, **inputs)[0])
+
+
 # ------------------------------------------------------------------------------------------------
 # The loss.
 
