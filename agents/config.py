@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +310,19 @@ class MetaConfig:
         """The outer objective's reference values of the hyperparameters it fixes (gamma, lambda)."""
         return {"gamma": self.outer_gamma, "lambda": self.outer_lambda}
 
+def _check_compile(config: "TrainConfig") -> None:
+    """Raise ValueError, before any work, where ``compile`` cannot apply."""
+    if config.algo not in ("ppo", "lpo", "dpo"):
+        raise ValueError(f"compile takes the minibatch steps of algo ppo, lpo or dpo; got algo {config.algo!r}")
+    if config.meta.enabled:
+        raise ValueError("compile applies to plain training: a meta-gradient differentiates through the update, "
+                         "which the compiled loss does not")
+    if config.device == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++",
+                                                                      "clang++")):
+        raise ValueError("compile on the CPU needs a C++ compiler (g++, c++ or clang++, or $CXX) on the PATH; "
+                         "none was found: install one or train without --compile")
+
+
 @dataclass
 class TrainConfig:
     """Train an actor-critic agent. ``--config FILE`` (TOML/JSON) sets defaults; ``--resume`` continues a run."""
@@ -347,6 +362,10 @@ class TrainConfig:
     torch_threads: int = 0
     """Intra-op threads for torch on the CPU (0: half of torch's own default, at least 1 and at most 4, so that
     two runs can share a machine: see rlmeta.agents.runs.set_threads)."""
+    compile: bool = False
+    """algo ppo, lpo, dpo: run each minibatch's loss (forward and backward) through torch.compile. Compiling
+    takes seconds to a minute before the first update (cached across runs); then each gradient step is
+    faster (see docs/benchmarks.md). On the CPU it needs a C++ compiler."""
     run_dir: str | None = None
     """Where logs, config, checkpoints and summary go (default: ``runs/<env>-<algo>-s<seed>-<time>``)."""
     resume: bool = False
@@ -401,6 +420,8 @@ class TrainConfig:
             raise ValueError("resume and overwrite exclude each other: resuming keeps the run, overwriting deletes it")
         if self.resume and not self.run_dir:
             raise ValueError("resume needs run_dir: the directory of the run to continue")
+        if self.compile:
+            _check_compile(self)
         _positive("reward_scale", self.reward_scale)
         if self.meta.enabled:  # initial values inside their bounds, or a ValueError now
             base = {**self.hparams.as_dict(), "lr": self.optimizer.lr}

@@ -93,6 +93,7 @@ class Learning:
         self._learned_before: dict[int, tuple[Rollout, int]] = {}
         self._last_progress = 0.0
         self._inner_metrics: list[dict[str, float]] = []
+        self._plain_mode = UpdateMode(compile=config.compile)
         if self.meta is not None:
             m = config.meta
             meta = self.meta
@@ -152,7 +153,7 @@ class Learning:
             progress = self.progress(state.step)
             params, opt_state, metrics = update(
                 self.objective, self.optimizer, state.params, state.opt_state, batch.rollout, hparams,
-                progress=progress, generator=self.generator,
+                progress=progress, mode=self._plain_mode, generator=self.generator,
             )
             new = replace(state, params=params, opt_state=opt_state, updates=state.updates + 1,
                           step=state.step + batch.steps)

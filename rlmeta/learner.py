@@ -22,9 +22,11 @@ Minibatch objectives (PPO) do not take populations yet: their minibatches would 
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -49,8 +51,14 @@ class UpdateMode:
     # (unbiased for objectives with ``per_env``); 1.0: exact.
     tangent_fraction: float = 1.0
     generator: torch.Generator | None = None
+    # Plain minibatch steps (PPO, LPO, DPO on flat optimizer buffers) evaluate the loss through
+    # ``torch.compile``: its forward and backward run as generated kernels (see ``_compiled_loss``).
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.compile and self.differentiable:
+            raise ValueError("compile applies to plain updates: a differentiable update keeps a graph through the "
+                             "optimizer, which the compiled loss does not build")
         if self.exact_targets and not self.differentiable:
             raise ValueError("exact_targets needs differentiable=True: without a graph there is nothing to keep exact")
         if self.tangent and not self.differentiable:
@@ -171,6 +179,8 @@ def update(
     """The learner's update on one rollout: one step, or a :class:`MinibatchObjective`'s
     ``epochs x minibatches`` steps on its prepared batch (minibatches drawn with ``generator``)."""
     if not isinstance(objective, MinibatchObjective):
+        if mode.compile:
+            raise ValueError(f"compile takes minibatch objectives (PPO, LPO, DPO), not {type(objective).__name__}")
         return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, progress, mode)
     batch = objective.prepare(params, rollout, hparams, LossContext(exact=mode.exact_targets, memo=mode.memo))
     size = next(iter(batch.values())).shape[0]
@@ -183,6 +193,10 @@ def update(
         flat = optimizer.flat_steps(params, opt_state, hparams.get("lr") if hparams else None)
         if flat is not None:
             return _flat_minibatch_steps(objective, flat, batch, hparams, progress, mode, generator, size, per)
+    if mode.compile:
+        raise ValueError("compile takes plain minibatch steps on an optimizer's flat buffers (Optimizer.flat_steps); "
+                         "this update has none (a differentiable update, a population, or an optimizer without "
+                         "a fused step)")
     metrics: dict[str, float] = {}
     for _ in range(objective.epochs):
         order = torch.randperm(size, generator=generator, device="cpu").to(batch["obs"].device)
@@ -192,6 +206,32 @@ def update(
             params, opt_state, metrics = gradient_step(objective, optimizer, params, opt_state, minibatch, hparams,
                                                        progress, mode)
     return params, opt_state, metrics
+
+
+# One compiled loss per objective (weakly held: it goes with its objective).
+_COMPILED: "weakref.WeakKeyDictionary[MinibatchObjective, Callable[..., Any]]" = weakref.WeakKeyDictionary()
+
+
+def _loss_terms(objective: MinibatchObjective, params: Params, batch: dict[str, Tensor], index: Tensor,
+                hparams: dict, progress: Tensor, context: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+    """The total loss and restricted terms on the minibatch ``index`` of ``batch``."""
+    result = objective(params, {k: v.index_select(0, index) for k, v in batch.items()}, hparams, progress, context)
+    return result.total, result.restricted
+
+
+def _compiled_loss(objective: MinibatchObjective) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    """``objective``'s total loss and restricted terms through ``torch.compile`` (static shapes).
+
+    The progress goes in as a 0-d tensor so that a new value per update is a new input, not a new
+    graph (as a Python float the clip range would be baked in and every update recompile). The
+    minibatch is gathered inside the graph; inductor's checks of its inputs' sizes are off (the
+    shapes are static and guarded by dynamo already).
+    """
+    compiled = _COMPILED.get(objective)
+    if compiled is None:
+        compiled = _COMPILED[objective] = torch.compile(functools.partial(_loss_terms, objective), dynamic=False,
+                                                        options={"size_asserts": False})
+    return compiled
 
 
 def _flat_minibatch_steps(
@@ -209,19 +249,30 @@ def _flat_minibatch_steps(
     steps = objective.epochs * objective.minibatches
     result, loss_value, norm_value, done = None, 0.0, 0.0, 0
     device = batch["obs"].device
+    compiled = _compiled_loss(objective) if mode.compile else None
+    progress_tensor = torch.tensor(progress, dtype=batch["advantages"].dtype, device=device) if compiled else None
     for _ in range(objective.epochs):
         order = torch.randperm(size, generator=generator, device="cpu").to(device)
         for start in range(0, per * objective.minibatches, per):
             idx = order[start : start + per]
-            minibatch = {k: v.index_select(0, idx) for k, v in batch.items()}  # v[idx], in fewer ops
             done += 1
             params = flat.params
-            result = objective(params, minibatch, hparams, progress, last_context if done == steps else quiet)
+            if compiled is not None and done < steps:  # the last step reports metrics: eager
+                total, restricted = compiled(params, batch, idx, hparams, progress_tensor, quiet)
+                result = Loss(total, {}, restricted)
+            else:
+                minibatch = {k: v.index_select(0, idx) for k, v in batch.items()}  # v[idx], in fewer ops
+                result = objective(params, minibatch, hparams, progress, last_context if done == steps else quiet)
 
             def gradient(term: Tensor, names: list[str], last: bool) -> list[Tensor]:
                 return _grad(term, [params[k] for k in names], create_graph=False, retain=not last)
 
             loss, grads = _gradients(result, keys, gradient, None)
+            if compiled is not None:
+                # The norm from the flat gradient (one kernel; equal to global_norm's to rounding), checked
+                # after the step: a non-finite one raises, and the inputs were never modified.
+                loss_value, norm_value = _check_finite(loss, flat.step(grads, norm=True))
+                continue
             grad_norm = global_norm(grads)
             loss_value, norm_value = _check_finite(loss, grad_norm)
             flat.step(grads, grad_norm)

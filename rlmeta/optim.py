@@ -209,18 +209,23 @@ class FlatSteps:
         # Leaf views: a step writes the buffer under no_grad, and they read the new values.
         self.params: Params = {k: t.requires_grad_(True) for k, t in self.layout.split(self.flat).items()}
 
-    def step(self, grads: Params, grad_norm: Tensor | None = None) -> None:
-        """One update with ``grads`` (keyed as the parameters); ``grad_norm`` as for ``Optimizer.update``."""
+    def step(self, grads: Params, grad_norm: Tensor | None = None, norm: bool = False) -> Tensor | None:
+        """One update with ``grads`` (keyed as the parameters); ``grad_norm`` as for ``Optimizer.update``.
+
+        Returns the gradients' global norm where it was given or computed (from the flat buffer, one
+        kernel): always with ``norm``, else where clipping needs it.
+        """
         opt = self.optimizer
         with torch.no_grad():
             g = self.layout.flat(grads)
+            if grad_norm is None and (norm or opt.max_grad_norm is not None):
+                grad_norm = torch.linalg.vector_norm(g, dim=-1)
             if opt.max_grad_norm is not None:
-                if grad_norm is None:
-                    grad_norm = torch.linalg.vector_norm(g, dim=-1)
                 # max_grad_norm / grad_norm, as Tensor.__rtruediv__ computes it (without its Python wrapper)
                 g = g * torch.clamp(grad_norm.reciprocal() * opt.max_grad_norm, max=1.0)
             step, self.state = opt.fused_direction(g, self.state, _Owned)  # type: ignore[misc,arg-type]
             self.flat.sub_(step, alpha=self.rate)
+        return grad_norm
 
     def result(self) -> tuple[Params, State]:
         """``(params, state)`` after the steps: fresh leaves that require grad, and a detached state."""

@@ -14,7 +14,7 @@ one torch thread, in the same process, the two interleaved ``repeats`` times.
   reset to 1 so the learning rate and clip range are the initial ones).
 
 Reported: the median over ``repeats`` of ms per gradient step (update time / 20) for each, the
-ratio SB3 / ours, then a ``torch.profiler`` table of one of our updates (op counts per gradient
+ratio SB3 / ours (and for ours with ``--compile``, whose compilation is excluded: it happens once), then a ``torch.profiler`` table of one of our updates (op counts per gradient
 step and self CPU time) and a cProfile of our update by Python function. ``--floor`` also times
 the bare ops of one gradient step (forward of the two MLPs at batch 256, the loss, backward, one
 fused clip+Adam) to show how much is left above them.
@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,15 +54,19 @@ class ProfileConfig:
     floor_batches: tuple[int, ...] = (256, 64)
     """Minibatch sizes to time the floor at (256: RL Zoo's and the shipped config's)."""
     rows: int = 30
+    compiled: bool = True
+    """Also time ours with ``--compile`` (the minibatch losses through torch.compile; compiled before timing)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Each seed: its own network initialisations and rollout on both sides, timed in turn (the profiles: seed 0)."""
 
 
-def build_ours(tmp: Path):
+def build_ours(tmp: Path, seed: int = 0):
     """Our learner's parts at ours-zoo's config and one rollout."""
     from bench_train import BenchTrainConfig, _ours_config
     from rlmeta.agents.train import Trainer
 
     cfg = BenchTrainConfig(threads=1)
-    trainer = Trainer(_ours_config("ours-zoo", 0, cfg, tmp / "ours", cfg.budget))
+    trainer = Trainer(_ours_config("ours-zoo", seed, cfg, tmp / f"ours-{seed}", cfg.budget))
     learning = trainer.learning
     learning.start(trainer.state, trainer.loop)
     rollout = trainer.loop.next().rollout
@@ -69,27 +74,28 @@ def build_ours(tmp: Path):
     return learning, trainer.state, rollout
 
 
-def build_sb3():
+def build_sb3(seed: int = 0):
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     from bench_train import ZOO, _Linear
 
-    env = make_vec_env("CartPole-v1", n_envs=ZOO["n_envs"], seed=0)
+    env = make_vec_env("CartPole-v1", n_envs=ZOO["n_envs"], seed=seed)
     model = PPO("MlpPolicy", env, n_steps=ZOO["n_steps"], batch_size=ZOO["batch_size"], gae_lambda=ZOO["gae_lambda"],
                 gamma=ZOO["gamma"], n_epochs=ZOO["n_epochs"], ent_coef=ZOO["ent_coef"],
                 learning_rate=_Linear(ZOO["learning_rate"]), clip_range=_Linear(ZOO["clip_range"]),
-                seed=0, device="cpu", verbose=0)
+                seed=seed, device="cpu", verbose=0)
     model.learn(total_timesteps=ZOO["n_envs"] * ZOO["n_steps"])  # one rollout (and one train)
     return model
 
 
-def ours_update(learning, state, rollout):
-    from rlmeta.learner import update
+def ours_update(learning, state, rollout, compile: bool = False):
+    from rlmeta.learner import UpdateMode, update
 
     hparams = learning.hparams(state)
+    mode = UpdateMode(compile=compile)
     return lambda: update(learning.objective, learning.optimizer, state.params, state.opt_state, rollout, hparams,
-                          progress=0.0, generator=learning.generator)
+                          progress=0.0, mode=mode, generator=learning.generator)
 
 
 def sb3_update(model):
@@ -170,29 +176,56 @@ def floor_ms(n: int = 256, steps: int = 200) -> dict[str, float]:
     return parts
 
 
+def time_seed(cfg: ProfileConfig, tmp: Path, seed: int) -> tuple[dict, Any]:
+    """Ours, SB3 and ours --compile on one seed's networks and rollout: ms per gradient step, interleaved."""
+    learning, state, rollout = build_ours(tmp, seed)
+    steps = learning.objective.epochs * learning.objective.minibatches
+    model = build_sb3(seed)
+    sb3_steps = model.n_epochs * (model.n_steps * model.n_envs // model.batch_size)
+    ours, sb3 = ours_update(learning, state, rollout), sb3_update(model)
+    compiled = ours_update(learning, state, rollout, compile=True) if cfg.compiled else None
+    if compiled is not None:
+        print(f"seed {seed}: compiling ours: {timed(compiled):.1f} s (the first update; cached across runs)")
+    for _ in range(cfg.warmup):
+        for fn in (ours, sb3, compiled):
+            if fn is not None:
+                fn()
+    t_ours, t_sb3, t_compiled = [], [], []
+    for _ in range(cfg.repeats):
+        t_ours.append(timed(ours) / steps * 1e3)
+        t_sb3.append(timed(sb3) / sb3_steps * 1e3)
+        if compiled is not None:
+            t_compiled.append(timed(compiled) / steps * 1e3)
+    m_ours, m_sb3 = statistics.median(t_ours), statistics.median(t_sb3)
+    print(f"seed {seed}: gradient steps per update: ours {steps}, SB3 {sb3_steps} (batch 256, (64, 64) tanh MLPs, "
+          f"1 thread)")
+    print(f"seed {seed}: ms per gradient step (median of {cfg.repeats}): ours {m_ours:.3f}, SB3 {m_sb3:.3f}; "
+          f"SB3 / ours {m_sb3 / m_ours:.2f}x")
+    out = {"ours_ms": m_ours, "sb3_ms": m_sb3, "ratio": m_sb3 / m_ours}
+    if compiled is not None:
+        m_compiled = statistics.median(t_compiled)
+        paired = statistics.median(b / c for b, c in zip(t_sb3, t_compiled))
+        print(f"seed {seed}: ours --compile {m_compiled:.3f} ms per gradient step; SB3 / ours --compile "
+              f"{m_sb3 / m_compiled:.2f}x (median of per-round ratios {paired:.2f}x)")
+        out.update(compiled_ms=m_compiled, compiled_ratio=m_sb3 / m_compiled, compiled_paired_ratio=paired)
+    return out, (ours, steps)
+
+
 def main(cfg: ProfileConfig) -> dict:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="rlmeta-profile-ppo-"))
     try:
-        learning, state, rollout = build_ours(tmp)
-        steps = learning.objective.epochs * learning.objective.minibatches
-        model = build_sb3()
-        sb3_steps = model.n_epochs * (model.n_steps * model.n_envs // model.batch_size)
-        ours, sb3 = ours_update(learning, state, rollout), sb3_update(model)
-        for _ in range(cfg.warmup):
-            ours()
-            sb3()
-        t_ours, t_sb3 = [], []
-        for _ in range(cfg.repeats):
-            t_ours.append(timed(ours) / steps * 1e3)
-            t_sb3.append(timed(sb3) / sb3_steps * 1e3)
-        m_ours, m_sb3 = statistics.median(t_ours), statistics.median(t_sb3)
-        print(f"gradient steps per update: ours {steps}, SB3 {sb3_steps} (batch 256, (64, 64) tanh MLPs, 1 thread)")
-        print(f"ms per gradient step (median of {cfg.repeats}): ours {m_ours:.3f}, SB3 {m_sb3:.3f}; "
-              f"SB3 / ours {m_sb3 / m_ours:.2f}x")
-        print(f"  ours all: {' '.join(f'{t:.3f}' for t in t_ours)}")
-        print(f"  SB3 all:  {' '.join(f'{t:.3f}' for t in t_sb3)}")
-        out = {"ours_ms": m_ours, "sb3_ms": m_sb3, "ratio": m_sb3 / m_ours}
+        results, profiled = {}, None
+        for seed in cfg.seeds:
+            results[seed], timed_fns = time_seed(cfg, tmp, seed)
+            profiled = profiled or timed_fns
+        print("\n| seed | ours ms | ours --compile ms | SB3 ms | SB3 / ours | SB3 / ours --compile |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for seed, r in results.items():
+            print(f"| {seed} | {r['ours_ms']:.3f} | {r.get('compiled_ms', float('nan')):.3f} | {r['sb3_ms']:.3f} | "
+                  f"{r['ratio']:.2f}x | {r.get('compiled_ratio', float('nan')):.2f}x |")
+        out: dict[str, Any] = {"seeds": results}
+        ours, steps = profiled
         if cfg.torch_profile:
             from torch.profiler import ProfilerActivity, profile
 

@@ -75,9 +75,11 @@ class OuterCritic:
         if self.head is not None and not (isinstance(self.head, str) and self.head):
             raise ValueError(f"outer critic head must be a non-empty parameter-name prefix or None, got {self.head!r}")
 
-    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, float]) -> Loss:
-        """``loss`` with ``cost * term`` added, or with ``cost * term`` restricted to ``head`` (see ``head``)."""
-        metrics["outer_value_loss"] = float(term.detach())
+    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, float], report: bool = True) -> Loss:
+        """``loss`` with ``cost * term`` added, or with ``cost * term`` restricted to ``head`` (see ``head``);
+        ``report``: also put the term's value in ``metrics`` (``LossContext.metrics``)."""
+        if report:
+            metrics["outer_value_loss"] = float(term.detach())
         if self.head is None:
             return Loss(loss + self.cost * term, metrics)
         return Loss(loss, metrics, {self.head: self.cost * term})
@@ -305,5 +307,6 @@ class PPO(MinibatchObjective):
             if "outer_returns" not in batch:
                 raise ValueError("this PPO trains an outer critic: prepare the batch with it (PPO.prepare)")
             outer_values = named_output(outputs, pv.outer_value)
-            return self.outer_critic.add(loss, 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean(), metrics)
+            return self.outer_critic.add(loss, 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean(), metrics,
+                                         report=context.metrics)
         return Loss(loss, metrics)

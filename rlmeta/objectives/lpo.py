@@ -171,7 +171,7 @@ class LPONetwork:
         x = drift_features(ratio, log_ratio, advantages)
         columns = [x]
         if self.lifetime_conditioning:
-            columns.append(float(progress) * x)
+            columns.append(progress * x)  # a float, or a 0-d tensor (the learner's compiled steps)
         if self.horizon_conditioning:
             columns.append(math.log(max(float(lifetime), 1.0)) * x)
         return torch.cat(columns, dim=-1) if len(columns) > 1 else x

@@ -69,6 +69,8 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
         (dict(meta=lambda: MetaConfig(learn=("gamma",), outer_critic_network="separate")),
          "meta.outer_critic_network applies to an outer critic"),
         (dict(algo="lpg"), "algo 'lpg' needs --objective"),
+        (dict(algo="a2c", compile=True), "compile takes the minibatch steps of algo ppo, lpo or dpo"),
+        (dict(compile=True, meta=lambda: MetaConfig(learn=("gamma",))), "compile applies to plain training"),
     ],
 )
 def test_invalid_train_config_is_rejected(overrides, message):
@@ -154,6 +156,26 @@ def test_run_writes_config_logs_checkpoints_and_summary(tmp_path):
     assert scalars(run, "hparams/gamma")[0][1] == pytest.approx(0.99)
     assert scalars(run, "eval/return_mean")[-1] == (192, pytest.approx(ev["return_mean"]))
     assert len(scalars(run, "episode/return")) >= 1
+
+
+def test_compiled_run_trains_as_the_eager_one(tmp_path):
+    """--compile: the same run (its minibatch losses through torch.compile), parameters equal to rounding."""
+    runs = {}
+    for compiled in (False, True):
+        config = tiny(tmp_path / str(compiled), algo="ppo", total_steps=32 * 3, checkpoint_interval=0,
+                      ppo=PPOConfig(epochs=2, minibatches=2, anneal_clip=True), compile=compiled)
+        assert train(config)["status"] == "completed"
+        runs[compiled] = torch.load(tmp_path / str(compiled) / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    assert load_config(tmp_path / "True" / "run" / "config.json").compile
+    torch.testing.assert_close(runs[True]["params"], runs[False]["params"], rtol=1e-4, atol=1e-6)
+
+
+def test_no_cxx_compiler_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C[+][+] compiler"):
+        tiny(tmp_path, algo="ppo", compile=True)
 
 
 def test_existing_run_dir_is_never_overwritten_silently(tmp_path):

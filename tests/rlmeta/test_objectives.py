@@ -30,7 +30,7 @@ from rlmeta.learner import UpdateMode, gradient_step, update
 from rlmeta.agents.networks import ActorCritic, named_distribution
 from rlmeta.catalog import CONDITIONING
 from rlmeta.objectives import A2C, DEFAULT_HPARAMS, PLAIN, PPO, Loss, LossContext, MinibatchObjective, Objective, \
-    VTraceActorCritic
+    VTraceActorCritic, LPO
 from rlmeta.optim import adam, sgd
 from rlmeta.rollout import PolicyValue, Rollout
 
@@ -1342,3 +1342,54 @@ def test_ppo_prepare_without_a_graph_is_bitwise_the_prepare_with_one():
     gamma = torch.tensor(HP["gamma"], dtype=DT, requires_grad=True)
     meta = objective.prepare(params, rollout, {**HP, "gamma": gamma})
     assert meta["advantages"].requires_grad and torch.equal(meta["advantages"].detach(), plain["advantages"])
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled minibatch steps (UpdateMode.compile): the same update, one graph whatever the progress
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def test_compiled_ppo_update_equals_the_eager_one_and_compiles_once():
+    """torch.compile'd losses (forward and backward as generated kernels) give the eager update to
+    rounding, for a new progress every update (an annealed clip) without compiling again."""
+    from rlmeta.objectives.lpo import LPONetwork
+
+    params = make_outer_params()
+    rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
+    restricted = OuterCritic(gamma=0.97, lambda_=0.5, cost=0.3, head="outer_values")
+    network = LPONetwork(hidden=4, lifetime_conditioning=True)
+    drift = network.init(2, DT)
+    drift = {k: v + 0.3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(5), dtype=DT)
+             for k, v in drift.items()}  # away from PPO: the drift reads the progress
+    objectives = [PPO(both_policy_value, outer_critic=restricted, epochs=3, minibatches=2, value_clip=0.5,
+                      anneal_clip=True),
+                  LPO(tabular_policy_value, network, params=drift, epochs=2, minibatches=2)]
+    for objective in objectives:
+        objective_params = params if objective is objectives[0] else make_params()
+        opt = adam(0.05, eps=1e-5, max_grad_norm=0.5)
+        state = opt.init(objective_params)
+        before = _graphs()
+        for progress in (0.1, 0.6, 0.95):
+            eager = update(objective, opt, objective_params, state, rollout, HP, progress=progress,
+                           generator=torch.Generator().manual_seed(3))
+            compiled = update(objective, opt, objective_params, state, rollout, HP, progress=progress,
+                              mode=UpdateMode(compile=True), generator=torch.Generator().manual_seed(3))
+            torch.testing.assert_close(compiled[:2], eager[:2], rtol=1e-10, atol=1e-12)
+            assert compiled[2].keys() == eager[2].keys()
+            assert all(v.is_leaf and v.requires_grad for v in compiled[0].values())
+        assert _graphs() - before == 1  # one graph per objective: the progress is an input, not a constant
+
+
+def test_compile_refuses_what_it_cannot_take():
+    params = make_params()
+    rollout = make_rollout(behaviour_logp=current_logp(params, make_rollout()))
+    opt = adam(0.05)
+    with pytest.raises(ValueError, match="compile applies to plain updates"):
+        UpdateMode(differentiable=True, compile=True)
+    with pytest.raises(ValueError, match="compile takes minibatch objectives"):
+        update(A2C(tabular_policy_value), opt, params, opt.init(params), rollout, HP, mode=UpdateMode(compile=True))
