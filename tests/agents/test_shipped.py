@@ -17,7 +17,8 @@ SHIPPED = shipped_objectives()
 
 
 def test_the_expected_objectives_ship():
-    assert {"lpg-grid-small", "ta-lpg-grid-small"} <= set(SHIPPED)
+    assert {"lpg-grid-small", "ta-lpg-grid-small"} <= set(shipped_objectives("lpg"))
+    assert {"lpo-cartpole", "ta-lpo-cartpole"} <= set(shipped_objectives("lpo"))
     assert set(shipped_objectives("lpg")) | set(shipped_objectives("lpo")) == set(SHIPPED)
     with pytest.raises(ValueError, match="kind must be one of"):
         shipped_objectives("ppo")
@@ -45,6 +46,14 @@ def test_each_shipped_objective_has_a_card_and_loads_by_name(name):
 def test_the_ta_lpg_card_is_a_time_aware_lpg_from_es():
     card = shipped_card("ta-lpg-grid-small")
     assert card["network"]["lifetime_conditioning"] and card["generations"] >= 1 and "popsize" in card["config"]
+
+
+def test_the_lpo_cards_are_drifts_from_es_one_time_aware():
+    """LPO and TA-LPO meta-trained by ES on CartPole, with their meta-test at the three horizons."""
+    for name, time_aware in (("lpo-cartpole", False), ("ta-lpo-cartpole", True)):
+        card = shipped_card(name)
+        assert card["kind"] == "lpo" and card["network"]["lifetime_conditioning"] is time_aware
+        assert card["generations"] >= 1 and "popsize" in card["config"] and len(card["meta_test"]) == 3
 
 
 @pytest.mark.slow
