@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.distributions.utils import lazy_property
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
@@ -420,7 +421,13 @@ class Tape:
 
 class _Categorical(Categorical):
     """torch's Categorical, with ``log_prob`` of values shaped as its batch (the usual case) as one gather:
-    the same values and gradient as the parent's, without its broadcasting ops."""
+    the same values and gradient as the parent's, without its broadcasting ops; and ``probs`` as the
+    exponential of the normalised logits, which is the softmax (to rounding) in one op instead of
+    torch's softmax kernel, slow over a few actions (``rlmeta.ops``)."""
+
+    @lazy_property
+    def probs(self) -> Tensor:  # type: ignore[override]
+        return self.logits.exp()
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args or value.shape != self._batch_shape:
@@ -487,3 +494,9 @@ class TabularAgent(nn.Module):
         if "prediction" in params:
             out["prediction"] = params["prediction"][index]
         return out
+
+    def population_outputs(self, params: dict[str, Tensor], obs: Tensor, agents: Tensor) -> dict[str, Tensor]:
+        """:meth:`named_outputs` of a population (tables ``[P, S, ...]``), each row ``obs [N]`` read from
+        the tables of its agent ``agents [N]``: one gather per output (``rlmeta.rollout.Population.forward``)."""
+        index, owner = obs.reshape(-1).long(), agents.long()
+        return {name: params[name][owner, index] for name in ("policy", "value", "prediction") if name in params}

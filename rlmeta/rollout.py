@@ -83,12 +83,22 @@ class Population:
         Rows are gathered into ``[P, M, ...]`` (M: the most rows of one agent; shorter agents are
         padded with copies of a row, whose outputs are dropped) and scattered back to ``[N, ...]``.
         ``conditioning`` is shared (``[H]``) or per agent (``[P, H]``).
+
+        A network whose outputs are lookups of its rows' own entries (tabular agents) may define
+        ``population_outputs(params, obs, agents)``: the same outputs read straight from ``[P, ...]``
+        parameters; it is used, without grouping or vmap, when ``forward`` is that network's bound
+        ``named_outputs`` and there is no conditioning.
         """
         num_agents = self.num_agents
         for name, value in params.items():
             if value.dim() == 0 or value.shape[0] != num_agents:
                 raise ValueError(f"population parameters must have a leading axis of {num_agents} agents; "
                                  f"{name!r} has shape {tuple(value.shape)}")
+        owner = getattr(forward, "__self__", None)
+        rowwise = getattr(owner, "population_outputs", None)
+        if rowwise is not None and conditioning is None and getattr(forward, "__func__", None) is getattr(
+                type(owner), "named_outputs", None):
+            return rowwise(params, obs, agents)
         index, inverse = group_rows(agents, num_agents)
         grouped = obs[index.reshape(-1)].reshape(num_agents, index.shape[1], *obs.shape[1:])
         per_agent = conditioning is not None and conditioning.dim() == 2

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from rlmeta.objectives.actor_critic import DEFAULT_HPARAMS, OuterCritic
 from rlmeta.objectives.base import PLAIN, HParams, Loss, LossContext, Objective
+from rlmeta.ops import log_softmax, softmax
 from rlmeta.rollout import Params, PolicyValue, Rollout
 
 PREDICTION = "prediction"  # the network output LPG reads as y(s) (logits over m entries)
@@ -178,7 +179,7 @@ class LPGNetwork:
             states.append(h)
         z = F.relu(torch.stack(states[::-1]))
         pi_hat = F.linear(z, p["pi_head.weight"], p["pi_head.bias"]).squeeze(-1)
-        y_hat = torch.softmax(F.linear(z, p["y_head.weight"], p["y_head.bias"]), dim=-1)
+        y_hat = softmax(F.linear(z, p["y_head.weight"], p["y_head.bias"]))
         return pi_hat, y_hat
 
 
@@ -247,8 +248,8 @@ class LPG(Objective):
                 context: LossContext = PLAIN) -> tuple[LPGOutputs, object, object]:
         """LPG's targets on ``rollout`` for the agent ``params``, with the evaluations they came from."""
         ev, fixed = context.evaluate(self.policy_value, params, rollout, hparams)
-        y = torch.softmax(fixed.extras[self.prediction], dim=-1)
-        next_y = torch.softmax(fixed.next_extras[self.prediction], dim=-1)
+        y = softmax(fixed.extras[self.prediction])
+        next_y = softmax(fixed.next_extras[self.prediction])
         ended = torch.clamp(rollout.terminated + rollout.truncated, max=1.0)
         gamma = hparams["gamma"] if "gamma" in hparams else DEFAULT_HPARAMS["gamma"]
         pi_hat, y_hat = self.network(self.lpg_params(hparams), rollout.rewards, rollout.terminated, ended, gamma,
@@ -273,13 +274,13 @@ class LPG(Objective):
 
 def kl_to_target(logits: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     """``KL(softmax(logits) || target)`` over the last axis (``target`` probabilities)."""
-    log_y = torch.log_softmax(logits, dim=-1)
+    log_y = log_softmax(logits)
     return (log_y.exp() * (log_y - torch.log(target + eps))).sum(-1)
 
 
 def categorical_entropy(logits: Tensor) -> Tensor:
     """The entropy of ``softmax(logits)`` over the last axis."""
-    log_y = torch.log_softmax(logits, dim=-1)
+    log_y = log_softmax(logits)
     return -(log_y.exp() * log_y).sum(-1)
 
 

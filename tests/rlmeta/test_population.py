@@ -269,3 +269,27 @@ def test_population_is_checked_before_work():
     with pytest.raises(ValueError, match="minibatches, which would mix"):
         ppo = PPO(plain.for_population(P, B), epochs=1, minibatches=2)
         update(ppo, opt, params, opt.init(params), join(ROLLOUTS[0]), HPARAMS)
+
+
+def test_a_tabular_population_reads_its_tables_directly_as_the_vmapped_forward_would():
+    """TabularAgent.population_outputs (one gather per output) is the generic grouped, vmapped forward:
+    the same outputs, and the same gradients into each agent's tables."""
+    from rlmeta.agents.networks import TabularAgent
+
+    agent = TabularAgent(7, 3, prediction=4).double()
+    g = torch.Generator().manual_seed(2)
+    params = {k: torch.randn(P, *v.shape, generator=g, dtype=DT).requires_grad_(True)
+              for k, v in agent.named_parameters()}
+    population = Population(P, B)
+    obs = torch.randint(0, 7, (2 * P * B,), generator=g)
+    agents = population.agents_of_rows(obs.shape[0])
+    fast = population.forward(agent.named_outputs, params, obs, None, agents)
+    generic = population.forward(lambda p, o, c: agent.named_outputs(p, o, c), params, obs, None, agents)
+    assert fast.keys() == generic.keys() == {"policy", "value", "prediction"}
+    weights = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in fast.items()}
+    grads = [torch.autograd.grad(sum((out[k] * weights[k]).sum() for k in out), list(params.values()))
+             for out in (fast, generic)]
+    for k in fast:
+        assert torch.equal(fast[k], generic[k])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
