@@ -498,5 +498,6 @@ class TabularAgent(nn.Module):
     def population_outputs(self, params: dict[str, Tensor], obs: Tensor, agents: Tensor) -> dict[str, Tensor]:
         """:meth:`named_outputs` of a population (tables ``[P, S, ...]``), each row ``obs [N]`` read from
         the tables of its agent ``agents [N]``: one gather per output (``rlmeta.rollout.Population.forward``)."""
-        index, owner = obs.reshape(-1).long(), agents.long()
-        return {name: params[name][owner, index] for name in ("policy", "value", "prediction") if name in params}
+        rows = agents.long() * self.num_states + obs.reshape(-1).long()  # row of the [P * S, ...] tables
+        return {name: params[name].flatten(0, 1).index_select(0, rows)
+                for name in ("policy", "value", "prediction") if name in params}
