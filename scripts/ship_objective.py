@@ -9,8 +9,8 @@ Writes ``rlmeta/objectives/trained/<name>.pt`` and ``<name>.json``, its card: it
 ``lpo``, which loader reads it), where it came from (run, commit), the config that trained it, the
 full meta-test scores where a study computed them (``--full FILE``, any number), and a smaller
 check (``check``: arguments and score) that ``tests/agents/test_shipped.py`` reproduces within
-two standard errors in CI. An LPG's check is ``rlmeta meta-test`` on 12 held-out ``small``
-levels; an LPO drift's is the mean greedy return of 4 fresh PPO agents (seeds 1000..1003) at the
+two standard errors in CI. An LPG's check is ``rlmeta meta-test`` on 12 held-out levels of the
+generator it was meta-trained on (``small``, ``all``, ...); an LPO drift's is the mean greedy return of 4 fresh PPO agents (seeds 1000..1003) at the
 meta-training horizon. Refuses to replace a shipped objective without ``--overwrite``.
 """
 
@@ -82,11 +82,13 @@ def main() -> None:
                           "return_se": check["return"]["se"], "torch_threads": 1}}
     else:
         es = "popsize" in data["config"]
-        check = meta_test(str(target), **LPG_CHECK)
+        # held-out levels of the distribution it was meta-trained on (small, all, ...)
+        lpg_check = {**LPG_CHECK, "levels": data["config"].get("levels", LPG_CHECK["levels"])}
+        check = meta_test(str(target), **lpg_check)
         card = {"name": args.name, "kind": "lpg", "objective": describe(data, es), "source_run": run.name,
                 "commit": commit, ("generations" if es else "meta_steps"): data["meta_step"],
                 "network": data["network"], "config": data["config"],
-                "check": {"args": LPG_CHECK, "normalized_score": check["normalized_score"],
+                "check": {"args": lpg_check, "normalized_score": check["normalized_score"],
                           "normalized_score_se": check["normalized_score_se"], "torch_threads": 1}}
     card["meta_test"] = full
     (TRAINED / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
