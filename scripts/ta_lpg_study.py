@@ -3,6 +3,7 @@
     python scripts/ta_lpg_study.py train [--parallel 2]   # resumable: each arm's es-train run
     python scripts/ta_lpg_study.py test [--parallel 2]    # meta-test finished arms at lifetimes 10..1000
     python scripts/ta_lpg_study.py report                 # -> results/ta_lpg/
+    python scripts/ta_lpg_study.py initial-population     # both arms' population fitness at the common start
 
 Arms (``rlmeta es-train``, same settings but the lifetime inputs): ``lpg-es`` (LPG) and ``ta-lpg-es``
 (TA-LPG: LPG reading n/N and log N); beside them ``ta-lpg-metagrad``, TA-LPG meta-trained by
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -214,9 +216,40 @@ def _plot() -> None:
     fig.savefig(RESULTS / "fitness.png", dpi=120)
 
 
+def initial_population(generations: int = 8) -> None:
+    """The two ES arms' population fitness at their common initial center (lr 1e-12: the center stays),
+    same lifetimes and levels per generation: what the two time inputs' perturbations cost before any
+    learning. Writes ``results/ta_lpg/initial_population.json``."""
+    import statistics  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from rlmeta.agents.config import ESTrainConfig, LPGConfig  # noqa: PLC0415 - heavy, this stage only
+    from rlmeta.agents.es_train import ESTrainer  # noqa: PLC0415
+    from rlmeta.agents.runs import set_threads  # noqa: PLC0415
+
+    set_threads(1)
+    fitness = {}
+    for arm, time_aware in (("lpg", False), ("ta-lpg", True)):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = ESTrainConfig(levels="small", lifetime_min=10, lifetime_max=250, agents_per_candidate=8,
+                                   popsize=32, envs_per_agent=8, generations=generations, lr=1e-12, seed=0,
+                                   lpg=LPGConfig(gru_width=16, lifetime_conditioning=time_aware),
+                                   run_dir=f"{tmp}/run", progress=False, checkpoint_interval=0, torch_threads=1)
+            ESTrainer(config).run()
+            with open(f"{tmp}/run/curve.csv") as f:
+                fitness[arm] = [float(row["fitness_mean"]) for row in csv.DictReader(f)]
+    diff = [a - b for a, b in zip(fitness["ta-lpg"], fitness["lpg"])]
+    out = {"generations": generations, "fitness": fitness, "ta_minus_lpg_mean": statistics.mean(diff),
+           "ta_minus_lpg_se": statistics.stdev(diff) / math.sqrt(len(diff))}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "initial_population.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"population fitness at the initial center, TA-LPG minus LPG: {out['ta_minus_lpg_mean']:+.3f} "
+          f"+- {out['ta_minus_lpg_se']:.3f} over {generations} generations")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("train", "test", "report"))
+    parser.add_argument("stage", choices=("train", "test", "report", "initial-population"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--generations", type=int, default=GENERATIONS)
     args = parser.parse_args()
@@ -224,6 +257,8 @@ def main() -> None:
         train(args.parallel, args.generations)
     elif args.stage == "test":
         test(args.parallel, args.generations)
+    elif args.stage == "initial-population":
+        initial_population()
     else:
         report()
 
