@@ -250,7 +250,8 @@ def _flat_minibatch_steps(
     result, loss_value, norm_value, done = None, 0.0, 0.0, 0
     device = batch["obs"].device
     compiled = _compiled_loss(objective) if mode.compile else None
-    progress_tensor = torch.tensor(progress, dtype=batch["advantages"].dtype, device=device) if compiled else None
+    dtype = next((v.dtype for v in batch.values() if v.is_floating_point()), torch.get_default_dtype())
+    progress_tensor = torch.tensor(progress, dtype=dtype, device=device) if compiled else None
     for _ in range(objective.epochs):
         order = torch.randperm(size, generator=generator, device="cpu").to(device)
         for start in range(0, per * objective.minibatches, per):
