@@ -1354,6 +1354,8 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_ppo_update_equals_the_eager_one_and_compiles_once():
     """torch.compile'd losses (forward and backward as generated kernels) give the eager update to
     rounding, for a new progress every update (an annealed clip) without compiling again."""
