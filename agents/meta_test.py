@@ -61,6 +61,19 @@ def meta_test(objective: str, levels: str = "small", num_levels: int = 128, life
               a2c_cache: Path | None = None, frozen_progress: float | None = None) -> dict[str, Any]:
     """Score a learned LPG on held-out levels (see the module docstring); returns the results dict.
 
+    The same arguments give the same scores whatever ran before in the process: torch's CPU random
+    generator (the agents' action sampling) is seeded with ``seed`` inside and restored after.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _meta_test(objective, levels, num_levels, lifetime, seed, episodes, device, include_a2c, a2c_cache,
+                          frozen_progress)
+
+
+def _meta_test(objective: str, levels: str, num_levels: int, lifetime: int, seed: int, episodes: int, device: str,
+               include_a2c: bool, a2c_cache: Path | None, frozen_progress: float | None) -> dict[str, Any]:
+    """:func:`meta_test` under its seeded random generator.
+
     ``frozen_progress``: a TA-LPG reads this n/N at every update instead of the true fraction (log N
     stays true): a counterfactual that shows how much of its score its use of time carries.
 

@@ -279,3 +279,13 @@ def test_meta_test_records_what_lpg_does_over_the_lifetime():
     assert all(v >= 0 for v in schedule["pi_hat_rms"])
     assert set(results["spearman_progress"]) == {"pi_hat_rms", "entropy"}
     assert "Spearman" in format_results(results)
+
+
+def test_meta_test_scores_do_not_depend_on_what_ran_before():
+    """meta-test seeds torch's generator itself (and restores it): the same arguments, the same scores."""
+    first = meta_test("untrained:1", num_levels=2, lifetime=3, episodes=2)
+    torch.rand(7)  # another user of the global generator in between
+    state = torch.get_rng_state()
+    second = meta_test("untrained:1", num_levels=2, lifetime=3, episodes=2)
+    assert first["normalized_score"] == second["normalized_score"] and first["return_mean"] == second["return_mean"]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left as it was
