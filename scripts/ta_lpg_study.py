@@ -217,25 +217,19 @@ def _plot() -> None:
 
 
 def initial_population(generations: int = 8) -> None:
-    """The two ES arms' population fitness at their common initial center (lr 1e-12: the center stays),
-    same lifetimes and levels per generation: what the two time inputs' perturbations cost before any
-    learning. Writes ``results/ta_lpg/initial_population.json``."""
+    """The two ES arms' population fitness at their common initial center (the arms' own ``es-train``
+    command with lr 1e-12: the center stays), same lifetimes and levels per generation: what the two
+    time inputs' perturbations cost before any learning. Writes ``results/ta_lpg/initial_population.json``."""
     import statistics  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from rlmeta.agents.config import ESTrainConfig, LPGConfig  # noqa: PLC0415 - heavy, this stage only
-    from rlmeta.agents.es_train import ESTrainer  # noqa: PLC0415
-    from rlmeta.agents.runs import set_threads  # noqa: PLC0415
-
-    set_threads(1)
     fitness = {}
-    for arm, time_aware in (("lpg", False), ("ta-lpg", True)):
+    for arm, extra in (("lpg", ARMS["lpg-es"]), ("ta-lpg", ARMS["ta-lpg-es"])):
         with tempfile.TemporaryDirectory() as tmp:
-            config = ESTrainConfig(levels="small", lifetime_min=10, lifetime_max=250, agents_per_candidate=8,
-                                   popsize=32, envs_per_agent=8, generations=generations, lr=1e-12, seed=0,
-                                   lpg=LPGConfig(gru_width=16, lifetime_conditioning=time_aware),
-                                   run_dir=f"{tmp}/run", progress=False, checkpoint_interval=0, torch_threads=1)
-            ESTrainer(config).run()
+            subprocess.run([sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", f"{tmp}/run", *COMMON, *extra,
+                            "--seed", "0", "--generations", str(generations), "--lr", "1e-12"],
+                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             with open(f"{tmp}/run/curve.csv") as f:
                 fitness[arm] = [float(row["fitness_mean"]) for row in csv.DictReader(f)]
     diff = [a - b for a, b in zip(fitness["ta-lpg"], fitness["lpg"])]
