@@ -61,10 +61,10 @@ def status(path: Path) -> str | None:
     return json.loads(summary.read_text()).get("status") if summary.is_file() else None
 
 
-def train(parallel: int, steps: int) -> None:
+def train(parallel: int, steps: int, seeds: tuple[int, ...] = SEEDS) -> None:
     """Run (or resume) every variant x seed to ``steps`` env steps, ``parallel`` at a time."""
     jobs = []
-    for seed in SEEDS:  # seed-major: every variant gets its first seed first
+    for seed in seeds:  # seed-major: every variant gets its first seed first
         for variant, config in VARIANTS.items():
             path = run_dir(variant, seed)
             if status(path) == "completed":
@@ -115,8 +115,7 @@ def report() -> None:
         for name in VARIANCE_FILES:
             if (study / name).is_file():
                 shutil.copyfile(study / name, RESULTS / "variance" / name)
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for variant in VARIANTS:
+    for variant in VARIANTS:  # a run on this machine refreshes its committed curve
         for seed in SEEDS:
             path = run_dir(variant, seed)
             if not (path / "checkpoints" / "latest.pt").is_file():
@@ -124,17 +123,24 @@ def report() -> None:
             import torch  # noqa: PLC0415 - heavy, only to read checkpoints
 
             ckpt = torch.load(path / "checkpoints" / "latest.pt", weights_only=True)
-            evaluations = ckpt["evaluations"]
-            gammas = _gamma_curve(path)
             with open(RESULTS / f"curve-{variant}-s{seed}.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["kind", "env_step", "value"])
-                writer.writerows(("eval_return", e["step"], e["return_mean"]) for e in evaluations)
-                writer.writerows(("gamma", step, value) for step, value in gammas)
-            if evaluations:
-                curves.setdefault(variant, []).append([(e["step"], e["return_mean"]) for e in evaluations])
-    gamma_curves = {variant: [_read_gamma(RESULTS / f"curve-{variant}-s{seed}.csv") for seed in SEEDS
-                              if (RESULTS / f"curve-{variant}-s{seed}.csv").is_file()] for variant in curves}
+                writer.writerows(("eval_return", e["step"], e["return_mean"]) for e in ckpt["evaluations"])
+                writer.writerows(("gamma", step, value) for step, value in _gamma_curve(path))
+    # The table reads the committed curves, so runs finished on another machine (whose run
+    # directories are gone) still count.
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    gamma_curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for variant in VARIANTS:
+        for seed in SEEDS:
+            csv_path = RESULTS / f"curve-{variant}-s{seed}.csv"
+            if not csv_path.is_file():
+                continue
+            returns, gammas = _read_curve(csv_path)
+            if returns:
+                curves.setdefault(variant, []).append(returns)
+                gamma_curves.setdefault(variant, []).append(gammas)
     lines = ["# Snake 6x6, reference setup (Bonnet et al.): evaluation return and gamma", "",
              "Each cell: mean +- standard error over the seeds that reached the milestone (n), of each run's",
              f"evaluation returns averaged over the last {WINDOW:,} env steps before it (greedy policy, its",
@@ -216,9 +222,13 @@ MILESTONES = (2_500_000, 5_000_000, 10_000_000, 20_000_000)
 WINDOW = 1_000_000
 
 
-def _read_gamma(path: Path) -> list[tuple[int, float]]:
+def _read_curve(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """A committed curve CSV as (evaluation returns, gamma), each a list of (env step, value)."""
+    kinds: dict[str, list[tuple[int, float]]] = {"eval_return": [], "gamma": []}
     with open(path) as f:
-        return [(int(r["env_step"]), float(r["value"])) for r in csv.DictReader(f) if r["kind"] == "gamma"]
+        for r in csv.DictReader(f):
+            kinds[r["kind"]].append((int(r["env_step"]), float(r["value"])))
+    return kinds["eval_return"], kinds["gamma"]
 
 
 def _fmt(values: list[float]) -> str:
@@ -280,9 +290,11 @@ def main() -> None:
     parser.add_argument("stage", choices=("train", "variance", "report"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20_000_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="train only these seeds (e.g. the ones a previous machine did not finish)")
     args = parser.parse_args()
     if args.stage == "train":
-        train(args.parallel, args.steps)
+        train(args.parallel, args.steps, tuple(args.seeds))
     elif args.stage == "variance":
         variance()
     else:

@@ -12,7 +12,7 @@ import pytest
 stats = pytest.importorskip("scipy.stats")
 
 from lpo_study import welch_greater  # noqa: E402 - scripts/ is on sys.path (tests/conftest.py)
-from snake_reference_study import _mean_se, _window_mean, welch  # noqa: E402
+from snake_reference_study import _mean_se, _read_curve, _window_mean, welch  # noqa: E402
 from ta_lpg_study import paired_difference  # noqa: E402
 
 
@@ -35,6 +35,14 @@ def test_window_mean_and_curve_mean_keep_the_seed_count_fixed():
     assert _window_mean(run[:30], 20_000_000) is None  # a run that stopped at 15M has no 20M value
     xs, means, _ = _mean_se([run, run[:30]], [10_000_000, 15_000_000, 20_000_000])
     assert xs == [10_000_000, 15_000_000] and means == [20.0, 30.0]  # 20M: not every run reached it
+
+
+def test_committed_curve_reads_back_both_kinds(tmp_path):
+    path = tmp_path / "curve.csv"  # the format report() writes and later reads when the run is gone
+    path.write_text("kind,env_step,value\neval_return,501760,3.5\neval_return,1000960,4.25\n"
+                    "gamma,5120,0.8\ngamma,10240,0.81\n")
+    returns, gammas = _read_curve(path)
+    assert returns == [(501760, 3.5), (1000960, 4.25)] and gammas == [(5120, 0.8), (10240, 0.81)]
 
 
 def test_paired_difference_is_exact_on_a_shift_and_zero_on_itself():
