@@ -577,6 +577,10 @@ class LPGConfig:
     """Feed the discount to LPG, as the paper (groove does not)."""
     lifetime_conditioning: bool = False
     """TA-LPG (Jackson et al. 2024): also feed n/N and log N."""
+    lifetime_normalised: bool = False
+    """es-train, TA-LPG: feed log N mapped to [0, 1] over [lifetime_min, lifetime_max] (an affine map: the
+    same information, on n/N's scale, so ES's perturbations of the two inputs' weights weigh alike)
+    instead of log N itself (the paper's; in [2.3, 5.5] for lifetimes 10-250)."""
     target_cost: float = 0.5
     """alpha_y: weight of KL(y || y_hat) in the agent's loss (groove: 0.5)."""
 
@@ -587,6 +591,8 @@ class LPGConfig:
                 raise ValueError(f"lpg.{name} must be an integer >= 1, got {value!r}")
         if self.target_width < 2:
             raise ValueError(f"lpg.target_width must be >= 2, got {self.target_width}")
+        if self.lifetime_normalised and not self.lifetime_conditioning:
+            raise ValueError("lpg.lifetime_normalised scales TA-LPG's lifetime input: it needs lpg.lifetime_conditioning")
         _positive("lpg.target_cost", self.target_cost, strict=False)
 
 
@@ -676,6 +682,9 @@ class MetaTrainConfig:
             raise ValueError(f"estimator must be 'one-step', 'multi-step' or 'mixed', got {self.estimator!r}")
         if self.estimator == "one-step" and self.num_updates != 1:
             raise ValueError("estimator 'one-step' differentiates one update: set num_updates=1")
+        if self.lpg.lifetime_normalised:
+            raise ValueError("lpg.lifetime_normalised is es-train's (it maps log N over the lifetimes an ES run draws); "
+                             "meta-train trains at one lifetime")
         if self.lifetime == 0 and self.levels not in LEVEL_LIFETIMES:
             raise ValueError(f"levels {self.levels!r} has no default lifetime; set lifetime (agent updates)")
         if self.total_lifetime() < self.num_updates:
@@ -795,6 +804,9 @@ class ESTrainConfig:
             raise ValueError(f"chunk_size must be even (a pair is evaluated in one call), got {self.chunk_size}")
         if self.lifetime_min > self.lifetime_max:
             raise ValueError(f"lifetime_min {self.lifetime_min} exceeds lifetime_max {self.lifetime_max}")
+        if self.lpg.lifetime_normalised and self.lifetime_min == self.lifetime_max:
+            raise ValueError("lpg.lifetime_normalised maps log N over [lifetime_min, lifetime_max], which is one "
+                             f"lifetime ({self.lifetime_min}) here: the input would not vary")
         for name in ("sigma", "lr", "agent_lr", "prediction_lr", "value_lr", "agent_max_grad_norm"):
             _positive(name, getattr(self, name))
         for name in ("gamma", "critic_lambda"):

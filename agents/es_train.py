@@ -96,7 +96,8 @@ def es_network(config: ESTrainConfig, inner: TrainConfig | None = None) -> LPGNe
         return LPONetwork(hidden=config.lpo.hidden, ppo_clip=clip, lifetime_conditioning=config.lpo.lifetime_conditioning)
     c = config.lpg
     return LPGNetwork(target_width=c.target_width, embedding_width=c.embedding_width, gru_width=c.gru_width,
-                      inputs_gamma=c.inputs_gamma, lifetime_conditioning=c.lifetime_conditioning)
+                      inputs_gamma=c.inputs_gamma, lifetime_conditioning=c.lifetime_conditioning,
+                      lifetime_range=(config.lifetime_min, config.lifetime_max) if c.lifetime_normalised else None)
 
 
 def inner_train_config(config: ESTrainConfig) -> TrainConfig:

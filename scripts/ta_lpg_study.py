@@ -38,7 +38,10 @@ RESULTS = ROOT / "results" / "ta_lpg"
 LIFETIMES = (10, 30, 100, 250, 1000)
 TEST_LEVELS = 64
 GENERATIONS = 300
-ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"]}
+ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"],
+        # The same TA-LPG with log N on n/N's scale (0 to 1 over lifetimes 10-250): tests whether ES's
+        # perturbations of the log-N weights (an input of 2.3-5.5) are what held the TA-LPG arm back.
+        "ta-lpg-es-unit": ["--lpg.lifetime-conditioning", "--lpg.lifetime-normalised"]}
 SEEDS = (0,)
 FROZEN = (0.0, 0.5, 1.0)
 FROZEN_LIFETIMES = (100, 250, 1000)
@@ -67,11 +70,13 @@ def _completed(path: Path) -> bool:
     return summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
 
 
-def train(parallel: int, generations: int) -> None:
-    """Run (or resume) every arm x seed to ``generations``, ``parallel`` at a time."""
+def train(parallel: int, generations: int, arms: list[str] | None = None) -> None:
+    """Run (or resume) every arm x seed (or the ``arms`` named) to ``generations``, ``parallel`` at a time."""
     jobs = []
     for seed in SEEDS:
         for arm, extra in ARMS.items():
+            if arms is not None and arm not in arms:
+                continue
             path = run_dir(arm, seed)
             if finished(path, generations):
                 continue
@@ -84,7 +89,7 @@ def train(parallel: int, generations: int) -> None:
             jobs.append((f"{arm}-s{seed}", args, RUNS / f"{arm}-s{seed}.log"))
         for arm, options in METAGRAD.items():
             path = run_dir(arm, seed)
-            if _completed(path):
+            if _completed(path) or (arms is not None and arm not in arms):
                 continue
             args = [sys.executable, "-m", "rlmeta.cli", "meta-train", "--run-dir", str(path)]
             resume = (path / "checkpoints" / "latest.pt").is_file()
@@ -94,13 +99,14 @@ def train(parallel: int, generations: int) -> None:
     run_jobs(jobs, parallel, ROOT, poll=10)
 
 
-def test(parallel: int, generations: int) -> None:
-    """Meta-test every finished arm at every lifetime (skipping results that exist)."""
+def test(parallel: int, generations: int, arms: list[str] | None = None) -> None:
+    """Meta-test every finished arm (or the ``arms`` named) at every lifetime (skipping results that exist)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    chosen = [arm for arm in (*ARMS, *METAGRAD) if arms is None or arm in arms]
     for lifetime in LIFETIMES:
         jobs = []
         for seed in SEEDS:
-            for arm in (*ARMS, *METAGRAD):
+            for arm in chosen:
                 path, out = run_dir(arm, seed), RESULTS / f"meta_test-{arm}-s{seed}-{lifetime}.json"
                 done = finished(path, generations) if arm in ARMS else _completed(path)
                 if done and not out.is_file():
@@ -110,7 +116,7 @@ def test(parallel: int, generations: int) -> None:
                         "--torch-threads", "1", "--a2c-cache", str(RUNS / "a2c_cache.json")], None))
         if lifetime in FROZEN_LIFETIMES:
             for seed in SEEDS:
-                for arm in time_aware():
+                for arm in (a for a in time_aware() if a in chosen):
                     path = run_dir(arm, seed)
                     done = finished(path, generations) if arm in ARMS else _completed(path)
                     for value in FROZEN:
@@ -217,28 +223,32 @@ def _plot() -> None:
 
 
 def initial_population(generations: int = 8) -> None:
-    """The two ES arms' population fitness at their common initial center (the arms' own ``es-train``
-    command with lr 1e-12: the center stays), same lifetimes and levels per generation: what the two
-    time inputs' perturbations cost before any learning. Writes ``results/ta_lpg/initial_population.json``."""
+    """The ES arms' population fitness at their common initial center (each arm's own ``es-train``
+    command with lr 1e-12: the center stays), same lifetimes and levels per generation: what the
+    time inputs' perturbations cost before any learning, per time-aware arm against LPG's. Writes
+    ``results/ta_lpg/initial_population.json``."""
     import statistics  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     fitness = {}
-    for arm, extra in (("lpg", ARMS["lpg-es"]), ("ta-lpg", ARMS["ta-lpg-es"])):
+    for arm, extra in ARMS.items():
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", f"{tmp}/run", *COMMON, *extra,
                             "--seed", "0", "--generations", str(generations), "--lr", "1e-12"],
                            check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             with open(f"{tmp}/run/curve.csv") as f:
                 fitness[arm] = [float(row["fitness_mean"]) for row in csv.DictReader(f)]
-    diff = [a - b for a, b in zip(fitness["ta-lpg"], fitness["lpg"])]
-    out = {"generations": generations, "fitness": fitness, "ta_minus_lpg_mean": statistics.mean(diff),
-           "ta_minus_lpg_se": statistics.stdev(diff) / math.sqrt(len(diff))}
+    out: dict = {"generations": generations, "fitness": fitness, "minus_lpg": {}}
+    for arm in ARMS:
+        if arm == "lpg-es":
+            continue
+        diff = [a - b for a, b in zip(fitness[arm], fitness["lpg-es"])]
+        out["minus_lpg"][arm] = {"mean": statistics.mean(diff), "se": statistics.stdev(diff) / math.sqrt(len(diff))}
+        print(f"population fitness at the initial center, {arm} minus lpg-es: {out['minus_lpg'][arm]['mean']:+.3f} "
+              f"+- {out['minus_lpg'][arm]['se']:.3f} over {generations} generations")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "initial_population.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"population fitness at the initial center, TA-LPG minus LPG: {out['ta_minus_lpg_mean']:+.3f} "
-          f"+- {out['ta_minus_lpg_se']:.3f} over {generations} generations")
 
 
 def main() -> None:
@@ -246,11 +256,13 @@ def main() -> None:
     parser.add_argument("stage", choices=("train", "test", "report", "initial-population"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--generations", type=int, default=GENERATIONS)
+    parser.add_argument("--arms", nargs="+", choices=(*ARMS, *METAGRAD),
+                        help="train or test only these arms (e.g. the ones a previous machine did not finish)")
     args = parser.parse_args()
     if args.stage == "train":
-        train(args.parallel, args.generations)
+        train(args.parallel, args.generations, args.arms)
     elif args.stage == "test":
-        test(args.parallel, args.generations)
+        test(args.parallel, args.generations, args.arms)
     elif args.stage == "initial-population":
         initial_population()
     else:

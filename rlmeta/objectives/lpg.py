@@ -59,6 +59,10 @@ class LPGNetwork:
     gru_width: int = 256
     inputs_gamma: bool = True
     lifetime_conditioning: bool = False  # TA-LPG: also n/N and log N
+    # TA-LPG's lifetime input as (log N - log lo) / (log hi - log lo): 0 to 1 over the lifetimes
+    # [lo, hi] it meta-trains on (an affine map of log N, so the same information; the scale of n/N's,
+    # so an evolution strategy's perturbations move both inputs alike). None: log N itself, the paper's.
+    lifetime_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("target_width", "embedding_width", "gru_width"):
@@ -67,6 +71,21 @@ class LPGNetwork:
                 raise ValueError(f"LPGNetwork.{name} must be an integer >= 1, got {value!r}")
         if self.target_width < 2:
             raise ValueError(f"LPGNetwork.target_width must be >= 2 (a categorical), got {self.target_width}")
+        if self.lifetime_range is not None:
+            if not self.lifetime_conditioning:
+                raise ValueError("LPGNetwork.lifetime_range scales the lifetime input: it needs lifetime_conditioning")
+            low, high = self.lifetime_range
+            if not 1 <= low < high:
+                raise ValueError(f"LPGNetwork.lifetime_range must be (lo, hi) with 1 <= lo < hi, got {self.lifetime_range}")
+            object.__setattr__(self, "lifetime_range", (float(low), float(high)))
+
+    def lifetime_input(self, lifetime: float) -> float:
+        """The value TA-LPG reads for a lifetime of N updates: log N, or its map by ``lifetime_range``."""
+        value = math.log(max(float(lifetime), 1.0))
+        if self.lifetime_range is None:
+            return value
+        low, high = (math.log(v) for v in self.lifetime_range)
+        return (value - low) / (high - low)
 
     @property
     def input_size(self) -> int:
@@ -84,7 +103,7 @@ class LPGNetwork:
         and what it learns from time, it learns.
         """
         if self.lifetime_conditioning:
-            base = replace(self, lifetime_conditioning=False).init(seed, dtype)
+            base = replace(self, lifetime_conditioning=False, lifetime_range=None).init(seed, dtype)
             weight = base["gru.weight_ih"]
             base["gru.weight_ih"] = torch.cat([weight, weight.new_zeros(weight.shape[0], 2)], dim=1)
             return base
@@ -168,7 +187,7 @@ class LPGNetwork:
             columns.append(torch.as_tensor(gamma, dtype=rewards.dtype, device=rewards.device).expand_as(rewards)[..., None])
         if self.lifetime_conditioning:
             columns.append(torch.full_like(rewards, float(progress))[..., None])
-            columns.append(torch.full_like(rewards, math.log(max(float(lifetime), 1.0)))[..., None])
+            columns.append(torch.full_like(rewards, self.lifetime_input(lifetime))[..., None])
         x = torch.cat(columns, dim=-1)  # [T, B, D]
         num_steps = x.shape[0]
         h = x.new_zeros(*x.shape[1:-1], self.gru_width)

@@ -54,6 +54,18 @@ def test_es_training_writes_its_run_and_a_loadable_lpg(tmp_path):
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
+def test_normalised_lifetime_input_reaches_the_network_and_its_file(tmp_path):
+    config = tiny(tmp_path, lpg=LPGConfig(gru_width=4, embedding_width=3, lifetime_conditioning=True,
+                                          lifetime_normalised=True), generations=1)
+    assert es_network(config).lifetime_range == (float(config.lifetime_min), float(config.lifetime_max))
+    ESTrainer(config).run()
+    assert load_lpg(str(tmp_path / "run" / "lpg.pt")).network.lifetime_range == es_network(config).lifetime_range
+    with pytest.raises(ValueError, match="needs lpg.lifetime_conditioning"):
+        LPGConfig(lifetime_normalised=True)
+    with pytest.raises(ValueError, match="would not vary"):
+        tiny(tmp_path, lifetime_min=5, lifetime_max=5, lpg=LPGConfig(lifetime_conditioning=True, lifetime_normalised=True))
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = ESTrainer(tiny(tmp_path, "straight", generations=3))
     straight.run()

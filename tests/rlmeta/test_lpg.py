@@ -174,6 +174,39 @@ def test_a_ta_lpg_starts_as_the_lpg_of_its_seed():
                            timed_net(moved, rewards, lifetime=250.0, **inputs)[0])
 
 
+def test_normalised_lifetime_input_is_the_affine_map_of_log_n():
+    """lifetime_range (lo, hi): TA-LPG reads (log N - log lo) / (log hi - log lo), 0 at lo and 1 at hi;
+    the network with it equals the log-N network whose GRU input weight and bias absorb the map."""
+    import math
+
+    net = LPGNetwork(gru_width=6, target_width=M, lifetime_conditioning=True, lifetime_range=(10, 250))
+    assert net.lifetime_input(10) == pytest.approx(0.0) and net.lifetime_input(250) == pytest.approx(1.0)
+    assert net.lifetime_input(50) == pytest.approx(math.log(5) / math.log(25))
+    assert LPGNetwork(lifetime_conditioning=True).lifetime_input(50) == pytest.approx(math.log(50))
+    g = torch.Generator().manual_seed(5)
+    params = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in net.init(0, DT).items()}
+    inputs = dict(terminated=torch.zeros(T, 2, dtype=DT), ended=torch.zeros(T, 2, dtype=DT), gamma=0.9,
+                  pi=torch.rand(T, 2, generator=g, dtype=DT), y=torch.softmax(torch.randn(T, 2, M, generator=g, dtype=DT), -1),
+                  next_y=torch.softmax(torch.randn(T, 2, M, generator=g, dtype=DT), -1))
+    rewards = torch.randn(T, 2, generator=g, dtype=DT)
+    raw = LPGNetwork(gru_width=6, target_width=M, lifetime_conditioning=True)
+    low, span = math.log(10), math.log(250) - math.log(10)
+    absorbed = dict(params)  # w * (log N - low) / span  =  (w / span) log N  -  w low / span
+    column = params["gru.weight_ih"][:, -1]
+    absorbed["gru.weight_ih"] = params["gru.weight_ih"].clone()
+    absorbed["gru.weight_ih"][:, -1] = column / span
+    absorbed["gru.bias_ih"] = params["gru.bias_ih"] - column * low / span
+    for lifetime in (10.0, 37.0, 1000.0):
+        ours = net(params, rewards, progress=0.3, lifetime=lifetime, **inputs)
+        theirs = raw(absorbed, rewards, progress=0.3, lifetime=lifetime, **inputs)
+        assert torch.allclose(ours[0], theirs[0], rtol=1e-10, atol=1e-12)
+    assert torch.equal(net.init(4, DT)["gru.weight_ih"], raw.init(4, DT)["gru.weight_ih"])  # same start
+    with pytest.raises(ValueError, match="needs lifetime_conditioning"):
+        LPGNetwork(lifetime_range=(10, 250))
+    with pytest.raises(ValueError, match="1 <= lo < hi"):
+        LPGNetwork(lifetime_conditioning=True, lifetime_range=(250, 10))
+
+
 # ------------------------------------------------------------------------------------------------
 # The loss.
 
