@@ -323,6 +323,18 @@ def _check_compile(config: "TrainConfig") -> None:
                          "none was found: install one or train without --compile")
 
 
+def _check_capture(config: "TrainConfig") -> None:
+    """Raise ValueError, before any work, where ``capture`` cannot apply."""
+    if config.algo not in ("a2c", "vtrace"):
+        raise ValueError(f"capture takes the whole-rollout updates of algo a2c or vtrace; got algo {config.algo!r} "
+                         "(ppo, lpo and dpo: --compile)")
+    if config.meta.enabled:
+        raise ValueError("capture applies to plain training: a meta-update collects its outer rollout between the "
+                         "inner update and the outer loss, and is not captured")
+    if config.compile:
+        raise ValueError("capture and compile exclude each other (capture: a2c, vtrace; compile: ppo, lpo, dpo)")
+
+
 @dataclass
 class TrainConfig:
     """Train an actor-critic agent. ``--config FILE`` (TOML/JSON) sets defaults; ``--resume`` continues a run."""
@@ -366,6 +378,10 @@ class TrainConfig:
     """algo ppo, lpo, dpo: run each minibatch's loss (forward and backward) through torch.compile. Compiling
     takes seconds to a minute before the first update (cached across runs); then each gradient step is
     faster (see docs/benchmarks.md). On the CPU it needs a C++ compiler."""
+    capture: bool = False
+    """algo a2c, vtrace: the update as one CUDA graph, replayed each iteration (static shapes, nothing read
+    on the host inside; see rlmeta.capture). On a CPU the same static-shape step runs eagerly (the same
+    results; what the tests check)."""
     run_dir: str | None = None
     """Where logs, config, checkpoints and summary go (default: ``runs/<env>-<algo>-s<seed>-<time>``)."""
     resume: bool = False
@@ -422,6 +438,8 @@ class TrainConfig:
             raise ValueError("resume needs run_dir: the directory of the run to continue")
         if self.compile:
             _check_compile(self)
+        if self.capture:
+            _check_capture(self)
         _positive("reward_scale", self.reward_scale)
         if self.meta.enabled:  # initial values inside their bounds, or a ValueError now
             base = {**self.hparams.as_dict(), "lr": self.optimizer.lr}

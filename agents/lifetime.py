@@ -39,6 +39,7 @@ from rlmeta.agents.build import (
 )
 from rlmeta.agents.config import TrainConfig
 from rlmeta.agents.loops import AsyncLoop, Batch, SyncLoop
+from rlmeta.capture import CapturedUpdate
 from rlmeta.catalog import CONDITIONING
 from rlmeta.learner import UpdateMode, update
 from rlmeta.rollout import Rollout
@@ -94,6 +95,7 @@ class Learning:
         self._last_progress = 0.0
         self._inner_metrics: list[dict[str, float]] = []
         self._plain_mode = UpdateMode(compile=config.compile)
+        self._captured = CapturedUpdate(agent.objective, agent.optimizer) if config.capture else None
         if self.meta is not None:
             m = config.meta
             meta = self.meta
@@ -151,10 +153,14 @@ class Learning:
         if self.meta is None:
             batch = loop.next()
             progress = self.progress(state.step)
-            params, opt_state, metrics = update(
-                self.objective, self.optimizer, state.params, state.opt_state, batch.rollout, hparams,
-                progress=progress, mode=self._plain_mode, generator=self.generator,
-            )
+            if self._captured is not None:
+                params, opt_state, metrics = self._captured(state.params, state.opt_state, batch.rollout, hparams,
+                                                            progress)
+            else:
+                params, opt_state, metrics = update(
+                    self.objective, self.optimizer, state.params, state.opt_state, batch.rollout, hparams,
+                    progress=progress, mode=self._plain_mode, generator=self.generator,
+                )
             new = replace(state, params=params, opt_state=opt_state, updates=state.updates + 1,
                           step=state.step + batch.steps)
         else:

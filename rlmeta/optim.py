@@ -106,7 +106,7 @@ class Optimizer:
         if not scalar_rate and params and rate.shape[0] != next(iter(params.values())).shape[0]:
             raise ValueError(f"lr has {rate.shape[0]} rates for {next(iter(params.values())).shape[0]} agents")
         if self.fused_direction is not None and scalar_rate and not _needs_graph(params, grads, state, rate):
-            return self._fused_update(params, grads, state, float(rate), grad_norm)
+            return self._fused_update(params, grads, state, rate, grad_norm)
         if self.max_grad_norm is not None:
             grads, _ = clip_by_global_norm(grads, self.max_grad_norm, grad_norm, self.per_agent)
         step, new_state = self.direction(grads, state)
@@ -126,10 +126,11 @@ class Optimizer:
         return FlatSteps(self, params, state, float(rate))
 
     def _fused_update(
-        self, params: Params, grads: Params, state: State, rate: float, grad_norm: Tensor | None
+        self, params: Params, grads: Params, state: State, rate: float | Tensor, grad_norm: Tensor | None
     ) -> tuple[Params, State]:
         """``update`` without autograd on one flat buffer: a handful of kernels per step, whatever the
-        number of tensors (plain training's fast path; small networks are dominated by per-op costs)."""
+        number of tensors (plain training's fast path; small networks are dominated by per-op costs).
+        A 0-d tensor ``rate`` stays on its device (rlmeta.capture reads nothing on the host)."""
         layout = _Layout(params, self.per_agent)
         with torch.no_grad():
             g = layout.flat(grads)
@@ -140,7 +141,8 @@ class Optimizer:
                     grad_norm = grad_norm[:, None]
                 g = g * torch.clamp(self.max_grad_norm / grad_norm, max=1.0)
             step, new_state = self.fused_direction(g, state, layout)  # type: ignore[misc]
-            new = layout.flat(params).sub_(step, alpha=rate)
+            flat = layout.flat(params)
+            new = flat.sub_(step * rate) if torch.is_tensor(rate) else flat.sub_(step, alpha=rate)
         # Leaf parameters come back as leaves that require grad exactly when the old ones did.
         return {k: t.requires_grad_(params[k].requires_grad) for k, t in layout.split(new).items()}, new_state
 
@@ -354,7 +356,8 @@ def adam(
         }
 
     def direction(grads: Params, state: State) -> tuple[Params, State]:
-        count = int(state["count"]) + 1
+        # A tensor count (rlmeta.capture keeps it on the device) stays one: no read on the host.
+        count = state["count"] + 1 if torch.is_tensor(state["count"]) else int(state["count"]) + 1
         mu = {k: b1 * state["mu"][k] + (1 - b1) * g for k, g in grads.items()}
         nu = {k: b2 * state["nu"][k] + (1 - b2) * g * g for k, g in grads.items()}
         c1, c2 = 1 - b1**count, 1 - b2**count
@@ -362,7 +365,7 @@ def adam(
         return step, {"count": count, "mu": mu, "nu": nu}
 
     def fused(grads: Tensor, state: State, layout: "_Layout") -> tuple[Tensor, State]:
-        count = int(state["count"]) + 1
+        count = state["count"] + 1 if torch.is_tensor(state["count"]) else int(state["count"]) + 1
         mu = layout.flat(state["mu"]).mul_(b1).add_(grads, alpha=1 - b1)
         nu = layout.flat(state["nu"]).mul_(b2).addcmul_(grads, grads, value=1 - b2)
         c1, c2 = 1 - b1**count, 1 - b2**count

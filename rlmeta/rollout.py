@@ -226,7 +226,7 @@ class Rollout(NamedTuple):
         position = torch.full((num_envs,), -1, dtype=torch.long, device=columns.device)
         position[columns] = torch.arange(columns.numel(), device=columns.device)
         step, env = self.final_index // num_envs, self.final_index % num_envs
-        keep = position[env] >= 0
+        keep = (position[env] >= 0) & (self.final_index < self.num_steps * num_envs)  # pads (pad_final) go
         return Rollout(
             obs=self.obs[:, columns], actions=self.actions[:, columns], rewards=self.rewards[:, columns],
             terminated=self.terminated[:, columns], truncated=self.truncated[:, columns],
@@ -467,5 +467,26 @@ def _per_step_and_next(outputs: Tensor, rollout: Rollout) -> tuple[Tensor, Tenso
     final = outputs[n + num_envs :]
     following = torch.cat([current[1:], bootstrap[None]], dim=0).reshape(n, *tail)
     if rollout.final_index.numel():
-        following = following.index_copy(0, rollout.final_index, final)
+        # Row n is scratch: pad_final's padding rows are written there and dropped.
+        following = torch.cat([following, following.new_zeros(1, *tail)]).index_copy(0, rollout.final_index, final)[:n]
     return current, following.reshape(num_steps, num_envs, *tail)
+
+
+def pad_final(rollout: Rollout, capacity: int) -> Rollout:
+    """``rollout`` with its true final observations padded to ``capacity`` rows, so that rollouts with
+    different numbers of truncated episodes have one shape (what a captured step needs: rlmeta.capture).
+
+    The padding rows are zeros with flat index ``T * B``, one past the last step: the evaluation
+    writes their outputs to a scratch row it drops, so every loss is the unpadded rollout's.
+    """
+    count = rollout.final_index.numel()
+    if count > capacity:
+        raise ValueError(f"the rollout has {count} final observations, more than the capacity {capacity}")
+    if count == capacity:
+        return rollout
+    extra = capacity - count
+    obs = rollout.final_obs
+    final_obs = torch.cat([obs, obs.new_zeros(extra, *rollout.last_obs.shape[1:])])
+    final_index = torch.cat([rollout.final_index,
+                             rollout.final_index.new_full((extra,), rollout.num_steps * rollout.num_envs)])
+    return rollout._replace(final_obs=final_obs, final_index=final_index)

@@ -13,6 +13,7 @@ References: Mnih et al. (2016), "Asynchronous Methods for Deep RL" (A2C/A3C); Es
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +36,10 @@ def _is_number(value: float | Tensor, number: float) -> bool:
     return isinstance(value, (int, float)) and value == number
 
 
-def _metrics(**values: Tensor) -> dict[str, float]:
+def _metrics(context: LossContext, **values: Tensor) -> dict[str, Any]:
+    """The values as floats, or as detached tensors (``LossContext.tensor_metrics``)."""
+    if context.tensor_metrics:
+        return {k: v.detach() for k, v in values.items()}
     return {k: float(v.detach()) for k, v in values.items()}
 
 
@@ -75,11 +79,13 @@ class OuterCritic:
         if self.head is not None and not (isinstance(self.head, str) and self.head):
             raise ValueError(f"outer critic head must be a non-empty parameter-name prefix or None, got {self.head!r}")
 
-    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, float], report: bool = True) -> Loss:
+    def add(self, loss: Tensor, term: Tensor, metrics: dict[str, Any], report: bool = True,
+            as_tensor: bool = False) -> Loss:
         """``loss`` with ``cost * term`` added, or with ``cost * term`` restricted to ``head`` (see ``head``);
-        ``report``: also put the term's value in ``metrics`` (``LossContext.metrics``)."""
+        ``report``: also put the term's value in ``metrics`` (``LossContext.metrics``), a float or, with
+        ``as_tensor``, a detached tensor (``LossContext.tensor_metrics``)."""
         if report:
-            metrics["outer_value_loss"] = float(term.detach())
+            metrics["outer_value_loss"] = term.detach() if as_tensor else float(term.detach())
         if self.head is None:
             return Loss(loss + self.cost * term, metrics)
         return Loss(loss, metrics, {self.head: self.cost * term})
@@ -141,9 +147,10 @@ class A2C(Objective):
         entropy = ev.entropy.mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
+        metrics = _metrics(context, policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
         if self.outer_critic is not None:
-            return self.outer_critic.add(loss, self.outer_critic.loss(ev, fixed, rollout), metrics)
+            return self.outer_critic.add(loss, self.outer_critic.loss(ev, fixed, rollout), metrics,
+                                         as_tensor=context.tensor_metrics)
         return Loss(loss, metrics)
 
 
@@ -178,13 +185,15 @@ class VTraceActorCritic(Objective):
         entropy = ev.entropy.mean()
         loss = (_hp(hparams, "policy_cost") * policy_loss + _hp(hparams, "value_cost") * value_loss
                 - _hp(hparams, "entropy_cost") * entropy)
-        metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy, mean_rho=rhos.mean())
+        metrics = _metrics(context, policy_loss=policy_loss, value_loss=value_loss, entropy=entropy,
+                           mean_rho=rhos.mean())
         if self.outer_critic is not None:
             oc = self.outer_critic
             outer = vtrace(fixed.outer_values, fixed.outer_next_values, rollout.rewards, oc.discounts(rollout),
                            ev.continues, rhos, lambda_=oc.lambda_, rho_bar=self.rho_bar, c_bar=self.c_bar,
                            pg_rho_bar=self.pg_rho_bar)
-            return oc.add(loss, 0.5 * ((outer.vs - ev.outer_values) ** 2).mean(), metrics)
+            return oc.add(loss, 0.5 * ((outer.vs - ev.outer_values) ** 2).mean(), metrics,
+                          as_tensor=context.tensor_metrics)
         return Loss(loss, metrics)
 
 
@@ -301,12 +310,12 @@ class PPO(MinibatchObjective):
             if entropy is None:
                 entropy = dist.entropy().mean()
             clip_fraction = ((ratio.detach() - 1).abs() > clip).float().mean()
-            metrics = _metrics(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy,
+            metrics = _metrics(context, policy_loss=policy_loss, value_loss=value_loss, entropy=entropy,
                                clip_fraction=clip_fraction, **extra)
         if self.outer_critic is not None:
             if "outer_returns" not in batch:
                 raise ValueError("this PPO trains an outer critic: prepare the batch with it (PPO.prepare)")
             outer_values = named_output(outputs, pv.outer_value)
             return self.outer_critic.add(loss, 0.5 * ((batch["outer_returns"] - outer_values) ** 2).mean(), metrics,
-                                         report=context.metrics)
+                                         report=context.metrics, as_tensor=context.tensor_metrics)
         return Loss(loss, metrics)

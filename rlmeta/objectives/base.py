@@ -59,11 +59,15 @@ class LossContext:
     * ``metrics``: whether the caller reads the loss's metrics. False (the learner's minibatch
       steps before the last, whose metrics it drops): an objective may leave them out, and the
       work they take; the loss and its gradient must not change.
+    * ``tensor_metrics``: give the metrics as detached 0-d tensors instead of floats, so that the
+      loss reads nothing back to the host (``rlmeta.capture``: a CUDA graph cannot; the caller
+      converts them after the step). The built-in actor-critic objectives honour it.
     """
 
     exact: bool = False
     memo: ForwardMemo | None = None
     metrics: bool = True
+    tensor_metrics: bool = False
     split: OutputSplit | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

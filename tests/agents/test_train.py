@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -71,6 +72,8 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
         (dict(algo="lpg"), "algo 'lpg' needs --objective"),
         (dict(algo="a2c", compile=True), "compile takes the minibatch steps of algo ppo, lpo or dpo"),
         (dict(compile=True, meta=lambda: MetaConfig(learn=("gamma",))), "compile applies to plain training"),
+        (dict(algo="ppo", capture=True), "capture takes the whole-rollout updates of algo a2c or vtrace"),
+        (dict(algo="a2c", capture=True, meta=lambda: MetaConfig(learn=("gamma",))), "capture applies to plain training"),
     ],
 )
 def test_invalid_train_config_is_rejected(overrides, message):
@@ -170,6 +173,23 @@ def test_compiled_run_trains_as_the_eager_one(tmp_path):
         runs[compiled] = torch.load(tmp_path / str(compiled) / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert load_config(tmp_path / "True" / "run" / "config.json").compile
     torch.testing.assert_close(runs[True]["params"], runs[False]["params"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_captured_run_trains_as_the_eager_one_and_resumes(tmp_path, optimizer):
+    """--capture (on the CPU: the static-shape step run eagerly): the same parameters as the eager run,
+    also across a resume from its checkpoint (Adam's step count is kept as a tensor there)."""
+    runs = {}
+    for captured in (False, True):
+        options = dict(algo="a2c", total_steps=32 * 6, checkpoint_interval=32 * 3, capture=captured,
+                       optimizer=OptimizerConfig(name=optimizer, lr=3e-3, anneal_lr=True, max_grad_norm=0.5))
+        config = tiny(tmp_path / str(captured), **options)
+        assert train(replace(config, total_steps=32 * 3))["status"] == "completed"
+        assert train(replace(config, resume=True))["status"] == "completed"
+        runs[captured] = torch.load(tmp_path / str(captured) / "run" / "checkpoints" / "latest.pt", weights_only=True)
+        assert runs[captured]["step"] == 32 * 6
+    assert load_config(tmp_path / "True" / "run" / "config.json").capture
+    torch.testing.assert_close(runs[True]["params"], runs[False]["params"], rtol=1e-5, atol=1e-6)
 
 
 def test_no_cxx_compiler_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):
