@@ -13,8 +13,8 @@ every time. The learner's plain update is made so:
   and gradient norm are finite runs after the replay, on its outputs (one read per update, outside
   the graph; a non-finite one raises ``FloatingPointError`` and nothing is returned);
 * the rollout's true final observations (one per truncated episode: their number varies) are padded
-  to a fixed capacity (``rlmeta.rollout.pad_final``; the sub-envs' count by default, doubled and the
-  step captured again if a rollout ever has more);
+  to a fixed capacity (``rlmeta.rollout.pad_final``; by default a sixteenth of the sub-envs, at least 4,
+  doubled and the step captured again whenever a rollout has more: the network runs on the pads too);
 * what changes between updates (the rollout, the parameters, the optimizer state, an annealed
   learning rate, the progress) is copied into the graph's static inputs; the other hyperparameters
   are constants of the graph, and a change of them captures it again.
@@ -125,7 +125,8 @@ def _signature(tree: Any, numbers: bool = True) -> Any:
 class CapturedUpdate:
     """``objective``'s plain update with ``optimizer``, captured as a CUDA graph on a GPU (see the module).
 
-    ``capacity``: rows kept for true final observations (default: the rollout's sub-envs); ``warmup``:
+    ``capacity``: rows kept for true final observations (default: a sixteenth of the sub-envs, at least 4;
+    doubled when a rollout has more); ``warmup``:
     eager steps on a side stream before the capture (CUDA's requirement; their outputs are discarded).
     ``captured`` says whether the last call replayed a graph.
     """
@@ -211,7 +212,7 @@ class CapturedUpdate:
             raise ValueError("capture takes plain updates; this learning rate carries a gradient (meta-learning)")
         if any(torch.is_tensor(v) for v in hparams.values()):
             raise ValueError("capture bakes the hyperparameters other than lr into the graph: give them as numbers")
-        capacity = self.capacity or rollout.num_envs
+        capacity = self.capacity or max(4, rollout.num_envs // 16)  # pads cost forward passes: start small
         while rollout.final_index.numel() > capacity:  # more truncations than ever: a larger capture
             capacity *= 2
         self.capacity = capacity

@@ -66,7 +66,7 @@ OBJECTIVES = {
     "a2c+outer-critic": lambda: A2C(policy_value, outer_critic=OuterCritic(gamma=0.97, lambda_=0.7, head="outer_")),
 }
 HPARAMS = {"gamma": 0.95, "lambda": 0.9, "entropy_cost": 0.01, "value_cost": 0.5}
-TRUNCATIONS = (0, 2, 5, 1, 3, 7)  # 5 > B: the capacity doubles once
+TRUNCATIONS = (0, 2, 5, 1, 3, 7)  # 5 > 4 (the smallest default capacity): it doubles once
 
 
 def run_both(objective, optimizer, hparams_of, device="cpu"):
@@ -95,7 +95,7 @@ def test_captured_update_equals_the_learners(objective, opt_name):
             assert torch.allclose(p[k], q[k], rtol=1e-5, atol=1e-6), k
             assert q[k].is_leaf and q[k].requires_grad
         assert set(m) == set(n) and all(n[k] == pytest.approx(m[k], rel=1e-4, abs=1e-6) for k in m)
-    assert captured.capacity == 2 * B and captured.captures == 2  # built once, then once more for 5 truncations
+    assert captured.capacity == 8 and captured.captures == 2  # built once, then once more for 5 truncations
 
 
 def test_an_annealed_learning_rate_is_an_input_not_a_constant():
