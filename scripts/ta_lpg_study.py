@@ -1,12 +1,14 @@
 """TA-LPG vs LPG discovered by evolution strategies at equal budget (issue: learned objectives II).
 
-    python scripts/ta_lpg_study.py train [--parallel 2]   # resumable: each arm's es-train run
-    python scripts/ta_lpg_study.py test [--parallel 2]    # meta-test finished arms at lifetimes 10..1000
+    python scripts/ta_lpg_study.py train [--parallel 2] [--arms A ...]   # resumable: each arm's es-train run
+    python scripts/ta_lpg_study.py test [--parallel 2] [--arms A ...]    # meta-test finished arms at lifetimes 10..1000
     python scripts/ta_lpg_study.py report                 # -> results/ta_lpg/
     python scripts/ta_lpg_study.py initial-population     # both arms' population fitness at the common start
 
-Arms (``rlmeta es-train``, same settings but the lifetime inputs): ``lpg-es`` (LPG) and ``ta-lpg-es``
-(TA-LPG: LPG reading n/N and log N); beside them ``ta-lpg-metagrad``, TA-LPG meta-trained by
+Arms (``rlmeta es-train``, same settings but the lifetime inputs): ``lpg-es`` (LPG), ``ta-lpg-es``
+(TA-LPG: LPG reading n/N and log N) and ``ta-lpg-es-unit`` (the same TA-LPG reading log N mapped to
+[0, 1] over lifetimes 10-250, ``--lpg.lifetime-normalised``: the same information on n/N's scale, a
+test of whether ES's perturbations of the log-N weights held ``ta-lpg-es`` back); beside them ``ta-lpg-metagrad``, TA-LPG meta-trained by
 meta-gradients through K = 5 updates (``rlmeta meta-train``, 2,000 meta-updates, lifetime 250), where
 the paper expects no time dependence. Scale, set for a 2-core CPU: 32 candidates (16 antithetic
 pairs), 8 tabular agents each on its own ``small`` level, 8 sub-envs per agent, lifetimes drawn
