@@ -47,6 +47,7 @@ ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"],
 SEEDS = (0,)
 FROZEN = (0.0, 0.5, 1.0)
 FROZEN_LIFETIMES = (100, 250, 1000)
+REFERENCE_ARM = "lpg-es"  # the arm whose meta-tests' A2C and random returns normalise every arm
 METAGRAD = {"ta-lpg-metagrad": ["--levels", "small", "--meta-steps", "2000", "--meta-lr", "3e-4", "--lifetime", "250",
                                 "--lpg.gru-width", "16", "--lpg.lifetime-conditioning", "--checkpoint-interval", "50",
                                 "--no-progress", "--torch-threads", "1"]}
@@ -155,10 +156,28 @@ def report() -> None:
                 path = RESULTS / f"meta_test-{name}-{lifetime}.json"
                 if path.is_file():
                     scores.setdefault(name, {})[lifetime] = json.loads(path.read_text())
+    reference = scores.get(f"{REFERENCE_ARM}-s{SEEDS[0]}", {})
+    for name, row in scores.items():
+        for n in row:  # every arm against the same A2C and random returns per lifetime
+            if n in reference:
+                row[n] = rescored(row[n], reference[n])
     for name, row in scores.items():
         cells = [f"{row[n]['normalized_score']:.2f} +- {row[n]['normalized_score_se']:.2f}" if n in row else ""
                  for n in LIFETIMES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Every arm is normalised by the A2C and random returns of the {REFERENCE_ARM} meta-test at each "
+              "lifetime (same levels; A2C's return per level differs between meta-test runs made before and after "
+              "meta-test seeded its own random numbers).", "",
+              f"## Each arm minus {REFERENCE_ARM}, paired over the same levels (bootstrap SE)", "",
+              "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " | mean |",
+              "|---|" + "---|" * (len(LIFETIMES) + 1)]
+    for name, row in scores.items():
+        if name.startswith(f"{REFERENCE_ARM}-s") or not reference:
+            continue
+        diffs = {n: paired_difference(row[n], reference[n]) for n in LIFETIMES if n in row and n in reference}
+        cells = [f"{diffs[n][0]:+.2f} +- {diffs[n][1]:.2f}" if n in diffs else "" for n in LIFETIMES]
+        mean = f"{sum(d for d, _ in diffs.values()) / len(diffs):+.3f}" if diffs else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     lines += ["", "## Spearman's rho of n/N with LPG's RMS pi_hat / with the policy entropy, over each lifetime", "",
               "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " |", "|---|" + "---|" * len(LIFETIMES)]
     for name, row in scores.items():
@@ -181,6 +200,8 @@ def report() -> None:
                 cells = []
                 for path in paths:
                     frozen = json.loads(path.read_text())
+                    if lifetime in reference:
+                        frozen = rescored(frozen, reference[lifetime])
                     diff, se = paired_difference(true, frozen)
                     cells.append(f"{frozen['normalized_score']:.2f} ({diff:+.2f} +- {se:.2f})")
                 lines.append(f"| {name} | {lifetime} | {true['normalized_score']:.2f} +- {true['normalized_score_se']:.2f} | "
@@ -188,6 +209,23 @@ def report() -> None:
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot()
+
+
+def rescored(result: dict, reference: dict) -> dict:
+    """``result`` normalised by ``reference``'s per-level A2C and random returns (same levels): its
+    normalised score and bootstrap SE over levels, the rest as is."""
+    import numpy as np  # noqa: PLC0415
+
+    from rlmeta.agents.meta_test import bootstrap_ratio_se  # noqa: PLC0415
+
+    if [lvl["level"] for lvl in result["per_level"]] != [lvl["level"] for lvl in reference["per_level"]]:
+        raise ValueError("rescoring a meta-test against one on different levels")
+    j = np.array([lvl["return"] for lvl in result["per_level"]])
+    rand = np.array([lvl["random"] for lvl in reference["per_level"]])
+    a2c = np.array([lvl["a2c"] for lvl in reference["per_level"]])
+    per_level = [{**lvl, "random": r, "a2c": a} for lvl, r, a in zip(result["per_level"], rand, a2c)]
+    return {**result, "per_level": per_level, "normalized_score": float((j - rand).mean() / (a2c - rand).mean()),
+            "normalized_score_se": bootstrap_ratio_se(j - rand, a2c - rand)}
 
 
 def paired_difference(a: dict, b: dict, samples: int = 2000) -> tuple[float, float]:
