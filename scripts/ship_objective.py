@@ -42,6 +42,9 @@ def describe(data: dict, es: bool) -> str:
         return f"{what}, meta-trained by {how}"
     ta = data["network"].get("lifetime_conditioning")
     what = "TA-LPG (Jackson et al. 2024): LPG reading n/N and log N" if ta else "LPG (Oh et al. 2020)"
+    span = data["network"].get("lifetime_range")
+    if ta and span:
+        what += f" (log N mapped to [0, 1] over lifetimes {span[0]:g}-{span[1]:g})"
     return f"{what}, meta-trained by {how}"
 
 
