@@ -201,6 +201,20 @@ def verdicts(curves: dict[str, list[list[tuple[int, float]]]],
                f"seeds): {diff:+.3f} +- {se:.3f}, CI [{lo:+.3f}, {hi:+.3f}], p(one-step > A2C) = {p:.2f}: "
                + ("beats it." if lo > 0 else "does not beat it (the interval includes 0)." if hi > 0
                   else "worse (the interval is below 0)."))
+    out.append(f"- **At equal inner updates** (the reference's x axis, which counts the inner rollouts only; "
+               f"ours counts every rollout, and these configs do not reuse the outer one): each meta variant at "
+               f"{final / 1e6:g}M env steps against A2C at as many inner steps:")
+    for variant, fraction in INNER_FRACTION.items():
+        inner = round(fraction * final)
+        a2c = [r for r in (_window_mean(run, inner) for run in curves["a2c-gamma0.8"]) if r is not None]
+        if len(a2c) < 2:
+            continue
+        diff, se, (lo, hi), p = welch(returns[variant], a2c)
+        out.append(f"  - {variant} ({inner / 1e6:g}M inner steps, {statistics.fmean(returns[variant]):.3f}) vs A2C at "
+                   f"{inner / 1e6:g}M ({statistics.fmean(a2c):.3f}): {diff:+.3f} +- {se:.3f}, CI [{lo:+.3f}, {hi:+.3f}], "
+                   f"p(variant > A2C) = {p:.2f}: "
+                   + ("beats it." if lo > 0 else "does not beat it (the interval includes 0)." if hi > 0
+                      else "worse (the interval is below 0)."))
     for variant in ("one-step+oc", "mixed-K4+oc", "multi-step-K4+oc"):
         done = [run for run in gammas.get(variant, []) if run and run[-1][0] >= final - 50_000]
         finals = [[g for s, g in run if s <= final + 10_000][-1] for run in done]
@@ -219,6 +233,10 @@ def verdicts(curves: dict[str, list[list[tuple[int, float]]]],
 
 
 MILESTONES = (2_500_000, 5_000_000, 10_000_000, 20_000_000)
+# The fraction of a meta variant's env steps that its inner updates learn from: each meta-update
+# collects K inner rollouts and one outer rollout (not reused in the reference configs), and the
+# reference's x axis counts the inner ones only (its env_steps grow by one rollout per meta-update).
+INNER_FRACTION = {"one-step+oc": 1 / 2, "mixed-K4+oc": 4 / 5, "multi-step-K4+oc": 4 / 5}
 WINDOW = 1_000_000
 
 

@@ -12,7 +12,7 @@ import pytest
 stats = pytest.importorskip("scipy.stats")
 
 from lpo_study import welch_greater  # noqa: E402 - scripts/ is on sys.path (tests/conftest.py)
-from snake_reference_study import _mean_se, _read_curve, _window_mean, welch  # noqa: E402
+from snake_reference_study import INNER_FRACTION, VARIANTS, _mean_se, _read_curve, _window_mean, welch  # noqa: E402
 from ta_lpg_study import paired_difference  # noqa: E402
 
 
@@ -43,6 +43,22 @@ def test_committed_curve_reads_back_both_kinds(tmp_path):
                     "gamma,5120,0.8\ngamma,10240,0.81\n")
     returns, gammas = _read_curve(path)
     assert returns == [(501760, 3.5), (1000960, 4.25)] and gammas == [(5120, 0.8), (10240, 0.81)]
+
+
+def test_inner_fractions_follow_the_reference_configs():
+    """A meta variant's inner share of its env steps: K inner rollouts of K + 1 when the outer one is not reused."""
+    from pathlib import Path
+
+    from rlmeta.agents.config import TrainConfig, load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for variant, name in VARIANTS.items():
+        config = load_config(configs / name, TrainConfig)
+        if not config.meta.enabled:
+            assert variant not in INNER_FRACTION
+            continue
+        k = config.meta.num_updates
+        assert INNER_FRACTION[variant] == pytest.approx(1.0 if config.meta.reuse_outer_rollout else k / (k + 1))
 
 
 def test_paired_difference_is_exact_on_a_shift_and_zero_on_itself():
