@@ -280,12 +280,16 @@ def _plot(curves: dict[str, list[list[tuple[int, float]]]], gammas: dict[str, li
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return
-    fig, (ax, gx) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax, ix, gx) = plt.subplots(1, 3, figsize=(18, 4))
     grid = list(range(500_000, 40_000_001, 250_000))
     for variant, runs in curves.items():
         xs, mean, se = _mean_se(runs, grid)
         line, = ax.plot(xs, mean, label=f"{variant} ({len(runs)} seeds)")
         ax.fill_between(xs, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], alpha=0.2,
+                        color=line.get_color())
+        inner = [x * INNER_FRACTION.get(variant, 1.0) for x in xs]  # the reference's x axis
+        ix.plot(inner, mean, color=line.get_color(), label=variant)
+        ix.fill_between(inner, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], alpha=0.2,
                         color=line.get_color())
         if gammas.get(variant):
             xs, mean, se = _mean_se(gammas[variant], grid)
@@ -296,6 +300,9 @@ def _plot(curves: dict[str, list[list[tuple[int, float]]]], gammas: dict[str, li
     ax.set_ylabel("evaluation return (greedy)")
     ax.set_title("Snake 6x6, reference setup: mean +- SE over seeds")
     ax.legend()
+    ix.set_xlabel("inner env steps (the reference's x axis: outer rollouts not counted)")
+    ix.set_ylabel("evaluation return (greedy)")
+    ix.set_title("the same at equal inner updates")
     gx.set_xlabel("env steps")
     gx.set_ylabel("gamma (inner discount)")
     gx.set_title("meta-learned gamma (outer gamma 1.0)")
