@@ -195,3 +195,33 @@ def test_the_cuda_graph_replays_the_learners_update(opt_name):
     for p, m, q, n in steps:
         assert all(torch.allclose(p[k], q[k], rtol=1e-4, atol=1e-5) for k in p)
         assert all(n[k] == pytest.approx(m[k], rel=1e-3, abs=1e-5) for k in m)
+
+
+@pytest.mark.parametrize("config", ["snake6_reference_a2c.toml", "cartpole_vtrace"])
+def test_the_shipped_networks_steps_read_nothing_on_the_host(config):
+    """The real agents (Snake's convolutions with separate value torso, CartPole's MLPs), not only the toy net."""
+    from pathlib import Path
+
+    from rlmeta.agents.build import build_agent
+    from rlmeta.agents.config import TrainConfig, load_config
+    from rlmeta.agents.lifetime import Learning, build_loop, make_env
+
+    if config.endswith(".toml"):
+        cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / config, TrainConfig)
+        cfg = TrainConfig(**{**cfg.__dict__, "num_envs": 16})
+    else:
+        cfg = TrainConfig(env="envpool:CartPole-v1", num_envs=8, num_steps=8, algo="vtrace", total_steps=1000)
+    env = make_env(cfg, 0)
+    agent = build_agent(cfg, env.single_observation_space, env.single_action_space, "cpu")
+    learning = Learning(cfg, agent)
+    state = learning.initial_state()
+    loop = build_loop(cfg, agent, env, "cpu", 0)
+    try:
+        learning.start(state, loop)
+        rollout = loop.next().rollout
+    finally:
+        loop.close()
+    captured = CapturedUpdate(agent.objective, agent.optimizer)
+    captured(state.params, state.opt_state, rollout, learning.hparams(state))
+    with forbid_host_syncs():
+        captured._step()
