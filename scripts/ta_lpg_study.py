@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"],
         # The same TA-LPG with log N on n/N's scale (0 to 1 over lifetimes 10-250): tests whether ES's
         # perturbations of the log-N weights (an input of 2.3-5.5) are what held the TA-LPG arm back.
         "ta-lpg-es-unit": ["--lpg.lifetime-conditioning", "--lpg.lifetime-normalised"]}
-SEEDS = (0,)
+SEEDS = (0, 1)  # ES seeds per arm (seed 1: lpg-es and ta-lpg-es-unit only); missing ones are skipped
 FROZEN = (0.0, 0.5, 1.0)
 FROZEN_LIFETIMES = (100, 250, 1000)
 REFERENCE_ARM = "lpg-es"  # the arm whose meta-tests' A2C and random returns normalise every arm
@@ -165,19 +166,30 @@ def report() -> None:
         cells = [f"{row[n]['normalized_score']:.2f} +- {row[n]['normalized_score_se']:.2f}" if n in row else ""
                  for n in LIFETIMES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Every arm is normalised by the A2C and random returns of the {REFERENCE_ARM} meta-test at each "
+    lines += ["", f"Every arm is normalised by the A2C and random returns of the {REFERENCE_ARM}-s{SEEDS[0]} meta-test at each "
               "lifetime (same levels; A2C's return per level differs between meta-test runs made before and after "
               "meta-test seeded its own random numbers).", "",
-              f"## Each arm minus {REFERENCE_ARM}, paired over the same levels (bootstrap SE)", "",
+              f"## Each arm minus the {REFERENCE_ARM} of its ES seed, paired over the same levels (bootstrap SE)", "",
               "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " | mean |",
               "|---|" + "---|" * (len(LIFETIMES) + 1)]
+    gaps: dict[str, list[float]] = {}
     for name, row in scores.items():
-        if name.startswith(f"{REFERENCE_ARM}-s") or not reference:
+        arm, seed = name.rsplit("-s", 1)
+        base = scores.get(f"{REFERENCE_ARM}-s{seed}")  # the LPG of the same ES seed
+        if arm == REFERENCE_ARM or base is None:
             continue
-        diffs = {n: paired_difference(row[n], reference[n]) for n in LIFETIMES if n in row and n in reference}
+        diffs = {n: paired_difference(row[n], base[n]) for n in LIFETIMES if n in row and n in base}
         cells = [f"{diffs[n][0]:+.2f} +- {diffs[n][1]:.2f}" if n in diffs else "" for n in LIFETIMES]
-        mean = f"{sum(d for d, _ in diffs.values()) / len(diffs):+.3f}" if diffs else ""
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+        mean = sum(d for d, _ in diffs.values()) / len(diffs) if diffs else float("nan")
+        if len(diffs) == len(LIFETIMES):
+            gaps.setdefault(arm, []).append(mean)
+        lines.append(f"| {name} (vs {REFERENCE_ARM}-s{seed}) | " + " | ".join(cells) + f" | {mean:+.3f} |")
+    if any(len(v) > 1 for v in gaps.values()):
+        lines += ["", "Mean over lifetimes of each arm minus the LPG of its ES seed, across seeds (mean +- SE, n):", ""]
+        for arm, values in gaps.items():
+            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+            lines.append(f"- {arm}: {statistics.fmean(values):+.3f} +- {se:.3f} ({len(values)} seeds: "
+                         + ", ".join(f"{v:+.3f}" for v in values) + ")")
     lines += ["", "## Spearman's rho of n/N with LPG's RMS pi_hat / with the policy entropy, over each lifetime", "",
               "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " |", "|---|" + "---|" * len(LIFETIMES)]
     for name, row in scores.items():
@@ -292,13 +304,17 @@ def initial_population(generations: int = 8) -> None:
 
 
 def main() -> None:
+    global SEEDS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=("train", "test", "report", "initial-population"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--generations", type=int, default=GENERATIONS)
     parser.add_argument("--arms", nargs="+", choices=(*ARMS, *METAGRAD),
                         help="train or test only these arms (e.g. the ones a previous machine did not finish)")
+    parser.add_argument("--seeds", type=int, nargs="+", choices=SEEDS, help="train or test only these ES seeds")
     args = parser.parse_args()
+    if args.seeds:
+        SEEDS = tuple(args.seeds)
     if args.stage == "train":
         train(args.parallel, args.generations, args.arms)
     elif args.stage == "test":
