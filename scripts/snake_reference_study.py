@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("stage", choices=("train", "variance", "report"))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20_000_000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), choices=SEEDS,
                         help="train only these seeds (e.g. the ones a previous machine did not finish)")
     args = parser.parse_args()
     if args.stage == "train":
