@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import torch
 
+from rlmeta.heap import keep_freed_memory
+
 
 def default_run_dir(*parts: str) -> Path:
     """``runs/<part>-<part>-...-<YYYYmmdd-HHMMSS>`` (``:`` and ``/`` in parts become ``_``)."""
@@ -61,7 +63,11 @@ def set_threads(requested: int) -> int:
     Measured on the 2-core machine (the main job, 300k steps; docs/benchmarks.md): torch's own choice
     takes 23 s alone but 200 s each when two such runs share the machine (oversubscribed threads spin);
     one thread takes 32 s alone and 30 s two at a time. Half the cores leaves room for a second run.
+
+    Every run's entry point calls this first, so it also sets up the process's heap for tensors
+    (:func:`rlmeta.heap.keep_freed_memory`: freed activations are reused, not faulted in afresh).
     """
+    keep_freed_memory()
     if requested:
         threads = requested
     elif os.environ.get("OMP_NUM_THREADS"):  # the user chose torch's threads already: keep them

@@ -140,7 +140,8 @@ class PolicyValue:
       outputs between losses (the outer loss passes other hyperparameter values than the inner).
     * ``population``: the parameters are a population's (see :class:`Population`); None: one agent.
     * ``linearize``: optional ``(params, obs, conditioning) -> (outputs, jvp)``, the forward plus
-      ``jvp(directions) -> d outputs`` reusing its activations (``ActorCritic.linearize``). Where a
+      ``jvp(directions, names=None) -> d outputs`` (all outputs, or those named) reusing its
+      activations (``ActorCritic.linearize``). Where a
       :class:`ForwardMemo` evaluates an unconditioned single agent, it keeps the ``jvp`` beside the
       outputs, for the tangent pass of the forward-over-reverse meta-gradient (``rlmeta.tangent``).
     """
@@ -376,6 +377,13 @@ class ForwardMemo:
         kept._jvps = {id(outputs): self._jvps[id(outputs)] for _key, outputs in kept._entries
                       if id(outputs) in self._jvps}
         return kept
+
+
+def network_outputs(policy_value: PolicyValue, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,
+                    memo: ForwardMemo | None = None) -> Outputs:
+    """The network's named outputs on :func:`observations` of the rollout, flat ``[T*B + B + N, ...]``
+    (from ``memo`` where it has them; a new entry is linearized where the memo asks for it)."""
+    return _forward(policy_value, params, rollout, hparams, memo)
 
 
 def _forward(policy_value: PolicyValue, params: Params, rollout: Rollout, hparams: Mapping[str, Any] | None,

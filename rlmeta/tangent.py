@@ -44,8 +44,8 @@ import torch.autograd.forward_ad as fwad
 from torch import Tensor
 
 from rlmeta.objectives.base import Loss, LossContext, MinibatchObjective, Objective
-from rlmeta.optim import Optimizer, float_tensors, global_norm
-from rlmeta.rollout import ForwardMemo, Rollout
+from rlmeta.optim import Optimizer, _Layout, float_tensors, global_norm
+from rlmeta.rollout import ForwardMemo, Rollout, conditioning, network_outputs
 
 
 def applies(objective: Any, num_agents: int) -> bool:
@@ -114,12 +114,17 @@ class _Step:
 
     def forward(self, eta: list[Tensor]) -> list[Tensor]:
         """The plain update; returns the new parameters, then the new state's float tensors."""
-        hparams = _with(self.hparams, self.where, [e.detach() for e in eta])
         keys = list(self.params)
         with torch.enable_grad():
             leaves = {k: (v if v.requires_grad else v.detach().requires_grad_(True)) for k, v in self.given.items()}
             keep = self.keep  # a shared forward pass may be differentiated again later (mixed unrolls)
-            result = self.objective(leaves, self.data, hparams, self.progress, self.context)
+            cut = self._cut(leaves, eta)
+            if cut is None:
+                hparams = _with(self.hparams, self.where, [e.detach() for e in eta])
+                context = self.context
+            else:
+                hparams, context = cut.hparams, LossContext(memo=cut.memo)
+            result = self.objective(leaves, self.data, hparams, self.progress, context)
             if not isinstance(result, Loss):
                 raise TypeError(f"an objective must return a rlmeta.objectives.Loss, got {type(result).__name__}")
             terms = [(keys, result.total)] + [([k for k in keys if k.startswith(p)], t)
@@ -130,15 +135,17 @@ class _Step:
                 if not names:
                     raise ValueError(f"the objective restricts a loss term to parameters named "
                                      f"{list(result.restricted)[i - 1]!r}..., but there are none among {keys}")
-                for k, g in zip(names, torch.autograd.grad(term, [leaves[k] for k in names],
-                                                           retain_graph=keep or i < len(terms) - 1,
-                                                           allow_unused=True)):
+                retain = keep or i < len(terms) - 1
+                found = (torch.autograd.grad(term, [leaves[k] for k in names], retain_graph=retain, allow_unused=True)
+                         if cut is None else cut.gradient(term, names, leaves, retain, always=i == 0))
+                for k, g in zip(names, found):
                     if g is not None:
                         grads[k] = grads[k] + g
                 if i:
                     loss = loss + term.detach()
         self.grads = {k: g.detach() for k, g in grads.items()}
-        self.jvp = self._linearization(leaves) if self.tangent_data is self.data else None
+        self.cut = cut
+        self.jvp = self._linearization(leaves) if cut is None and self.tangent_data is self.data else None
         # Nothing that may hold this node's outputs stays referenced (see the template below).
         self.given = self.memo = self.context = None  # type: ignore[assignment]
         norm = global_norm(grads)
@@ -153,6 +160,27 @@ class _Step:
         self.keys, self.state_template = keys, _template(new_state)
         return list(new_params.values()) + float_tensors(new_state)
 
+    def _cut(self, leaves: dict[str, Tensor], eta: list[Tensor]) -> "_Cut | None":
+        """The split of the inner loss at the network's outputs where it applies (see :class:`_Cut`), else None."""
+        adapter = getattr(self.objective, "policy_value", None)
+        if (self.tangent_data is not self.data or adapter is None or not isinstance(self.data, Rollout)
+                or not adapter.shares_forward or adapter.population is not None
+                or conditioning(self.hparams) is not None):
+            return None
+        live = [e.detach().requires_grad_(True) for e in eta]
+        hparams = _with(self.hparams, self.where, live)
+        outputs = network_outputs(adapter, leaves, self.data, hparams, self.memo)
+        jvp = self.memo.jvp(adapter.forward, leaves, self.data, hparams)
+        if jvp is None:  # no linearization: forward-mode AD of the network alone (not the loss head)
+            params, data = self.params, self.data
+
+            def jvp(directions: dict[str, Tensor], names: Any = None) -> dict[str, Tensor]:
+                with fwad.dual_level():
+                    duals = {k: fwad.make_dual(v, directions[k]) for k, v in params.items()}
+                    out = network_outputs(adapter, duals, data, None, None)
+                    return {k: fwad.unpack_dual(v).tangent for k, v in out.items() if names is None or k in names}
+        return _Cut(adapter, leaves, self.data, hparams, live, outputs, jvp)
+
     def backward(self, eta: list[Tensor], cotangents: tuple[Tensor | None, ...]) -> list[Tensor | None]:
         """``d (sum_i outputs_i . cotangents_i) / d eta`` (see the module docstring)."""
         keys = self.keys
@@ -160,24 +188,79 @@ class _Step:
             live = [e.detach().requires_grad_(True) for e in eta]
             hparams = _with(self.hparams, self.where, live)
             # 2. u = (d step / d g)^T v (and the learning rate's own part), through the optimizer alone.
-            g = {k: self.grads[k].detach().requires_grad_(True) for k in keys}
-            new_params, new_state = self.optimizer.update(self.params, g, self.opt_state, lr=hparams.get("lr"),
-                                                          grad_norm=global_norm(g))
-            outputs = list(new_params.values()) + float_tensors(new_state)
-            pairs = [(o, c) for o, c in zip(outputs, cotangents) if c is not None and o.requires_grad]
-            total = sum((o * c).sum() for o, c in pairs) if pairs else None
             lr = hparams.get("lr")
             lr_live = torch.is_tensor(lr) and lr.requires_grad
-            wrt = [g[k] for k in keys] + live
-            grads = torch.autograd.grad(total, wrt, allow_unused=True) if total is not None else [None] * len(wrt)
-            u = {k: (torch.zeros_like(self.params[k]) if d is None else d) for k, d in zip(keys, grads[: len(keys)])}
-            eta_bar = list(grads[len(keys):]) if lr_live else [None] * len(live)
+            flat = self._flat_vjp(cotangents, lr, live)
+            if flat is not None:
+                u, eta_bar = flat
+            else:
+                g = {k: self.grads[k].detach().requires_grad_(True) for k in keys}
+                new_params, new_state = self.optimizer.update(self.params, g, self.opt_state, lr=lr,
+                                                              grad_norm=global_norm(g))
+                outputs = list(new_params.values()) + float_tensors(new_state)
+                pairs = [(o, c) for o, c in zip(outputs, cotangents) if c is not None and o.requires_grad]
+                total = sum((o * c).sum() for o, c in pairs) if pairs else None
+                wrt = [g[k] for k in keys] + live
+                grads = torch.autograd.grad(total, wrt, allow_unused=True) if total is not None else [None] * len(wrt)
+                u = {k: (torch.zeros_like(self.params[k]) if d is None else d)
+                     for k, d in zip(keys, grads[: len(keys)])}
+                eta_bar = list(grads[len(keys):]) if lr_live else [None] * len(live)
             # 3. d/d eta of the inner loss's directional derivative along u, one tangent pass per term.
-            directional = self._directional(u, hparams)
+            if self.cut is not None:
+                directional, wrt = self.cut.directional(u), self.cut.live
+                self.cut = None  # its graph is spent
+            else:
+                directional, wrt = self._directional(u, hparams), live
             if directional is not None and directional.requires_grad:
-                more = torch.autograd.grad(directional, live, allow_unused=True)
+                more = torch.autograd.grad(directional, wrt, allow_unused=True)
                 eta_bar = [a if b is None else (b if a is None else a + b) for a, b in zip(eta_bar, more)]
         return [None if b is None else b.detach() for b in eta_bar]
+
+    def _flat_vjp(self, cotangents: tuple[Tensor | None, ...], lr: Any, live: list[Tensor]
+                  ) -> tuple[dict[str, Tensor], list[Tensor | None]] | None:
+        """Step 2 on flat buffers: ``(u, d/d eta of the rate's part)``, or None where it does not apply.
+
+        The optimizer's update is elementwise but for the global norm, so running it once on all
+        parameters joined into one tensor (and each per-parameter tree of its state likewise) is the
+        same arithmetic in a few dozen ops instead of a few per parameter; autograd through it gives
+        ``u`` for all parameters at once. Not for a partitioned optimizer (its groups clip apart)
+        or a population's."""
+        optimizer, keys = self.optimizer, self.keys
+        if type(optimizer) is not Optimizer or optimizer.per_agent or not keys:
+            return None
+        state = self.opt_state
+        names = set(keys)
+        trees = [k for k, v in state.items() if isinstance(v, dict) and set(v) == names
+                 and all(torch.is_tensor(t) for t in v.values())]
+        if any(isinstance(v, dict) for k, v in state.items() if k not in trees):
+            return None
+        layout = _Layout(self.params)
+        cot_params = dict(zip(keys, cotangents[: len(keys)]))
+        cot_state = _rebuild(self.state_template, list(cotangents[len(keys):]))
+
+        def joined(tree: dict[str, Tensor | None], like: dict[str, Tensor]) -> Tensor | None:
+            if all(tree[k] is None for k in keys):
+                return None
+            return layout.flat({k: like[k].new_zeros(like[k].shape) if tree[k] is None else tree[k] for k in keys})
+
+        g = layout.flat(self.grads).requires_grad_(True)
+        flat_state = {k: ({"": layout.flat(v)} if k in trees else v) for k, v in state.items()}
+        new_params, new_state = optimizer.update({"": layout.flat(self.params)}, {"": g}, flat_state, lr=lr,
+                                                 grad_norm=global_norm({"": g}))
+        pairs = [(new_params[""], joined(cot_params, self.params))]
+        for k, v in new_state.items():
+            if k in trees:
+                pairs.append((v[""], joined(cot_state[k], state[k])))
+            elif torch.is_tensor(v) and v.is_floating_point():
+                pairs.append((v, cot_state[k]))
+        pairs = [(o, c) for o, c in pairs if c is not None and o.requires_grad]
+        lr_live = torch.is_tensor(lr) and lr.requires_grad
+        if not pairs:
+            return {k: torch.zeros_like(v) for k, v in self.params.items()}, [None] * len(live)
+        total = sum((o * c).sum() for o, c in pairs)
+        found = torch.autograd.grad(total, [g] + (live if lr_live else []), allow_unused=True)
+        u = layout.split(torch.zeros_like(g) if found[0] is None else found[0])
+        return u, (list(found[1:]) if lr_live else [None] * len(live))
 
     def _linearization(self, leaves: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], Any] | None:
         """``(adapter, primal outputs, jvp)`` of the inner forward where the memo linearized it, else None."""
@@ -219,6 +302,85 @@ class _Step:
             if part is not None and part.requires_grad:
                 total = part if total is None else total + part
         return total
+
+
+class _Cut:
+    """The inner loss cut at the network's outputs: the loss head differentiated twice, the network once.
+
+    The objective reads the network's outputs through a memo that hands it detached copies
+    (``cuts``), so its graph stops there. Each loss term's gradient is then taken in two parts:
+    ``gout = d term / d outputs`` by a backward through the loss head alone with ``create_graph``
+    (cheap: elementwise and per-step ops, run by autograd's engine), and the network's part by a
+    plain backward of the real outputs with ``gout``; a gradient that reaches the parameters
+    directly (an objective that also reads them outside the memo) is kept with its graph. For
+    the meta-backward, ``D_u g . = (J u) . gout + u . direct`` is differentiated in eta with ``J u``
+    from the network's linearization (the tangent pass reusing the inner forward's activations,
+    pruned to the outputs the term reads), so eta's derivative costs a backward through the loss
+    head's backward graph only: no op of the head runs again in Python, and no network op runs in
+    reverse twice.
+    """
+
+    def __init__(self, adapter: Any, leaves: dict[str, Tensor], data: Rollout, hparams: dict, live: list[Tensor],
+                 outputs: dict[str, Tensor], jvp: Callable[..., dict[str, Tensor]]):
+        self.hparams, self.live, self.outputs, self.jvp = hparams, live, outputs, jvp
+        self.cuts = {k: v.detach().requires_grad_(True) for k, v in outputs.items()}
+        self.memo = ForwardMemo()
+        self.memo.store(adapter.forward, leaves, data, hparams, self.cuts)
+        # Per loss term: (parameter names, d term / d outputs, direct d term / d parameters), each a
+        # function of eta through the loss head's graph.
+        self.terms: list[tuple[list[str], dict[str, Tensor], dict[str, Tensor]]] = []
+
+    def gradient(self, term: Tensor, names: list[str], leaves: dict[str, Tensor], retain: bool,
+                 always: bool) -> list[Tensor | None]:
+        """``d term / d leaves[names]``; remembers what the meta-backward needs where the term depends on eta
+        (``always``: assume it does, as the total loss)."""
+        cut_names = list(self.cuts)
+        found = torch.autograd.grad(term, [self.cuts[k] for k in cut_names] + [leaves[k] for k in names],
+                                    create_graph=True, allow_unused=True)
+        gout = {k: g for k, g in zip(cut_names, found) if g is not None}
+        direct = {k: g for k, g in zip(names, found[len(cut_names):]) if g is not None}
+        if gout:
+            net = torch.autograd.grad([self.outputs[k] for k in gout], [leaves[k] for k in names],
+                                      [g.detach() for g in gout.values()], retain_graph=retain, allow_unused=True)
+        else:
+            net = [None] * len(names)
+        if always or _reaches(term, self.live):
+            self.terms.append((names, gout, {k: g for k, g in direct.items() if g.requires_grad}))
+        return [a if b is None else (b.detach() if a is None else a + b.detach())
+                for a, b in zip(net, (direct.get(k) for k in names))]
+
+    def directional(self, u: dict[str, Tensor]) -> Tensor | None:
+        """``sum over terms of (J u_term) . gout + u_term . direct``, a function of eta (``self.live``)."""
+        total = None
+        for names, gout, direct in self.terms:
+            inside = set(names)
+            tangent = u if len(inside) == len(u) else {k: (t if k in inside else torch.zeros_like(t))
+                                                     for k, t in u.items()}
+            parts = []
+            if gout:
+                d_outputs = self.jvp(tangent, list(gout))
+                parts += [(g * d_outputs[k]).sum() for k, g in gout.items() if d_outputs.get(k) is not None]
+            parts += [(g * u[k]).sum() for k, g in direct.items()]
+            for part in parts:
+                total = part if total is None else total + part
+        self.terms = []
+        return total
+
+
+def _reaches(tensor: Tensor, leaves: list[Tensor]) -> bool:
+    """Whether ``tensor``'s autograd graph reaches one of ``leaves``."""
+    targets = {id(t) for t in leaves}
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in targets:
+            return True
+        stack.extend(n for n, _ in node.next_functions)
+    return False
 
 
 _FLOAT = object()  # where a template had a floating-point tensor

@@ -89,6 +89,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from rlmeta.agents.runs import check_device
+from rlmeta.heap import keep_freed_memory
 
 Part = Literal["a", "b", "c"]
 Contender = Literal["ours", "ours-tangent", "ours-recompute", "ours-semi", "torchopt", "higher"]
@@ -770,12 +771,16 @@ def run(cfg: BenchMetaConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
+    # As a training run sets up its process (rlmeta.agents.runs.set_threads), for every contender alike;
+    # RLMETA_KEEP_FREED_MEMORY=0 measures with glibc's defaults.
+    heap = keep_freed_memory()
+    print(f"heap: freed memory {'kept (rlmeta.heap)' if heap else 'returned (glibc defaults)'}", flush=True)
     print(f"torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}, device {cfg.device}; "
           f"{cfg.env}, {cfg.num_envs} envs x {cfg.num_steps} steps per rollout; network conv {list(cfg.conv_channels)} "
           f"+ hidden {list(cfg.hidden)} {cfg.activation}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="rlmeta-bench-meta-"))
     out: dict[str, Any] = {"config": asdict(cfg), "torch": torch.__version__, "torch_threads": threads,
-                           "a": None, "b": None, "c": None}
+                           "keep_freed_memory": heap, "a": None, "b": None, "c": None}
     try:
         if "a" in cfg.parts:
             out["a"] = part_a(cfg, tmp)

@@ -11,6 +11,7 @@ and tests/agents/test_outer_critic.py (the reference path, which this one must e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -23,6 +24,7 @@ from rlmeta.metagrad import Mixed, MultiStep, OneStep, OuterObjective
 from rlmeta.objectives import A2C, OuterCritic, VTraceActorCritic
 from rlmeta.optim import adam, detached, rmsprop, sgd
 from rlmeta.rollout import PolicyValue, Rollout
+import rlmeta.tangent as tangent_module
 
 DT = torch.float64
 D, H, A, T, B = 6, 8, 3, 5, 4
@@ -259,3 +261,53 @@ def test_estimates_leave_nothing_alive():
 
     first = alive(3)
     assert alive(10) == first  # nothing accumulates from one estimate to the next
+
+
+class _ReadsParametersToo(A2C):
+    """A2C plus an eta-weighted penalty on a parameter read directly (not through the network's outputs):
+    the cut at the outputs must keep this gradient's own second-order part."""
+
+    def __call__(self, params, data, hparams, progress=0.0, context=None):
+        loss = super().__call__(params, data, hparams, progress, context)
+        penalty = hparams["entropy_cost"] * (params["w2"] ** 2).sum() + hparams["gamma"] * params["pi"].sum()
+        return dataclasses.replace(loss, total=loss.total + penalty)
+
+
+def _count_paths(monkeypatch):
+    """Counts of meta-backward passes through the cut path and through the loss head run on dual tensors."""
+    calls = {"cut": 0, "dual": 0}
+    cut, dual = tangent_module._Cut.directional, tangent_module._Step._directional
+
+    def counted_cut(self, u):
+        calls["cut"] += 1
+        return cut(self, u)
+
+    def counted_dual(self, u, hparams):
+        calls["dual"] += 1
+        return dual(self, u, hparams)
+
+    monkeypatch.setattr(tangent_module._Cut, "directional", counted_cut)
+    monkeypatch.setattr(tangent_module._Step, "_directional", counted_dual)
+    return calls
+
+
+@pytest.mark.parametrize("objective", ["a2c", "a2c+outer-critic"])
+def test_cut_at_the_outputs_is_the_path_taken(objective, monkeypatch):
+    """The meta-backward differentiates the loss head's backward graph (no head op re-run on dual tensors)."""
+    calls = _count_paths(monkeypatch)
+    a = run("one-step", OBJECTIVES[objective](), OPTIMIZERS["adam"](0.05), 1, True, True)
+    assert calls == {"cut": 1, "dual": 0}
+    assert_same(a, run("one-step", OBJECTIVES[objective](), OPTIMIZERS["adam"](0.05), 1, True, False))
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_gradients_that_reach_parameters_directly_keep_their_second_order_part(opt_name, monkeypatch):
+    calls = _count_paths(monkeypatch)
+    optimizer = OPTIMIZERS[opt_name](None)
+    a = run("one-step", _ReadsParametersToo(policy_value), optimizer, 1, True, True)
+    assert calls["cut"] == 1
+    b = run("one-step", _ReadsParametersToo(policy_value), optimizer, 1, True, False)
+    assert_same(a, b)
+    # and the penalty matters: without it the meta-gradient differs
+    c = run("one-step", A2C(policy_value), optimizer, 1, True, False)
+    assert float((b - c).norm() / b.norm()) > 1e-3
