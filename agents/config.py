@@ -218,11 +218,12 @@ class MetaConfig:
     """How inner updates after the first are differentiated: exact (their bootstrap values, baselines and
     importance ratios stay functions of the meta-parameters) or semi (held fixed, as Xu et al. 2018 and
     the published code do)."""
-    tangent: bool = False
+    tangent: bool = True
     """Differentiate each unroll's first inner update forward-over-reverse (a plain inner gradient, then one
-    tangent pass of the inner loss when the meta-backward reaches it: rlmeta.tangent) where it applies.
-    The same meta-gradient to rounding error; off by default because it measured slower on the Snake
-    reference setup (19.5k vs 25.5k env steps/s at 512 x 5) and about equal at 64 x 16 (docs/benchmarks.md)."""
+    tangent pass of the network along the meta-backward's direction and a backward through the loss
+    head's own backward: rlmeta.tangent) where it applies; False: reverse-over-reverse everywhere (the
+    reference). The same meta-gradient to rounding error; measured 1.89-1.97x plain A2C per iteration
+    against 2.26-2.29x at 64 x 16, and equal on the Snake reference setup (docs/benchmarks.md)."""
     tangent_fraction: float = 1.0
     """Below 1: the approximate mode, the tangent pass on this fraction of the sub-envs, drawn at random
     each update: unbiased for A2C (without normalised advantages) and V-trace, noisier (docs/benchmarks.md)."""

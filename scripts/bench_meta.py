@@ -38,9 +38,9 @@ gamma 0.99, lambda 1, policy term only) on rollout K:
 * ``ours``: :class:`rlmeta.metagrad.OneStep` (K = 1) / :class:`rlmeta.metagrad.MultiStep` with
   the learner's update and ``rlmeta.optim.rmsprop(eps_root=1e-12)``; as the library runs it, the
   exact meta-gradient (targets a differentiable function of the parameters, see
-  ``rlmeta.objectives.actor_critic._evaluate`` and ``rlmeta.rollout.OutputSplit``);
-* ``ours-tangent``: the same with ``tangent=True``: each unroll's first update differentiated
-  forward-over-reverse (``rlmeta.tangent``; the default is reverse-over-reverse everywhere);
+  ``rlmeta.objectives.actor_critic._evaluate`` and ``rlmeta.rollout.OutputSplit``), each unroll's
+  first update differentiated forward-over-reverse (``rlmeta.tangent``, the default);
+* ``ours-reverse``: the same with ``tangent=False``: reverse-over-reverse everywhere (the reference path);
 * ``ours-recompute``: the same with the memory-saving path (``recompute=True``: the K updates run
   without a graph, then each update's graph is rebuilt in turn in the backward sweep);
 * ``ours-semi``: the same with the usual semi-gradient (targets detached in each inner loss),
@@ -92,10 +92,10 @@ from rlmeta.agents.runs import check_device
 from rlmeta.heap import keep_freed_memory
 
 Part = Literal["a", "b", "c"]
-Contender = Literal["ours", "ours-tangent", "ours-recompute", "ours-semi", "torchopt", "higher"]
+Contender = Literal["ours", "ours-reverse", "ours-recompute", "ours-semi", "torchopt", "higher"]
 CONTENDERS: dict[str, str] = {
     "ours": "ours (rlmeta.metagrad, exact targets)",
-    "ours-tangent": "ours, first update forward-over-reverse (tangent=True)",
+    "ours-reverse": "ours, reverse-over-reverse everywhere (tangent=False, the reference)",
     "ours-recompute": "ours, memory-saving path (recompute=True)",
     "ours-semi": "ours (semi-gradient, same math as the peers)",
     "torchopt": "TorchOpt MetaRMSProp",
@@ -131,7 +131,7 @@ class BenchMetaConfig:
     """(a): alternating plain/meta runs of each (fresh trainers); their iterations are pooled."""
     speed_ks: tuple[int, ...] = (1, 4)
     """(b): numbers of inner updates K to time (K = 1: one-step)."""
-    contenders: tuple[Contender, ...] = ("ours", "ours-tangent", "ours-recompute", "ours-semi", "torchopt", "higher")
+    contenders: tuple[Contender, ...] = ("ours", "ours-reverse", "ours-recompute", "ours-semi", "torchopt", "higher")
     """(b): who computes the meta-update ('ours' is needed for the ratios)."""
     lr: float = 1e-3
     """(b, c): the inner RMSProp's learning rate."""
@@ -155,8 +155,9 @@ class BenchMetaConfig:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int = 1
     """torch.set_num_threads for everything (0: torch's default)."""
-    tangent: bool = False
-    """(a): the meta run's ``meta.tangent`` (the forward-over-reverse first update)."""
+    tangent: bool = True
+    """(a): the meta run's ``meta.tangent`` (the forward-over-reverse first update, the default;
+    ``--no-tangent``: the reverse-over-reverse reference)."""
     tangent_fraction: float = 1.0
     """(a): the meta run's ``meta.tangent_fraction`` (below 1: the approximate tangent pass; needs --tangent)."""
     max_overhead: float = 1.7
@@ -410,7 +411,7 @@ def make_fixed_data(cfg: BenchMetaConfig, num_rollouts: int) -> FixedData:
 
 
 def _ours_estimator(net: Any, cfg: BenchMetaConfig, estimator: str, k: int, exact: bool = True,
-                    tangent: bool = False):
+                    tangent: bool = True):
     """Our estimator (one-step, multi-step or mixed; '-recompute': the memory-saving path) with the
     learner's RMSProp update of A2C."""
     from rlmeta.agents.actor import make_policy_value
@@ -477,7 +478,7 @@ def _gradient_seconds(data: FixedData, cfg: BenchMetaConfig, which: Literal["inn
 
 
 def _ours(data: FixedData, cfg: BenchMetaConfig, k: int, exact: bool,
-          recompute: bool = False, tangent: bool = False) -> Callable[[], dict[str, torch.Tensor]]:
+          recompute: bool = False, tangent: bool = True) -> Callable[[], dict[str, torch.Tensor]]:
     estimator = _ours_estimator(data.net, cfg, "multi-step-recompute" if recompute else "multi-step", k, exact=exact,
                                 tangent=tangent)
     meta = _meta_params(data.params[next(iter(data.params))].device)
@@ -566,8 +567,8 @@ def _higher(data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[
 def _contender(name: str, data: FixedData, cfg: BenchMetaConfig, k: int) -> Callable[[], dict[str, torch.Tensor]]:
     if name == "ours":
         return _ours(data, cfg, k, exact=True)
-    if name == "ours-tangent":
-        return _ours(data, cfg, k, exact=True, tangent=True)
+    if name == "ours-reverse":
+        return _ours(data, cfg, k, exact=True, tangent=False)
     if name == "ours-recompute":
         return _ours(data, cfg, k, exact=True, recompute=True)
     if name == "ours-semi":
@@ -613,7 +614,7 @@ def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
             }
         # The meta-gradients that must agree: all of them at K = 1; at any K the exact ones with
         # 'ours' and the semi-gradient ones (the peers') with 'ours-semi'.
-        exact = [c for c in fns if c in ("ours", "ours-tangent", "ours-recompute")]
+        exact = [c for c in fns if c in ("ours", "ours-reverse", "ours-recompute")]
         groups = [("ours", list(fns))] if k == 1 else [("ours", exact), ("ours-semi", [c for c in fns if c not in exact])]
         reference = "ours" if k == 1 else ("ours-semi" if "ours-semi" in fns else None)
         diffs = [_relative(grads[c], grads[ref]) for ref, members in groups if ref in fns for c in members if c != ref]
@@ -860,9 +861,9 @@ def format_report(cfg: BenchMetaConfig, out: dict[str, Any]) -> str:
                          f"(max rel. diff {r['max_rel_diff']:.1e})")
             speed = ", ".join(f"{c} / ours {s:.2f}x" for c, s in r["speedups"].items()) or "no peers"
             lines.append(f"- K={k}: {speed}; required >= {r['required_speedup']:g}x: {_verdict(r['passed'])}; {agree}.")
-            if "ours-tangent" in r["contenders"]:
-                lines.append(f"  Tangent path (first update forward-over-reverse) / ours = "
-                             f"{r['contenders']['ours-tangent']['ratio_vs_ours']:.2f}x.")
+            if "ours-reverse" in r["contenders"]:
+                lines.append(f"  Reverse-over-reverse path (the reference) / ours = "
+                             f"{r['contenders']['ours-reverse']['ratio_vs_ours']:.2f}x.")
             if r["best_possible_speedups"]:
                 best = ", ".join(f"{c} / floor {s:.2f}x" for c, s in r["best_possible_speedups"].items())
                 lines.append(f"  Floor: {r['k']} inner + 1 outer plain gradients = {1e3 * r['floor_seconds']:.1f} ms, "

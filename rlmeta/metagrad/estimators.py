@@ -125,7 +125,7 @@ class Estimator:
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int = 1,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 tangent: bool = False, tangent_fraction: float = 1.0):
+                 tangent: bool = True, tangent_fraction: float = 1.0):
         self._carried: ForwardMemo | None = None  # the last L_K's forward, for the next first update
         self.inner_update = inner_update
         self.outer_loss = outer_loss
@@ -135,8 +135,9 @@ class Estimator:
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.recompute = recompute
         self.exact = exact  # False: the semi-gradient form (targets detached in every inner loss)
-        # True: updates whose parameters do not depend on eta take the forward-over-reverse path where
-        # it applies (rlmeta.tangent); False (default, measured faster): reverse-over-reverse everywhere.
+        # True (default, measured faster): updates whose parameters do not depend on eta take the
+        # forward-over-reverse path where it applies (rlmeta.tangent); False: reverse-over-reverse
+        # everywhere (the reference).
         self.tangent = tangent
         # < 1: the approximate tangent pass on that fraction of the sub-envs (unbiased, noisier).
         if not (isinstance(tangent_fraction, (int, float)) and 0.0 < tangent_fraction <= 1.0):
@@ -328,7 +329,7 @@ class OneStep(Estimator):
     name = "one-step"
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, recompute: bool = False,
-                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = False,
+                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True,
                  tangent_fraction: float = 1.0):
         super().__init__(inner_update, outer_loss, 1, recompute, generator, exact, tangent, tangent_fraction)
 
@@ -340,7 +341,7 @@ class MultiStep(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  truncation: int | None = None, recompute: bool = False, generator: torch.Generator | None = None,
-                 exact: bool = True, tangent: bool = False, tangent_fraction: float = 1.0):
+                 exact: bool = True, tangent: bool = True, tangent_fraction: float = 1.0):
         super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction)
         if truncation is not None and not (isinstance(truncation, int) and 1 <= truncation <= num_updates):
             raise ValueError(f"truncation must be an integer in [1, K={num_updates}] or None, got {truncation!r}")
@@ -357,7 +358,7 @@ class Mixed(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  weights: str | Sequence[float] = "uniform", decay: float = 0.5, recompute: bool = False,
-                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = False,
+                 generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True,
                  tangent_fraction: float = 1.0):
         super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction)
         self._weights = mixing_weights(num_updates, weights, decay)
@@ -384,7 +385,7 @@ class Bootstrapped(Estimator):
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 outer_hparams: dict | None = None, tangent: bool = False, tangent_fraction: float = 1.0):
+                 outer_hparams: dict | None = None, tangent: bool = True, tangent_fraction: float = 1.0):
         super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact, tangent,
                          tangent_fraction)
         if not isinstance(target_updates, int) or target_updates < 1:
