@@ -226,7 +226,7 @@ class ActorCritic(nn.Module):
             raise ValueError("a tape records unconditioned networks only (the conditioning input depends on eta)")
         x = image = obs.to(p["value_head.weight"].dtype)
         if self.conv is not None:
-            x = _apply(self.conv, "conv", p, x if self.channels_first else x.movedim(-1, -3), tape)
+            x = _apply(self.conv, "conv", p, _channels_first(x, self.channels_first), tape)
         if self.num_hparams:
             if hparams is None:
                 raise ValueError(f"this network is conditioned on {self.num_hparams} hyperparameters; pass hparams")
@@ -239,7 +239,7 @@ class ActorCritic(nn.Module):
         if value:
             x_value = x
             if self.value_conv is not None:
-                x_value = _apply(self.value_conv, "value_conv", p, image if self.channels_first else image.movedim(-1, -3),
+                x_value = _apply(self.value_conv, "value_conv", p, _channels_first(image, self.channels_first),
                                  tape)
                 if self.num_hparams:
                     x_value = torch.cat([x_value, x[:, -self.hparam_embed[0].out_features:]], -1)
@@ -267,7 +267,7 @@ class ActorCritic(nn.Module):
             return None
         x = obs.to(p["outer_critic.head.weight"].dtype)
         if "conv" in self.outer_critic:
-            x = _apply(self.outer_critic["conv"], "outer_critic.conv", p, x if self.channels_first else x.movedim(-1, -3),
+            x = _apply(self.outer_critic["conv"], "outer_critic.conv", p, _channels_first(x, self.channels_first),
                        tape)
         z = _apply(self.outer_critic["torso"], "outer_critic.torso", p, x, tape)
         return _squeeze(_linear(p, "outer_critic.head", z, tape), tape)
@@ -289,7 +289,7 @@ class ActorCritic(nn.Module):
             raise ValueError("linearize takes unconditioned networks only")
         tape = Tape(params)
         named = self._named(self.apply_params(params, obs, None, tape=tape))
-        return named, lambda directions, names=None: tape.tangents(directions, named, names)
+        return named, lambda directions, names=None, rows=None: tape.tangents(directions, named, names, rows)
 
     @staticmethod
     def _named(out: AgentOutput) -> dict[str, Tensor]:
@@ -306,6 +306,14 @@ def grid_channels_first(shape: tuple[int, ...]) -> bool:
     """Whether a ``(a, b, c)`` image observation is channels-first: its first axis is shorter than its last
     (``(3, 10, 10)``: channels first; ``(12, 12, 5)``: channels last, gymnasium's convention, also on ties)."""
     return shape[0] < shape[-1]
+
+
+def _channels_first(image: Tensor, channels_first: bool) -> Tensor:
+    """``[N, C, H, W]`` in memory order (a copy of a channels-last observation, whose permuted view would
+    make every activation channels-last): this torch's convolutions run about 20% faster forward and in
+    forward mode on contiguous NCHW inputs here (Snake 6x6, 1088 observations: 3.6 vs 4.5 ms for the
+    network, 6.5 vs 7.4 ms for its tangent), the same in reverse, and the flatten after them is a view."""
+    return image if channels_first else image.movedim(-1, -3).contiguous()
 
 
 def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor, tape: "Tape | None" = None
@@ -403,17 +411,31 @@ class Tape:
         return cached
 
     def tangents(self, directions: dict[str, Tensor], outputs: dict[str, Tensor],
-                 names: Sequence[str] | None = None) -> dict[str, Tensor]:
+                 names: Sequence[str] | None = None, rows: Tensor | None = None) -> dict[str, Tensor]:
         """d outputs along ``directions`` (one tensor per parameter, named as the parameters).
 
         ``names``: only these outputs (the ops that none of them reads are skipped: an outer
-        critic's own network when the inner loss's tangent needs the policy and value only)."""
+        critic's own network when the inner loss's tangent needs the policy and value only).
+        ``rows``: only these rows of every output (the tangent pass then runs on those inputs alone:
+        the approximate mode of ``rlmeta.tangent``)."""
         p, tan = self.params, {}
         if names is not None:
             outputs = {name: outputs[name] for name in names}
+        picked: dict[int, Tensor] = {}
+
+        def primal(t: Tensor) -> Tensor:
+            if rows is None:
+                return t.detach()
+            if id(t) not in picked:
+                picked[id(t)] = t.detach().index_select(0, rows)
+            return picked[id(t)]
+
         for kind, x, original, key, extra in self._needed(outputs):
             dx = tan.get(id(x))
-            x, y = x.detach(), original.detach()
+            if kind in ("linear", "conv"):
+                x = primal(x)
+            elif kind == "act" and dx is not None:
+                y = primal(original)
             if kind == "linear":
                 w, dw, db = p[f"{key}.weight"], directions[f"{key}.weight"], directions[f"{key}.bias"]
                 dy = F.linear(x, dw, db)
@@ -428,7 +450,7 @@ class Tape:
                 if dx is not None:  # + W * dx: two convolutions of the same cost as one on the joined channels,
                     # without the join (a copy of both inputs, slow for channels-last activations)
                     dy = dy + F.conv2d(dx, w, None, *extra)  # type: ignore[misc]
-                if y.is_contiguous() and not dy.is_contiguous():  # the primal's layout (see _apply)
+                if original.is_contiguous() and not dy.is_contiguous():  # the primal's layout (see _apply)
                     dy = dy.contiguous()
             elif dx is None:
                 continue  # an op on something that does not depend on the parameters
@@ -452,10 +474,11 @@ class Tape:
             tan[id(original)] = dy
         out = {}
         for name, value in outputs.items():
+            shape = value.shape if rows is None else (rows.numel(), *value.shape[1:])
             if name == "log_std":
-                out[name] = directions["log_std"].expand_as(value)
+                out[name] = directions["log_std"].expand(shape)
             else:
-                out[name] = tan[id(value)] if id(value) in tan else torch.zeros_like(value)
+                out[name] = tan[id(value)] if id(value) in tan else value.new_zeros(shape)
         return out
 
 

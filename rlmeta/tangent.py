@@ -104,13 +104,14 @@ class _Step:
         # The approximate mode: the tangent pass on a random subset of the sub-envs (drawn now, so a
         # run's draws follow its generator in order).
         self.tangent_data = data
+        self.columns: Tensor | None = None
         if fraction < 1.0:
             if not getattr(objective, "per_env", False) or not isinstance(data, Rollout):
                 raise ValueError(f"an approximate tangent pass (fraction {fraction:g}) needs an objective that is a mean "
                                  f"of per-sub-env losses (per_env); {type(objective).__name__} is not")
-            count = max(1, round(fraction * data.num_envs))
-            draw = torch.randperm(data.num_envs, generator=generator, device="cpu")[:count]
-            self.tangent_data = data.envs(torch.sort(draw).values.to(data.rewards.device))
+            self.columns = draw_columns(data.num_envs, max(1, round(fraction * data.num_envs)), generator,
+                                        data.rewards.device)
+            self.tangent_data = data.envs(self.columns)
 
     def forward(self, eta: list[Tensor]) -> list[Tensor]:
         """The plain update; returns the new parameters, then the new state's float tensors."""
@@ -163,9 +164,8 @@ class _Step:
     def _cut(self, leaves: dict[str, Tensor], eta: list[Tensor]) -> "_Cut | None":
         """The split of the inner loss at the network's outputs where it applies (see :class:`_Cut`), else None."""
         adapter = getattr(self.objective, "policy_value", None)
-        if (self.tangent_data is not self.data or adapter is None or not isinstance(self.data, Rollout)
-                or not adapter.shares_forward or adapter.population is not None
-                or conditioning(self.hparams) is not None):
+        if (adapter is None or not isinstance(self.data, Rollout) or not adapter.shares_forward
+                or adapter.population is not None or conditioning(self.hparams) is not None):
             return None
         live = [e.detach().requires_grad_(True) for e in eta]
         hparams = _with(self.hparams, self.where, live)
@@ -174,12 +174,18 @@ class _Step:
         if jvp is None:  # no linearization: forward-mode AD of the network alone (not the loss head)
             params, data = self.params, self.data
 
-            def jvp(directions: dict[str, Tensor], names: Any = None) -> dict[str, Tensor]:
+            def jvp(directions: dict[str, Tensor], names: Any = None, rows: Tensor | None = None
+                    ) -> dict[str, Tensor]:
                 with fwad.dual_level():
                     duals = {k: fwad.make_dual(v, directions[k]) for k, v in params.items()}
                     out = network_outputs(adapter, duals, data, None, None)
-                    return {k: fwad.unpack_dual(v).tangent for k, v in out.items() if names is None or k in names}
-        return _Cut(adapter, leaves, self.data, hparams, live, outputs, jvp)
+                    found = {k: fwad.unpack_dual(v).tangent for k, v in out.items() if names is None or k in names}
+                return found if rows is None else {k: None if v is None else v.index_select(0, rows)
+                                                   for k, v in found.items()}
+        sample = None
+        if self.columns is not None:  # the approximate mode: the rows of the drawn sub-envs, scaled up
+            sample = (_rows_of_envs(self.data, self.columns), self.data.num_envs / self.columns.numel())
+        return _Cut(adapter, leaves, self.data, hparams, live, outputs, jvp, sample)
 
     def backward(self, eta: list[Tensor], cotangents: tuple[Tensor | None, ...]) -> list[Tensor | None]:
         """``d (sum_i outputs_i . cotangents_i) / d eta`` (see the module docstring)."""
@@ -321,8 +327,10 @@ class _Cut:
     """
 
     def __init__(self, adapter: Any, leaves: dict[str, Tensor], data: Rollout, hparams: dict, live: list[Tensor],
-                 outputs: dict[str, Tensor], jvp: Callable[..., dict[str, Tensor]]):
+                 outputs: dict[str, Tensor], jvp: Callable[..., dict[str, Tensor]],
+                 sample: tuple[Tensor, float] | None = None):
         self.hparams, self.live, self.outputs, self.jvp = hparams, live, outputs, jvp
+        self.sample = sample  # (output rows, scale): the approximate mode's tangent pass on those rows only
         self.cuts = {k: v.detach().requires_grad_(True) for k, v in outputs.items()}
         self.memo = ForwardMemo()
         self.memo.store(adapter.forward, leaves, data, hparams, self.cuts)
@@ -357,7 +365,12 @@ class _Cut:
             tangent = u if len(inside) == len(u) else {k: (t if k in inside else torch.zeros_like(t))
                                                      for k, t in u.items()}
             parts = []
-            if gout:
+            if gout and self.sample is not None:
+                rows, scale = self.sample
+                d_outputs = self.jvp(tangent, list(gout), rows)
+                parts += [(g.index_select(0, rows) * d_outputs[k]).sum() * scale for k, g in gout.items()
+                          if d_outputs.get(k) is not None]
+            elif gout:
                 d_outputs = self.jvp(tangent, list(gout))
                 parts += [(g * d_outputs[k]).sum() for k, g in gout.items() if d_outputs.get(k) is not None]
             parts += [(g * u[k]).sum() for k, g in direct.items()]
@@ -365,6 +378,24 @@ class _Cut:
                 total = part if total is None else total + part
         self.terms = []
         return total
+
+
+def draw_columns(num_envs: int, count: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The approximate mode's sub-envs: ``count`` of ``num_envs`` drawn uniformly without replacement, sorted."""
+    draw = torch.randperm(num_envs, generator=generator, device="cpu")[:count]
+    return torch.sort(draw).values.to(device)
+
+
+def _rows_of_envs(data: Rollout, columns: Tensor) -> Tensor:
+    """The rows of the sub-envs ``columns`` in the network's outputs on ``observations(data)``: their steps,
+    their bootstrap observations and their true final observations (not the pads)."""
+    num_steps, num_envs = data.num_steps, data.num_envs
+    device = columns.device
+    steps = (torch.arange(num_steps, device=device)[:, None] * num_envs + columns[None, :]).reshape(-1)
+    env = data.final_index % num_envs
+    member = torch.isin(env, columns) & (data.final_index < num_steps * num_envs)
+    finals = num_steps * num_envs + num_envs + torch.nonzero(member).reshape(-1)
+    return torch.cat([steps, num_steps * num_envs + columns, finals])
 
 
 def _reaches(tensor: Tensor, leaves: list[Tensor]) -> bool:

@@ -159,3 +159,53 @@ def test_tape_tangents_match_channels_last_activations(name):
         reference = {k: fwad.unpack_dual(v).tangent for k, v in dual.items()}
     for key in reference:
         torch.testing.assert_close(tangents[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_tape_tangents_of_some_rows_are_those_rows_of_the_full_tangents(name):
+    net, obs_space = make_net(name)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    g = torch.Generator().manual_seed(3)
+    directions = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
+    obs = torch.rand(9, *obs_space.shape, generator=g, dtype=DT)
+    _, jvp = net.linearize(params, obs)
+    full = jvp(directions)
+    rows = torch.tensor([7, 0, 4])
+    some = jvp(directions, None, rows)
+    for key in full:
+        torch.testing.assert_close(some[key], full[key].index_select(0, rows), rtol=1e-12, atol=1e-14)
+
+
+def test_approximate_mode_through_the_network_tangent_is_unbiased():
+    """Over every draw of 2 of the 3 sub-envs, the meta-gradient with the tangent pass on the drawn
+    sub-envs' rows (scaled by 3/2) averages to the exact one."""
+    from itertools import combinations
+
+    import rlmeta.tangent as tangent_module
+
+    def estimate(fraction, subset=None):
+        net, _ = make_net("relu conv (Snake default)")
+        both = make_policy_value(net)
+        objective = A2C(both)
+        optimizer = rmsprop(0.01, decay=0.9, eps=1e-4, eps_root=1e-12, max_grad_norm=0.5)
+
+        def inner(params, opt_state, rollout, hparams, mode):
+            return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
+
+        est = OneStep(inner, OuterObjective(both, gamma=0.99, lambda_=1.0), tangent=True, tangent_fraction=fraction)
+        meta = MetaParams({"gamma": 0.8, "lambda": 0.9, "entropy_cost": 0.02}, fixed={"value_cost": 0.5}, dtype=DT)
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
+        rollouts = iter([grid_rollout(i) for i in range(2)])
+        original = tangent_module.draw_columns
+        if subset is not None:
+            tangent_module.draw_columns = lambda *args: torch.tensor(subset)
+        try:
+            return est.estimate(meta, params, optimizer.init(params), lambda p: next(rollouts)).vector()
+        finally:
+            tangent_module.draw_columns = original
+
+    exact = estimate(1.0)
+    draws = [estimate(0.5, subset) for subset in combinations(range(3), 2)]
+    mean = torch.stack(draws).mean(0)
+    assert float((mean - exact).norm() / exact.norm()) <= 1e-8
+    assert float((draws[0] - exact).norm() / exact.norm()) > 1e-4
