@@ -446,10 +446,13 @@ class Tape:
                         dy = dy + F.linear(dx, w)
             elif kind == "conv":
                 w, dw, db = p[f"{key}.weight"], directions[f"{key}.weight"], directions[f"{key}.bias"]
-                dy = F.conv2d(x, dw, db, *extra)  # type: ignore[misc]
-                if dx is not None:  # + W * dx: two convolutions of the same cost as one on the joined channels,
-                    # without the join (a copy of both inputs, slow for channels-last activations)
-                    dy = dy + F.conv2d(dx, w, None, *extra)  # type: ignore[misc]
+                if dx is None:
+                    dy = F.conv2d(x, dw, db, *extra)  # type: ignore[misc]
+                elif x.is_contiguous() and dx.is_contiguous():  # dW * x + W * dx as one convolution on the
+                    # joined channels (NCHW: two block copies; 2.9 vs 3.2 ms for two at [1088, 16, 6, 6])
+                    dy = F.conv2d(torch.cat([x, dx], 1), torch.cat([dw, w], 1), db, *extra)  # type: ignore[misc]
+                else:  # channels-last: joining channels is a strided copy, slower than a second convolution
+                    dy = F.conv2d(x, dw, db, *extra) + F.conv2d(dx, w, None, *extra)  # type: ignore[misc]
                 if original.is_contiguous() and not dy.is_contiguous():  # the primal's layout (see _apply)
                     dy = dy.contiguous()
             elif dx is None:

@@ -10,13 +10,17 @@ directional derivative along ``u``. So instead of differentiating the inner back
 time (reverse-over-reverse: the inner gradient built with ``create_graph=True`` and then
 backpropagated through), this path takes
 
-1. the plain inner gradient ``g`` (no graph kept) and the optimizer's step, as plain training does;
+1. the inner gradient ``g`` with no graph through the network (only the loss head keeps one, see 3)
+   and the optimizer's step, as plain training does;
 2. when the meta-backward reaches ``theta'`` with ``v``: ``u`` by autograd through the optimizer's
    step alone (elementwise for SGD/RMSProp/Adam, plus the rank-one term of global-norm clipping,
    exactly), with ``g`` held as a leaf;
-3. one tangent (forward-mode) pass of the inner loss along ``u`` (``torch.autograd.forward_ad``):
-   the network's tangent does not depend on eta, so reverse mode records only the loss head, and
-   ``d/d eta D_u L_in`` costs a backward through that head.
+3. ``u . (d g / d eta)`` with the inner loss cut at the network's outputs (:class:`_Cut`): the
+   head's gradient ``gout`` was taken with ``create_graph`` in step 1, the network's tangent along
+   ``u`` (``J u``, reusing the inner forward's activations: ``ActorCritic.linearize``) is one pass,
+   and ``d/d eta [(J u) . gout]`` is a backward through the head's own backward graph. Where the
+   objective has no network adapter to cut at, forward-mode AD runs the whole inner loss along
+   ``u`` instead (``torch.autograd.forward_ad``) and reverse mode records only its loss head.
 
 The optimizer's new state (RMSProp/Adam moments read by later updates of a K-step unroll) is an
 output too, so every k-step term's first update can take this path; updates whose parameters
@@ -25,10 +29,12 @@ Restricted loss terms (``Loss.restricted``) get their own tangent along ``u`` re
 parameters, where they depend on eta. The result equals the reverse-over-reverse meta-gradient to
 rounding error (tests: ``tests/rlmeta/test_tangent.py``).
 
-The approximate mode (``fraction`` < 1) runs the tangent pass on a random subset of the sub-envs
-(forward-mode AD on those columns only): for an objective that is a mean of per-sub-env losses
-(``Objective.per_env``) the result is unbiased, since the directional derivative is linear in
-the per-env terms; its variance is the price (measured by ``scripts/bench_meta.py``).
+The approximate mode (``fraction`` < 1) runs the tangent pass on a random subset of the sub-envs:
+on the cut, their rows of the network's outputs (steps, bootstrap and final observations), the
+sum scaled by B / B'; otherwise the loss on those sub-envs alone. For an objective that is a mean
+of per-sub-env losses (``Objective.per_env``) both are the same unbiased estimate, since the
+directional derivative is linear in the per-env terms; its variance is the price (measured by
+``scripts/tangent_fraction_variance.py``).
 
 Where it does not apply (populations, minibatch objectives such as PPO whose update is many
 steps, an objective whose network input depends on eta) the learner falls back to the reference
