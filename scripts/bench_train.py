@@ -56,6 +56,8 @@ from typing import Any, Literal
 
 import torch
 
+from rlmeta.heap import keep_freed_memory
+
 Contender = Literal["sb3", "ours", "ours-zoo"]
 LABELS: dict[str, str] = {
     "sb3": "SB3 PPO, RL Zoo hyperparameters",
@@ -342,6 +344,9 @@ def run(cfg: BenchTrainConfig) -> dict[str, Any]:
         raise SystemExit("the 'sb3' contender needs Stable-Baselines3: pip install -e '.[bench]' "
                          "(or leave it out: --contenders ours ours-zoo)")
     threads = cfg.threads or torch.get_num_threads()
+    # Our runs set up their process this way (rlmeta.agents.runs.set_threads): set it before any
+    # contender runs, so that all of them share it (RLMETA_KEEP_FREED_MEMORY=0: glibc's defaults).
+    keep_freed_memory()
     print(f"torch threads: {threads}{'' if cfg.threads else ' (torch default)'}; budget {cfg.budget:,} steps; "
           f"eval every {cfg.eval_interval:,} steps, {cfg.eval_episodes} greedy episodes, target {cfg.target_return}; "
           f"seeds {cfg.first_seed}..{cfg.first_seed + cfg.seeds - 1}", flush=True)
