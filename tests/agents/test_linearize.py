@@ -46,22 +46,38 @@ def make_net(name, seed=0):
     return ActorCritic(obs_space, action_space, **options).to(DT), obs_space
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_tape_tangents_equal_forward_mode_ad(name):
-    net, obs_space = make_net(name)
+def tangent_inputs(net, obs_space, seed, rows):
+    """The network's parameters, random directions and ``rows`` random observations (the net's dtype)."""
+    dtype = next(net.parameters()).dtype
     params = {k: v.detach() for k, v in net.named_parameters()}
-    g = torch.Generator().manual_seed(1)
-    directions = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
-    obs = torch.rand(12, *obs_space.shape, generator=g, dtype=DT)
-    outputs, jvp = net.linearize(params, obs)
-    tangents = jvp(directions)
+    g = torch.Generator().manual_seed(seed)
+    directions = {k: torch.randn(v.shape, generator=g, dtype=dtype) for k, v in params.items()}
+    return params, directions, torch.rand(rows, *obs_space.shape, generator=g, dtype=dtype)
+
+
+def forward_mode(net, params, directions, obs):
+    """The outputs and their tangents by torch's forward-mode AD (the reference for the tape)."""
     with fwad.dual_level():
         dual = net.named_outputs({k: fwad.make_dual(params[k], directions[k]) for k in params}, obs)
-        reference = {k: fwad.unpack_dual(v).tangent for k, v in dual.items()}
+        return {k: v.detach() for k, v in dual.items()}, {k: fwad.unpack_dual(v).tangent for k, v in dual.items()}
+
+
+@pytest.mark.parametrize("dtype", [DT, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_tape_tangents_equal_forward_mode_ad(name, dtype):
+    """In float32 too: the tape's kernels (activation backwards, convolutions on joined channels) are
+    not those of forward-mode AD."""
+    net, obs_space = make_net(name)
+    net = net.to(dtype)
+    params, directions, obs = tangent_inputs(net, obs_space, 1, 12)
+    outputs, jvp = net.linearize(params, obs)
+    tangents = jvp(directions)
+    primal, reference = forward_mode(net, params, directions, obs)
     assert set(tangents) == set(reference) == set(outputs)
+    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == DT else dict(rtol=1e-4, atol=1e-5)
     for key in reference:
-        torch.testing.assert_close(outputs[key], dual[key].detach(), rtol=0, atol=0)  # same forward
-        torch.testing.assert_close(tangents[key], reference[key], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(outputs[key], primal[key], rtol=0, atol=0)  # same forward
+        torch.testing.assert_close(tangents[key], reference[key], **tolerance)
 
 
 def test_a_conditioned_network_is_not_linearized():
@@ -125,10 +141,7 @@ def test_meta_gradient_through_the_network_tangent_equals_reference(setup, estim
 def test_tangents_of_some_outputs_skip_the_ops_they_do_not_read():
     """The inner loss's tangent needs the policy and value only: the outer critic's own network is not run."""
     net, obs_space = make_net("separate outer critic, value convs")
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    g = torch.Generator().manual_seed(2)
-    directions = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
-    obs = torch.rand(5, *obs_space.shape, generator=g, dtype=DT)
+    params, directions, obs = tangent_inputs(net, obs_space, 2, 5)
     outputs, jvp = net.linearize(params, obs)
     full = jvp(directions)
     some = jvp(directions, ["policy", "value"])
@@ -143,31 +156,9 @@ def test_tangents_of_some_outputs_skip_the_ops_they_do_not_read():
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_tape_tangents_match_channels_last_activations(name):
-    """The tangents keep each activation's memory layout (a mismatched one makes ReLU's kernel ~10x slower)
-    and stay equal to forward-mode AD in float32 too."""
-    torch.manual_seed(0)
-    obs_space, action_space, options = ARCHITECTURES[name]
-    net = ActorCritic(obs_space, action_space, **{"hidden": (32,), "conv_channels": (8, 8), **options})
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    directions = {k: torch.randn_like(v) for k, v in params.items()}
-    obs = torch.rand(7, *obs_space.shape)
-    _, jvp = net.linearize(params, obs)
-    tangents = jvp(directions)
-    with fwad.dual_level():
-        dual = net.named_outputs({k: fwad.make_dual(params[k], directions[k]) for k in params}, obs)
-        reference = {k: fwad.unpack_dual(v).tangent for k, v in dual.items()}
-    for key in reference:
-        torch.testing.assert_close(tangents[key], reference[key], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_tape_tangents_of_some_rows_are_those_rows_of_the_full_tangents(name):
     net, obs_space = make_net(name)
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    g = torch.Generator().manual_seed(3)
-    directions = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
-    obs = torch.rand(9, *obs_space.shape, generator=g, dtype=DT)
+    params, directions, obs = tangent_inputs(net, obs_space, 3, 9)
     _, jvp = net.linearize(params, obs)
     full = jvp(directions)
     rows = torch.tensor([7, 0, 4])
