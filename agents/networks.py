@@ -312,7 +312,9 @@ def _channels_first(image: Tensor, channels_first: bool) -> Tensor:
     """``[N, C, H, W]`` in memory order (a copy of a channels-last observation, whose permuted view would
     make every activation channels-last): this torch's convolutions run about 20% faster forward and in
     forward mode on contiguous NCHW inputs here (Snake 6x6, 1088 observations: 3.6 vs 4.5 ms for the
-    network, 6.5 vs 7.4 ms for its tangent), the same in reverse, and the flatten after them is a view."""
+    network, 6.5 vs 7.4 ms for its tangent), the same in reverse, and the flatten after them is a view.
+    It also keeps ReLU's backward off mismatched layouts: a channels-last activation given the flatten's
+    contiguous gradient takes 2.9 ms against 0.27 at [1088, 16, 6, 6]."""
     return image if channels_first else image.movedim(-1, -3).contiguous()
 
 
@@ -320,19 +322,11 @@ def _apply(seq: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor
            ) -> Tensor:
     """Run ``seq`` (Linear, Conv2d, ZeroPad2d, Flatten and activations) with the tensors in ``params``
     (recording each op on ``tape`` if given)."""
-    last_conv = max((i for i, m in enumerate(seq) if isinstance(m, nn.Conv2d)), default=-1)
     for i, module in enumerate(seq):
         if isinstance(module, nn.Linear):
             x = _linear(params, f"{prefix}.{i}", x, tape)
         elif isinstance(module, nn.Conv2d):
             y = F.conv2d(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"], module.stride, module.padding)
-            if i == last_conv:
-                # Channels-last images (gymnasium's HWC observations) give channels-last activations;
-                # the flatten after the last convolution then copies to NCHW order and its backward
-                # hands the activation a contiguous gradient, for which ReLU's backward kernel is about
-                # 10x slower than on matching layouts (2.9 vs 0.27 ms at [1088, 16, 6, 6]). Converting
-                # here instead costs one copy the flatten then skips.
-                y = y.contiguous()
             if tape is not None:
                 tape.record("conv", x, y, f"{prefix}.{i}", (module.stride, module.padding))
             x = y
@@ -448,13 +442,9 @@ class Tape:
                 w, dw, db = p[f"{key}.weight"], directions[f"{key}.weight"], directions[f"{key}.bias"]
                 if dx is None:
                     dy = F.conv2d(x, dw, db, *extra)  # type: ignore[misc]
-                elif x.is_contiguous() and dx.is_contiguous():  # dW * x + W * dx as one convolution on the
-                    # joined channels (NCHW: two block copies; 2.9 vs 3.2 ms for two at [1088, 16, 6, 6])
+                else:  # dW * x + W * dx as one convolution on the joined channels (NCHW activations, see
+                    # _channels_first: two block copies; 2.9 vs 3.2 ms for two convolutions at [1088, 16, 6, 6])
                     dy = F.conv2d(torch.cat([x, dx], 1), torch.cat([dw, w], 1), db, *extra)  # type: ignore[misc]
-                else:  # channels-last: joining channels is a strided copy, slower than a second convolution
-                    dy = F.conv2d(x, dw, db, *extra) + F.conv2d(dx, w, None, *extra)  # type: ignore[misc]
-                if original.is_contiguous() and not dy.is_contiguous():  # the primal's layout (see _apply)
-                    dy = dy.contiguous()
             elif dx is None:
                 continue  # an op on something that does not depend on the parameters
             elif kind == "act":  # the activations' own backward kernels, read off their outputs: one pass each

@@ -371,14 +371,11 @@ class _Cut:
             tangent = u if len(inside) == len(u) else {k: (t if k in inside else torch.zeros_like(t))
                                                      for k, t in u.items()}
             parts = []
-            if gout and self.sample is not None:
-                rows, scale = self.sample
+            if gout:
+                rows, scale = self.sample if self.sample is not None else (None, 1.0)
                 d_outputs = self.jvp(tangent, list(gout), rows)
-                parts += [(g.index_select(0, rows) * d_outputs[k]).sum() * scale for k, g in gout.items()
-                          if d_outputs.get(k) is not None]
-            elif gout:
-                d_outputs = self.jvp(tangent, list(gout))
-                parts += [(g * d_outputs[k]).sum() for k, g in gout.items() if d_outputs.get(k) is not None]
+                parts += [(g if rows is None else g.index_select(0, rows)).mul(d_outputs[k]).sum() * scale
+                          for k, g in gout.items() if d_outputs.get(k) is not None]
             parts += [(g * u[k]).sum() for k, g in direct.items()]
             for part in parts:
                 total = part if total is None else total + part
