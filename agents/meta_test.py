@@ -215,6 +215,21 @@ def meta_test_lpo(objective: str, num_seeds: int = 32, seed: int = 1000, steps: 
     return out
 
 
+def card_check(objective: str, kind: str, args: dict[str, Any]) -> dict[str, float]:
+    """A shipped objective's check (its card's ``check``), on one torch thread: ``score`` and ``se``
+    (an LPG's normalised score on held-out levels, :func:`meta_test`; an LPO drift's mean greedy
+    return, :func:`meta_test_lpo`). ``scripts/ship_objective.py`` and the tests run it in a pinned
+    process (``rlmeta.repro.run_pinned``), so it gives the same number on any AVX2 machine."""
+    torch.set_num_threads(1)
+    if kind == "lpg":
+        results = meta_test(objective, **args)
+        return {"score": float(results["normalized_score"]), "se": float(results["normalized_score_se"])}
+    if kind == "lpo":
+        results = meta_test_lpo(objective, **args)
+        return {"score": float(results["return"]["mean"]), "se": float(results["return"]["se"])}
+    raise ValueError(f"kind must be 'lpg' or 'lpo', got {kind!r}")
+
+
 def format_lpo_results(results: dict[str, Any]) -> str:
     """The readable report of :func:`meta_test_lpo`; its last line is the paired difference to PPO."""
     r = results["return"]
@@ -285,5 +300,5 @@ def write_results(results: dict[str, Any], path: Path, overwrite: bool) -> None:
     atomic_json(results, path)
 
 
-__all__ = ["LearnedLPG", "format_lpo_results", "format_results", "load_lpg", "lpo_inner_config", "lpo_return",
+__all__ = ["LearnedLPG", "card_check", "format_lpo_results", "format_results", "load_lpg", "lpo_inner_config", "lpo_return",
            "meta_test", "meta_test_lpo", "shipped_objectives", "spearman", "write_results"]

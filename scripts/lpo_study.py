@@ -5,9 +5,9 @@
     python scripts/lpo_study.py test [--parallel 2]    # 32 fresh seeds x horizons 0.5, 1, 2 x objectives
     python scripts/lpo_study.py transfer [--parallel 2] # MinAtar Breakout, 300k steps, 3 seeds (needs [minatar])
     python scripts/lpo_study.py report                 # -> results/lpo/
-    python scripts/lpo_study.py train|test|report --es-seed 1   # a second ES seed of both arms
-                                                       # (its tests: PPO and the two drifts) -> results/lpo/es-seed-1/
-    python scripts/lpo_study.py pooled                 # both ES seeds side by side and pooled -> results/lpo/pooled.md
+    python scripts/lpo_study.py train|test|report --es-seed N   # another ES seed (1, 2) of both arms
+                                                       # (its tests: the two drifts) -> results/lpo/es-seed-N/
+    python scripts/lpo_study.py pooled                 # every ES seed side by side and pooled -> results/lpo/pooled.md
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
 starts at its PPO-clip initialisation; a candidate's fitness is the greedy evaluation return (10
@@ -21,7 +21,10 @@ fresh seeds (never seen in meta-training: 10,000 + i) at 0.5x, 1x and 2x the hor
 gives mean +- standard error of the final greedy return and one-sided Welch p-values for
 "learned >= PPO" and "TA-LPO >= LPO". Transfer: the same objectives train on MinAtar Breakout
 (``configs/minatar_breakout_ppo.toml``, 300k env steps, 3 seeds); the check is learned (and DPO)
->= PPO - 1 standard error. Runs live in ``runs/lpo-study/`` (not committed).
+>= PPO - 1 standard error. Runs live in ``runs/lpo-study/`` (not committed); what the tables are made
+of is committed: each test's per-seed returns (``results/lpo/returns/``) and each ES seed's learned
+drifts (ES seed 0's are the shipped ``lpo-cartpole`` and ``ta-lpo-cartpole``; seed N's in
+``results/lpo/es-seed-N/``), which the later stages use where the run directory is gone.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import argparse
 import csv
 import json
 import math
+import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -39,6 +44,9 @@ from study_jobs import run_jobs
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "lpo-study"
 RESULTS = ROOT / "results" / "lpo"
+RETURNS = RESULTS / "returns"
+SHIPPED = ROOT / "rlmeta" / "objectives" / "trained"
+ES_SEEDS = (0, 1, 2)
 HORIZON = 8192
 GENERATIONS = 150
 INNER = ROOT / "configs" / "cartpole_ppo.toml"
@@ -60,6 +68,15 @@ def run_dir(arm: str) -> Path:
 
 def results_dir() -> Path:
     return RESULTS if ES_SEED == 0 else RESULTS / f"es-seed-{ES_SEED}"
+
+
+def drift_file(arm: str) -> Path | None:
+    """The learned drift of ``arm`` at the current ES seed: its finished run's, else the committed copy
+    (ES seed 0: the shipped objective; seed N: ``results/lpo/es-seed-N/<arm>.pt``); None before training."""
+    if (run_dir(arm) / "lpo.pt").is_file() and completed(run_dir(arm), GENERATIONS):
+        return run_dir(arm) / "lpo.pt"
+    kept = SHIPPED / f"{arm}-cartpole.pt" if ES_SEED == 0 else results_dir() / f"{arm}.pt"
+    return kept if kept.is_file() else None
 
 
 def completed(path: Path, generations: int) -> bool:
@@ -91,8 +108,9 @@ def objectives() -> dict[str, list[str]]:
     """``rlmeta train`` options of every objective under test (learned drifts where their run finished)."""
     out = {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]} if ES_SEED == 0 else {"ppo": ["--algo", "ppo"]}
     for arm in ARMS:
-        if (run_dir(arm) / "lpo.pt").is_file() and completed(run_dir(arm), GENERATIONS):
-            out[arm] = ["--algo", "lpo", "--objective", str(run_dir(arm) / "lpo.pt")]
+        path = drift_file(arm)
+        if path is not None:
+            out[arm] = ["--algo", "lpo", "--objective", str(path)]
     return out
 
 
@@ -105,14 +123,14 @@ def test(parallel: int) -> None:
             if not test_path(name, scale).is_file():
                 jobs.append((f"test {name} at {scale:g}x", [sys.executable, str(Path(__file__).resolve()), "test-one",
                                                               name, f"{scale:g}", "--es-seed", str(ES_SEED)], None))
-    (RUNS / "test").mkdir(parents=True, exist_ok=True)
+    RETURNS.mkdir(parents=True, exist_ok=True)
     run_jobs(jobs, parallel, ROOT, poll=2)
 
 
 def test_path(name: str, scale: float) -> Path:
-    """Where an objective's test returns go; a learned drift's of ES seed s > 0 are named ``<arm>-s<s>``."""
-    tag = f"{name}-s{ES_SEED}" if name in ARMS and ES_SEED else name
-    return RUNS / "test" / f"{tag}-h{scale:g}.json"
+    """Where an objective's test returns go (committed): a learned drift's are named ``<arm>-s<ES seed>``."""
+    tag = f"{name}-s{ES_SEED}" if name in ARMS else name
+    return RETURNS / f"{tag}-h{scale:g}.json"
 
 
 def test_one(name: str, scale: float) -> None:
@@ -133,11 +151,16 @@ def test_one(name: str, scale: float) -> None:
     elif name == "ppo":  # LPO at its initialisation trains exactly as PPO (tests/agents/test_lpo_train.py)
         drift = load_lpo(PPO_INIT, clip=config.ppo.clip)
     else:
-        drift = load_lpo(str(run_dir(name) / "lpo.pt"))
+        path = drift_file(name)
+        if path is None:
+            raise SystemExit(f"{name} (ES seed {ES_SEED}) has no learned drift yet: run `train` first")
+        drift = load_lpo(str(path))
     returns = [lpo_return(config, drift, seed) for seed in TEST_SEEDS]
     test_path(name, scale).parent.mkdir(parents=True, exist_ok=True)
+    # the returns depend on the machine's kernels (README, Reproducibility): say which ran them
+    kernels = {"torch": torch.backends.cpu.get_cpu_capability(), "MKL_CBWR": os.environ.get("MKL_CBWR")}
     atomic_json({"objective": name, "scale": scale, "steps": config.total_steps, "seeds": list(TEST_SEEDS),
-                 "eval_episodes": config.eval_episodes, "returns": returns}, test_path(name, scale))
+                 "eval_episodes": config.eval_episodes, "kernels": kernels, "returns": returns}, test_path(name, scale))
 
 
 def transfer(parallel: int) -> None:
@@ -225,6 +248,8 @@ def report() -> None:
             lines.append(f"- {name}: {mean:.2f} +- {se:.2f} ({len(values)} seeds: "
                          f"{', '.join(f'{v:.2f}' for v in values)}){verdict}")
     for arm in ARMS:
+        if ES_SEED and drift_file(arm) == run_dir(arm) / "lpo.pt":  # keep the drift with the results
+            shutil.copyfile(run_dir(arm) / "lpo.pt", out / f"{arm}.pt")
         if (run_dir(arm) / "curve.csv").is_file():  # without the lifetime column (runs before it was fixed logged LPG's)
             with open(run_dir(arm) / "curve.csv") as f:
                 rows = [{k: v for k, v in row.items() if k != "lifetime"} for row in csv.DictReader(f)]
@@ -238,27 +263,35 @@ def report() -> None:
 
 
 def pooled() -> None:
-    """Both ES seeds' drifts, tested with the same code on the same fresh seeds, per seed and pooled."""
+    """Every ES seed whose two drifts have been tested, side by side and pooled, against PPO and DPO
+    (all tested on the same fresh seeds with the same code)."""
     global ES_SEED
     returns: dict[str, dict[float, list[float]]] = {}
-    for seed in (0, 1):
+    seeds = []
+    for seed in ES_SEEDS:
         ES_SEED = seed
-        for arm in ARMS:
-            returns[f"{arm}-s{seed}"] = {h: final_returns(arm, h) for h in HORIZONS}
+        found = {f"{arm}-s{seed}": {h: final_returns(arm, h) for h in HORIZONS} for arm in ARMS}
+        if all(values for by in found.values() for values in by.values()):
+            seeds.append(seed)
+            returns.update(found)
     ES_SEED = 0
     for name in ("ppo", "dpo"):
         returns[name] = {h: final_returns(name, h) for h in HORIZONS}
-    missing = [f"{name} at {h:g}x" for name, by in returns.items() for h, v in by.items() if not v]
-    if missing:
-        raise SystemExit(f"pooled needs every test (run `test` and `test --es-seed 1` first); missing: {missing}")
+    missing = [f"{name} at {h:g}x" for name in ("ppo", "dpo") for h in HORIZONS if not returns[name][h]]
+    if missing or len(seeds) < 2:
+        raise SystemExit(f"pooled needs PPO's and DPO's tests (missing: {missing or 'none'}) and two or more ES "
+                         f"seeds with both drifts tested (found: {seeds}); run `test [--es-seed N]` first")
+    label = ", ".join(map(str, seeds))
     for arm in ARMS:
-        returns[f"{arm} (both ES seeds)"] = {h: returns[f"{arm}-s0"][h] + returns[f"{arm}-s1"][h] for h in HORIZONS}
-    lines = ["# LPO / TA-LPO, two ES seeds, tested together", "",
+        returns[f"{arm} (ES seeds {label})"] = {h: [v for seed in seeds for v in returns[f"{arm}-s{seed}"][h]]
+                                                for h in HORIZONS}
+    lines = [f"# LPO / TA-LPO, {len(seeds)} ES seeds, tested together", "",
              "Generated by `python scripts/lpo_study.py pooled`: every objective trained on the same "
              f"{len(TEST_SEEDS)} fresh seeds with the same code (ES seed 0's drifts are the shipped "
-             "`lpo-cartpole` and `ta-lpo-cartpole`). Final greedy return, mean +- SE (runs). The pooled "
-             "rows put both drifts' runs together: their p-values count test seeds, not ES seeds, "
-             "so they understate the spread between ES runs.", "",
+             "`lpo-cartpole` and `ta-lpo-cartpole`; the per-seed returns are in `returns/`). Final greedy "
+             "return, mean +- SE (runs). The pooled rows put the ES seeds' runs together: their Welch "
+             "p-values count test seeds, not ES seeds, so they understate the spread between ES runs; "
+             "the last section takes the ES seed as the unit.", "",
              "| objective | " + " | ".join(f"{h:g}x" for h in HORIZONS) + " |", "|---|" + "---|" * len(HORIZONS)]
     for name, by in returns.items():
         cells = []
@@ -268,17 +301,45 @@ def pooled() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## One-sided Welch tests", ""]
     for arm in ARMS:
-        for tag in (f"{arm}-s0", f"{arm}-s1", f"{arm} (both ES seeds)"):
+        for tag in [f"{arm}-s{seed}" for seed in seeds] + [f"{arm} (ES seeds {label})"]:
             tests = ", ".join(f"{h:g}x p = {welch_greater(returns[tag][h], returns['ppo'][h]):.3f}" for h in HORIZONS)
             lines.append(f"- {tag} >= ppo: {tests}")
-    for tag in ("-s0", "-s1", " (both ES seeds)"):
+    for tag in [f"-s{seed}" for seed in seeds] + [f" (ES seeds {label})"]:
         ta = [v for h in HORIZONS for v in returns[f"ta-lpo{tag}"][h]]
         plain = [v for h in HORIZONS for v in returns[f"lpo{tag}"][h]]
         lines.append(f"- ta-lpo{tag} >= lpo{tag} over all horizons: mean {statistics.fmean(ta):.1f} vs "
                      f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
+    lines += ["", "## The ES seed as the unit", "",
+              "Each ES seed's mean gain over the test seeds (the drift's return minus PPO's, or TA-LPO's minus "
+              "LPO's, both on the same test seeds), then mean +- SE over the ES seeds and a one-sided one-sample "
+              f"t-test of 'gain > 0' with {len(seeds) - 1} degree(s) of freedom: what another ES run would "
+              "likely give, with little power at this number of runs.", ""]
+    gains: dict[str, dict[str, list[float]]] = {}
+    for arm in ARMS:
+        for h in HORIZONS:
+            gains.setdefault(f"{arm} - ppo", {})[f"{h:g}x"] = [
+                statistics.fmean(returns[f"{arm}-s{seed}"][h]) - statistics.fmean(returns["ppo"][h]) for seed in seeds]
+    gains["ta-lpo - lpo"] = {"all horizons": [
+        statistics.fmean([v for h in HORIZONS for v in returns[f"ta-lpo-s{seed}"][h]])
+        - statistics.fmean([v for h in HORIZONS for v in returns[f"lpo-s{seed}"][h]]) for seed in seeds]}
+    lines += ["| gain | horizon | per ES seed | mean +- SE | p |", "|---|---|---|---|---|"]
+    for what, by in gains.items():
+        for horizon, values in by.items():
+            mean, se = _mean_se(values)
+            lines.append(f"| {what} | {horizon} | {', '.join(f'{v:+.1f}' for v in values)} | {mean:+.1f} +- {se:.1f} "
+                         f"| {ttest_greater_zero(values):.3f} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pooled.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def ttest_greater_zero(values: list[float]) -> float:
+    """One-sided one-sample t-test p-value for mean(values) > 0 (nan for fewer than two values)."""
+    from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
+
+    if len(values) < 2:
+        return math.nan
+    return float(stats.ttest_1samp(values, 0.0, alternative="greater").pvalue)
 
 
 def _plot() -> None:
@@ -299,9 +360,10 @@ def _plot() -> None:
     curve_ax.legend()
     r = torch.linspace(0.5, 1.5, 201, dtype=torch.float64)
     for ax, arm in zip(drift_axes, ARMS):
-        if not (run_dir(arm) / "lpo.pt").is_file():
+        path = drift_file(arm)
+        if path is None:
             continue
-        drift = load_lpo(str(run_dir(arm) / "lpo.pt"))
+        drift = load_lpo(str(path))
         params = {k: v.double() for k, v in drift.params.items()}
         for progress in (0.0, 0.5, 1.0) if drift.network.lifetime_conditioning else (0.0,):
             for advantage in (1.0, -1.0):
@@ -321,8 +383,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--generations", type=int, default=GENERATIONS)
     parser.add_argument("--arm", choices=sorted(ARMS), action="append", help="train only this arm (repeatable)")
-    parser.add_argument("--es-seed", type=int, default=0, choices=(0, 1),
-                        help="the arms' ES seed (0: the study's first run; 1: a second one, tested against PPO)")
+    parser.add_argument("--es-seed", type=int, default=0, choices=ES_SEEDS,
+                        help="the arms' ES seed (0: the study's first run; 1, 2: replicates, tested against PPO)")
     args = parser.parse_args()
     global ES_SEED
     ES_SEED = args.es_seed

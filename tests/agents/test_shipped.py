@@ -7,10 +7,9 @@ import json
 from importlib import resources
 
 import pytest
-import torch
 
 from rlmeta.agents.learned import load_lpg, load_lpo, objective_kind, shipped_card, shipped_objectives
-from rlmeta.agents.meta_test import meta_test, meta_test_lpo
+from rlmeta.repro import PINNED, run_pinned
 
 TRAINED = resources.files("rlmeta.objectives.trained")
 SHIPPED = shipped_objectives()
@@ -61,13 +60,10 @@ def test_the_lpo_cards_are_drifts_from_es_one_time_aware():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_meta_test_reproduces_the_cards_check(name):
+    """In a process pinned to AVX2 kernels (``rlmeta.repro``), as the card's check was computed: the
+    same number on any AVX2 machine (the tolerance leaves room for a change of dependencies)."""
     card = json.loads((TRAINED / f"{name}.json").read_text())
     check = card["check"]
-    torch.set_num_threads(check["torch_threads"])
-    if card["kind"] == "lpg":
-        results = meta_test(name, **check["args"])
-        got, want, se = results["normalized_score"], check["normalized_score"], check["normalized_score_se"]
-    else:
-        results = meta_test_lpo(name, **check["args"])
-        got, want, se = results["return"]["mean"], check["return_mean"], check["return_se"]
-    assert abs(got - want) <= 2 * se, (got, check)
+    assert check["pinned"] == PINNED and check["torch_threads"] == 1
+    got = run_pinned("rlmeta.agents.meta_test:card_check", name, card["kind"], check["args"])
+    assert abs(got["score"] - check["score"]) <= 2 * check["se"], (got, check)

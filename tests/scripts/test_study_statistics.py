@@ -71,3 +71,39 @@ def test_paired_difference_is_exact_on_a_shift_and_zero_on_itself():
     assert paired_difference(a, a) == (0.0, 0.0)
     with pytest.raises(ValueError, match="different levels"):
         paired_difference(a, {"per_level": [{**lvl, "level": "x"} for lvl in levels]})
+
+
+def test_lpo_pooled_reads_committed_returns_and_takes_the_es_seed_as_a_unit(tmp_path, monkeypatch):
+    """``lpo_study.py pooled`` works from the committed per-seed returns alone (the run directories are
+    gone), uses only the ES seeds whose two drifts were tested, and its ES-seed-level p-value is the
+    one-sample t-test of the per-ES-seed mean gains."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RESULTS", tmp_path)
+    monkeypatch.setattr(lpo_study, "RETURNS", tmp_path / "returns")
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    rng = np.random.default_rng(0)
+    base = {h: rng.normal(300, 50, 32).tolist() for h in lpo_study.HORIZONS}
+    gains = {0: 10.0, 1: 30.0, 2: -5.0}
+    written = [("ppo", None, 0.0), ("dpo", None, -20.0)]
+    for seed in (0, 2):  # TA-LPO gains 5 and 8 over LPO
+        written += [(arm, seed, gains[seed] + (5.0 + 1.5 * seed if arm == "ta-lpo" else 0.0)) for arm in lpo_study.ARMS]
+    written += [("lpo", 1, gains[1])]  # ES seed 1's TA-LPO untested: seed 1 is left out
+    for name, seed, shift in written:
+        lpo_study.ES_SEED = seed or 0
+        for h in lpo_study.HORIZONS:
+            path = lpo_study.test_path(name, h)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"returns": [v + shift for v in base[h]]}))
+    lpo_study.pooled()
+    text = (tmp_path / "pooled.md").read_text()
+    assert "2 ES seeds" in text and "lpo (ES seeds 0, 2)" in text and "lpo-s1" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| lpo - ppo | 1x |"))
+    assert "+10.0, -5.0" in row and f"{lpo_study.ttest_greater_zero([10.0, -5.0]):.3f}" in row
+    assert lpo_study.ttest_greater_zero([10.0, -5.0]) == pytest.approx(
+        stats.ttest_1samp([10.0, -5.0], 0.0, alternative="greater").pvalue)
+    assert math.isnan(lpo_study.ttest_greater_zero([1.0]))
+    ta_row = next(line for line in text.splitlines() if line.startswith("| ta-lpo - lpo |"))
+    assert "+5.0, +8.0" in ta_row
