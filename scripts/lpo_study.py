@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +57,7 @@ COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--inner-steps", s
 TEST_SEEDS = tuple(range(10_000, 10_032))
 TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
 TRANSFER_SEEDS = (0, 1, 2)
+TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"
 HORIZONS = (0.5, 1.0, 2.0)
 
 
@@ -185,6 +187,26 @@ def _summary_return(path: Path) -> float | None:
     return None
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def transfer_returns() -> dict[str, dict]:
+    """Each objective's Breakout returns over the transfer seeds: from its finished runs (then kept in
+    ``results/lpo/transfer.json``), else as kept there; objectives with a seed missing are left out."""
+    kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
+    found = {}
+    for name in objectives():
+        values = [_summary_return(RUNS / "transfer" / f"{name}-s{seed}") for seed in TRANSFER_SEEDS]
+        if all(v is not None for v in values):
+            found[name] = {"seeds": list(TRANSFER_SEEDS), "returns": values, "commit": _commit()}
+    if found:
+        kept.update(found)
+        TRANSFER_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        TRANSFER_RESULTS.write_text(json.dumps(kept, indent=2) + "\n")
+    return kept
+
+
 def final_returns(name: str, scale: float) -> list[float]:
     """The final greedy evaluation returns of an objective's test agents at one horizon (empty before the test)."""
     path = test_path(name, scale)
@@ -235,10 +257,12 @@ def report() -> None:
         if len(ta) > 1 and len(plain) > 1:
             lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
-    transfer_rows = {name: [v for v in (_summary_return(RUNS / "transfer" / f"{name}-s{seed}")
-                                        for seed in TRANSFER_SEEDS) if v is not None] for name in objectives()}
+    transfers = transfer_returns() if ES_SEED == 0 else {}
+    transfer_rows = {name: kept["returns"] for name, kept in transfers.items()}
     if any(transfer_rows.values()):
-        lines += ["", "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)", ""]
+        commits = sorted({kept["commit"] for kept in transfers.values() if "commit" in kept})
+        lines += ["", "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)", "",
+                  "Kept in `transfer.json`" + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
         ppo = transfer_rows.get("ppo", [])
         ppo_mean, ppo_se = _mean_se(ppo)
         for name, values in transfer_rows.items():
