@@ -3,7 +3,10 @@
 Sub-envs are vectorized with gymnasium's own ``SyncVectorEnv`` (default) or ``AsyncVectorEnv``
 (``vectorization="async"``, one process per sub-env) in gymnasium's same-step autoreset mode;
 we turn its per-env ``final_obs`` objects into one batch array and add the contract's episode
-statistics. An episode counts as a success when the env's info has a true ``success`` or
+statistics. ``vectorization="vector"`` (CartPole-v0/v1) steps all sub-envs at once in gymnasium's
+numpy-vectorized ``CartPoleVectorEnv`` (the same dynamics; one random stream for every sub-env),
+about twice as fast as ``sync`` at 8 envs; it resets an ended sub-env on its next step, so we
+reset it in the same step instead (:class:`SameStepCartPole`). An episode counts as a success when the env's info has a true ``success`` or
 ``is_success`` at some step; such envs report ``has_success=True`` after their first step with
 that key. Options: ``vectorization``, ``max_episode_steps`` (a time limit), ``clip_actions``, and
 anything else is passed to ``gymnasium.make`` (for ``gym:<id>``) or to the registered factory or
@@ -25,7 +28,8 @@ from rlmeta.envs.core import (
     zeros_like_batch,
 )
 
-VECTORIZATIONS = ("sync", "async")
+VECTORIZATIONS = ("sync", "async", "vector")
+_VECTOR_ENTRY = "gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv"  # the one we reset in the same step
 _SUCCESS_KEYS = ("success", "is_success")
 
 
@@ -44,23 +48,26 @@ class GymVectorEnv(VectorEnv):
 
     def __init__(
         self,
-        env_fns: list[Callable[[], gym.Env]],
+        env_fns: list[Callable[[], gym.Env]] | SameStepCartPole,
         seed: int | None,
         vectorization: str = "sync",
         clip_actions: bool = False,
         name: str = "gym",
     ):
-        vector_cls = gym.vector.AsyncVectorEnv if vectorization == "async" else gym.vector.SyncVectorEnv
-        self._vec = vector_cls(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        if isinstance(env_fns, SameStepCartPole):
+            self._vec = env_fns
+        else:
+            vector_cls = gym.vector.AsyncVectorEnv if vectorization == "async" else gym.vector.SyncVectorEnv
+            self._vec = vector_cls(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
         self.name = name
         super().__init__(
-            len(env_fns), self._vec.single_observation_space, self._vec.single_action_space,
+            self._vec.num_envs, self._vec.single_observation_space, self._vec.single_action_space,
             seed=seed, clip_actions=clip_actions,
         )
         self._tracker = EpisodeTracker(self.num_envs, has_success=False)
 
     def _reset(self, seed: int | None, options: dict | None) -> tuple[Obs, dict]:
-        seeds = sub_seeds(seed, self.num_envs) if seed is not None else None
+        seeds = seed if isinstance(self._vec, SameStepCartPole) or seed is None else sub_seeds(seed, self.num_envs)
         obs, info = self._vec.reset(seed=seeds, options=options)
         self._tracker.clear()
         return obs, info
@@ -93,6 +100,44 @@ class GymVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"GymVectorEnv({self.name!r}, num_envs={self.num_envs})"
+
+
+class SameStepCartPole:
+    """gymnasium's ``CartPoleVectorEnv`` with an ended sub-env reset in the step that ends it.
+
+    ``CartPoleVectorEnv`` returns an ended episode's last observation and resets that sub-env on
+    the next step (gymnasium's next-step autoreset); the contract wants the reset observation at
+    once and the last one in ``info["final_obs"]``. After each step this draws the ended sub-envs'
+    new states as the env's own reset does (uniform in its reset bounds, from its generator) and
+    clears its step counters and pending-reset flags: the env's public arrays ``state``,
+    ``steps`` and ``prev_done``, checked at construction.
+    """
+
+    def __init__(self, env: Any):
+        missing = [a for a in ("state", "steps", "prev_done", "low", "high", "np_random") if not hasattr(env, a)]
+        if missing:
+            raise ValueError(f"{type(env).__name__} lacks {missing}: this gymnasium's CartPoleVectorEnv cannot be "
+                             "reset per sub-env; use vectorization='sync'")
+        self.env, self.num_envs = env, env.num_envs
+        self.single_observation_space, self.single_action_space = env.single_observation_space, env.single_action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, reward, terminated, truncated, _ = self.env.step(actions)
+        done = terminated | truncated
+        if not done.any():
+            return obs, reward, terminated, truncated, {}
+        env, final = self.env, obs.copy()
+        env.state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, int(done.sum())))
+        env.steps[done] = 0
+        env.prev_done[done] = False
+        obs[done] = env.state[:, done].T
+        return obs, reward, terminated, truncated, {"final_obs": final, "_final_obs": done}
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def _fill_final(target: Obs, per_env: np.ndarray, done: np.ndarray) -> None:
@@ -134,6 +179,9 @@ def make_gym_vector(
     num_envs = check_num_envs(num_envs)
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
+    if vectorization == "vector" and factory is not gym.make:
+        raise ValueError("vectorization='vector' applies to gym:CartPole-v0/v1 (gymnasium's vectorized CartPole); "
+                         f"{name} is not one: use 'sync' or 'async'")
     if max_episode_steps is not None and (
         isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
     ):
@@ -153,7 +201,32 @@ def make_gym(env_id: str, num_envs: int = 1, seed: int | None = 0, **options: An
     """Build ``num_envs`` copies of the gymnasium env ``env_id``; unknown ids raise ValueError."""
     if env_id not in gym.registry:
         raise ValueError(unknown_id_message(f"gym:{env_id}", [f"gym:{k}" for k in gym.registry]))
+    if options.get("vectorization") == "vector":
+        return _make_cartpole_vector(env_id, num_envs, seed, **options)
     return make_gym_vector(gym.make, num_envs=num_envs, seed=seed, name=f"gym:{env_id}", id=env_id, **options)
+
+
+def _make_cartpole_vector(env_id: str, num_envs: int, seed: int | None, vectorization: str = "vector",
+                          max_episode_steps: int | None = None, clip_actions: bool = False,
+                          **kwargs: Any) -> GymVectorEnv:
+    """``gym:CartPole-v0/v1`` as one ``CartPoleVectorEnv`` reset in the same step (``vectorization="vector"``)."""
+    spec = gym.registry[env_id]
+    if spec.vector_entry_point != _VECTOR_ENTRY:
+        raise ValueError(f"vectorization='vector' applies to gym:CartPole-v0/v1 (gymnasium's vectorized CartPole), "
+                         f"not gym:{env_id}: use 'sync' or 'async'")
+    num_envs = check_num_envs(num_envs)
+    if max_episode_steps is not None and (
+        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
+    ):
+        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+    try:
+        env = CartPoleVectorEnv(num_envs=num_envs, max_episode_steps=max_episode_steps or spec.max_episode_steps,
+                                **{**spec.kwargs, **kwargs})
+    except TypeError as error:
+        raise ValueError(f"invalid option(s) for gym:{env_id} with vectorization='vector': {error}") from error
+    return GymVectorEnv(SameStepCartPole(env), seed=seed, clip_actions=clip_actions, name=f"gym:{env_id}")
 
 
 def env_ids() -> list[str]:

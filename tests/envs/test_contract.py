@@ -153,6 +153,11 @@ CASES = [
         is_first=cartpole_is_first, check_final=cartpole_check_final,
     ),
     Case(
+        "gym-cartpole-vector", "gym:CartPole-v1", 10, {"max_episode_steps": 10}, {"max_episode_steps": 1000},
+        options={"vectorization": "vector"}, num_envs=4,
+        is_first=cartpole_is_first, check_final=cartpole_check_final,
+    ),
+    Case(
         "gym-cartpole-async", "gym:CartPole-v1", 10, {"max_episode_steps": 10}, {"max_episode_steps": 1000},
         options={"vectorization": "async"}, num_envs=2,
         is_first=cartpole_is_first, check_final=cartpole_check_final,
