@@ -508,3 +508,55 @@ def test_generalized_advantages_without_gradients_are_bitwise_those_with(dtype):
                                           continues, lam)
         assert traced.requires_grad and not plain.requires_grad
         assert torch.equal(plain, traced.detach())
+
+
+def test_backward_recursion_is_the_loop_with_first_and_second_derivatives():
+    """The closed form differentiated lambda-returns take: the recursion's values (float64), and its
+    first and second derivatives (``gradcheck``, ``gradgradcheck``), with zeros among the a_t."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=g)
+    a = torch.rand(9, 4, dtype=torch.float64, generator=g) * (torch.rand(9, 4, generator=g) > 0.25)
+    a[-1] = 0.0
+    y, want = torch.zeros(4, dtype=torch.float64), []
+    for t in reversed(range(9)):
+        y = x[t] + a[t] * y
+        want.append(y)
+    assert torch.allclose(R.backward_recursion(x, a), torch.stack(want[::-1]), rtol=0, atol=1e-12)
+    xs, as_ = x[:5, :2].clone().requires_grad_(True), a[:5, :2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(R.backward_recursion, (xs, as_))
+    assert torch.autograd.gradgradcheck(R.backward_recursion, (xs, as_))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_differentiated_lambda_returns_take_the_closed_form_and_equal_the_loop(seed, monkeypatch):
+    x = make_rollout(seed, 0.9)
+    args = [tt(x[k]) for k in ("rewards", "discounts", "next_values", "continues")]
+    lam = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    calls = []
+    real = R.backward_recursion
+    monkeypatch.setattr(R, "backward_recursion", lambda *a: calls.append(1) or real(*a))
+    traced = R.lambda_returns(*args, lam)
+    assert calls and torch.allclose(traced.detach(), R.lambda_returns(*args, 0.8), rtol=0, atol=1e-12)
+    calls.clear()
+    R.lambda_returns(*args, 0.8)  # nothing to differentiate: the loop, bitwise as before
+    monkeypatch.setattr(R, "CLOSED_FORM_MAX_ELEMENTS", T * T * B - 1)  # products too large: the loop
+    R.lambda_returns(*args, lam)
+    assert not calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lambda_returns_without_gradients_are_bitwise_the_step_by_step_loop(dtype):
+    """Where nothing requires grad, lambda-returns take every step's coefficients at once: the values of
+    the step-by-step recursion of the definition, bitwise (plain training's numbers do not move)."""
+    g = torch.Generator().manual_seed(11)
+    T, B = 17, 5
+    rewards, next_values = (torch.randn(T, B, generator=g, dtype=dtype) for _ in range(2))
+    discounts = 0.97 * (torch.rand(T, B, generator=g, dtype=dtype) > 0.1).to(dtype)
+    continues = (torch.rand(T, B, generator=g, dtype=dtype) > 0.2).to(dtype)
+    for lam in (0.8, torch.tensor(0.93, dtype=dtype), torch.rand(B, generator=g, dtype=dtype)):
+        returns, ret = [], next_values[-1]
+        for t in reversed(range(T)):
+            mix = lam * continues[t] if t < T - 1 else torch.zeros_like(continues[t])
+            ret = rewards[t] + discounts[t] * ((1 - mix) * next_values[t] + mix * ret)
+            returns.append(ret)
+        assert torch.equal(R.lambda_returns(rewards, discounts, next_values, continues, lam), torch.stack(returns[::-1]))

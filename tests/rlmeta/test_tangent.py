@@ -157,7 +157,8 @@ def test_recompute_path_takes_the_tangent_node_too():
 
 
 def test_tangent_path_is_taken_and_plain_results_match():
-    """The node is really used (the new parameters' grad_fn), and its primal equals a plain update."""
+    """The node is really used (the new parameters' grad_fn), and its primal equals a plain update (to
+    rounding: the differentiated lambda-returns take the closed form, rlmeta.returns.backward_recursion)."""
     optimizer = OPTIMIZERS["rmsprop"](0.05)
     objective = OBJECTIVES["a2c"]()
     meta = make_meta()
@@ -169,10 +170,10 @@ def test_tangent_path_is_taken_and_plain_results_match():
     plain, plain_state, plain_metrics = gradient_step(objective, optimizer, make_params(), optimizer.init(params),
                                                       ROLLOUTS[0], detached(meta.hparams()))
     for key in new:
-        torch.testing.assert_close(new[key].detach(), plain[key].detach(), rtol=1e-14, atol=0)
+        torch.testing.assert_close(new[key].detach(), plain[key].detach(), rtol=1e-12, atol=0)
         assert state["nu"][key].requires_grad  # the moments are outputs of the node too
-        torch.testing.assert_close(state["nu"][key].detach(), plain_state["nu"][key], rtol=1e-14, atol=0)
-    assert metrics["loss"] == pytest.approx(plain_metrics["loss"], rel=1e-14)
+        torch.testing.assert_close(state["nu"][key].detach(), plain_state["nu"][key], rtol=1e-12, atol=0)
+    assert metrics["loss"] == pytest.approx(plain_metrics["loss"], rel=1e-12)
 
 
 def test_tangent_mode_needs_a_differentiable_update():
