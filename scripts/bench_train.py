@@ -90,6 +90,8 @@ class BenchTrainConfig:
     """Which CartPole contenders to run (none: skip CartPole)."""
     warmup: bool = True
     """Run each contender briefly, untimed, before the timed runs (first-call costs)."""
+    config: str = str(CONFIG)
+    """The config file of the ``ours`` contender (default: the shipped CartPole config)."""
     required_speedup: float = 3.0
     """The check: median SB3 time / median ours time must reach this."""
     snake: bool = True
@@ -105,6 +107,8 @@ class BenchTrainConfig:
 
     def __post_init__(self) -> None:
         self.contenders = tuple(self.contenders)
+        if not Path(self.config).is_file():
+            raise ValueError(f"config {self.config!r} is not a file")
         for name in ("seeds", "budget", "eval_interval", "eval_episodes", "snake_num_envs", "snake_num_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -164,7 +168,7 @@ def _ours_config(contender: str, seed: int, cfg: BenchTrainConfig, run_dir: Path
                   eval_episodes=cfg.eval_episodes, eval_greedy=True, target_return=cfg.target_return, progress=False,
                   checkpoint_interval=0, torch_threads=cfg.threads)
     if contender == "ours":  # what a user of ours runs: the shipped CartPole config
-        shipped = load_config(CONFIG)
+        shipped = load_config(cfg.config)
         return TrainConfig(**{**shipped.__dict__, **common})
     # SB3's MlpPolicy: separate (64, 64) tanh MLPs for policy and value.
     return TrainConfig(
@@ -273,10 +277,11 @@ def _run(contender: str, seed: int, cfg: BenchTrainConfig, tmp: Path, budget: in
     return _run_ours(contender, seed, cfg, tmp, budget)
 
 
-def _summarize(contender: str, results: list[RunResult]) -> Summary:
+def _summarize(contender: str, results: list[RunResult], cfg: BenchTrainConfig) -> Summary:
     times = [r.seconds if r.reached else (r.seconds if contender == "sb3" else math.inf) for r in results]
     steps = [r.steps for r in results if r.reached]
-    return Summary(contender, LABELS[contender], statistics.median(times),
+    label = f"ours PPO, {Path(cfg.config).name}" if contender == "ours" else LABELS[contender]
+    return Summary(contender, label, statistics.median(times),
                    lower_bound=contender == "sb3" and not all(r.reached for r in results),
                    reached=sum(r.reached for r in results), runs=len(results),
                    median_steps=statistics.median(steps) if steps else math.nan)
@@ -368,7 +373,7 @@ def run(cfg: BenchTrainConfig) -> dict[str, Any]:
             snake = _snake_rate(cfg, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    summaries = {c: _summarize(c, rs) for c, rs in results.items()}
+    summaries = {c: _summarize(c, rs, cfg) for c, rs in results.items()}
     check = _check(summaries, results, cfg)
     print()
     print(format_report(cfg, results, summaries, check, snake, threads))
