@@ -49,14 +49,17 @@ def td_errors(rewards: Tensor, discounts: Tensor, values: Tensor, next_values: T
 
 # The closed form's [T, T, ...] products: used where they stay this small (elements).
 CLOSED_FORM_MAX_ELEMENTS = 1 << 22
+CLOSED_FORM_MIN_STEPS = 8  # shorter horizons: the loop is as fast
 
 
 def _closed_form_pays(num_steps: int, *inputs: float | Tensor) -> bool:
     """Whether a recursion that something differentiates should take :func:`backward_recursion`:
     some input requires grad (then the loop records ~10 ops per step, each differentiated again
-    by a meta-gradient), the horizon is longer than one step, and the products stay small."""
+    by a meta-gradient), the horizon is long enough to pay (measured, forward and backward in gamma
+    and lambda, 1 thread: 2.76 -> 1.85 ms at 16 x 64; at 5 x 512 the loop is faster, 0.87 vs 0.97 ms),
+    and the products stay small."""
     tensors = [x for x in inputs if torch.is_tensor(x)]
-    if num_steps < 2 or not any(x.requires_grad for x in tensors):
+    if num_steps < CLOSED_FORM_MIN_STEPS or not any(x.requires_grad for x in tensors):
         return False
     return num_steps * num_steps * max(x.numel() // max(x.shape[0], 1) if x.dim() else 1 for x in tensors) \
         <= CLOSED_FORM_MAX_ELEMENTS

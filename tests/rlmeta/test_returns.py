@@ -424,7 +424,9 @@ def _rel_err(a: float, b: float) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("gamma0, lam0", [(0.9, 0.95), (0.6, 0.5), (0.99, 0.2)])
-def test_gradients_wrt_gamma_and_lambda_match_finite_differences(seed, gamma0, lam0):
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_gradients_wrt_gamma_and_lambda_match_finite_differences(seed, gamma0, lam0, closed_form, monkeypatch):
+    monkeypatch.setattr(R, "CLOSED_FORM_MIN_STEPS", 2 if closed_form else T + 1)
     x = make_rollout(seed, gamma0)
     gamma = torch.tensor(gamma0, dtype=torch.float64, requires_grad=True)
     lam = torch.tensor(lam0, dtype=torch.float64, requires_grad=True)
@@ -438,7 +440,9 @@ def test_gradients_wrt_gamma_and_lambda_match_finite_differences(seed, gamma0, l
     assert _rel_err(dl.item(), fd_l.item()) <= 1e-6, (dl.item(), fd_l.item())
 
 
-def test_gradients_wrt_per_sub_env_lambda_match_finite_differences():
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_gradients_wrt_per_sub_env_lambda_match_finite_differences(closed_form, monkeypatch):
+    monkeypatch.setattr(R, "CLOSED_FORM_MIN_STEPS", 2 if closed_form else T + 1)
     x = make_rollout(2, 0.9)
     lam0 = np.array([0.1, 0.4, 0.7, 0.9, 0.99])
     lam = torch.tensor(lam0, dtype=torch.float64, requires_grad=True)
@@ -535,6 +539,7 @@ def test_differentiated_lambda_returns_take_the_closed_form_and_equal_the_loop(s
     calls = []
     real = R.backward_recursion
     monkeypatch.setattr(R, "backward_recursion", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(R, "CLOSED_FORM_MIN_STEPS", T)  # T = 7 here: long enough
     traced = R.lambda_returns(*args, lam)
     assert calls and torch.allclose(traced.detach(), R.lambda_returns(*args, 0.8), rtol=0, atol=1e-12)
     calls.clear()
