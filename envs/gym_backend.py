@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode
 
 from rlmeta.envs.core import (
@@ -219,8 +220,6 @@ def _make_cartpole_vector(env_id: str, num_envs: int, seed: int | None, vectoriz
         isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
     ):
         raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
-    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
-
     try:
         env = CartPoleVectorEnv(num_envs=num_envs, max_episode_steps=max_episode_steps or spec.max_episode_steps,
                                 **{**spec.kwargs, **kwargs})
