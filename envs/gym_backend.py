@@ -151,6 +151,13 @@ def _fill_final(target: Obs, per_env: np.ndarray, done: np.ndarray) -> None:
             target[i] = per_env[i]
 
 
+def _check_max_episode_steps(max_episode_steps: Any) -> None:
+    if max_episode_steps is not None and (
+        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
+    ):
+        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+
+
 def _build_one(factory: Callable[..., gym.Env], max_episode_steps: int | None, name: str, **kwargs: Any) -> gym.Env:
     env = factory(**kwargs)
     if not isinstance(env, gym.Env):
@@ -183,10 +190,7 @@ def make_gym_vector(
     if vectorization == "vector" and factory is not gym.make:
         raise ValueError("vectorization='vector' applies to gym:CartPole-v0/v1 (gymnasium's vectorized CartPole); "
                          f"{name} is not one: use 'sync' or 'async'")
-    if max_episode_steps is not None and (
-        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
-    ):
-        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+    _check_max_episode_steps(max_episode_steps)
     env_fns = [partial(_build_one, factory, max_episode_steps, name, **kwargs) for _ in range(num_envs)]
     try:
         if vectorization == "async":  # sub-envs are built in worker processes: check the options here first
@@ -216,10 +220,7 @@ def _make_cartpole_vector(env_id: str, num_envs: int, seed: int | None, vectoriz
         raise ValueError(f"vectorization='vector' applies to gym:CartPole-v0/v1 (gymnasium's vectorized CartPole), "
                          f"not gym:{env_id}: use 'sync' or 'async'")
     num_envs = check_num_envs(num_envs)
-    if max_episode_steps is not None and (
-        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
-    ):
-        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+    _check_max_episode_steps(max_episode_steps)
     try:
         env = CartPoleVectorEnv(num_envs=num_envs, max_episode_steps=max_episode_steps or spec.max_episode_steps,
                                 **{**spec.kwargs, **kwargs})

@@ -53,16 +53,14 @@ CLOSED_FORM_MIN_STEPS = 8  # shorter horizons: the loop is as fast
 
 
 def _closed_form_pays(num_steps: int, *inputs: float | Tensor) -> bool:
-    """Whether a recursion that something differentiates should take :func:`backward_recursion`:
-    some input requires grad (then the loop records ~10 ops per step, each differentiated again
-    by a meta-gradient), the horizon is long enough to pay (measured, forward and backward in gamma
-    and lambda, 1 thread: 2.76 -> 1.85 ms at 16 x 64; at 5 x 512 the loop is faster, 0.87 vs 0.97 ms),
-    and the products stay small."""
-    tensors = [x for x in inputs if torch.is_tensor(x)]
-    if num_steps < CLOSED_FORM_MIN_STEPS or not any(x.requires_grad for x in tensors):
+    """Whether a differentiated recursion should take :func:`backward_recursion` (the loop records
+    ~10 ops per step, each differentiated again by a meta-gradient): the horizon is long enough to
+    pay (measured, forward and backward in gamma and lambda, 1 thread: 2.76 -> 1.85 ms at 16 x 64;
+    at 5 x 512 the loop is faster, 0.87 vs 0.97 ms), and the products stay small."""
+    if num_steps < CLOSED_FORM_MIN_STEPS:
         return False
-    return num_steps * num_steps * max(x.numel() // max(x.shape[0], 1) if x.dim() else 1 for x in tensors) \
-        <= CLOSED_FORM_MAX_ELEMENTS
+    per_step = max(x.numel() // max(x.shape[0], 1) if x.dim() else 1 for x in inputs if torch.is_tensor(x))
+    return num_steps * num_steps * per_step <= CLOSED_FORM_MAX_ELEMENTS
 
 
 def backward_recursion(x: Tensor, a: Tensor) -> Tensor:
@@ -95,15 +93,16 @@ def lambda_returns(
     """
     _check_time_major(rewards=rewards, discounts=discounts, next_values=next_values, continues=continues)
     num_steps = rewards.shape[0]
-    if _closed_form_pays(num_steps, rewards, discounts, next_values, continues, lambda_):
-        mix = lambda_ * torch.cat([continues[:-1], torch.zeros_like(continues[-1:])])
-        return backward_recursion(rewards + discounts * (1 - mix) * next_values, discounts * mix)
+    inputs = (rewards, discounts, next_values, continues, lambda_)
+    differentiated = any(torch.is_tensor(x) and x.requires_grad for x in inputs)
     returns = []
     g = next_values[-1]
-    if not any(torch.is_tensor(x) and x.requires_grad for x in (rewards, discounts, next_values, continues, lambda_)):
+    if not differentiated or _closed_form_pays(num_steps, *inputs):
+        mix = lambda_ * torch.cat([continues[:-1], torch.zeros_like(continues[-1:])])  # l_{T-1} = 0
+        if differentiated:
+            return backward_recursion(rewards + discounts * (1 - mix) * next_values, discounts * mix)
         # Nothing to differentiate: every step's coefficients at once (the same products, so the same
         # values, bitwise), the recursion on their rows.
-        mix = lambda_ * torch.cat([continues[:-1], torch.zeros_like(continues[-1:])])
         rows = zip(rewards.unbind(0), discounts.unbind(0), ((1 - mix) * next_values).unbind(0), mix.unbind(0))
         for r, d, stay, m in reversed(list(rows)):
             g = r + d * (stay + m * g)
