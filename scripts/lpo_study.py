@@ -8,6 +8,8 @@
     python scripts/lpo_study.py train|test|report --es-seed N   # another ES seed (1, 2) of both arms
                                                        # (its tests: the two drifts) -> results/lpo/es-seed-N/
     python scripts/lpo_study.py pooled                 # every ES seed side by side and pooled -> results/lpo/pooled.md
+    python scripts/lpo_study.py train|test|report|pooled --sigma 0.04   # the same arms at another ES sigma
+                                                       # (runs and results tagged with it) -> results/lpo/sigma-0.04/
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
 starts at its PPO-clip initialisation; a candidate's fitness is the greedy evaluation return (10
@@ -15,6 +17,13 @@ episodes, the config's) of a PPO agent trained on CartPole-v1 (``configs/cartpol
 steps, 10 epochs x 4 minibatches, Adam 2.5e-3) for ``HORIZON`` env steps with the candidate's
 drift; popsize 16 (8 antithetic pairs, each pair on one seed), sigma 0.1, Adam 1e-2 on the center,
 ``GENERATIONS`` generations. Arms: ``lpo`` and ``ta-lpo`` (the drift also reads n/N).
+
+Sigma: the study's 0.1 is groove's OpenES setting (the issue's). At the PPO initialisation it costs
+the population most of the center's fitness (``results/lpo/sigma-probe/``: mean fitness of the first
+three generations about 298 at sigma 0.1, 368 at 0.04, 403 at 0.02, 410 at 0.001, the same pairs and
+seeds), so ES climbs a heavily smoothed landscape. Lu et al.'s LPO runs used evosax's OpenES
+defaults (sigma 0.04, decayed by 0.999 per generation to at least 0.01: 0.034 after 150
+generations); ``--sigma 0.04`` runs the arms at that scale, held fixed.
 
 Test: each objective (PPO = LPO at its initialisation, DPO, the two learned drifts) trains 32
 fresh seeds (never seen in meta-training: 10,000 + i) at 0.5x, 1x and 2x the horizon; the table
@@ -62,14 +71,22 @@ HORIZONS = (0.5, 1.0, 2.0)
 
 
 ES_SEED = 0  # the ES seed of the arms (--es-seed): 0 is the study's first run, its results in RESULTS itself
+STUDY_SIGMA = 0.1  # the study's perturbation scale (groove's OpenES); --sigma runs a variant beside it
+SIGMA = STUDY_SIGMA
+
+
+def variant() -> str:
+    """The tag of a --sigma variant's runs and results ('' for the study's sigma)."""
+    return "" if SIGMA == STUDY_SIGMA else f"-sigma{SIGMA:g}"
 
 
 def run_dir(arm: str) -> Path:
-    return RUNS / f"{arm}-s{ES_SEED}"
+    return RUNS / f"{arm}{variant()}-s{ES_SEED}"
 
 
 def results_dir() -> Path:
-    return RESULTS if ES_SEED == 0 else RESULTS / f"es-seed-{ES_SEED}"
+    base = RESULTS / f"sigma-{SIGMA:g}" if variant() else RESULTS
+    return base if ES_SEED == 0 else base / f"es-seed-{ES_SEED}"
 
 
 def drift_file(arm: str) -> Path | None:
@@ -77,7 +94,7 @@ def drift_file(arm: str) -> Path | None:
     (ES seed 0: the shipped objective; seed N: ``results/lpo/es-seed-N/<arm>.pt``); None before training."""
     if (run_dir(arm) / "lpo.pt").is_file() and completed(run_dir(arm), GENERATIONS):
         return run_dir(arm) / "lpo.pt"
-    kept = SHIPPED / f"{arm}-cartpole.pt" if ES_SEED == 0 else results_dir() / f"{arm}.pt"
+    kept = SHIPPED / f"{arm}-cartpole.pt" if ES_SEED == 0 and not variant() else results_dir() / f"{arm}.pt"
     return kept if kept.is_file() else None
 
 
@@ -101,14 +118,15 @@ def train(parallel: int, generations: int, arms: list[str] | None = None) -> Non
             continue
         args = [sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", str(path), "--generations", str(generations)]
         resume = (path / "checkpoints" / "latest.pt").is_file()
-        jobs.append((arm, args + (["--resume"] if resume else [*COMMON, *extra, "--seed", str(ES_SEED)]),
-                     RUNS / f"{arm}-s{ES_SEED}.log"))
+        jobs.append((arm, args + (["--resume"] if resume else [*COMMON, *extra, "--sigma", f"{SIGMA:g}",
+                                                                 "--seed", str(ES_SEED)]),
+                     RUNS / f"{path.name}.log"))
     run_jobs(jobs, parallel, ROOT, poll=2)
 
 
 def objectives() -> dict[str, list[str]]:
     """``rlmeta train`` options of every objective under test (learned drifts where their run finished)."""
-    out = {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]} if ES_SEED == 0 else {"ppo": ["--algo", "ppo"]}
+    out = {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]} if ES_SEED == 0 and not variant() else {"ppo": ["--algo", "ppo"]}
     for arm in ARMS:
         path = drift_file(arm)
         if path is not None:
@@ -124,14 +142,15 @@ def test(parallel: int) -> None:
         for scale in HORIZONS:
             if not test_path(name, scale).is_file():
                 jobs.append((f"test {name} at {scale:g}x", [sys.executable, str(Path(__file__).resolve()), "test-one",
-                                                              name, f"{scale:g}", "--es-seed", str(ES_SEED)], None))
+                                                              name, f"{scale:g}", "--es-seed", str(ES_SEED),
+                                                              "--sigma", f"{SIGMA:g}"], None))
     RETURNS.mkdir(parents=True, exist_ok=True)
     run_jobs(jobs, parallel, ROOT, poll=2)
 
 
 def test_path(name: str, scale: float) -> Path:
     """Where an objective's test returns go (committed): a learned drift's are named ``<arm>-s<ES seed>``."""
-    tag = f"{name}-s{ES_SEED}" if name in ARMS else name
+    tag = f"{name}{variant()}-s{ES_SEED}" if name in ARMS else name
     return RETURNS / f"{tag}-h{scale:g}.json"
 
 
@@ -231,9 +250,9 @@ def report() -> None:
     """Fitness curves (CSV), the test table, the p-values and the learned drifts plotted against r."""
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
-    seed_note = "" if ES_SEED == 0 else f" --es-seed {ES_SEED}"
+    seed_note = ("" if ES_SEED == 0 else f" --es-seed {ES_SEED}") + (f" --sigma {SIGMA:g}" if variant() else "")
     lines = ["# LPO / TA-LPO by evolution strategies on CartPole-v1 (scaled): results"
-             + ("" if ES_SEED == 0 else f", ES seed {ES_SEED}"), "",
+             + ("" if ES_SEED == 0 else f", ES seed {ES_SEED}") + (f", ES sigma {SIGMA:g}" if variant() else ""), "",
              f"Generated by `python scripts/lpo_study.py report{seed_note}`; setup in the script's docstring.", "",
              f"## Final greedy return on {len(TEST_SEEDS)} fresh seeds (mean +- SE), horizon {HORIZON} env steps = 1x", "",
              "| objective | " + " | ".join(f"{h:g}x" for h in HORIZONS) + " |", "|---|" + "---|" * len(HORIZONS)]
@@ -257,7 +276,7 @@ def report() -> None:
         if len(ta) > 1 and len(plain) > 1:
             lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
-    transfers = transfer_returns() if ES_SEED == 0 else {}
+    transfers = transfer_returns() if ES_SEED == 0 and not variant() else {}
     transfer_rows = {name: kept["returns"] for name, kept in transfers.items()}
     if any(transfer_rows.values()):
         commits = sorted({kept["commit"] for kept in transfers.values() if "commit" in kept})
@@ -272,7 +291,7 @@ def report() -> None:
             lines.append(f"- {name}: {mean:.2f} +- {se:.2f} ({len(values)} seeds: "
                          f"{', '.join(f'{v:.2f}' for v in values)}){verdict}")
     for arm in ARMS:
-        if ES_SEED and drift_file(arm) == run_dir(arm) / "lpo.pt":  # keep the drift with the results
+        if (ES_SEED or variant()) and drift_file(arm) == run_dir(arm) / "lpo.pt":  # keep the drift with the results
             shutil.copyfile(run_dir(arm) / "lpo.pt", out / f"{arm}.pt")
         if (run_dir(arm) / "curve.csv").is_file():  # without the lifetime column (runs before it was fixed logged LPG's)
             with open(run_dir(arm) / "curve.csv") as f:
@@ -302,17 +321,20 @@ def pooled() -> None:
     for name in ("ppo", "dpo"):
         returns[name] = {h: final_returns(name, h) for h in HORIZONS}
     missing = [f"{name} at {h:g}x" for name in ("ppo", "dpo") for h in HORIZONS if not returns[name][h]]
-    if missing or len(seeds) < 2:
+    if missing or len(seeds) < 1 or (len(seeds) < 2 and not variant()):
         raise SystemExit(f"pooled needs PPO's and DPO's tests (missing: {missing or 'none'}) and two or more ES "
                          f"seeds with both drifts tested (found: {seeds}); run `test [--es-seed N]` first")
     label = ", ".join(map(str, seeds))
     for arm in ARMS:
         returns[f"{arm} (ES seeds {label})"] = {h: [v for seed in seeds for v in returns[f"{arm}-s{seed}"][h]]
                                                 for h in HORIZONS}
-    lines = [f"# LPO / TA-LPO, {len(seeds)} ES seeds, tested together", "",
-             "Generated by `python scripts/lpo_study.py pooled`: every objective trained on the same "
-             f"{len(TEST_SEEDS)} fresh seeds with the same code (ES seed 0's drifts are the shipped "
-             "`lpo-cartpole` and `ta-lpo-cartpole`; the per-seed returns are in `returns/`). Final greedy "
+    sigma_note = f" --sigma {SIGMA:g}" if variant() else ""
+    lines = [f"# LPO / TA-LPO, {len(seeds)} ES seed{'s' * (len(seeds) != 1)}, ES sigma {SIGMA:g}, tested together", "",
+             f"Generated by `python scripts/lpo_study.py pooled{sigma_note}`: every objective trained on the same "
+             f"{len(TEST_SEEDS)} fresh seeds with the same code ("
+             + (f"the drifts of ES sigma {SIGMA:g} are in `results/lpo/sigma-{SIGMA:g}/`"
+                if variant() else "ES seed 0's drifts are the shipped `lpo-cartpole` and `ta-lpo-cartpole`")
+             + "; the per-seed returns are in `returns/`). Final greedy "
              "return, mean +- SE (runs). The pooled rows put the ES seeds' runs together: their Welch "
              "p-values count test seeds, not ES seeds, so they understate the spread between ES runs; "
              "the last section takes the ES seed as the unit.", "",
@@ -352,8 +374,9 @@ def pooled() -> None:
             mean, se = _mean_se(values)
             lines.append(f"| {what} | {horizon} | {', '.join(f'{v:+.1f}' for v in values)} | {mean:+.1f} +- {se:.1f} "
                          f"| {ttest_greater_zero(values):.3f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pooled.md").write_text("\n".join(lines) + "\n")
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pooled.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -409,9 +432,14 @@ def main() -> None:
     parser.add_argument("--arm", choices=sorted(ARMS), action="append", help="train only this arm (repeatable)")
     parser.add_argument("--es-seed", type=int, default=0, choices=ES_SEEDS,
                         help="the arms' ES seed (0: the study's first run; 1, 2: replicates, tested against PPO)")
+    parser.add_argument("--sigma", type=float, default=STUDY_SIGMA,
+                        help=f"ES perturbation scale (the study's: {STUDY_SIGMA:g}; another runs a variant, "
+                             "its runs and results tagged with it: results/lpo/sigma-S/)")
     args = parser.parse_args()
-    global ES_SEED
-    ES_SEED = args.es_seed
+    if not (0 < args.sigma < 10):
+        parser.error(f"--sigma must be in (0, 10), got {args.sigma:g}")
+    global ES_SEED, SIGMA
+    ES_SEED, SIGMA = args.es_seed, args.sigma
     if args.stage == "train":
         train(args.parallel, args.generations, args.arm)
     elif args.stage == "test":
@@ -421,8 +449,8 @@ def main() -> None:
             parser.error(f"test-one needs an objective of {['ppo', 'dpo', *ARMS]} and a scale of {HORIZONS}")
         test_one(args.name, args.scale)
     elif args.stage == "transfer":
-        if ES_SEED:
-            parser.error("transfer runs for ES seed 0 only (300k steps per run; the study's budget)")
+        if ES_SEED or variant():
+            parser.error("transfer runs for ES seed 0 at the study's sigma only (300k steps per run; the study's budget)")
         transfer(args.parallel)
     elif args.stage == "pooled":
         pooled()

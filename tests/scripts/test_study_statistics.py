@@ -107,3 +107,18 @@ def test_lpo_pooled_reads_committed_returns_and_takes_the_es_seed_as_a_unit(tmp_
     assert math.isnan(lpo_study.ttest_greater_zero([1.0]))
     ta_row = next(line for line in text.splitlines() if line.startswith("| ta-lpo - lpo |"))
     assert "+5.0, +8.0" in ta_row
+
+    # a --sigma variant: its own files beside the study's, its own pooled table against the same PPO
+    monkeypatch.setattr(lpo_study, "SIGMA", 0.04)
+    lpo_study.ES_SEED = 0
+    for arm, shift in (("lpo", 40.0), ("ta-lpo", 45.0)):
+        for h in lpo_study.HORIZONS:
+            path = lpo_study.test_path(arm, h)
+            assert path.name == f"{arm}-sigma0.04-s0-h{h:g}.json" and not path.exists()
+            path.write_text(json.dumps({"returns": [v + shift for v in base[h]]}))
+    assert lpo_study.run_dir("lpo").name == "lpo-sigma0.04-s0"
+    lpo_study.pooled()
+    variant = (tmp_path / "sigma-0.04" / "pooled.md").read_text()
+    assert "1 ES seed, ES sigma 0.04" in variant and "lpo-s2" not in variant
+    assert "| lpo - ppo | 1x | +40.0 |" in variant and "| ta-lpo - lpo | all horizons | +5.0 |" in variant
+    assert (tmp_path / "pooled.md").read_text() == text  # the study's table is untouched
