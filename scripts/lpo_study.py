@@ -20,8 +20,8 @@ drift; popsize 16 (8 antithetic pairs, each pair on one seed), sigma 0.1, Adam 1
 
 Sigma: the study's 0.1 is groove's OpenES setting (the issue's). At the PPO initialisation it costs
 the population most of the center's fitness (``results/lpo/sigma-probe/``: mean fitness of the first
-three generations about 298 at sigma 0.1, 368 at 0.04, 403 at 0.02, 410 at 0.001, the same pairs and
-seeds), so ES climbs a heavily smoothed landscape. Lu et al.'s LPO runs used evosax's OpenES
+three generations 298 at sigma 0.1, 368 at 0.04, 403 at 0.02, 410 at 0.001, each +- about 12, the
+same pairs and seeds), so ES climbs a heavily smoothed landscape. Lu et al.'s LPO runs used evosax's OpenES
 defaults (sigma 0.04, decayed by 0.999 per generation to at least 0.01: 0.034 after 150
 generations); ``--sigma 0.04`` runs the arms at that scale, held fixed.
 
