@@ -8,7 +8,7 @@
     python scripts/lpo_study.py train|test|report --es-seed N   # another ES seed (1, 2) of both arms
                                                        # (its tests: the two drifts) -> results/lpo/es-seed-N/
     python scripts/lpo_study.py pooled                 # every ES seed side by side and pooled -> results/lpo/pooled.md
-    python scripts/lpo_study.py train|test|report|pooled --sigma 0.04   # the same arms at another ES sigma
+    python scripts/lpo_study.py train|test|transfer|report|pooled --sigma 0.04   # the arms at another ES sigma
                                                        # (runs and results tagged with it) -> results/lpo/sigma-0.04/
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
@@ -178,10 +178,14 @@ def test_one(name: str, scale: float) -> None:
         drift = load_lpo(str(path))
     returns = [lpo_return(config, drift, seed) for seed in TEST_SEEDS]
     test_path(name, scale).parent.mkdir(parents=True, exist_ok=True)
-    # the returns depend on the machine's kernels (README, Reproducibility): say which ran them
-    kernels = {"torch": torch.backends.cpu.get_cpu_capability(), "MKL_CBWR": os.environ.get("MKL_CBWR")}
     atomic_json({"objective": name, "scale": scale, "steps": config.total_steps, "seeds": list(TEST_SEEDS),
-                 "eval_episodes": config.eval_episodes, "kernels": kernels, "returns": returns}, test_path(name, scale))
+                 "eval_episodes": config.eval_episodes, "kernels": _kernels(), "returns": returns},
+                test_path(name, scale))
+
+
+def transfer_name(name: str) -> str:
+    """An objective's name in the transfer runs and ``transfer.json`` (a --sigma variant's drifts tagged)."""
+    return f"{name}{variant()}" if name in ARMS else name
 
 
 def transfer(parallel: int) -> None:
@@ -189,7 +193,7 @@ def transfer(parallel: int) -> None:
     jobs = []
     for name, options in objectives().items():
         for seed in TRANSFER_SEEDS:
-            path = RUNS / "transfer" / f"{name}-s{seed}"
+            path = RUNS / "transfer" / f"{transfer_name(name)}-s{seed}"
             if not (path / "summary.json").is_file():
                 jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
                                          *options, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
@@ -206,6 +210,13 @@ def _summary_return(path: Path) -> float | None:
     return None
 
 
+def _kernels() -> dict:
+    """The kernels this machine's processes run (the returns depend on them: README, Reproducibility)."""
+    import torch  # noqa: PLC0415 - the stage's own imports: the library loads torch
+
+    return {"torch": torch.backends.cpu.get_cpu_capability(), "MKL_CBWR": os.environ.get("MKL_CBWR")}
+
+
 def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
@@ -215,10 +226,10 @@ def transfer_returns() -> dict[str, dict]:
     ``results/lpo/transfer.json``), else as kept there; objectives with a seed missing are left out."""
     kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
     found = {}
-    for name in objectives():
+    for name in map(transfer_name, objectives()):
         values = [_summary_return(RUNS / "transfer" / f"{name}-s{seed}") for seed in TRANSFER_SEEDS]
         if all(v is not None for v in values):
-            found[name] = {"seeds": list(TRANSFER_SEEDS), "returns": values, "commit": _commit()}
+            found[name] = {"seeds": list(TRANSFER_SEEDS), "returns": values, "commit": _commit(), "kernels": _kernels()}
     if found:
         kept.update(found)
         TRANSFER_RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -276,7 +287,9 @@ def report() -> None:
         if len(ta) > 1 and len(plain) > 1:
             lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
-    transfers = transfer_returns() if ES_SEED == 0 and not variant() else {}
+    transfers = {} if ES_SEED else transfer_returns()
+    shown = [transfer_name(name) for name in objectives()]  # this report's objectives (a variant: PPO and its drifts)
+    transfers = {name: transfers[name] for name in shown if name in transfers}
     transfer_rows = {name: kept["returns"] for name, kept in transfers.items()}
     if any(transfer_rows.values()):
         commits = sorted({kept["commit"] for kept in transfers.values() if "commit" in kept})
@@ -449,8 +462,8 @@ def main() -> None:
             parser.error(f"test-one needs an objective of {['ppo', 'dpo', *ARMS]} and a scale of {HORIZONS}")
         test_one(args.name, args.scale)
     elif args.stage == "transfer":
-        if ES_SEED or variant():
-            parser.error("transfer runs for ES seed 0 at the study's sigma only (300k steps per run; the study's budget)")
+        if ES_SEED:
+            parser.error("transfer runs for ES seed 0 only (300k steps per run; the study's budget)")
         transfer(args.parallel)
     elif args.stage == "pooled":
         pooled()
