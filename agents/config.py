@@ -770,6 +770,13 @@ class ESTrainConfig:
     """Standard deviation of the perturbations (groove's OpenES: 0.1)."""
     lr: float = 1e-2
     """Adam learning rate of the search distribution's center (groove's OpenES: 1e-2)."""
+    sigma_decay: float = 1.0
+    """sigma is multiplied by this after every generation, down to sigma_limit (1: constant, groove's;
+    evosax's OpenES default, which Lu et al.'s LPO runs used: 0.999 from sigma 0.04 to 0.01)."""
+    sigma_limit: float = 0.0
+    lr_decay: float = 1.0
+    """The same schedule for Adam's learning rate, down to lr_limit (groove: 0.999, limit 1e-5)."""
+    lr_limit: float = 0.0
     generations: int = 200
     lpg: LPGConfig = field(default_factory=lambda: LPGConfig(gru_width=16))
     """The LPG network (``lpg.lifetime_conditioning``: TA-LPG). A narrower GRU than meta-train's default:
@@ -830,6 +837,12 @@ class ESTrainConfig:
             _positive(name, getattr(self, name))
         for name in ("gamma", "critic_lambda"):
             _unit(name, getattr(self, name))
+        for name in ("sigma", "lr"):
+            decay, limit = getattr(self, f"{name}_decay"), getattr(self, f"{name}_limit")
+            if not 0 < decay <= 1:
+                raise ValueError(f"{name}_decay must be in (0, 1], got {decay!r}")
+            if not 0 <= limit <= getattr(self, name):
+                raise ValueError(f"{name}_limit must be in [0, {name}] = [0, {getattr(self, name):g}], got {limit!r}")
         if self.ray_address is not None and not self.ray:
             raise ValueError("ray_address needs --ray")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

@@ -77,7 +77,8 @@ OBJECTIVE_FILES = {"lpg": "lpg.pt", "lpo": "lpo.pt"}
 PAIR_SPACE = 1 << 20  # an evaluation seed is generation_seed * PAIR_SPACE + pair
 MIN_SPAN = 0.05  # levels whose optimum beats random by less count in no fitness (noise / noise), as in meta-train
 RESUME_FIXED = ("objective", "levels", "popsize", "lpg", "lpo", "inner_config", "inner_steps", "agents_per_candidate",
-                "envs_per_agent", "num_steps", "chunk_size")
+                "envs_per_agent", "num_steps", "chunk_size", "sigma", "lr", "sigma_decay", "sigma_limit", "lr_decay",
+                "lr_limit")
 CURVE_FIELDS = ("generation", "lifetime", "fitness_mean", "fitness_max", "fitness_min", "wall_seconds")
 
 
@@ -239,7 +240,8 @@ class ESTrainer:
         self.fitness = LPOLifetimeFitness(config, inner) if inner else LifetimeFitness(config)
         self.objective_file = run_dir / OBJECTIVE_FILES[config.objective]
         self.es = OpenES(self.network.init(config.seed), popsize=config.popsize, sigma=config.sigma, lr=config.lr,
-                         seed=config.seed)
+                         seed=config.seed, sigma_decay=config.sigma_decay, sigma_limit=config.sigma_limit,
+                         lr_decay=config.lr_decay, lr_limit=config.lr_limit)
         self.generation, self.wall_seconds, self.curve = 0, 0.0, []
         if config.resume:
             self._load(torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False))

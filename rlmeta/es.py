@@ -14,7 +14,11 @@ The ES core is EvoTorch 0.6's functional PGPE (``evotorch.algorithms.functional`
 ``pgpe_ask``, ``pgpe_tell``) with ``symmetric=True`` (antithetic sampling; ``SymmetricSeparableGaussian``
 puts the pairs side by side: solution ``2i`` is ``center + sigma eps_i`` and ``2i+1`` is
 ``center - sigma eps_i``), ``ranking_method="centered"`` (ranks spaced evenly in [-0.5, 0.5]),
-``optimizer="adam"`` and ``stdev_learning_rate=0`` (sigma fixed, as OpenES).
+``optimizer="adam"`` and ``stdev_learning_rate=0`` (sigma not adapted, as OpenES). Optional schedules
+as evosax's and groove's OpenES: ``sigma_decay``/``sigma_limit`` and ``lr_decay``/``lr_limit`` multiply
+sigma and Adam's learning rate by the decay after every generation, down to the limit (default:
+constant; groove decays the learning rate by 0.999 per generation, Lu et al.'s LPO runs used evosax's
+defaults, sigma 0.04 decayed by 0.999 to 0.01).
 
 How EvoTorch's center gradient relates to OpenES's. With N candidates, utilities ``u_j`` (the ranked
 fitnesses; with ``ranking="raw"`` the fitnesses themselves, from which EvoTorch subtracts their mean,
@@ -85,6 +89,7 @@ RANKINGS = ("centered", "raw", "linear", "nes", "normalized")  # EvoTorch's rank
 STATE_FORMAT = "rlmeta.es.OpenES/1"
 _ADAM_FIELDS = ("center", "center_learning_rate", "beta1", "beta2", "epsilon", "m", "v", "t")
 _PGPE_TENSORS = ("stdev", "stdev_learning_rate", "stdev_min", "stdev_max", "stdev_max_change")
+_CONSTANT_SCHEDULES = {"sigma_decay": 1.0, "sigma_limit": 0.0, "lr_decay": 1.0, "lr_limit": 0.0}
 
 
 def _functional() -> Any:
@@ -201,12 +206,18 @@ class OpenES:
 
     def __init__(self, center: Tree, popsize: int, sigma: float = 0.1, lr: float = 1e-2,
                  ranking: str = "centered", seed: int = 0, *, maximize: bool = True,
-                 adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8):
+                 adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+                 sigma_decay: float = 1.0, sigma_limit: float = 0.0, lr_decay: float = 1.0, lr_limit: float = 0.0):
         if isinstance(popsize, bool) or not isinstance(popsize, (int, np.integer)) or popsize < 2 or popsize % 2:
             raise ValueError(f"popsize must be an even integer >= 2 (antithetic pairs), got {popsize!r}")
         for name, value in (("sigma", sigma), ("lr", lr), ("adam_eps", adam_eps)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name, decay, limit, start in (("sigma", sigma_decay, sigma_limit, sigma), ("lr", lr_decay, lr_limit, lr)):
+            if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+                raise ValueError(f"{name}_decay must be in (0, 1], got {decay!r}")
+            if not isinstance(limit, (int, float)) or not 0 <= limit <= start:
+                raise ValueError(f"{name}_limit must be in [0, {name}] = [0, {start:g}], got {limit!r}")
         if ranking not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -218,6 +229,8 @@ class OpenES:
         if not torch.isfinite(vector).all():
             raise ValueError("center holds non-finite values")
         self.popsize, self.sigma, self.lr = int(popsize), float(sigma), float(lr)
+        self.sigma_decay, self.sigma_limit = float(sigma_decay), float(sigma_limit)
+        self.lr_decay, self.lr_limit = float(lr_decay), float(lr_limit)
         self.ranking, self.seed, self.maximize = ranking, int(seed), bool(maximize)
         self.adam_betas, self.adam_eps = (float(adam_betas[0]), float(adam_betas[1])), float(adam_eps)
         functional = _functional()
@@ -242,6 +255,30 @@ class OpenES:
     @property
     def device(self) -> torch.device:
         return self._state.optimizer_state.center.device
+
+    def sigma_at(self, generation: int) -> float:
+        """The perturbations' scale in ``generation``: ``max(sigma * sigma_decay**generation, sigma_limit)``
+        (evosax's and groove's OpenES schedule; constant by default)."""
+        return max(self.sigma * self.sigma_decay**generation, self.sigma_limit)
+
+    def lr_at(self, generation: int) -> float:
+        """Adam's learning rate for the step that ends ``generation``: ``max(lr * lr_decay**generation, lr_limit)``."""
+        return max(self.lr * self.lr_decay**generation, self.lr_limit)
+
+    def _schedule(self, generation: int) -> None:
+        """Set the state's sigma and learning rate to ``generation``'s. Adam's moments hold sigma**2 times
+        OpenES's (and sigma**4), and its epsilon is adam_eps * sigma**2 (module docstring): a new sigma
+        rescales all three, so that the center keeps moving as Adam fed OpenES's ``g``."""
+        state = self._state
+        old, new = float(state.stdev.flatten()[0]), self.sigma_at(generation)
+        adam = state.optimizer_state
+        lr = torch.full_like(adam.center_learning_rate, self.lr_at(generation))
+        if new != old:
+            scale = new / old
+            adam = adam._replace(m=adam.m * scale**2, v=adam.v * scale**4,
+                                 epsilon=torch.full_like(adam.epsilon, self.adam_eps * new**2))
+            state = state._replace(stdev=torch.full_like(state.stdev, new))
+        self._state = state._replace(optimizer_state=adam._replace(center_learning_rate=lr))
 
     def _generation_seed(self) -> int:
         state = np.random.SeedSequence([self.seed, self.generation]).generate_state(2, np.uint32)
@@ -301,16 +338,21 @@ class OpenES:
         told = self.generation
         self.generation += 1
         self._asked = None
+        self._schedule(self.generation)  # the next generation's sigma and step size
         return {"generation": told, "fitness_mean": f.mean().item(), "fitness_max": f.max().item(),
                 "fitness_min": f.min().item(), "fitness_std": f.std().item(),
                 "grad_norm": gradient.norm().item(), "step_norm": (new - old).norm().item(),
-                "center_norm": new.norm().item(), "sigma": self.sigma}
+                "center_norm": new.norm().item(), "sigma": self.sigma_at(told), "lr": self.lr_at(told)}
 
     # -- saving ----------------------------------------------------------------------------------
     def _config(self) -> dict:
         return {"popsize": self.popsize, "sigma": self.sigma, "lr": self.lr, "ranking": self.ranking,
                 "seed": self.seed, "maximize": self.maximize, "adam_betas": list(self.adam_betas),
-                "adam_eps": self.adam_eps}
+                "adam_eps": self.adam_eps, **self._schedules()}
+
+    def _schedules(self) -> dict:
+        return {"sigma_decay": self.sigma_decay, "sigma_limit": self.sigma_limit, "lr_decay": self.lr_decay,
+                "lr_limit": self.lr_limit}
 
     def state_dict(self) -> dict:
         """Everything an exact resume needs: settings, tree spec, generation and EvoTorch's state
@@ -333,7 +375,8 @@ class OpenES:
         spec = TreeSpec.from_dict(state["spec"])
         if spec != self.spec:
             raise ValueError(f"the state's tree ({spec.describe()}) differs from this one's ({self.spec.describe()})")
-        differ = {k: (v, state["config"].get(k)) for k, v in self._config().items() if state["config"].get(k) != v}
+        saved = {**_CONSTANT_SCHEDULES, **state["config"]}  # states written before the schedules existed
+        differ = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
         if differ:
             raise ValueError("the state's settings differ from this instance's (this, state): "
                              + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items()))

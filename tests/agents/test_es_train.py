@@ -67,11 +67,15 @@ def test_normalised_lifetime_input_reaches_the_network_and_its_file(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = ESTrainer(tiny(tmp_path, "straight", generations=3))
+    schedules = {"sigma_decay": 0.9, "lr_decay": 0.95}  # decaying sigma and step size resume exactly too
+    straight = ESTrainer(tiny(tmp_path, "straight", generations=3, **schedules))
     straight.run()
-    first = ESTrainer(tiny(tmp_path, "resumed", generations=2))
+    assert float(straight.es._state.stdev[0]) == pytest.approx(straight.config.sigma * 0.9**3)
+    first = ESTrainer(tiny(tmp_path, "resumed", generations=2, **schedules))
     first.run()
-    resumed = ESTrainer(tiny(tmp_path, "resumed", generations=3, resume=True))
+    with pytest.raises(ValueError, match=r"cannot change \['sigma_decay', 'lr_decay'\]"):  # part of the run
+        ESTrainer(tiny(tmp_path, "resumed", generations=3, resume=True))
+    resumed = ESTrainer(tiny(tmp_path, "resumed", generations=3, resume=True, **schedules))
     assert resumed.generation == 2
     resumed.run()
     for name, value in straight.es.center.items():
@@ -120,6 +124,8 @@ def test_ray_gives_the_in_process_result(tmp_path):
     (["--lifetime-min", "50", "--lifetime-max", "10"], "exceeds lifetime_max"),
     (["--ray-address", "auto"], "ray_address needs --ray"),
     (["--levels", "nope"], "unknown levels 'nope'"),
+    (["--sigma-decay", "1.5"], "sigma_decay must be in (0, 1]"),
+    (["--sigma", "0.04", "--sigma-limit", "0.1"], "sigma_limit must be in [0, sigma] = [0, 0.04]"),
 ])
 def test_bad_es_train_input_exits_2_before_work(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as stop:

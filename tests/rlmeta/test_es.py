@@ -165,14 +165,19 @@ def test_the_raw_antithetic_estimator_is_unbiased():
     assert (se < 0.2 * analytic.abs().max()).all()  # the test has power: estimates are not all noise
 
 
-def test_evotorch_gradient_is_sigma_squared_times_openes_and_adam_matches_openes():
+@pytest.mark.parametrize("schedules", [{}, {"sigma_decay": 0.7, "sigma_limit": 0.02, "lr_decay": 0.8, "lr_limit": 0.012}],
+                         ids=["constant", "decaying"])
+def test_evotorch_gradient_is_sigma_squared_times_openes_and_adam_matches_openes(schedules):
     """EvoTorch's Adam follows sigma**2 * g with epsilon adam_eps * sigma**2: the center moves as Adam
-    (eps=adam_eps) fed OpenES's g, computed here by hand in float64."""
-    sigma, lr, eps, (b1, b2) = 0.05, 0.02, 1e-8, (0.9, 0.999)
-    es = OpenES({"x": torch.zeros(4, dtype=torch.float64)}, popsize=6, sigma=sigma, lr=lr, ranking="centered", seed=4)
+    (eps=adam_eps) fed OpenES's g, computed here by hand in float64; with decaying sigma and learning
+    rate (evosax's schedule: multiplied after each generation, floored at the limit) as well."""
+    sigma0, lr0, eps, (b1, b2) = 0.05, 0.02, 1e-8, (0.9, 0.999)
+    es = OpenES({"x": torch.zeros(4, dtype=torch.float64)}, popsize=6, sigma=sigma0, lr=lr0, ranking="centered", seed=4,
+                **schedules)
     fitness = Quadratic({"x": torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=torch.float64)})
     theta, m, v = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
-    for t in range(1, 4):
+    sigma, lr = sigma0, lr0
+    for t in range(1, 6):
         population = es.ask()
         values = fitness(population.candidates, population.seeds)
         # OpenES by hand: g = 1/(N sigma) sum_j u_j eps_j with centered ranks u in [-0.5, 0.5]
@@ -184,12 +189,20 @@ def test_evotorch_gradient_is_sigma_squared_times_openes_and_adam_matches_openes
         assert torch.allclose(es.estimate_gradient(values)["x"], g, rtol=1e-10, atol=1e-12)
         metrics = es.tell(values)
         assert metrics["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-10)
-        if t == 1:  # EvoTorch's first moment after one step is (1 - b1) * (its gradient) = (1 - b1) sigma^2 g
+        assert (metrics["sigma"], metrics["lr"]) == pytest.approx((sigma, lr), rel=1e-12)
+        if t == 1 and not schedules:  # EvoTorch's first moment is (1 - b1) * (its gradient) = (1 - b1) sigma^2 g
             assert torch.allclose(es._state.optimizer_state.m, (1 - b1) * sigma**2 * g, rtol=1e-10, atol=1e-15)
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
         theta = theta + lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
         assert torch.allclose(es.center["x"], theta, rtol=1e-9, atol=1e-12)
-    assert torch.equal(es._state.stdev, torch.full((4,), sigma, dtype=torch.float64))  # sigma stays fixed
+        sigma = max(sigma * schedules.get("sigma_decay", 1.0), schedules.get("sigma_limit", 0.0))
+        lr = max(lr * schedules.get("lr_decay", 1.0), schedules.get("lr_limit", 0.0))
+        assert es.sigma_at(t) == pytest.approx(sigma, rel=1e-12) and es.lr_at(t) == pytest.approx(lr, rel=1e-12)
+    assert torch.allclose(es._state.stdev, torch.full((4,), sigma, dtype=torch.float64), rtol=1e-12, atol=0)
+    if schedules:  # both floors reached within five generations
+        assert (sigma, lr) == (schedules["sigma_limit"], schedules["lr_limit"])
+    else:
+        assert torch.equal(es._state.stdev, torch.full((4,), sigma0, dtype=torch.float64))  # sigma stays fixed
 
 
 def test_minimize_moves_downhill():
@@ -210,17 +223,19 @@ def assert_same_state(a: OpenES, b: OpenES) -> None:
                 assert value == sb[group][key]
 
 
-def test_resume_through_a_file_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("schedules", [{}, {"sigma_decay": 0.9, "sigma_limit": 0.05, "lr_decay": 0.95}],
+                         ids=["constant", "decaying"])
+def test_resume_through_a_file_is_bit_identical(tmp_path, schedules):
     evaluator = InProcessEvaluator(Quadratic(TARGET), chunk_size=4)
-    straight = OpenES(zeros_like_target(), popsize=12, seed=9)
+    straight = OpenES(zeros_like_target(), popsize=12, seed=9, **schedules)
     history = run_es(straight, evaluator, 10)
 
     checkpoint = tmp_path / "es.pt"
-    first = OpenES(zeros_like_target(), popsize=12, seed=9)
+    first = OpenES(zeros_like_target(), popsize=12, seed=9, **schedules)
     part1 = run_es(first, evaluator, 4, checkpoint=checkpoint, checkpoint_interval=3)
     assert first.generation == 4 and checkpoint.exists()
     assert not [p for p in tmp_path.iterdir() if p.name != "es.pt"]  # no temporary file left
-    resumed = OpenES(zeros_like_target(), popsize=12, seed=9)  # a new process would start like this
+    resumed = OpenES(zeros_like_target(), popsize=12, seed=9, **schedules)  # a new process would start like this
     part2 = run_es(resumed, evaluator, 10, checkpoint=checkpoint)
     assert resumed.generation == 10 and len(part2) == 6
     assert part1 + part2 == history
@@ -230,6 +245,17 @@ def test_resume_through_a_file_is_bit_identical(tmp_path):
     rebuilt = OpenES.from_state_dict(torch.load(checkpoint, weights_only=True))
     assert_same_state(rebuilt, resumed)
     assert run_es(resumed, evaluator, 10, checkpoint=checkpoint) == []  # already there
+
+
+def test_a_state_from_before_the_schedules_loads_as_constant_and_a_changed_schedule_is_refused():
+    es = OpenES(zeros_like_target(), popsize=4, seed=1)
+    run_es(es, InProcessEvaluator(Quadratic(TARGET)), 2)
+    old = es.state_dict()
+    for key in ("sigma_decay", "sigma_limit", "lr_decay", "lr_limit"):  # the format written before them
+        del old["config"][key]
+    assert_same_state(OpenES.from_state_dict(old), es)
+    with pytest.raises(ValueError, match="sigma_decay: 0.99 vs 1.0"):
+        OpenES(zeros_like_target(), popsize=4, seed=1, sigma_decay=0.99).load_state_dict(old)
 
 
 def test_save_state_replaces_atomically(tmp_path, monkeypatch):
@@ -325,6 +351,11 @@ def test_ray_evaluator_reports_fitness_errors(ray_cluster):
     ({"sigma": 0.0}, "sigma must be a finite number > 0"),
     ({"sigma": -0.1}, "sigma must be a finite number > 0"),
     ({"sigma": float("nan")}, "sigma must be a finite number > 0"),
+    ({"sigma_decay": 0.0}, r"sigma_decay must be in \(0, 1\]"),
+    ({"sigma_decay": 1.01}, r"sigma_decay must be in \(0, 1\]"),
+    ({"sigma_limit": 0.2}, r"sigma_limit must be in \[0, sigma\]"),
+    ({"lr_limit": -1e-3}, r"lr_limit must be in \[0, lr\]"),
+    ({"lr_decay": float("nan")}, r"lr_decay must be in \(0, 1\]"),
     ({"lr": 0}, "lr must be a finite number > 0"),
     ({"ranking": "rank"}, "ranking must be one of"),
     ({"seed": -1}, "seed must be an integer >= 0"),
