@@ -749,7 +749,7 @@ class ESTrainConfig:
 
     objective: Literal["lpg", "lpo"] = "lpg"
     """lpg: LPG's network over tabular grid-world lifetimes; lpo: LPO's drift over PPO lifetimes (inner_config)."""
-    inner_config: str = "configs/cartpole_ppo.toml"
+    inner_config: str = "configs/lpo_cartpole_inner.toml"
     """objective lpo: the training config of one lifetime (its algo becomes lpo, the drift the candidate)."""
     inner_steps: int = 0
     """objective lpo: env steps of one lifetime (0: the inner config's total_steps); fitness is the greedy

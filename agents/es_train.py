@@ -24,7 +24,7 @@ parameters): the in-process fast path.
 
 ``--objective lpo``: LPO's drift network (``--lpo.lifetime-conditioning``: TA-LPO), starting at its
 PPO-clip initialisation; a candidate's fitness is the greedy evaluation return of a PPO agent
-trained for one lifetime of ``inner_config`` (e.g. ``configs/cartpole_ppo.toml``, ``inner_steps``
+trained for one lifetime of ``inner_config`` (e.g. ``configs/lpo_cartpole_inner.toml``, ``inner_steps``
 env steps) with the candidate's drift in place of the clip, both members of a pair on the pair's
 seed (one lifetime after another: PPO populations are not batched yet).
 

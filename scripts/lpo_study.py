@@ -13,7 +13,7 @@
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
 starts at its PPO-clip initialisation; a candidate's fitness is the greedy evaluation return (10
-episodes, the config's) of a PPO agent trained on CartPole-v1 (``configs/cartpole_ppo.toml``: 8 envs x 128
+episodes, the config's) of a PPO agent trained on CartPole-v1 (``configs/lpo_cartpole_inner.toml``: 8 envs x 128
 steps, 10 epochs x 4 minibatches, Adam 2.5e-3) for ``HORIZON`` env steps with the candidate's
 drift; popsize 16 (8 antithetic pairs, each pair on one seed), sigma 0.1, Adam 1e-2 on the center,
 ``GENERATIONS`` generations. Arms: ``lpo`` and ``ta-lpo`` (the drift also reads n/N).
@@ -59,7 +59,7 @@ SHIPPED = ROOT / "rlmeta" / "objectives" / "trained"
 ES_SEEDS = (0, 1, 2)
 HORIZON = 8192
 GENERATIONS = 150
-INNER = ROOT / "configs" / "cartpole_ppo.toml"
+INNER = ROOT / "configs" / "lpo_cartpole_inner.toml"  # frozen: what the shipped drifts were trained in
 ARMS = {"lpo": [], "ta-lpo": ["--lpo.lifetime-conditioning"]}
 COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--inner-steps", str(HORIZON), "--popsize", "16",
           "--checkpoint-interval", "5", "--no-progress", "--torch-threads", "1"]

@@ -162,3 +162,17 @@ def test_cli_input_errors_exit_2_before_anything_is_written(tmp_path, capsys):
         err = " ".join(capsys.readouterr().err.replace("│", " ").split())
         assert message in err, err
         assert not run.exists()
+
+
+@pytest.mark.parametrize("name", ["lpo-cartpole", "ta-lpo-cartpole"])
+def test_the_lpo_study_inner_config_is_the_one_the_shipped_drifts_were_trained_in(name):
+    """``configs/lpo_cartpole_inner.toml`` (the LPO study's and ``es-train --objective lpo``'s inner loop)
+    stays what the shipped drifts keep, so that the study's later tests compare with the same PPO."""
+    from rlmeta.agents.config import from_dict, to_dict
+    from rlmeta.agents.meta_test import lpo_inner_config
+
+    kept = torch.load(ROOT / "rlmeta" / "objectives" / "trained" / f"{name}.pt", weights_only=False)["info"]["inner"]
+    kept = to_dict(from_dict(TrainConfig, {k: v for k, v in kept.items() if v is not None}))  # fields added since: defaults
+    frozen = to_dict(lpo_inner_config(load_config(ROOT / "configs" / "lpo_cartpole_inner.toml", TrainConfig), "frozen",
+                                      kept["total_steps"]))
+    assert {k: v for k, v in frozen.items() if k != "meta"} == {k: v for k, v in kept.items() if k != "meta"}
