@@ -270,14 +270,14 @@ class OpenES:
         OpenES's (and sigma**4), and its epsilon is adam_eps * sigma**2 (module docstring): a new sigma
         rescales all three, so that the center keeps moving as Adam fed OpenES's ``g``."""
         state = self._state
-        old, new = float(state.stdev.flatten()[0]), self.sigma_at(generation)
         adam = state.optimizer_state
         lr = torch.full_like(adam.center_learning_rate, self.lr_at(generation))
-        if new != old:
-            scale = new / old
+        stdev = torch.full_like(state.stdev, self.sigma_at(generation))
+        if not torch.equal(stdev, state.stdev):  # compared in the state's dtype: a constant sigma changes no bit
+            scale = float(stdev.flatten()[0]) / float(state.stdev.flatten()[0])
             adam = adam._replace(m=adam.m * scale**2, v=adam.v * scale**4,
-                                 epsilon=torch.full_like(adam.epsilon, self.adam_eps * new**2))
-            state = state._replace(stdev=torch.full_like(state.stdev, new))
+                                 epsilon=torch.full_like(adam.epsilon, self.adam_eps * float(stdev.flatten()[0])**2))
+            state = state._replace(stdev=stdev)
         self._state = state._replace(optimizer_state=adam._replace(center_learning_rate=lr))
 
     def _generation_seed(self) -> int:

@@ -247,6 +247,19 @@ def test_resume_through_a_file_is_bit_identical(tmp_path, schedules):
     assert run_es(resumed, evaluator, 10, checkpoint=checkpoint) == []  # already there
 
 
+def test_a_constant_schedule_changes_no_bit(monkeypatch):
+    """float32 centers and a sigma float32 cannot hold (0.04): the default schedules leave the run
+    bit for bit as it was before they existed (no schedule step at all)."""
+    center = {"x": torch.zeros(5), "y": torch.ones(2, 3)}
+    fitness = InProcessEvaluator(Quadratic({"x": torch.ones(5), "y": torch.zeros(2, 3)}))
+    scheduled = OpenES(center, popsize=8, sigma=0.04, lr=0.013, seed=3)
+    run_es(scheduled, fitness, 6)
+    monkeypatch.setattr(OpenES, "_schedule", lambda self, generation: None)
+    before = OpenES(center, popsize=8, sigma=0.04, lr=0.013, seed=3)
+    run_es(before, fitness, 6)
+    assert_same_state(scheduled, before)
+
+
 def test_a_state_from_before_the_schedules_loads_as_constant_and_a_changed_schedule_is_refused():
     es = OpenES(zeros_like_target(), popsize=4, seed=1)
     run_es(es, InProcessEvaluator(Quadratic(TARGET)), 2)
