@@ -7,6 +7,7 @@
     python scripts/lpo_study.py report                 # -> results/lpo/
     python scripts/lpo_study.py train|test|report --es-seed N   # another ES seed (1, 2) of both arms
                                                        # (its tests: the two drifts) -> results/lpo/es-seed-N/
+    python scripts/lpo_study.py centers [--parallel 2]  # each arm's ES center every 25 generations vs PPO (checkpoints)
     python scripts/lpo_study.py pooled                 # every ES seed side by side and pooled -> results/lpo/pooled.md
     python scripts/lpo_study.py train|test|transfer|report|pooled --sigma 0.04   # the arms at another ES sigma
                                                        # (runs and results tagged with it) -> results/lpo/sigma-0.04/
@@ -68,6 +69,8 @@ TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
 TRANSFER_SEEDS = (0, 1, 2)
 TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"
 HORIZONS = (0.5, 1.0, 2.0)
+CENTER_EVERY = 25  # `centers`: the ES center's return every this many generations (0: PPO, the start) ...
+CENTER_SEEDS = TEST_SEEDS[:16]  # ... on the first test seeds at 1x, paired with PPO's test returns there
 
 
 ES_SEED = 0  # the ES seed of the arms (--es-seed): 0 is the study's first run, its results in RESULTS itself
@@ -183,6 +186,79 @@ def test_one(name: str, scale: float) -> None:
                 test_path(name, scale))
 
 
+def center_path(arm: str, generation: int) -> Path:
+    """Where the test returns of ``arm``'s ES center at ``generation`` go (committed)."""
+    return RETURNS / "centers" / f"{arm}{variant()}-s{ES_SEED}-g{generation}.json"
+
+
+def centers(parallel: int) -> None:
+    """Each arm's ES center every ``CENTER_EVERY`` generations (from its checkpoints) trained on
+    ``CENTER_SEEDS`` at 1x: whether the search moves its center, not only its population, above PPO."""
+    jobs = []
+    for arm in ARMS:
+        for generation in range(CENTER_EVERY, GENERATIONS + 1, CENTER_EVERY):
+            if not center_path(arm, generation).is_file() and _checkpoint(arm, generation).is_file():
+                jobs.append((f"center {arm} at {generation}", [
+                    sys.executable, str(Path(__file__).resolve()), "center-one", arm, "--generation", str(generation),
+                    "--es-seed", str(ES_SEED), "--sigma", f"{SIGMA:g}"], None))
+    run_jobs(jobs, parallel, ROOT, poll=2)
+
+
+def _checkpoint(arm: str, generation: int) -> Path:
+    return run_dir(arm) / "checkpoints" / f"ckpt-{generation:012d}.pt"
+
+
+def center_one(arm: str, generation: int) -> None:
+    """Train ``arm``'s ES center at ``generation`` on ``CENTER_SEEDS`` at 1x; write the final returns."""
+    import torch  # noqa: PLC0415 - the stage's own imports: the library loads torch
+
+    from rlmeta.agents.config import ESTrainConfig, TrainConfig, load_config  # noqa: PLC0415
+    from rlmeta.agents.es_train import es_network  # noqa: PLC0415
+    from rlmeta.agents.learned import LearnedLPO  # noqa: PLC0415
+    from rlmeta.agents.meta_test import lpo_inner_config, lpo_return  # noqa: PLC0415
+    from rlmeta.agents.runs import atomic_json  # noqa: PLC0415
+    from rlmeta.es import OpenES  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    es_config = load_config(run_dir(arm) / "config.json", ESTrainConfig)
+    config = lpo_inner_config(load_config(INNER, TrainConfig), str(INNER), HORIZON)
+    state = torch.load(_checkpoint(arm, generation), weights_only=False)
+    center = OpenES.from_state_dict(state["es"]).center
+    network = es_network(es_config, config)
+    drift = LearnedLPO(network, {k: v.detach().float() for k, v in center.items()}, f"{arm} center g{generation}", {})
+    returns = [lpo_return(config, drift, seed) for seed in CENTER_SEEDS]
+    center_path(arm, generation).parent.mkdir(parents=True, exist_ok=True)
+    atomic_json({"objective": arm, "generation": generation, "sigma": SIGMA, "es_seed": ES_SEED,
+                 "seeds": list(CENTER_SEEDS), "kernels": _kernels(), "returns": returns}, center_path(arm, generation))
+
+
+def center_rows() -> list[str]:
+    """The report's table of the centers' returns (paired differences to PPO on the same seeds)."""
+    ppo = final_returns("ppo", 1.0)[: len(CENTER_SEEDS)]
+    found = {arm: {g: json.loads(center_path(arm, g).read_text())["returns"]
+                   for g in range(CENTER_EVERY, GENERATIONS + 1, CENTER_EVERY) if center_path(arm, g).is_file()}
+             for arm in ARMS}
+    if len(ppo) < len(CENTER_SEEDS) or not any(found.values()):
+        return []
+    generations = sorted({g for by in found.values() for g in by})
+    lines = ["", f"## The ES center along the run: return at 1x on the first {len(CENTER_SEEDS)} test seeds, "
+             "minus PPO's on the same seeds (mean +- SE of the paired differences)", "",
+             f"Generation 0 is PPO itself ({statistics.fmean(ppo):.1f} on these seeds). "
+             f"`python scripts/lpo_study.py centers{' --sigma ' + format(SIGMA, 'g') if variant() else ''}`.", "",
+             "| arm | " + " | ".join(f"g{g}" for g in generations) + " |", "|---|" + "---|" * len(generations)]
+    for arm, by in found.items():
+        cells = []
+        for g in generations:
+            if g not in by:
+                cells.append("")
+                continue
+            diff = [a - b for a, b in zip(by[g], ppo)]
+            mean, se = _mean_se(diff)
+            cells.append(f"{mean:+.1f} +- {se:.1f}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def transfer_name(name: str) -> str:
     """An objective's name in the transfer runs and ``transfer.json`` (a --sigma variant's drifts tagged)."""
     return f"{name}{variant()}" if name in ARMS else name
@@ -287,6 +363,7 @@ def report() -> None:
         if len(ta) > 1 and len(plain) > 1:
             lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
+    lines += center_rows()
     transfers = {} if ES_SEED else transfer_returns()
     shown = [transfer_name(name) for name in objectives()]  # this report's objectives (a variant: PPO and its drifts)
     transfers = {name: transfers[name] for name in shown if name in transfers}
@@ -437,7 +514,9 @@ def _plot() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("train", "test", "transfer", "report", "pooled", "test-one"))
+    parser.add_argument("stage", choices=("train", "test", "transfer", "centers", "report", "pooled", "test-one",
+                                          "center-one"))
+    parser.add_argument("--generation", type=int, help="center-one: the checkpoint's generation")
     parser.add_argument("name", nargs="?", help="test-one: the objective (ppo, dpo, lpo, ta-lpo)")
     parser.add_argument("scale", nargs="?", type=float, help="test-one: the horizon's multiple")
     parser.add_argument("--parallel", type=int, default=2)
@@ -461,6 +540,12 @@ def main() -> None:
         if args.name not in ("ppo", "dpo", *ARMS) or args.scale not in HORIZONS:
             parser.error(f"test-one needs an objective of {['ppo', 'dpo', *ARMS]} and a scale of {HORIZONS}")
         test_one(args.name, args.scale)
+    elif args.stage == "centers":
+        centers(args.parallel)
+    elif args.stage == "center-one":
+        if args.name not in ARMS or args.generation is None or not _checkpoint(args.name, args.generation).is_file():
+            parser.error(f"center-one needs an arm of {list(ARMS)} and --generation of one of its checkpoints")
+        center_one(args.name, args.generation)
     elif args.stage == "transfer":
         if ES_SEED:
             parser.error("transfer runs for ES seed 0 only (300k steps per run; the study's budget)")

@@ -122,3 +122,28 @@ def test_lpo_pooled_reads_committed_returns_and_takes_the_es_seed_as_a_unit(tmp_
     assert "1 ES seed, ES sigma 0.04" in variant and "lpo-s2" not in variant
     assert "| lpo - ppo | 1x | +40.0 |" in variant and "| ta-lpo - lpo | all horizons | +5.0 |" in variant
     assert (tmp_path / "pooled.md").read_text() == text  # the study's table is untouched
+
+
+def test_lpo_center_rows_pair_each_center_with_ppo_on_the_same_seeds(tmp_path, monkeypatch):
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RETURNS", tmp_path / "returns")
+    monkeypatch.setattr(lpo_study, "ES_SEED", 2)
+    n = len(lpo_study.CENTER_SEEDS)
+    ppo = [300.0 + 10 * i for i in range(32)]
+    (tmp_path / "returns").mkdir()
+    lpo_study.test_path("ppo", 1.0).write_text(json.dumps({"returns": ppo}))
+    assert lpo_study.center_rows() == []  # no center tested yet
+    shifts = {25: [5.0] * n, 50: [float(i % 2) * 20 for i in range(n)]}  # +5 exactly; 0 and +20 alternating
+    for generation, shift in shifts.items():
+        path = lpo_study.center_path("lpo", generation)
+        assert path.name == f"lpo-s2-g{generation}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"returns": [p + d for p, d in zip(ppo, shift)]}))
+    rows = lpo_study.center_rows()
+    row = next(line for line in rows if line.startswith("| lpo |"))
+    se = statistics.stdev(shifts[50]) / math.sqrt(n)
+    assert row == f"| lpo | +5.0 +- 0.0 | +10.0 +- {se:.1f} |"
+    assert next(line for line in rows if line.startswith("| ta-lpo |")) == "| ta-lpo |  |  |"
