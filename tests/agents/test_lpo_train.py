@@ -54,9 +54,10 @@ def test_train_dpo_and_lpo_on_cartpole(tmp_path, capsys):
 
 
 def test_lpo_at_ppo_init_learns_exactly_as_ppo():
-    """configs/cartpole_ppo.toml's settings, three updates of 10 epochs x 4 minibatches: the same parameters."""
+    """The LPO study's settings (configs/lpo_cartpole_inner.toml), three updates of 10 epochs x 4 minibatches:
+    the same parameters."""
     torch.set_num_threads(1)
-    ppo_config = replace(load_config(ROOT / "configs" / "cartpole_ppo.toml"), total_steps=3 * 8 * 128, progress=False,
+    ppo_config = replace(load_config(ROOT / "configs" / "lpo_cartpole_inner.toml"), total_steps=3 * 8 * 128, progress=False,
                          eval_interval=0, target_return=None)
     lpo_config = replace(ppo_config, algo="lpo", objective=PPO_INIT)
     ppo = lifetime(ppo_config)
