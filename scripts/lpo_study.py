@@ -83,6 +83,11 @@ def variant() -> str:
     return "" if SIGMA == STUDY_SIGMA else f"-sigma{SIGMA:g}"
 
 
+def _study_flags() -> list[str]:
+    """The options that select this ES seed and sigma, for the stages' child processes."""
+    return ["--es-seed", str(ES_SEED), "--sigma", f"{SIGMA:g}"]
+
+
 def run_dir(arm: str) -> Path:
     return RUNS / f"{arm}{variant()}-s{ES_SEED}"
 
@@ -145,8 +150,7 @@ def test(parallel: int) -> None:
         for scale in HORIZONS:
             if not test_path(name, scale).is_file():
                 jobs.append((f"test {name} at {scale:g}x", [sys.executable, str(Path(__file__).resolve()), "test-one",
-                                                              name, f"{scale:g}", "--es-seed", str(ES_SEED),
-                                                              "--sigma", f"{SIGMA:g}"], None))
+                                                              name, f"{scale:g}", *_study_flags()], None))
     RETURNS.mkdir(parents=True, exist_ok=True)
     run_jobs(jobs, parallel, ROOT, poll=2)
 
@@ -200,7 +204,7 @@ def centers(parallel: int) -> None:
             if not center_path(arm, generation).is_file() and _checkpoint(arm, generation).is_file():
                 jobs.append((f"center {arm} at {generation}", [
                     sys.executable, str(Path(__file__).resolve()), "center-one", arm, "--generation", str(generation),
-                    "--es-seed", str(ES_SEED), "--sigma", f"{SIGMA:g}"], None))
+                    *_study_flags()], None))
     run_jobs(jobs, parallel, ROOT, poll=2)
 
 
