@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import tyro
 
@@ -110,8 +110,11 @@ def parse_with_defaults(argv: list[str], command: type, config_type: type, prog:
     known, _ = pre.parse_known_args(argv)
     rest = [a for i, a in enumerate(argv) if not (a == "--config" or (i and argv[i - 1] == "--config"))]
     rest = [a for a in rest if not a.startswith("--config=")]
-    rest = _bool_values_as_flags(_merge_dict_options(rest, ("--env-options", "--env_options")), config_type)
     default = config_type()
+    options = None
+    if hasattr(default, "env_options"):
+        rest, options = _take_dict_options(rest, ("--env-options", "--env_options"))
+    rest = _bool_values_as_flags(rest, config_type)
     if known.resume and known.run_dir:
         saved = Path(known.run_dir) / "config.json"
         if not saved.is_file():
@@ -122,15 +125,41 @@ def parse_with_defaults(argv: list[str], command: type, config_type: type, prog:
         # A run's saved config.json names its own directory: reproducing it goes to a new one
         # (the default, or --run-dir), never into the original run.
         default = dataclasses.replace(default, run_dir=None, resume=False, overwrite=False)
+        default = _options_follow_env(default, rest)
+    if options is not None:  # on top of the defaults' (tyro would take a default dict's keys as fixed fields)
+        default = dataclasses.replace(default, env_options={**default.env_options,
+                                                           **{k: _env_option(v) for k, v in options.items()}})
     return tyro.cli(command, default=command(**_fields(default)), args=rest, prog=prog)
 
 
-def _merge_dict_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """Repeated dict options (``--env-options rows 6 --env-options cols 6``) merged into one, later keys
-    winning (argparse-style parsers keep the last occurrence only)."""
+def _options_follow_env(config: Any, argv: list[str]) -> Any:
+    """The config file's ``env_options`` belong to its ``env``: an ``--env`` naming another env on the
+    command line starts from none (``--env-options`` then gives its own), and says so on stderr."""
+    env = _last_value(argv, ("--env",))
+    if env is None or env == getattr(config, "env", env) or not getattr(config, "env_options", None):
+        return config
+    print(f"note: the config's env_options {config.env_options} are {config.env}'s; not passed to {env} "
+          "(--env-options KEY VALUE sets its own)", file=sys.stderr)
+    return dataclasses.replace(config, env_options={})
+
+
+def _last_value(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The value after the last of ``names`` in ``argv`` (``--name value`` or ``--name=value``), else None."""
+    found = None
+    for i, a in enumerate(argv):
+        if a in names and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif "=" in a and a.split("=", 1)[0] in names:
+            found = a.split("=", 1)[1]
+    return found
+
+
+def _take_dict_options(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], dict[str, str] | None]:
+    """``argv`` without its dict options, and their key value pairs (None: none given). Repeated options
+    (``--env-options rows 6 --env-options cols 6``) merge, later keys winning."""
     merged: list[str] = []
     out: list[str] = []
-    position = None
+    given = False
     i = 0
     while i < len(argv):
         if argv[i] in names:
@@ -138,18 +167,26 @@ def _merge_dict_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
             while j < len(argv) and not argv[j].startswith("--"):
                 j += 1
             merged += argv[i + 1:j]
-            if position is None:
-                position = len(out)
+            given = True
             i = j
             continue
         out.append(argv[i])
         i += 1
-    if position is None:
-        return argv
-    pairs = dict(zip(merged[0::2], merged[1::2]))
+    if not given:
+        return argv, None
     if len(merged) % 2:
         raise ValueError(f"{names[0]} takes key value pairs, got {merged}")
-    return out[:position] + [names[0], *[x for kv in pairs.items() for x in kv]] + out[position:]
+    return out, dict(zip(merged[0::2], merged[1::2]))
+
+
+def _env_option(text: str) -> int | float | bool | str:
+    """A command-line env option's value, typed as tyro types ``EnvOption``: int, float, True/False, else text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
 
 
 def _bool_fields(config_type: type, prefix: str = "") -> set[str]:

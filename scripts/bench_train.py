@@ -13,8 +13,8 @@ each, then seed 1 of each, ...) in the same process, with the same number of tor
   ``make_vec_env("CartPole-v1", n_envs=8)`` (gymnasium, DummyVecEnv), on the CPU.
 * ``ours``: our PPO (``agents.train``) with its shipped CartPole config,
   ``configs/cartpole_ppo.toml`` (8 envs x 128 steps, 10 epochs x 4 minibatches, Adam 2.5e-3,
-  gamma 0.99, lambda 0.95, no entropy bonus, separate (64, 64) tanh torsos), on
-  ``envpool:CartPole-v1``. The headline ratio compares ``sb3`` with ``ours``: each library with
+  gamma 0.99, lambda 0.95, no entropy bonus, separate (64, 64) tanh torsos), on gymnasium's
+  numpy-vectorized CartPole (``gym:CartPole-v1``, ``vectorization = "vector"``). The headline ratio compares ``sb3`` with ``ours``: each library with
   the hyperparameters its users would run.
 * ``ours-zoo``: our PPO with RL Zoo's hyperparameters and SB3's network shape, so the per-step
   cost of the two libraries is compared too (printed, not the headline).

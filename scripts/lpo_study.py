@@ -11,6 +11,8 @@
     python scripts/lpo_study.py pooled                 # every ES seed side by side and pooled -> results/lpo/pooled.md
     python scripts/lpo_study.py train|test|transfer|report|pooled --sigma 0.04   # the arms at another ES sigma
                                                        # (runs and results tagged with it) -> results/lpo/sigma-0.04/
+    python scripts/lpo_study.py ... --sigma 0.04 --horizon 4096   # and at another lifetime (the same env-step
+                                                       # budget: 300 generations) -> results/lpo/sigma-0.04-horizon-4096/
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
 starts at its PPO-clip initialisation; a candidate's fitness is the greedy evaluation return (10
@@ -58,18 +60,20 @@ RESULTS = ROOT / "results" / "lpo"
 RETURNS = RESULTS / "returns"
 SHIPPED = ROOT / "rlmeta" / "objectives" / "trained"
 ES_SEEDS = (0, 1, 2)
-HORIZON = 8192
-GENERATIONS = 150
+STUDY_HORIZON = 8192  # env steps of one lifetime (1x); --horizon runs a variant at another
+STUDY_GENERATIONS = 150
+HORIZON = STUDY_HORIZON
+GENERATIONS = STUDY_GENERATIONS  # a --horizon variant: the study's env-step budget (150 x 8192 x 16 per arm)
 INNER = ROOT / "configs" / "lpo_cartpole_inner.toml"  # frozen: what the shipped drifts were trained in
 ARMS = {"lpo": [], "ta-lpo": ["--lpo.lifetime-conditioning"]}
-COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--inner-steps", str(HORIZON), "--popsize", "16",
-          "--checkpoint-interval", "5", "--no-progress", "--torch-threads", "1"]
+COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--popsize", "16", "--checkpoint-interval", "5",
+          "--no-progress", "--torch-threads", "1"]  # and --inner-steps HORIZON
 TEST_SEEDS = tuple(range(10_000, 10_032))
 TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
 TRANSFER_SEEDS = (0, 1, 2)
 TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"
 HORIZONS = (0.5, 1.0, 2.0)
-CENTER_EVERY = 25  # `centers`: the ES center's return every this many generations (0: PPO, the start) ...
+CENTER_POINTS = 6  # `centers`: the ES center's return at this many evenly spaced generations (0: PPO, the start) ...
 CENTER_SEEDS = TEST_SEEDS[:16]  # ... on the first test seeds at 1x, paired with PPO's test returns there
 
 
@@ -79,22 +83,39 @@ SIGMA = STUDY_SIGMA
 
 
 def variant() -> str:
-    """The tag of a --sigma variant's runs and results ('' for the study's sigma)."""
-    return "" if SIGMA == STUDY_SIGMA else f"-sigma{SIGMA:g}"
+    """The tag of a --sigma or --horizon variant's runs and results ('' for the study's setting)."""
+    return _horizon_tag() if SIGMA == STUDY_SIGMA else f"-sigma{SIGMA:g}{_horizon_tag()}"
+
+
+def _horizon_tag() -> str:
+    """The tag of a --horizon variant ('' at the study's horizon): also on PPO's and DPO's test returns."""
+    return "" if HORIZON == STUDY_HORIZON else f"-horizon{HORIZON}"
+
+
+def _variant_options() -> str:
+    """The command-line options of this variant, for the reports ('' for the study's setting)."""
+    return ((f" --sigma {SIGMA:g}" if SIGMA != STUDY_SIGMA else "")
+            + (f" --horizon {HORIZON}" if HORIZON != STUDY_HORIZON else ""))
 
 
 def _study_flags() -> list[str]:
-    """The options that select this ES seed and sigma, for the stages' child processes."""
-    return ["--es-seed", str(ES_SEED), "--sigma", f"{SIGMA:g}"]
+    """The options that select this ES seed, sigma and horizon, for the stages' child processes."""
+    return ["--es-seed", str(ES_SEED), "--sigma", f"{SIGMA:g}", "--horizon", str(HORIZON)]
 
 
 def run_dir(arm: str) -> Path:
     return RUNS / f"{arm}{variant()}-s{ES_SEED}"
 
 
+def variant_dir() -> Path:
+    """Where a variant's results go (its ES seed 0's; the study's: ``RESULTS`` itself)."""
+    parts = ([f"sigma-{SIGMA:g}"] if SIGMA != STUDY_SIGMA else []) + (
+        [f"horizon-{HORIZON}"] if HORIZON != STUDY_HORIZON else [])
+    return RESULTS / "-".join(parts) if parts else RESULTS
+
+
 def results_dir() -> Path:
-    base = RESULTS / f"sigma-{SIGMA:g}" if variant() else RESULTS
-    return base if ES_SEED == 0 else base / f"es-seed-{ES_SEED}"
+    return variant_dir() if ES_SEED == 0 else variant_dir() / f"es-seed-{ES_SEED}"
 
 
 def drift_file(arm: str) -> Path | None:
@@ -126,8 +147,8 @@ def train(parallel: int, generations: int, arms: list[str] | None = None) -> Non
             continue
         args = [sys.executable, "-m", "rlmeta.cli", "es-train", "--run-dir", str(path), "--generations", str(generations)]
         resume = (path / "checkpoints" / "latest.pt").is_file()
-        jobs.append((arm, args + (["--resume"] if resume else [*COMMON, *extra, "--sigma", f"{SIGMA:g}",
-                                                                 "--seed", str(ES_SEED)]),
+        jobs.append((arm, args + (["--resume"] if resume else [*COMMON, "--inner-steps", str(HORIZON), *extra,
+                                                                 "--sigma", f"{SIGMA:g}", "--seed", str(ES_SEED)]),
                      RUNS / f"{path.name}.log"))
     run_jobs(jobs, parallel, ROOT, poll=2)
 
@@ -157,7 +178,7 @@ def test(parallel: int) -> None:
 
 def test_path(name: str, scale: float) -> Path:
     """Where an objective's test returns go (committed): a learned drift's are named ``<arm>-s<ES seed>``."""
-    tag = f"{name}{variant()}-s{ES_SEED}" if name in ARMS else name
+    tag = f"{name}{variant()}-s{ES_SEED}" if name in ARMS else f"{name}{_horizon_tag()}"
     return RETURNS / f"{tag}-h{scale:g}.json"
 
 
@@ -196,16 +217,22 @@ def center_path(arm: str, generation: int) -> Path:
 
 
 def centers(parallel: int) -> None:
-    """Each arm's ES center every ``CENTER_EVERY`` generations (from its checkpoints) trained on
+    """Each arm's ES center at ``center_generations()`` (from its checkpoints) trained on
     ``CENTER_SEEDS`` at 1x: whether the search moves its center, not only its population, above PPO."""
     jobs = []
     for arm in ARMS:
-        for generation in range(CENTER_EVERY, GENERATIONS + 1, CENTER_EVERY):
+        for generation in center_generations():
             if not center_path(arm, generation).is_file() and _checkpoint(arm, generation).is_file():
                 jobs.append((f"center {arm} at {generation}", [
                     sys.executable, str(Path(__file__).resolve()), "center-one", arm, "--generation", str(generation),
                     *_study_flags()], None))
     run_jobs(jobs, parallel, ROOT, poll=2)
+
+
+def center_generations() -> range:
+    """The generations whose ES centers `centers` trains (every 25 of the study's 150)."""
+    every = max(1, GENERATIONS // CENTER_POINTS)
+    return range(every, GENERATIONS + 1, every)
 
 
 def _checkpoint(arm: str, generation: int) -> Path:
@@ -232,7 +259,7 @@ def center_one(arm: str, generation: int) -> None:
     drift = LearnedLPO(network, {k: v.detach().float() for k, v in center.items()}, f"{arm} center g{generation}", {})
     returns = [lpo_return(config, drift, seed) for seed in CENTER_SEEDS]
     center_path(arm, generation).parent.mkdir(parents=True, exist_ok=True)
-    atomic_json({"objective": arm, "generation": generation, "sigma": SIGMA, "es_seed": ES_SEED,
+    atomic_json({"objective": arm, "generation": generation, "sigma": SIGMA, "horizon": HORIZON, "es_seed": ES_SEED,
                  "seeds": list(CENTER_SEEDS), "kernels": _kernels(), "returns": returns}, center_path(arm, generation))
 
 
@@ -240,7 +267,7 @@ def center_rows() -> list[str]:
     """The report's table of the centers' returns (paired differences to PPO on the same seeds)."""
     ppo = final_returns("ppo", 1.0)[: len(CENTER_SEEDS)]
     found = {arm: {g: json.loads(center_path(arm, g).read_text())["returns"]
-                   for g in range(CENTER_EVERY, GENERATIONS + 1, CENTER_EVERY) if center_path(arm, g).is_file()}
+                   for g in center_generations() if center_path(arm, g).is_file()}
              for arm in ARMS}
     if len(ppo) < len(CENTER_SEEDS) or not any(found.values()):
         return []
@@ -248,7 +275,7 @@ def center_rows() -> list[str]:
     lines = ["", f"## The ES center along the run: return at 1x on the first {len(CENTER_SEEDS)} test seeds, "
              "minus PPO's on the same seeds (mean +- SE of the paired differences)", "",
              f"Generation 0 is PPO itself ({statistics.fmean(ppo):.1f} on these seeds). "
-             f"`python scripts/lpo_study.py centers{' --sigma ' + format(SIGMA, 'g') if variant() else ''}`.", "",
+             f"`python scripts/lpo_study.py centers{_variant_options()}`.", "",
              "| arm | " + " | ".join(f"g{g}" for g in generations) + " |", "|---|" + "---|" * len(generations)]
     for arm, by in found.items():
         cells = []
@@ -341,9 +368,10 @@ def report() -> None:
     """Fitness curves (CSV), the test table, the p-values and the learned drifts plotted against r."""
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
-    seed_note = ("" if ES_SEED == 0 else f" --es-seed {ES_SEED}") + (f" --sigma {SIGMA:g}" if variant() else "")
+    seed_note = ("" if ES_SEED == 0 else f" --es-seed {ES_SEED}") + _variant_options()
     lines = ["# LPO / TA-LPO by evolution strategies on CartPole-v1 (scaled): results"
-             + ("" if ES_SEED == 0 else f", ES seed {ES_SEED}") + (f", ES sigma {SIGMA:g}" if variant() else ""), "",
+             + ("" if ES_SEED == 0 else f", ES seed {ES_SEED}") + (f", ES sigma {SIGMA:g}" if variant() else "")
+             + (f", horizon {HORIZON} ({GENERATIONS} generations)" if _horizon_tag() else ""), "",
              f"Generated by `python scripts/lpo_study.py report{seed_note}`; setup in the script's docstring.", "",
              f"## Final greedy return on {len(TEST_SEEDS)} fresh seeds (mean +- SE), horizon {HORIZON} env steps = 1x", "",
              "| objective | " + " | ".join(f"{h:g}x" for h in HORIZONS) + " |", "|---|" + "---|" * len(HORIZONS)]
@@ -422,11 +450,12 @@ def pooled() -> None:
     for arm in ARMS:
         returns[f"{arm} (ES seeds {label})"] = {h: [v for seed in seeds for v in returns[f"{arm}-s{seed}"][h]]
                                                 for h in HORIZONS}
-    sigma_note = f" --sigma {SIGMA:g}" if variant() else ""
-    lines = [f"# LPO / TA-LPO, {len(seeds)} ES seed{'s' * (len(seeds) != 1)}, ES sigma {SIGMA:g}, tested together", "",
-             f"Generated by `python scripts/lpo_study.py pooled{sigma_note}`: every objective trained on the same "
+    horizon_note = f", horizon {HORIZON}" if _horizon_tag() else ""
+    lines = [f"# LPO / TA-LPO, {len(seeds)} ES seed{'s' * (len(seeds) != 1)}, ES sigma {SIGMA:g}{horizon_note}, "
+             "tested together", "",
+             f"Generated by `python scripts/lpo_study.py pooled{_variant_options()}`: every objective trained on the same "
              f"{len(TEST_SEEDS)} fresh seeds with the same code ("
-             + (f"the drifts of ES sigma {SIGMA:g} are in `results/lpo/sigma-{SIGMA:g}/`"
+             + (f"this variant's drifts are in `results/lpo/{variant_dir().relative_to(RESULTS)}/`"
                 if variant() else "ES seed 0's drifts are the shipped `lpo-cartpole` and `ta-lpo-cartpole`")
              + "; the per-seed returns are in `returns/`). Final greedy "
              "return, mean +- SE (runs). The pooled rows put the ES seeds' runs together: their Welch "
@@ -524,18 +553,31 @@ def main() -> None:
     parser.add_argument("name", nargs="?", help="test-one: the objective (ppo, dpo, lpo, ta-lpo)")
     parser.add_argument("scale", nargs="?", type=float, help="test-one: the horizon's multiple")
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--generations", type=int, default=GENERATIONS)
+    parser.add_argument("--generations", type=int, default=None,
+                        help=f"ES generations per arm (default: {STUDY_GENERATIONS} at the study's horizon, the same "
+                             "env-step budget at another)")
     parser.add_argument("--arm", choices=sorted(ARMS), action="append", help="train only this arm (repeatable)")
     parser.add_argument("--es-seed", type=int, default=0, choices=ES_SEEDS,
                         help="the arms' ES seed (0: the study's first run; 1, 2: replicates, tested against PPO)")
     parser.add_argument("--sigma", type=float, default=STUDY_SIGMA,
                         help=f"ES perturbation scale (the study's: {STUDY_SIGMA:g}; another runs a variant, "
                              "its runs and results tagged with it: results/lpo/sigma-S/)")
+    parser.add_argument("--horizon", type=int, default=STUDY_HORIZON,
+                        help=f"env steps of one lifetime, 1x (the study's: {STUDY_HORIZON}; another runs a variant "
+                             "with the same env-step budget, its runs and results tagged with it)")
     args = parser.parse_args()
     if not (0 < args.sigma < 10):
         parser.error(f"--sigma must be in (0, 10), got {args.sigma:g}")
-    global ES_SEED, SIGMA
-    ES_SEED, SIGMA = args.es_seed, args.sigma
+    if not (1024 <= args.horizon <= 10 * STUDY_HORIZON) or args.horizon % 1024:
+        parser.error(f"--horizon must be a multiple of 1024 (one PPO rollout: 8 envs x 128 steps) in "
+                     f"[1024, {10 * STUDY_HORIZON}], got {args.horizon}")
+    if args.generations is not None and args.generations < 1:
+        parser.error(f"--generations must be >= 1, got {args.generations}")
+    global ES_SEED, SIGMA, HORIZON, GENERATIONS
+    ES_SEED, SIGMA, HORIZON = args.es_seed, args.sigma, args.horizon
+    GENERATIONS = max(1, round(STUDY_GENERATIONS * STUDY_HORIZON / HORIZON))
+    if args.generations is None:
+        args.generations = GENERATIONS
     if args.stage == "train":
         train(args.parallel, args.generations, args.arm)
     elif args.stage == "test":

@@ -138,3 +138,20 @@ def test_the_readmes_meta_gradient_snippet_moves_gamma_visibly(tmp_path):
     summary = train(command)
     gamma = summary["meta"]["gamma"]
     assert gamma["initial"] == pytest.approx(0.9, abs=1e-6) and abs(gamma["final"] - gamma["initial"]) > 0.005, gamma
+
+
+def test_a_config_files_env_options_stay_with_its_env(tmp_path, capsys):
+    """``--config FILE --env OTHER``: the file's env_options were written for its own env, so another env
+    starts from none (with a note on stderr) unless --env-options gives its own; the same env keeps them."""
+    path = tmp_path / "snake.toml"
+    path.write_text('env = "snake"\nenv_options = {rows = 6, cols = 6}\nalgo = "a2c"\n')
+    kept = parse_train(["--config", str(path), "--env", "snake"])
+    assert kept.env_options == {"rows": 6, "cols": 6} and "note" not in capsys.readouterr().err
+    other = parse_train(["--config", str(path), "--env", "envpool:CartPole-v1"])
+    assert other.env == "envpool:CartPole-v1" and other.env_options == {}
+    assert "env_options {'rows': 6, 'cols': 6} are snake's; not passed to envpool:CartPole-v1" in capsys.readouterr().err
+    given = parse_train(["--config", str(path), "--env=gym:CartPole-v1", "--env-options", "max_episode_steps", "50"])
+    assert given.env_options == {"max_episode_steps": 50}
+    # on top of the file's own (a default dict's keys are not the only ones the flag may set)
+    more = parse_train(["--config", str(path), "--env-options", "rows", "8", "--env-options", "walls", "True"])
+    assert more.env_options == {"rows": 8, "cols": 6, "walls": True}

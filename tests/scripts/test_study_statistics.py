@@ -147,3 +147,29 @@ def test_lpo_center_rows_pair_each_center_with_ppo_on_the_same_seeds(tmp_path, m
     se = statistics.stdev(shifts[50]) / math.sqrt(n)
     assert row == f"| lpo | +5.0 +- 0.0 | +10.0 +- {se:.1f} |"
     assert next(line for line in rows if line.startswith("| ta-lpo |")) == "| ta-lpo |  |  |"
+
+
+def test_lpo_horizon_variant_keeps_its_own_files_and_budget(tmp_path, monkeypatch):
+    """``lpo_study.py --horizon H``: the runs, results, test returns (PPO's too: they depend on the
+    horizon) and centers of another lifetime are named apart from the study's, and its generations
+    keep the study's env-step budget."""
+    import lpo_study
+
+    for name in ("RESULTS", "RETURNS", "RUNS"):
+        monkeypatch.setattr(lpo_study, name, tmp_path / name.lower())
+    monkeypatch.setattr(lpo_study, "ES_SEED", 0)
+    study = {n: lpo_study.test_path(n, 1.0).name for n in ("ppo", "lpo")}
+    assert study == {"ppo": "ppo-h1.json", "lpo": "lpo-s0-h1.json"} and lpo_study.results_dir() == tmp_path / "results"
+    assert list(lpo_study.center_generations()) == [25, 50, 75, 100, 125, 150]
+    monkeypatch.setattr(lpo_study, "HORIZON", 4096)
+    monkeypatch.setattr(lpo_study, "GENERATIONS", 300)
+    assert lpo_study.test_path("ppo", 2.0).name == "ppo-horizon4096-h2.json"
+    assert lpo_study.test_path("lpo", 1.0).name == "lpo-horizon4096-s0-h1.json"
+    assert lpo_study.results_dir() == tmp_path / "results" / "horizon-4096"
+    monkeypatch.setattr(lpo_study, "SIGMA", 0.04)
+    assert lpo_study.run_dir("ta-lpo").name == "ta-lpo-sigma0.04-horizon4096-s0"
+    assert lpo_study.results_dir() == tmp_path / "results" / "sigma-0.04-horizon-4096"
+    assert lpo_study.center_path("lpo", 50).name == "lpo-sigma0.04-horizon4096-s0-g50.json"
+    assert list(lpo_study.center_generations()) == [50, 100, 150, 200, 250, 300]
+    assert lpo_study._study_flags()[-2:] == ["--horizon", "4096"]
+    assert lpo_study._variant_options() == " --sigma 0.04 --horizon 4096"
