@@ -155,7 +155,8 @@ def train(parallel: int, generations: int, arms: list[str] | None = None) -> Non
 
 def objectives() -> dict[str, list[str]]:
     """``rlmeta train`` options of every objective under test (learned drifts where their run finished)."""
-    out = {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]} if ES_SEED == 0 and not variant() else {"ppo": ["--algo", "ppo"]}
+    # DPO beside ES seed 0 (a --horizon variant tests it at its own horizon; the study's files serve the rest)
+    out = {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]} if ES_SEED == 0 else {"ppo": ["--algo", "ppo"]}
     for arm in ARMS:
         path = drift_file(arm)
         if path is not None:
@@ -397,7 +398,7 @@ def report() -> None:
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
     lines += center_rows()
     transfers = {} if ES_SEED else transfer_returns()
-    shown = [transfer_name(name) for name in objectives()]  # this report's objectives (a variant: PPO and its drifts)
+    shown = [transfer_name(name) for name in objectives()]  # this report's objectives
     transfers = {name: transfers[name] for name in shown if name in transfers}
     transfer_rows = {name: kept["returns"] for name, kept in transfers.items()}
     if any(transfer_rows.values()):
