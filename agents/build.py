@@ -185,6 +185,7 @@ def build_estimator(meta: MetaConfig, inner_update: InnerUpdate, policy_value: P
     outer = OuterObjective(policy_value, gamma=meta.outer_gamma, lambda_=meta.outer_lambda,
                            value_cost=meta.outer_value_cost, entropy_cost=meta.outer_entropy_cost,
                            kl_cost=meta.outer_kl_cost, conditioning=conditioning, **correction)
+    common["outer_fraction"] = meta.outer_fraction
     if name == "one-step":
         return ESTIMATORS[name](inner_update, outer, **common)
     if name == "multi-step":

@@ -227,6 +227,11 @@ class MetaConfig:
     tangent_fraction: float = 1.0
     """Below 1: the approximate mode, the tangent pass on this fraction of the sub-envs, drawn at random
     each update: unbiased for A2C (without normalised advantages) and V-trace, noisier (docs/benchmarks.md)."""
+    outer_fraction: float = 1.0
+    """Below 1: the final outer loss's gradient from this fraction of its rollout's sub-envs, drawn at random each
+    meta-update (its own forward and backward on them; unbiased, noisier; docs/benchmarks.md). With
+    tangent_fraction, the approximate mode's other half: together they cut both second-order passes. Not for
+    the bootstrapped estimator, whose final loss is a matching loss."""
     reuse_outer_rollout: bool = True
     """Learn from the outer loss's fresh rollout in the next meta-update's first inner update (Xu et al. 2018);
     False: collect a new one (the reference code of Bonnet et al.)."""
@@ -287,6 +292,11 @@ class MetaConfig:
             raise ValueError(f"meta.tangent_fraction must be in (0, 1], got {self.tangent_fraction!r}")
         if self.tangent_fraction < 1.0 and not self.tangent:
             raise ValueError("meta.tangent_fraction < 1 is a mode of the tangent path: it needs meta.tangent True")
+        if not (isinstance(self.outer_fraction, (int, float)) and 0.0 < self.outer_fraction <= 1.0):
+            raise ValueError(f"meta.outer_fraction must be in (0, 1], got {self.outer_fraction!r}")
+        if self.outer_fraction < 1.0 and self.estimator == "bootstrapped":
+            raise ValueError("meta.outer_fraction < 1 needs an outer loss on a rollout; the bootstrapped estimator's "
+                             "final loss is a matching loss")
         if self.targets not in ("exact", "semi"):
             raise ValueError(f"meta.targets must be 'exact' or 'semi', got {self.targets!r}")
         if self.variance_window < 0 or self.variance_window == 1:

@@ -163,6 +163,9 @@ class BenchMetaConfig:
     ``--no-tangent``: the reverse-over-reverse reference)."""
     tangent_fraction: float = 1.0
     """(a): the meta run's ``meta.tangent_fraction`` (below 1: the approximate tangent pass; needs --tangent)."""
+    outer_fraction: float = 1.0
+    """(a): the meta run's ``meta.outer_fraction`` (below 1: the outer loss's gradient on that fraction of the
+    sub-envs; with --tangent-fraction, the approximate mode on both second-order passes)."""
     max_overhead: float = 1.7
     """(a) check: meta / plain time per iteration must be at most this at ``num_envs`` x ``num_steps``
     (the exact floor, a plain iteration plus the outer backward and one tangent pass, is about 1.6 at
@@ -282,7 +285,8 @@ def _train_config(cfg: BenchMetaConfig, run_dir: Path, meta: bool, iterations: i
         hparams=HParamsConfig(gamma=INNER_HPARAMS["gamma"], td_lambda=INNER_HPARAMS["lambda"],
                               entropy_cost=INNER_HPARAMS["entropy_cost"], value_cost=INNER_HPARAMS["value_cost"]),
         meta=MetaConfig(learn=LEARNED, estimator="one-step", outer_gamma=OUTER_GAMMA, outer_lambda=OUTER_LAMBDA,
-                        tangent=cfg.tangent, tangent_fraction=cfg.tangent_fraction)
+                        tangent=cfg.tangent, tangent_fraction=cfg.tangent_fraction,
+                        outer_fraction=cfg.outer_fraction)
         if meta else MetaConfig(),
         seed=cfg.seed, device=cfg.device, torch_threads=cfg.threads, run_dir=str(run_dir), progress=False,
         checkpoint_interval=0, eval_interval=0, eval_episodes=1,
@@ -856,8 +860,10 @@ def _reference_batch(cfg: BenchMetaConfig) -> BenchMetaConfig:
 def _report_a(cfg: BenchMetaConfig, a: dict[str, Any], where: str) -> list[str]:
     """Part (a)'s table and verdict at ``cfg``'s batch size."""
     batch = cfg.num_envs * cfg.num_steps
+    approximate = "" if cfg.tangent_fraction == 1 and cfg.outer_fraction == 1 else \
+        f"approximate mode: tangent fraction {cfg.tangent_fraction:g}, outer fraction {cfg.outer_fraction:g}; "
     lines = [f"### (a) A2C on {cfg.env}: one-step meta-gradients (learn gamma, lambda) vs plain "
-              f"({cfg.num_envs} envs x {cfg.num_steps} steps = {batch:,} env steps per rollout; {where}; "
+              f"({cfg.num_envs} envs x {cfg.num_steps} steps = {batch:,} env steps per rollout; {approximate}{where}; "
               f"median of {a['timed_iterations']} iterations after {cfg.warmup} warm-up, {cfg.rounds} rounds)", "",
               "| run | rollouts / iteration | ms / iteration | collect ms | learn ms | us / env step |",
               "|---|---:|---:|---:|---:|---:|"]

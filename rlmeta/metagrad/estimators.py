@@ -63,6 +63,7 @@ from rlmeta.learner import UpdateMode
 from rlmeta.optim import detached, float_tensors
 from rlmeta.objectives.base import LossContext
 from rlmeta.rollout import ForwardMemo, Params, Rollout
+from rlmeta.tangent import draw_columns
 
 
 class InnerUpdate(Protocol):
@@ -125,7 +126,7 @@ class Estimator:
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int = 1,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 tangent: bool = True, tangent_fraction: float = 1.0):
+                 tangent: bool = True, tangent_fraction: float = 1.0, outer_fraction: float = 1.0):
         self._carried: ForwardMemo | None = None  # the last L_K's forward, for the next first update
         self.inner_update = inner_update
         self.outer_loss = outer_loss
@@ -145,6 +146,18 @@ class Estimator:
         if tangent_fraction < 1.0 and not tangent:
             raise ValueError("tangent_fraction < 1 is a mode of the tangent path: it needs tangent=True")
         self.tangent_fraction = float(tangent_fraction)
+        # < 1: L_K's gradient from that fraction of its rollout's sub-envs (its own forward and backward
+        # on them; the value reported and the forward shared with the next update stay whole).
+        if not (isinstance(outer_fraction, (int, float)) and 0.0 < outer_fraction <= 1.0):
+            raise ValueError(f"outer_fraction must be in (0, 1], got {outer_fraction!r}")
+        if outer_fraction < 1.0:
+            if not self.shares_final_forward:
+                raise ValueError(f"outer_fraction < 1 needs an outer loss on a rollout; the {self.name} estimator's "
+                                 "final loss is not one")
+            if not getattr(outer_loss, "per_env", False):
+                raise ValueError("outer_fraction < 1 needs an outer loss that is a mean of per-sub-env losses "
+                                 f"(per_env); {type(outer_loss).__name__} does not say it is")
+        self.outer_fraction = float(outer_fraction)
         self.generator = generator  # the inner updates' random numbers (replayed when recomputing)
 
     def mode(self, differentiable: bool, upstream: bool, memo: ForwardMemo | None = None) -> UpdateMode:
@@ -214,7 +227,8 @@ class Estimator:
             final_params = _leaves(params)
             final, used, fresh = self.final_loss(final_params, opt_state, previous, collect, used, memo)
             keys = [n for n in final_params if params[n].requires_grad]
-            outer_grads = torch.autograd.grad(final, [final_params[n] for n in keys], retain_graph=True,
+            source = self._outer_sample(final, final_params, fresh, previous)
+            outer_grads = torch.autograd.grad(source, [final_params[n] for n in keys], retain_graph=source is final,
                                               allow_unused=True)
             through = sum((params[n] * g).sum() for n, g in zip(keys, outer_grads) if g is not None)
             # Plus L_K itself: from the leaf copies it reaches the meta-parameters only where it reads
@@ -262,9 +276,10 @@ class Estimator:
             params, opt_state = self.inner_update(params, opt_state, rollout, frozen, self.mode(False, False))
             params, opt_state = _leaves(params), detached(opt_state)
         final, used, fresh = self.final_loss(params, opt_state, starts[-1][0], collect, used, None)
+        source = self._outer_sample(final, params, fresh, starts[-1][0])
         after = self._rng_state()
         inputs = list(params.values()) + raw
-        grads = torch.autograd.grad(weights[-1] * final, inputs, allow_unused=True)
+        grads = torch.autograd.grad(weights[-1] * source, inputs, allow_unused=True)
         params_bar = dict(zip(params, grads[: len(params)]))
         meta_bar = list(grads[len(params):])
         state_bar: list[Tensor | None] | None = None
@@ -308,6 +323,18 @@ class Estimator:
         return MetaGradient(result, _leaves(params), detached(opt_state), float(meta_loss),
                             [outer_losses[k] for k in sorted(outer_losses)], used, fresh)
 
+    def _outer_sample(self, final: Tensor, params: Params, fresh: Rollout | None, previous: Params | None) -> Tensor:
+        """What ``L_K``'s gradient is taken from: ``final`` itself, or with ``outer_fraction`` < 1 the outer
+        loss on a random subset of ``fresh``'s sub-envs (drawn with the generator), whose gradient is an
+        unbiased estimate of ``final``'s for a per-env outer loss."""
+        if self.outer_fraction == 1.0:
+            return final
+        if not isinstance(fresh, Rollout):
+            raise ValueError("outer_fraction < 1 needs the final loss's rollout")
+        count = max(1, round(self.outer_fraction * fresh.num_envs))
+        columns = draw_columns(fresh.num_envs, count, self.generator, fresh.rewards.device)
+        return self.outer_loss(params, fresh.envs(columns), previous, LossContext())
+
     def _rng_state(self) -> Tensor | None:
         return None if self.generator is None else self.generator.get_state()
 
@@ -330,8 +357,9 @@ class OneStep(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, recompute: bool = False,
                  generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True,
-                 tangent_fraction: float = 1.0):
-        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact, tangent, tangent_fraction)
+                 tangent_fraction: float = 1.0, outer_fraction: float = 1.0):
+        super().__init__(inner_update, outer_loss, 1, recompute, generator, exact, tangent, tangent_fraction,
+                         outer_fraction)
 
 
 class MultiStep(Estimator):
@@ -341,8 +369,10 @@ class MultiStep(Estimator):
 
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  truncation: int | None = None, recompute: bool = False, generator: torch.Generator | None = None,
-                 exact: bool = True, tangent: bool = True, tangent_fraction: float = 1.0):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction)
+                 exact: bool = True, tangent: bool = True, tangent_fraction: float = 1.0,
+                 outer_fraction: float = 1.0):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction,
+                         outer_fraction)
         if truncation is not None and not (isinstance(truncation, int) and 1 <= truncation <= num_updates):
             raise ValueError(f"truncation must be an integer in [1, K={num_updates}] or None, got {truncation!r}")
         self._truncation = truncation or num_updates
@@ -359,8 +389,9 @@ class Mixed(Estimator):
     def __init__(self, inner_update: InnerUpdate, outer_loss: OuterLoss, num_updates: int,
                  weights: str | Sequence[float] = "uniform", decay: float = 0.5, recompute: bool = False,
                  generator: torch.Generator | None = None, exact: bool = True, tangent: bool = True,
-                 tangent_fraction: float = 1.0):
-        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction)
+                 tangent_fraction: float = 1.0, outer_fraction: float = 1.0):
+        super().__init__(inner_update, outer_loss, num_updates, recompute, generator, exact, tangent, tangent_fraction,
+                         outer_fraction)
         self._weights = mixing_weights(num_updates, weights, decay)
 
     def weights(self) -> list[float]:
@@ -385,9 +416,10 @@ class Bootstrapped(Estimator):
     def __init__(self, inner_update: InnerUpdate, policy_value: Callable, num_updates: int = 1,
                  target_updates: int = 1, value_cost: float = 0.0, target_hparams: dict | None = None,
                  recompute: bool = False, generator: torch.Generator | None = None, exact: bool = True,
-                 outer_hparams: dict | None = None, tangent: bool = True, tangent_fraction: float = 1.0):
+                 outer_hparams: dict | None = None, tangent: bool = True, tangent_fraction: float = 1.0,
+                 outer_fraction: float = 1.0):
         super().__init__(inner_update, _no_outer_loss, num_updates, recompute, generator, exact, tangent,
-                         tangent_fraction)
+                         tangent_fraction, outer_fraction)
         if not isinstance(target_updates, int) or target_updates < 1:
             raise ValueError(f"target_updates (L) must be an integer >= 1, got {target_updates!r}")
         if not value_cost >= 0:

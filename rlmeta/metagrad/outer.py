@@ -53,6 +53,9 @@ class OuterObjective:
         self.conditioning = conditioning
         self._actor_critic = (VTraceActorCritic(policy_value, rho_bar=rho_bar, c_bar=c_bar, pg_rho_bar=pg_rho_bar)
                               if vtrace else A2C(policy_value))
+        # A mean over the rollout's sub-envs of each one's own loss (the KL term too): on a random subset of
+        # them, an unbiased estimate (the estimators' ``outer_fraction``).
+        self.per_env = self._actor_critic.per_env
 
     def __call__(self, params: Params, rollout: Rollout, previous: Params | None = None,
                  context: LossContext = PLAIN) -> Tensor:

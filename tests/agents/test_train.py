@@ -407,6 +407,23 @@ def test_meta_gradient_run_tunes_and_logs_hyperparameters(tmp_path, estimator, k
     assert set(summary["meta"]) == {"gamma", "lambda", "entropy_cost"}
 
 
+def test_approximate_meta_run_subsamples_both_second_order_passes(tmp_path):
+    """``--meta.tangent-fraction`` and ``--meta.outer-fraction``: the run trains, its meta-gradients differ
+    from the exact run's on the same first rollouts, and the same seed gives the same run."""
+    from rlmeta.agents.config import MetaConfig
+
+    grads = {}
+    for name, fraction in (("exact", 1.0), ("approximate", 0.5), ("again", 0.5)):
+        meta = MetaConfig(learn=("gamma", "lambda"), lr=0.05, tangent_fraction=fraction, outer_fraction=fraction)
+        trainer = Trainer(tiny(tmp_path / name, meta=meta, total_steps=32 * 5, checkpoint_interval=0))
+        assert trainer.estimator.outer_fraction == fraction and trainer.estimator.tangent_fraction == fraction
+        assert trainer.run()["status"] == "completed"
+        grads[name] = [v for _, v in scalars(tmp_path / name / "run", "meta/grad_gamma")]
+    assert len(grads["exact"]) == len(grads["approximate"]) == 4
+    assert grads["approximate"][0] != pytest.approx(grads["exact"][0], rel=1e-4)
+    assert grads["approximate"] == grads["again"]
+
+
 def test_async_meta_run_learns_on_the_learner_from_queued_rollouts(tmp_path):
     """Actor threads keep acting while the learner meta-updates; V-trace corrects inner and outer losses."""
     from rlmeta.agents.config import MetaConfig
@@ -573,6 +590,9 @@ def test_meta_run_resumes_its_meta_parameters(tmp_path):
         (["--meta.learn", "gamma", "--meta.tangent", "True", "--meta.tangent-fraction", "0.5",
           "--normalize-advantages", "True"],
          "mean of per-sub-env losses"),
+        (["--meta.learn", "gamma", "--meta.outer-fraction", "0"], r"outer_fraction must be in \(0, 1\]"),
+        (["--meta.learn", "gamma", "--meta.estimator", "bootstrapped", "--meta.outer-fraction", "0.5"],
+         "final loss is a matching loss"),
         (["--meta.learn", "gamma", "--meta.estimator", "multi-step", "--meta.num-updates", "0"],
          "K must be an integer >= 1, got 0"),
         (["--meta.learn", "gamma", "--meta.estimator", "mixed", "--meta.num-updates", "3", "--meta.weights", "1,2"],

@@ -219,6 +219,59 @@ def test_approximate_tangent_pass_is_unbiased():
     assert float((draws[0] - exact).norm() / exact.norm()) > 1e-3
 
 
+@pytest.mark.parametrize("kind, tangent_fraction, recompute", [("one-step", 0.5, False), ("multi-step", 0.5, False),
+                                                                 ("multi-step", 1.0, True)])
+def test_approximate_outer_loss_is_unbiased(kind, tangent_fraction, recompute):
+    """``outer_fraction``: over every subset of 2 of the 4 sub-envs for L_K's gradient (and, with the
+    approximate tangent pass too, every pair of subsets) the meta-gradient averages to the exact one;
+    the value reported stays the whole L_K."""
+    from itertools import combinations, product
+
+    import rlmeta.metagrad.estimators as estimators_module
+
+    optimizer = OPTIMIZERS["adam"](0.5)
+    objective = OBJECTIVES["vtrace"]()
+
+    def inner(params, opt_state, rollout, hparams, mode):
+        return gradient_step(objective, optimizer, params, opt_state, rollout, hparams, mode=mode)[:2]
+
+    def estimate(outer_fraction, fraction, inner_subset=None, outer_subset=None):
+        outer = OuterObjective(policy_value, value_cost=0.1, kl_cost=0.2)
+        common = dict(tangent=True, tangent_fraction=fraction, outer_fraction=outer_fraction, recompute=recompute)
+        estimator = OneStep(inner, outer, **common) if kind == "one-step" else MultiStep(inner, outer, 2, **common)
+        originals = tangent_module.draw_columns, estimators_module.draw_columns
+        if inner_subset is not None:
+            tangent_module.draw_columns = lambda *args: torch.tensor(inner_subset)
+        if outer_subset is not None:
+            estimators_module.draw_columns = lambda *args: torch.tensor(outer_subset)
+        try:
+            params = make_params()
+            it = iter(ROLLOUTS)
+            return estimator.estimate(make_meta(), params, optimizer.init(params), lambda p: next(it))
+        finally:
+            tangent_module.draw_columns, estimators_module.draw_columns = originals
+
+    exact = estimate(1.0, 1.0)
+    subsets = list(combinations(range(B), B // 2))
+    pairs = list(product(subsets, subsets)) if tangent_fraction < 1 else [(None, s) for s in subsets]
+    draws = [estimate(0.5, tangent_fraction, a, b) for a, b in pairs]
+    mean = torch.stack([d.vector() for d in draws]).mean(0)
+    assert float((mean - exact.vector()).norm() / exact.vector().norm()) <= 1e-8
+    assert float((draws[1].vector() - exact.vector()).norm() / exact.vector().norm()) > 1e-3
+    assert draws[1].meta_loss == pytest.approx(exact.meta_loss, rel=1e-12)
+
+
+def test_approximate_outer_loss_refuses_what_it_cannot_estimate():
+    from rlmeta.metagrad import Bootstrapped
+
+    with pytest.raises(ValueError, match="outer_fraction must be in"):
+        OneStep(lambda *a: None, OuterObjective(policy_value), outer_fraction=1.5)
+    with pytest.raises(ValueError, match="per_env"):
+        OneStep(lambda *a: None, lambda *a: None, outer_fraction=0.5)
+    with pytest.raises(ValueError, match="bootstrapped estimator's final loss is not one"):
+        Bootstrapped(lambda *a: None, lambda *a: None, outer_fraction=0.5)
+
+
 def test_approximate_mode_refuses_objectives_with_batch_statistics():
     optimizer = OPTIMIZERS["sgd"](None)
     mode = UpdateMode(differentiable=True, tangent=True, tangent_fraction=0.5)
