@@ -166,6 +166,11 @@ class BenchMetaConfig:
     outer_fraction: float = 1.0
     """(a): the meta run's ``meta.outer_fraction`` (below 1: the outer loss's gradient on that fraction of the
     sub-envs; with --tangent-fraction, the approximate mode on both second-order passes)."""
+    approximate: tuple[str, ...] = ("0.125/0.125",)
+    """(a): approximate modes timed in the same rounds as plain and exact, each ``TANGENT/OUTER`` (the
+    tangent pass's and the outer gradient's fractions of the sub-envs); at ``num_envs`` x ``num_steps`` only."""
+    approximate_max_overhead: float = 1.5
+    """(a) check: an approximate mode's meta / plain time per iteration must be at most this."""
     max_overhead: float = 1.7
     """(a) check: meta / plain time per iteration must be at most this at ``num_envs`` x ``num_steps``
     (the exact floor, a plain iteration plus the outer backward and one tangent pass, is about 1.6 at
@@ -185,7 +190,8 @@ class BenchMetaConfig:
     """Write the results as JSON to this path."""
 
     def __post_init__(self) -> None:
-        for name in ("parts", "hidden", "conv_channels", "speed_ks", "contenders", "memory_ks", "memory_estimators"):
+        for name in ("parts", "hidden", "conv_channels", "speed_ks", "contenders", "memory_ks", "memory_estimators",
+                     "approximate"):
             setattr(self, name, tuple(getattr(self, name)))
         if not self.parts or any(p not in ("a", "b", "c") for p in self.parts):
             raise ValueError(f"parts must be some of a, b, c; got {list(self.parts)}")
@@ -199,6 +205,8 @@ class BenchMetaConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for mode in self.approximate:
+            _approximate_fractions(mode)  # a ValueError now for a malformed one
         if "a" in self.parts and self.warmup < 1:
             raise ValueError("part a needs warmup >= 1: the first iteration pays one-time costs (numba, first calls)")
         if not self.hidden or any(h < 1 for h in self.hidden) or any(c < 1 for c in self.conv_channels):
@@ -222,7 +230,7 @@ class BenchMetaConfig:
         if not self.lr > 0 or not 0 < self.rmsprop_decay < 1 or not self.rmsprop_eps >= 0:
             raise ValueError(f"need lr > 0, 0 < rmsprop_decay < 1, rmsprop_eps >= 0; got {self.lr}, "
                              f"{self.rmsprop_decay}, {self.rmsprop_eps}")
-        for name in ("max_overhead", "reference_max_overhead", "required_speedup", "required_speedup_multi",
+        for name in ("max_overhead", "approximate_max_overhead", "reference_max_overhead", "required_speedup", "required_speedup_multi",
                      "grad_rtol"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -233,6 +241,17 @@ class BenchMetaConfig:
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers.
+
+
+def _approximate_fractions(mode: str) -> tuple[float, float]:
+    """``"T/O"`` -> (tangent fraction, outer fraction), each in (0, 1] and not both 1."""
+    try:
+        tangent, outer = (float(x) for x in mode.split("/"))
+    except ValueError:
+        raise ValueError(f"an approximate mode is TANGENT/OUTER, two fractions, e.g. 0.125/0.125; got {mode!r}") from None
+    if not (0 < tangent <= 1 and 0 < outer <= 1) or tangent == outer == 1:
+        raise ValueError(f"an approximate mode's fractions must be in (0, 1], not both 1; got {mode!r}")
+    return tangent, outer
 
 
 def _sync(device: torch.device) -> None:
@@ -332,14 +351,24 @@ def _timed_run(cfg: BenchMetaConfig, run_dir: Path, meta: bool) -> dict[str, lis
 
 def part_a(cfg: BenchMetaConfig, tmp: Path) -> dict[str, Any]:
     """Median seconds per iteration of plain and one-step meta A2C training, and their ratios."""
-    times: dict[str, dict[str, list[float]]] = {m: {"total": [], "collect": []} for m in ("plain", "meta")}
+    # Plain, exact and the approximate modes in every round, in a rotating order (this machine's speed
+    # drifts over minutes: each round's ratios are paired).
+    configs = {"plain": cfg, "meta": cfg}
+    for mode in cfg.approximate:
+        tangent, outer = _approximate_fractions(mode)
+        configs[f"approximate {mode}"] = replace(cfg, tangent=True, tangent_fraction=tangent, outer_fraction=outer)
+    times: dict[str, dict[str, list[float]]] = {m: {"total": [], "collect": []} for m in configs}
+    medians: dict[str, list[float]] = {m: [] for m in configs}
+    modes = list(configs)
     for r in range(cfg.rounds):
-        for mode in (("plain", "meta") if r % 2 == 0 else ("meta", "plain")):
-            out = _timed_run(cfg, tmp / f"a-{cfg.num_envs}x{cfg.num_steps}-{mode}-{r}", meta=mode == "meta")
+        shift = r % len(modes)
+        for mode in modes[shift:] + modes[:shift]:
+            run_dir = tmp / f"a-{cfg.num_envs}x{cfg.num_steps}-{mode.replace(' ', '-').replace('/', '-')}-{r}"
+            out = _timed_run(configs[mode], run_dir, meta=mode != "plain")
             for key, values in out.items():
                 times[mode][key].extend(values)
-            print(f"  (a) round {r}: {mode:<5} median {1e3 * statistics.median(out['total']):.1f} ms/iteration",
-                  flush=True)
+            medians[mode].append(statistics.median(out["total"]))
+            print(f"  (a) round {r}: {mode:<5} median {1e3 * medians[mode][-1]:.1f} ms/iteration", flush=True)
     batch = cfg.num_envs * cfg.num_steps
     result: dict[str, Any] = {"env": cfg.env, "num_envs": cfg.num_envs, "num_steps": cfg.num_steps,
                               "timed_iterations": len(times["plain"]["total"])}
@@ -357,6 +386,16 @@ def part_a(cfg: BenchMetaConfig, tmp: Path) -> dict[str, Any]:
     result["ratio_learn"] = meta["learn_seconds"] / plain["learn_seconds"]
     result["max_overhead"] = cfg.max_overhead
     result["passed"] = result["ratio_per_iteration"] <= cfg.max_overhead
+    result["approximate"] = {}
+    for mode in cfg.approximate:
+        label = f"approximate {mode}"
+        seconds = statistics.median(times[label]["total"])
+        paired = [a / b for a, b in zip(medians[label], medians["plain"])]
+        ratio = seconds / plain["seconds_per_iteration"]
+        result["approximate"][mode] = {
+            "seconds_per_iteration": seconds, "ratio_per_iteration": ratio, "round_ratios": paired,
+            "max_overhead": cfg.approximate_max_overhead, "passed": ratio <= cfg.approximate_max_overhead,
+            "all_seconds": times[label]["total"]}
     # The floor: a one-step meta-iteration does what a plain one does plus, at least, the outer
     # loss's gradient at the updated parameters, whatever computes the second-order term: a second
     # backward pass per iteration (its forward pass is the next inner update's, which ours shares).
@@ -665,6 +704,11 @@ def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
         floor = (sum(_gradient_seconds(data, cfg, "inner", i, cfg.iterations) for i in range(k))
                  + _gradient_seconds(data, cfg, "outer", k, cfg.iterations))
         best = {c: rows[c]["seconds"] / floor for c in THEIRS if c in rows}
+        # At K = 1 the exact floor adds the one piece of second-order work an exact meta-gradient
+        # needs (a tangent pass of the network over the inner batch): the best any exact method can do.
+        tangent = _tangent_seconds(data, cfg, cfg.iterations) if k == 1 else None
+        exact_floor = None if tangent is None else floor + tangent
+        best_exact = {} if exact_floor is None else {c: rows[c]["seconds"] / exact_floor for c in THEIRS if c in rows}
         required = cfg.required_speedup if k == 1 else cfg.required_speedup_multi
         results[str(k)] = {
             "k": k, "contenders": rows, "reference": reference, "agree": agree,
@@ -672,6 +716,9 @@ def part_b(cfg: BenchMetaConfig, data: FixedData) -> dict[str, Any]:
             "speedups": speedups, "floor_seconds": floor, "best_possible_speedups": best,
             "required_speedup": required,
             "goal_reachable": all(b >= required for b in best.values()) if best else None,
+            "tangent_seconds": tangent, "exact_floor_seconds": exact_floor, "best_exact_speedups": best_exact,
+            "ours_over_exact_floor": None if exact_floor is None else rows["ours"]["seconds"] / exact_floor,
+            "exact_goal_reachable": all(b >= required for b in best_exact.values()) if best_exact else None,
             "passed": (agree is not False and all(s >= required for s in speedups.values()))
             if speedups else None,
         }
@@ -853,8 +900,9 @@ def _verdict(passed: bool | None) -> str:
 
 
 def _reference_batch(cfg: BenchMetaConfig) -> BenchMetaConfig:
-    """``cfg`` at the Snake reference batch (512 envs x 5 steps) with that batch's target."""
-    return replace(cfg, num_envs=512, num_steps=5, max_overhead=cfg.reference_max_overhead)
+    """``cfg`` at the Snake reference batch (512 envs x 5 steps) with that batch's target (the approximate
+    modes' goal is at the first batch only)."""
+    return replace(cfg, num_envs=512, num_steps=5, max_overhead=cfg.reference_max_overhead, approximate=())
 
 
 def _report_a(cfg: BenchMetaConfig, a: dict[str, Any], where: str) -> list[str]:
@@ -880,6 +928,14 @@ def _report_a(cfg: BenchMetaConfig, a: dict[str, Any], where: str) -> list[str]:
               f"ms, timed alone) = {a['floor_ratio']:.2f}x plain, before any second-order work; "
               f"the exact floor, with one tangent pass of the network ({1e3 * a['tangent_seconds']:.1f} ms, "
               f"timed alone), {a['exact_floor_ratio']:.2f}x."]
+    for mode, r in a.get("approximate", {}).items():
+        tangent, outer = _approximate_fractions(mode)
+        rounds = r["round_ratios"]
+        lines.append(f"Approximate mode (tangent pass on {tangent:g} of the sub-envs, outer gradient on {outer:g}): "
+                     f"{1e3 * r['seconds_per_iteration']:.1f} ms, {r['ratio_per_iteration']:.2f}x plain (per round "
+                     f"{min(rounds):.2f}-{max(rounds):.2f}x), goal <= {r['max_overhead']:g}x: {_verdict(r['passed'])}; "
+                     f"its variance cost: `python scripts/tangent_fraction_variance.py --fraction {tangent:g} "
+                     f"--outer-fraction {outer:g}`.")
     return lines
 
 
@@ -927,6 +983,14 @@ def format_report(cfg: BenchMetaConfig, out: dict[str, Any]) -> str:
                 lines.append(f"  Floor: {r['k']} inner + 1 outer plain gradients = {1e3 * r['floor_seconds']:.1f} ms, "
                              f"which any method computes before its second-order work; {best}: the floor alone "
                              f"{'does not rule out' if r['goal_reachable'] else 'rules out'} the "
+                             f"{r['required_speedup']:g}x goal here.")
+            if r.get("best_exact_speedups"):
+                best = ", ".join(f"{c} / exact floor {s:.2f}x" for c, s in r["best_exact_speedups"].items())
+                lines.append(f"  Exact floor: that plus one tangent pass of the network on the inner batch "
+                             f"({1e3 * r['tangent_seconds']:.1f} ms) = {1e3 * r['exact_floor_seconds']:.1f} ms, the "
+                             f"least second-order work of an exact meta-gradient; ours / exact floor "
+                             f"{r['ours_over_exact_floor']:.2f}x; {best}: an exact method at this floor "
+                             f"{'could reach' if r['exact_goal_reachable'] else 'could not reach'} the "
                              f"{r['required_speedup']:g}x goal here.")
         if any(r["k"] > 1 for r in b["by_k"].values()):
             lines.append("- For K > 1 'ours' is the exact meta-gradient (targets differentiated through the earlier "

@@ -45,6 +45,15 @@ meta-parameters (after the first update of an unroll, or from the first one for 
 conditioned on them), unless the estimator was made with ``exact=False``, the published
 semi-gradient form, whose targets are always detached.
 
+The approximate mode trades variance for time in both second-order passes of a one-step
+meta-gradient: ``tangent_fraction`` < 1 runs the first update's tangent pass on a random subset of
+its sub-envs (``rlmeta.tangent``), ``outer_fraction`` < 1 takes ``L_K``'s gradient from the outer
+loss on a random subset of its rollout's sub-envs (a forward and backward of that subset alone;
+the full ``L_K`` is still computed, as the value reported and the forward the next update
+shares). Each is an unbiased estimate for a per-env loss, and so is their product, the two
+subsets being drawn independently (tested exactly over all subsets); only ``L_K`` is subsampled,
+not the intermediate outer losses of a mixed unroll.
+
 Meta-parameters (``rlmeta.hparams.MetaParams``) are a dict of tensors: named bounded scalars and
 whole parameter trees alike; ``MetaGradient.grads`` has one entry per raw tensor.
 """
