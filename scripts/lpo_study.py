@@ -337,6 +337,9 @@ def transfer_returns() -> dict[str, dict]:
     for name in map(transfer_name, objectives()):
         values = [_summary_return(RUNS / "transfer" / f"{name}-s{seed}") for seed in TRANSFER_SEEDS]
         if all(v is not None for v in values):
+            before = kept.get(name, {})
+            if before.get("returns") == values and before.get("seeds") == list(TRANSFER_SEEDS):
+                continue  # kept already, with the commit and kernels it ran on (the runs do not record them)
             found[name] = {"seeds": list(TRANSFER_SEEDS), "returns": values, "commit": _commit(), "kernels": _kernels()}
     if found:
         kept.update(found)

@@ -173,3 +173,29 @@ def test_lpo_horizon_variant_keeps_its_own_files_and_budget(tmp_path, monkeypatc
     assert list(lpo_study.center_generations()) == [50, 100, 150, 200, 250, 300]
     assert lpo_study._study_flags()[-2:] == ["--horizon", "4096"]
     assert lpo_study._variant_options() == " --sigma 0.04 --horizon 4096"
+
+
+def test_lpo_transfer_results_keep_the_commit_their_runs_ran_at(tmp_path, monkeypatch):
+    """A report re-reads the finished Breakout runs; an objective whose returns are kept already keeps
+    the commit and kernels recorded when they were first read (the runs do not record them), and a
+    new one is stamped with today's."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": [], "dpo": []})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    for name, returns in (("ppo", [9.0, 10.0, 11.0]), ("dpo", [8.0, 8.5, 9.0])):
+        for seed, value in zip(lpo_study.TRANSFER_SEEDS, returns):
+            run = tmp_path / "runs" / "transfer" / f"{name}-s{seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"status": "completed", "eval": {"return_mean": value}}))
+    kept = {"ppo": {"seeds": list(lpo_study.TRANSFER_SEEDS), "returns": [9.0, 10.0, 11.0], "commit": "then",
+                    "kernels": {"torch": "AVX2"}}}
+    (tmp_path / "transfer.json").write_text(json.dumps(kept))
+    found = lpo_study.transfer_returns()
+    assert found["ppo"]["commit"] == "then" and found["ppo"]["kernels"] == {"torch": "AVX2"}
+    assert found["dpo"]["commit"] == "today" and found["dpo"]["returns"] == [8.0, 8.5, 9.0]
+    assert json.loads((tmp_path / "transfer.json").read_text()) == found
