@@ -77,6 +77,10 @@ class Optimizer:
     # The same direction on one flat tensor of all gradients, used when nothing needs a gradient.
     fused_direction: Callable[[Tensor, State, "_Layout"], tuple[Tensor, State]] | None = None
     per_agent: bool = False  # the leading axis of every tensor indexes a population's agents
+    # The vector-Jacobian product of ``direction`` with respect to its gradient input, in closed form on
+    # flat tensors (see :meth:`flat_vjp`); None where only autograd can give it.
+    direction_vjp: Callable[[Tensor, State, Tensor | None, dict[str, Tensor | None], bool],
+                            tuple[Tensor, Tensor | None]] | None = None
 
     def __post_init__(self) -> None:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -111,6 +115,43 @@ class Optimizer:
             grads, _ = clip_by_global_norm(grads, self.max_grad_norm, grad_norm, self.per_agent)
         step, new_state = self.direction(grads, state)
         return {k: params[k] - _per_row(rate, step[k]) * step[k] for k in params}, new_state
+
+    def flat_vjp(self, grads: Tensor, state: State, lr: float | Tensor | None, params_bar: Tensor | None,
+                 state_bar: dict[str, Tensor | None], want_lr: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The update's vector-Jacobian product with respect to the gradients, in closed form.
+
+        For ``new_params, new_state = update(params, grads, state, lr)`` on one flat tensor of all
+        gradients ``grads`` (and the state's per-parameter trees flat likewise, as :class:`_Layout`
+        lays them out), with cotangents ``params_bar`` on the new parameters and ``state_bar[name]``
+        on the new state's trees (None: zero), returns ``(grads_bar, lr_bar)``: what autograd through
+        ``update`` gives for ``grads`` (the clip's rank-one term included) and, with ``want_lr``, for
+        ``lr``. The same arithmetic in a few fused elementwise ops instead of a recorded graph: the
+        forward-over-reverse meta-gradient's step 2 (``rlmeta.tangent``). Needs ``direction_vjp``
+        and a single agent.
+        """
+        if self.direction_vjp is None or self.per_agent:
+            raise ValueError(f"optimizer {self.name!r} has no closed-form vector-Jacobian product")
+        with torch.no_grad():
+            g_hat, scale, norm, ratio = grads, None, None, None
+            if self.max_grad_norm is not None:
+                norm = torch.sqrt(torch.sum(grads * grads) + 1e-30)  # as global_norm
+                ratio = self.max_grad_norm / norm
+                scale = torch.clamp(ratio, max=1.0)
+                g_hat = grads * scale
+            rate = self.lr if lr is None else (lr.detach() if torch.is_tensor(lr) else lr)
+            step_bar = None if params_bar is None else params_bar * -rate
+            g_hat_bar, step = self.direction_vjp(g_hat, state, step_bar, state_bar, want_lr)
+            lr_bar = None
+            if want_lr:
+                lr_bar = torch.zeros((), dtype=grads.dtype, device=grads.device) if params_bar is None \
+                    else -torch.dot(params_bar, step)  # type: ignore[arg-type]
+            if scale is None:
+                return g_hat_bar, lr_bar
+            grads_bar = g_hat_bar * scale
+            # clamp(ratio, max=1) passes the gradient where ratio <= 1; d ratio / d g = -ratio g / norm^2.
+            coefficient = torch.where(ratio <= 1.0, -torch.dot(g_hat_bar, grads) * ratio / (norm * norm),
+                                      torch.zeros_like(norm))
+            return grads_bar.addcmul_(grads, coefficient), lr_bar
 
     def flat_steps(self, params: Params, state: State, lr: float | Tensor | None = None) -> "FlatSteps | None":
         """Plain steps on flat buffers kept from one step to the next (:class:`FlatSteps`), or None where
@@ -306,7 +347,15 @@ def sgd(lr: float, momentum: float = 0.0, max_grad_norm: float | None = None) ->
         buf = layout.flat(state["momentum"]).mul_(momentum).add_(grads)
         return buf, {"momentum": layout.split(buf)}
 
-    return Optimizer("sgd", lr, init, direction, max_grad_norm, fused)
+    def vjp(grads: Tensor, state: State, step_bar: Tensor | None, state_bar: dict[str, Tensor | None],
+            want_step: bool) -> tuple[Tensor, Tensor | None]:
+        # The step is the (momentum) buffer, which is also the new state: both cotangents reach g as they are.
+        step = (momentum * state["momentum"] + grads if momentum else grads) if want_step else None
+        parts = [b for b in (step_bar, state_bar.get("momentum") if momentum else None) if b is not None]
+        g_bar = torch.zeros_like(grads) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return g_bar, step
+
+    return Optimizer("sgd", lr, init, direction, max_grad_norm, fused, direction_vjp=vjp)
 
 
 def rmsprop(
@@ -334,7 +383,26 @@ def rmsprop(
         root = nu.sqrt() if eps_root == 0 else (nu + eps_root).sqrt_()  # nu >= +0: nu + 0 is nu, bitwise
         return grads / root.add_(eps), {"nu": layout.split(nu)}
 
-    return Optimizer("rmsprop", lr, init, direction, max_grad_norm, fused)
+    def vjp(grads: Tensor, state: State, step_bar: Tensor | None, state_bar: dict[str, Tensor | None],
+            want_step: bool) -> tuple[Tensor, Tensor | None]:
+        # step = g / D, D = R + eps, R = sqrt(nu' + eps_root), nu' = decay nu + (1 - decay) g^2.
+        nu = (decay * state["nu"]).addcmul_(grads, grads, value=1 - decay)
+        root = (nu + eps_root).sqrt_()
+        denominator = root + eps
+        step = grads / denominator if want_step else None
+        nu_bar = state_bar.get("nu")
+        if step_bar is None:
+            g_bar = torch.zeros_like(grads)
+        else:
+            g_bar = step_bar / denominator
+            # d step / d nu' = -(g / D^2) / (2 R), in autograd's order (0 / 0 where R = 0, as autograd)
+            through = (-step_bar * grads / (denominator * denominator)).div_(2 * root)
+            nu_bar = through if nu_bar is None else through.add_(nu_bar)
+        if nu_bar is not None:
+            g_bar.addcmul_(grads, nu_bar, value=2 * (1 - decay))
+        return g_bar, step
+
+    return Optimizer("rmsprop", lr, init, direction, max_grad_norm, fused, direction_vjp=vjp)
 
 
 def adam(
@@ -373,7 +441,33 @@ def adam(
         step = (mu / c1).div_(second.sqrt_().add_(eps))
         return step, {"count": count, "mu": layout.split(mu), "nu": layout.split(nu)}
 
-    return Optimizer("adam", lr, init, direction, max_grad_norm, fused)
+    def vjp(grads: Tensor, state: State, step_bar: Tensor | None, state_bar: dict[str, Tensor | None],
+            want_step: bool) -> tuple[Tensor, Tensor | None]:
+        # step = m / D, m = mu' / c1, D = R + eps, R = sqrt(nu' / c2 + eps_root), with mu' and nu' the
+        # new moments (whose own cotangents add in); the count does not depend on g.
+        count = state["count"] + 1 if torch.is_tensor(state["count"]) else int(state["count"]) + 1
+        c1, c2 = 1 - b1**count, 1 - b2**count
+        mu_bar, nu_bar = state_bar.get("mu"), state_bar.get("nu")
+        step = None
+        if step_bar is not None or want_step:
+            mu = (b1 * state["mu"]).add_(grads, alpha=1 - b1)
+            nu = (b2 * state["nu"]).addcmul_(grads, grads, value=1 - b2)
+            m = mu.div_(c1)
+            root = (nu.div_(c2)).add_(eps_root).sqrt_()
+            denominator = root + eps
+            step = m / denominator if want_step else None
+            if step_bar is not None:
+                m_bar = step_bar / denominator
+                mu_bar = m_bar.div_(c1) if mu_bar is None else m_bar.div_(c1).add_(mu_bar)
+                # d step / d nu' = -(m / D^2) / (2 R) / c2, in autograd's order
+                through = (-step_bar * m / (denominator * denominator)).div_(2 * root).div_(c2)
+                nu_bar = through if nu_bar is None else through.add_(nu_bar)
+        g_bar = torch.zeros_like(grads) if mu_bar is None else mu_bar * (1 - b1)
+        if nu_bar is not None:
+            g_bar.addcmul_(grads, nu_bar, value=2 * (1 - b2))
+        return g_bar, step
+
+    return Optimizer("adam", lr, init, direction, max_grad_norm, fused, direction_vjp=vjp)
 
 
 

@@ -232,11 +232,11 @@ class _Step:
                   ) -> tuple[dict[str, Tensor], list[Tensor | None]] | None:
         """Step 2 on flat buffers: ``(u, d/d eta of the rate's part)``, or None where it does not apply.
 
-        The optimizer's update is elementwise but for the global norm, so running it once on all
-        parameters joined into one tensor (and each per-parameter tree of its state likewise) is the
-        same arithmetic in a few dozen ops instead of a few per parameter; autograd through it gives
-        ``u`` for all parameters at once. Not for a partitioned optimizer (its groups clip apart)
-        or a population's."""
+        The optimizer's update is elementwise but for the global norm, so on all parameters joined
+        into one tensor (and each per-parameter tree of its state likewise) ``u`` takes a few ops for
+        all parameters at once: the closed form (``Optimizer.flat_vjp``) for SGD, RMSProp and Adam,
+        else autograd through the update run on the joined tensors. Not for a partitioned optimizer
+        (its groups clip apart) or a population's."""
         optimizer, keys = self.optimizer, self.keys
         if type(optimizer) is not Optimizer or optimizer.per_agent or not keys:
             return None
@@ -255,6 +255,17 @@ class _Step:
                 return None
             return layout.flat({k: like[k].new_zeros(like[k].shape) if tree[k] is None else tree[k] for k in keys})
 
+        lr_live = torch.is_tensor(lr) and lr.requires_grad
+        if optimizer.direction_vjp is not None and (not lr_live or ("lr", None) in self.where):
+            # The closed form (Optimizer.flat_vjp): the same products in a few fused elementwise ops.
+            g = layout.flat(self.grads)
+            g_bar, lr_bar = optimizer.flat_vjp(
+                g, {k: (layout.flat(v) if k in trees else v) for k, v in state.items()}, lr,
+                joined(cot_params, self.params), {k: joined(cot_state[k], state[k]) for k in trees}, want_lr=lr_live)
+            eta_bar: list[Tensor | None] = [None] * len(live)
+            if lr_live:
+                eta_bar[self.where.index(("lr", None))] = lr_bar
+            return layout.split(g_bar), eta_bar
         g = layout.flat(self.grads).requires_grad_(True)
         flat_state = {k: ({"": layout.flat(v)} if k in trees else v) for k, v in state.items()}
         new_params, new_state = optimizer.update({"": layout.flat(self.params)}, {"": g}, flat_state, lr=lr,
@@ -266,7 +277,6 @@ class _Step:
             elif torch.is_tensor(v) and v.is_floating_point():
                 pairs.append((v, cot_state[k]))
         pairs = [(o, c) for o, c in pairs if c is not None and o.requires_grad]
-        lr_live = torch.is_tensor(lr) and lr.requires_grad
         if not pairs:
             return {k: torch.zeros_like(v) for k, v in self.params.items()}, [None] * len(live)
         total = sum((o * c).sum() for o, c in pairs)

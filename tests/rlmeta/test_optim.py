@@ -439,3 +439,65 @@ def test_flat_steps_refused_where_the_update_needs_a_graph_or_per_agent_rows():
     assert opt.for_population().flat_steps(params, state) is None
     partitioned = O.Partitioned({"w": O.sgd(0.1), "b": O.adam(0.1)})
     assert partitioned.flat_steps(params, partitioned.init(params)) is None
+
+
+VJP_OPTIMIZERS = {
+    "sgd": lambda clip: O.sgd(0.3, max_grad_norm=clip),
+    "sgd-momentum": lambda clip: O.sgd(0.3, momentum=0.9, max_grad_norm=clip),
+    "rmsprop": lambda clip: O.rmsprop(0.02, decay=0.9, eps=1e-4, eps_root=1e-12, max_grad_norm=clip),
+    "adam": lambda clip: O.adam(0.02, eps=1e-4, eps_root=1e-12, max_grad_norm=clip),
+}
+
+
+@pytest.mark.parametrize("lr_live", [False, True], ids=["fixed-lr", "tensor-lr"])
+@pytest.mark.parametrize("state_cotangents", [False, True], ids=["params-only", "state-too"])
+@pytest.mark.parametrize("clip", [None, 0.5, 100.0], ids=["no-clip", "clip-active", "clip-idle"])
+@pytest.mark.parametrize("name", list(VJP_OPTIMIZERS))
+def test_closed_form_vjp_equals_autograd_through_update(name, clip, state_cotangents, lr_live):
+    """``Optimizer.flat_vjp`` (the tangent meta-gradient's step 2) is autograd through ``update``, to rounding."""
+    _Layout, float_tensors = O._Layout, O.float_tensors
+
+    g = torch.Generator().manual_seed(7)
+    shapes = {"w": (5, 3), "b": (3,), "v": (4,)}
+    params = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    grads = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    grads["b"][1] = 0.0  # a parameter without gradient (its moments stay at zero)
+    opt = VJP_OPTIMIZERS[name](clip)
+    state = opt.init(params)
+    for _ in range(3):  # non-zero moments and count
+        warm = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+        warm["b"][1] = 0.0
+        _, state = opt.update(params, warm, state)
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True) if lr_live else None
+    if clip == 0.5:
+        assert float(O.global_norm(grads)) > 2 * clip
+    # autograd through update
+    leaves = {k: v.clone().requires_grad_(True) for k, v in grads.items()}
+    new_params, new_state = opt.update(params, leaves, state, lr=lr)
+    outputs = list(new_params.values()) + [t for t in float_tensors(new_state) if t.requires_grad]
+    cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in outputs]
+    if not state_cotangents:
+        cotangents = cotangents[: len(new_params)] + [torch.zeros_like(c) for c in cotangents[len(new_params):]]
+    total = sum((o * c).sum() for o, c in zip(outputs, cotangents))
+    wrt = list(leaves.values()) + ([lr] if lr_live else [])
+    expected = torch.autograd.grad(total, wrt)
+    # the closed form, on flat tensors
+    layout = _Layout(params)
+    trees = [k for k, v in state.items() if isinstance(v, dict)]
+    bars = iter(cotangents[len(new_params):])
+    state_bar = {k: (layout.flat({n: next(bars) for n in layout.keys}) if state_cotangents else None) for k in trees}
+    flat_state = {k: (layout.flat(v) if k in trees else v) for k, v in state.items()}
+    g_bar, lr_bar = opt.flat_vjp(layout.flat(grads), flat_state, lr, layout.flat(dict(zip(params, cotangents))),
+                                 state_bar, want_lr=lr_live)
+    got = layout.split(g_bar)
+    for k, e in zip(grads, expected):
+        torch.testing.assert_close(got[k], e, rtol=1e-10, atol=1e-13)
+    if lr_live:
+        torch.testing.assert_close(lr_bar, expected[-1], rtol=1e-10, atol=1e-13)
+    else:
+        assert lr_bar is None
+
+
+def test_closed_form_vjp_refuses_a_population_optimizer():
+    with pytest.raises(ValueError, match="no closed-form"):
+        O.adam(0.1).for_population().flat_vjp(torch.zeros(3), {}, None, None, {})
