@@ -12,9 +12,10 @@ backpropagated through), this path takes
 
 1. the inner gradient ``g`` with no graph through the network (only the loss head keeps one, see 3)
    and the optimizer's step, as plain training does;
-2. when the meta-backward reaches ``theta'`` with ``v``: ``u`` by autograd through the optimizer's
-   step alone (elementwise for SGD/RMSProp/Adam, plus the rank-one term of global-norm clipping,
-   exactly), with ``g`` held as a leaf;
+2. when the meta-backward reaches ``theta'`` with ``v``: ``u`` from the optimizer's step alone
+   (elementwise for SGD/RMSProp/Adam, plus the rank-one term of global-norm clipping, exactly): in
+   closed form on flat buffers (``Optimizer.flat_vjp``), or by autograd through the step with
+   ``g`` held as a leaf for an optimizer without one;
 3. ``u . (d g / d eta)`` with the inner loss cut at the network's outputs (:class:`_Cut`): the
    head's gradient ``gout`` was taken with ``create_graph`` in step 1, the network's tangent along
    ``u`` (``J u``, reusing the inner forward's activations: ``ActorCritic.linearize``) is one pass,
