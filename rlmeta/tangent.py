@@ -264,8 +264,8 @@ class _Step:
                 g, {k: (layout.flat(v) if k in trees else v) for k, v in state.items()}, lr,
                 joined(cot_params, self.params), {k: joined(cot_state[k], state[k]) for k in trees}, want_lr=lr_live)
             eta_bar: list[Tensor | None] = [None] * len(live)
-            if lr_live:
-                eta_bar[self.where.index(("lr", None))] = lr_bar
+            if lr_live:  # in the rate's own dtype (meta-parameters may be wider than the network)
+                eta_bar[self.where.index(("lr", None))] = lr_bar.to(lr.dtype)  # type: ignore[union-attr]
             return layout.split(g_bar), eta_bar
         g = layout.flat(self.grads).requires_grad_(True)
         flat_state = {k: ({"": layout.flat(v)} if k in trees else v) for k, v in state.items()}
