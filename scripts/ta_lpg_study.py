@@ -4,6 +4,8 @@
     python scripts/ta_lpg_study.py test [--parallel 2] [--arms A ...]    # meta-test finished arms at lifetimes 10..1000
     python scripts/ta_lpg_study.py report                 # -> results/ta_lpg/
     python scripts/ta_lpg_study.py initial-population     # both arms' population fitness at the common start
+    python scripts/ta_lpg_study.py train|test|report --generations 600   # the arms at another ES length (runs
+                                                          # and results tagged: results/ta_lpg/generations-600/)
 
 Arms (``rlmeta es-train``, same settings but the lifetime inputs): ``lpg-es`` (LPG), ``ta-lpg-es``
 (TA-LPG: LPG reading n/N and log N) and ``ta-lpg-es-unit`` (the same TA-LPG reading log N mapped to
@@ -303,6 +305,13 @@ def initial_population(generations: int = 8) -> None:
     (RESULTS / "initial_population.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def tag(generations: int) -> None:
+    """Point the runs and results at the variant of ``generations`` ES generations per arm."""
+    global RUNS, RESULTS
+    RUNS = ROOT / "runs" / "ta-lpg-study" / f"generations-{generations}"
+    RESULTS = ROOT / "results" / "ta_lpg" / f"generations-{generations}"
+
+
 def main() -> None:
     global SEEDS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -315,6 +324,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds:
         SEEDS = tuple(args.seeds)
+    if args.generations < 1:
+        parser.error(f"--generations must be >= 1, got {args.generations}")
+    if args.generations != GENERATIONS:  # a variant: its own runs and results, the study's left as they are
+        tag(args.generations)
     if args.stage == "train":
         train(args.parallel, args.generations, args.arms)
     elif args.stage == "test":
