@@ -134,7 +134,7 @@ class Optimizer:
         with torch.no_grad():
             g_hat, scale, norm, ratio = grads, None, None, None
             if self.max_grad_norm is not None:
-                norm = torch.sqrt(torch.sum(grads * grads) + 1e-30)  # as global_norm
+                norm = global_norm({"": grads})
                 ratio = self.max_grad_norm / norm
                 scale = torch.clamp(ratio, max=1.0)
                 g_hat = grads * scale
@@ -327,6 +327,13 @@ def _check(name: str, value: float, low: float, high: float | None = None, low_o
         raise ValueError(f"{name} must be in {rng}, got {value!r}")
 
 
+def _next_count(state: State) -> int | Tensor:
+    """Adam's step count after this step; a tensor count (rlmeta.capture keeps it on the device) stays
+    one: no read on the host."""
+    count = state["count"]
+    return count + 1 if torch.is_tensor(count) else int(count) + 1  # type: ignore[call-overload,operator]
+
+
 def sgd(lr: float, momentum: float = 0.0, max_grad_norm: float | None = None) -> Optimizer:
     """SGD with optional heavy-ball momentum (``buf = momentum * buf + g``), as ``torch.optim.SGD``."""
     _check("lr", lr, 0.0)
@@ -424,8 +431,7 @@ def adam(
         }
 
     def direction(grads: Params, state: State) -> tuple[Params, State]:
-        # A tensor count (rlmeta.capture keeps it on the device) stays one: no read on the host.
-        count = state["count"] + 1 if torch.is_tensor(state["count"]) else int(state["count"]) + 1
+        count = _next_count(state)
         mu = {k: b1 * state["mu"][k] + (1 - b1) * g for k, g in grads.items()}
         nu = {k: b2 * state["nu"][k] + (1 - b2) * g * g for k, g in grads.items()}
         c1, c2 = 1 - b1**count, 1 - b2**count
@@ -433,7 +439,7 @@ def adam(
         return step, {"count": count, "mu": mu, "nu": nu}
 
     def fused(grads: Tensor, state: State, layout: "_Layout") -> tuple[Tensor, State]:
-        count = state["count"] + 1 if torch.is_tensor(state["count"]) else int(state["count"]) + 1
+        count = _next_count(state)
         mu = layout.flat(state["mu"]).mul_(b1).add_(grads, alpha=1 - b1)
         nu = layout.flat(state["nu"]).mul_(b2).addcmul_(grads, grads, value=1 - b2)
         c1, c2 = 1 - b1**count, 1 - b2**count
@@ -445,7 +451,7 @@ def adam(
             want_step: bool) -> tuple[Tensor, Tensor | None]:
         # step = m / D, m = mu' / c1, D = R + eps, R = sqrt(nu' / c2 + eps_root), with mu' and nu' the
         # new moments (whose own cotangents add in); the count does not depend on g.
-        count = state["count"] + 1 if torch.is_tensor(state["count"]) else int(state["count"]) + 1
+        count = _next_count(state)
         c1, c2 = 1 - b1**count, 1 - b2**count
         mu_bar, nu_bar = state_bar.get("mu"), state_bar.get("nu")
         step = None
