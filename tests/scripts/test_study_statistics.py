@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +200,17 @@ def test_lpo_transfer_results_keep_the_commit_their_runs_ran_at(tmp_path, monkey
     assert found["ppo"]["commit"] == "then" and found["ppo"]["kernels"] == {"torch": "AVX2"}
     assert found["dpo"]["commit"] == "today" and found["dpo"]["returns"] == [8.0, 8.5, 9.0]
     assert json.loads((tmp_path / "transfer.json").read_text()) == found
+
+
+def test_ta_lpg_study_generations_variant_is_tagged_and_checked(monkeypatch):
+    """``--generations N`` other than the study's runs and reports into its own folders; N < 1 is refused."""
+    import ta_lpg_study
+
+    monkeypatch.setattr(ta_lpg_study, "RUNS", ta_lpg_study.RUNS)
+    monkeypatch.setattr(ta_lpg_study, "RESULTS", ta_lpg_study.RESULTS)
+    ta_lpg_study.tag(600)
+    assert ta_lpg_study.RUNS.name == "generations-600" and ta_lpg_study.RUNS.parent.name == "ta-lpg-study"
+    assert ta_lpg_study.RESULTS == ta_lpg_study.ROOT / "results" / "ta_lpg" / "generations-600"
+    monkeypatch.setattr(sys, "argv", ["ta_lpg_study.py", "train", "--generations", "0"])
+    with pytest.raises(SystemExit):
+        ta_lpg_study.main()
