@@ -6,6 +6,8 @@
     python scripts/ta_lpg_study.py initial-population     # both arms' population fitness at the common start
     python scripts/ta_lpg_study.py train|test|report --generations 600   # the arms at another ES length (runs
                                                           # and results tagged: results/ta_lpg/generations-600/)
+    python scripts/ta_lpg_study.py train|test --seeds 2 --arms lpg-es ta-lpg-es-unit   # a further ES seed
+    python scripts/ta_lpg_study.py report --seeds 0 1 2   # report every seed named (default: 0 and 1)
 
 Arms (``rlmeta es-train``, same settings but the lifetime inputs): ``lpg-es`` (LPG), ``ta-lpg-es``
 (TA-LPG: LPG reading n/N and log N) and ``ta-lpg-es-unit`` (the same TA-LPG reading log N mapped to
@@ -47,7 +49,7 @@ ARMS = {"lpg-es": [], "ta-lpg-es": ["--lpg.lifetime-conditioning"],
         # The same TA-LPG with log N on n/N's scale (0 to 1 over lifetimes 10-250): tests whether ES's
         # perturbations of the log-N weights (an input of 2.3-5.5) are what held the TA-LPG arm back.
         "ta-lpg-es-unit": ["--lpg.lifetime-conditioning", "--lpg.lifetime-normalised"]}
-SEEDS = (0, 1)  # ES seeds per arm (seed 1: lpg-es and ta-lpg-es-unit only); missing ones are skipped
+SEEDS = (0, 1)  # default ES seeds per arm (seed 1: lpg-es and ta-lpg-es-unit only; --seeds adds replicates); missing ones are skipped
 FROZEN = (0.0, 0.5, 1.0)
 FROZEN_LIFETIMES = (100, 250, 1000)
 REFERENCE_ARM = "lpg-es"  # the arm whose meta-tests' A2C and random returns normalise every arm
@@ -320,9 +322,13 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=GENERATIONS)
     parser.add_argument("--arms", nargs="+", choices=(*ARMS, *METAGRAD),
                         help="train or test only these arms (e.g. the ones a previous machine did not finish)")
-    parser.add_argument("--seeds", type=int, nargs="+", choices=SEEDS, help="train or test only these ES seeds")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help=f"ES seeds to train, test or report (default: {' '.join(map(str, SEEDS))}); a further seed "
+                             "(e.g. 2) is a further replicate of the arms named")
     args = parser.parse_args()
     if args.seeds:
+        if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+            parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
         SEEDS = tuple(args.seeds)
     if args.generations < 1:
         parser.error(f"--generations must be >= 1, got {args.generations}")

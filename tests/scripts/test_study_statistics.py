@@ -214,3 +214,28 @@ def test_ta_lpg_study_generations_variant_is_tagged_and_checked(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["ta_lpg_study.py", "train", "--generations", "0"])
     with pytest.raises(SystemExit):
         ta_lpg_study.main()
+
+
+@pytest.mark.parametrize("seeds", [["-1"], ["0", "0"]])
+def test_ta_lpg_study_refuses_negative_or_repeated_seeds(monkeypatch, capsys, seeds):
+    """``--seeds`` takes further replicates (any seed >= 0), but a negative or repeated one stops before any work."""
+    import ta_lpg_study
+
+    monkeypatch.setattr(ta_lpg_study, "SEEDS", ta_lpg_study.SEEDS)
+    monkeypatch.setattr(ta_lpg_study, "train", lambda *a: pytest.fail("train ran"))
+    monkeypatch.setattr(sys, "argv", ["ta_lpg_study.py", "train", "--seeds", *seeds])
+    with pytest.raises(SystemExit):
+        ta_lpg_study.main()
+    assert "--seeds must be distinct non-negative integers" in capsys.readouterr().err
+
+
+def test_ta_lpg_study_takes_a_further_seed(monkeypatch):
+    """A seed beyond the study's two (a further replicate) reaches the stage as given."""
+    import ta_lpg_study
+
+    seen = []
+    monkeypatch.setattr(ta_lpg_study, "SEEDS", ta_lpg_study.SEEDS)
+    monkeypatch.setattr(ta_lpg_study, "test", lambda *a: seen.append(ta_lpg_study.SEEDS))
+    monkeypatch.setattr(sys, "argv", ["ta_lpg_study.py", "test", "--seeds", "2"])
+    ta_lpg_study.main()
+    assert seen == [(2,)]
