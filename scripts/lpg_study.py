@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from study_stats import mean_se
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "lpg-study"
 RESULTS = ROOT / "results" / "lpg"
@@ -163,10 +165,8 @@ def _normalized(row: dict) -> float | None:
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan)
+    """Mean and SE of the finite ``values``."""
+    return mean_se([v for v in values if math.isfinite(v)])
 
 
 def report() -> None:

@@ -53,6 +53,7 @@ import sys
 from pathlib import Path
 
 from study_jobs import run_jobs
+from study_stats import mean_se
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "lpo-study"
@@ -285,7 +286,7 @@ def center_rows() -> list[str]:
                 cells.append("")
                 continue
             diff = [a - b for a, b in zip(by[g], ppo)]
-            mean, se = _mean_se(diff)
+            mean, se = mean_se(diff)
             cells.append(f"{mean:+.1f} +- {se:.1f}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines
@@ -354,13 +355,6 @@ def final_returns(name: str, scale: float) -> list[float]:
     return list(json.loads(path.read_text())["returns"]) if path.is_file() else []
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return statistics.fmean(values), se
-
-
 def welch_greater(a: list[float], b: list[float]) -> float:
     """One-sided Welch t-test p-value for mean(a) > mean(b)."""
     from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
@@ -385,7 +379,7 @@ def report() -> None:
         cells = []
         for h in HORIZONS:
             values = table[name][h]
-            mean, se = _mean_se(values)
+            mean, se = mean_se(values)
             cells.append(f"{mean:.1f} +- {se:.1f} ({len(values)})" if values else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## One-sided Welch tests", ""]
@@ -409,9 +403,9 @@ def report() -> None:
         lines += ["", "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)", "",
                   "Kept in `transfer.json`" + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
         ppo = transfer_rows.get("ppo", [])
-        ppo_mean, ppo_se = _mean_se(ppo)
+        ppo_mean, ppo_se = mean_se(ppo)
         for name, values in transfer_rows.items():
-            mean, se = _mean_se(values)
+            mean, se = mean_se(values)
             verdict = "" if name == "ppo" or len(values) < 2 or len(ppo) < 2 else (
                 f"; >= PPO - 1 SE ({ppo_mean - ppo_se:.2f}): {'yes' if mean >= ppo_mean - ppo_se else 'no'}")
             lines.append(f"- {name}: {mean:.2f} +- {se:.2f} ({len(values)} seeds: "
@@ -469,7 +463,7 @@ def pooled() -> None:
     for name, by in returns.items():
         cells = []
         for h in HORIZONS:
-            mean, se = _mean_se(by[h])
+            mean, se = mean_se(by[h])
             cells.append(f"{mean:.1f} +- {se:.1f} ({len(by[h])})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## One-sided Welch tests", ""]
@@ -498,7 +492,7 @@ def pooled() -> None:
     lines += ["| gain | horizon | per ES seed | mean +- SE | p |", "|---|---|---|---|---|"]
     for what, by in gains.items():
         for horizon, values in by.items():
-            mean, se = _mean_se(values)
+            mean, se = mean_se(values)
             lines.append(f"| {what} | {horizon} | {', '.join(f'{v:+.1f}' for v in values)} | {mean:+.1f} +- {se:.1f} "
                          f"| {ttest_greater_zero(values):.3f} |")
     out = results_dir()

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from study_jobs import run_jobs
+from study_stats import mean_se
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "ta-lpg-study"
@@ -177,6 +178,7 @@ def report() -> None:
               "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " | mean |",
               "|---|" + "---|" * (len(LIFETIMES) + 1)]
     gaps: dict[str, list[float]] = {}
+    by_lifetime: dict[str, dict[int, list[float]]] = {}  # arm -> lifetime -> one paired gap per ES seed
     for name, row in scores.items():
         arm, seed = name.rsplit("-s", 1)
         base = scores.get(f"{REFERENCE_ARM}-s{seed}")  # the LPG of the same ES seed
@@ -187,13 +189,21 @@ def report() -> None:
         mean = sum(d for d, _ in diffs.values()) / len(diffs) if diffs else float("nan")
         if len(diffs) == len(LIFETIMES):
             gaps.setdefault(arm, []).append(mean)
+            for n, (d, _) in diffs.items():
+                by_lifetime.setdefault(arm, {}).setdefault(n, []).append(d)
         lines.append(f"| {name} (vs {REFERENCE_ARM}-s{seed}) | " + " | ".join(cells) + f" | {mean:+.3f} |")
     if any(len(v) > 1 for v in gaps.values()):
-        lines += ["", "Mean over lifetimes of each arm minus the LPG of its ES seed, across seeds (mean +- SE, n):", ""]
+        lines += ["", "Each arm minus the LPG of its ES seed, across ES seeds (mean +- SE over the seeds; the seed is "
+                  "the unit, so the SE holds the search's variation as well as the levels'):", "",
+                  "| arm | seeds | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " | mean |",
+                  "|---|---|" + "---|" * (len(LIFETIMES) + 1)]
         for arm, values in gaps.items():
-            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-            lines.append(f"- {arm}: {statistics.fmean(values):+.3f} +- {se:.3f} ({len(values)} seeds: "
-                         + ", ".join(f"{v:+.3f}" for v in values) + ")")
+            cells = [mean_se(by_lifetime[arm][n]) for n in LIFETIMES]
+            mean, se = mean_se(values)
+            lines.append(f"| {arm} | {len(values)} | " + " | ".join(f"{m:+.3f} +- {s:.3f}" for m, s in cells)
+                         + f" | {mean:+.3f} +- {se:.3f} |")
+        lines += ["", "Mean over lifetimes, per seed: " + "; ".join(
+            f"{arm}: " + ", ".join(f"{v:+.3f}" for v in values) for arm, values in gaps.items())]
     lines += ["", "## Spearman's rho of n/N with LPG's RMS pi_hat / with the policy entropy, over each lifetime", "",
               "| arm | " + " | ".join(f"lifetime {n}" for n in LIFETIMES) + " |", "|---|" + "---|" * len(LIFETIMES)]
     for name, row in scores.items():

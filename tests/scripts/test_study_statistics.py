@@ -239,3 +239,34 @@ def test_ta_lpg_study_takes_a_further_seed(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["ta_lpg_study.py", "test", "--seeds", "2"])
     ta_lpg_study.main()
     assert seen == [(2,)]
+
+
+def test_ta_lpg_report_gives_each_lifetimes_gap_across_seeds(tmp_path, monkeypatch):
+    """With two ES seeds the report adds, per lifetime, the mean paired gap over the seeds and its SE
+    over them (the seed as the unit), next to the per-seed rows."""
+    import json
+
+    import ta_lpg_study
+
+    monkeypatch.setattr(ta_lpg_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(ta_lpg_study, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(ta_lpg_study, "LIFETIMES", (10, 30))
+    monkeypatch.setattr(ta_lpg_study, "SEEDS", (0, 1))
+    monkeypatch.setattr(ta_lpg_study, "_plot", lambda: None)
+    (tmp_path / "results").mkdir()
+    levels = [f"small/1000/{i}" for i in range(4)]
+    # TA-LPG minus LPG in A2C-minus-random units (1 per level): seed 0 -0.2 and -0.1, seed 1 0.0 and +0.1.
+    shift = {(0, 10): -0.2, (0, 30): -0.1, (1, 10): 0.0, (1, 30): 0.1}
+    for seed in (0, 1):
+        for lifetime in (10, 30):
+            for arm, delta in (("lpg-es", 0.0), ("ta-lpg-es-unit", shift[seed, lifetime])):
+                per_level = [{"level": lvl, "return": 0.5 + 0.1 * i + delta, "random": 0.0, "a2c": 1.0}
+                             for i, lvl in enumerate(levels)]
+                result = {"normalized_score": 0.0, "normalized_score_se": 0.0, "per_level": per_level}
+                path = tmp_path / "results" / f"meta_test-{arm}-s{seed}-{lifetime}.json"
+                path.write_text(json.dumps(result))
+    ta_lpg_study.report()
+    text = (tmp_path / "results" / "report.md").read_text()
+    assert "| ta-lpg-es-unit-s0 (vs lpg-es-s0) | -0.20 +- 0.00 | -0.10 +- 0.00 | -0.150 |" in text
+    # Across seeds: lifetime 10: mean -0.1, SE |(-0.2) - 0| / 2 = 0.1; lifetime 30: 0.0 and 0.1; means -0.15 and +0.05.
+    assert "| ta-lpg-es-unit | 2 | -0.100 +- 0.100 | +0.000 +- 0.100 | -0.050 +- 0.100 |" in text
