@@ -4,6 +4,8 @@
     python scripts/lpo_study.py train [--parallel 2]   # resumable: one es-train run per arm
     python scripts/lpo_study.py test [--parallel 2]    # 32 fresh seeds x horizons 0.5, 1, 2 x objectives
     python scripts/lpo_study.py transfer [--parallel 2] # MinAtar Breakout, 300k steps, 3 seeds (needs [minatar])
+    python scripts/lpo_study.py transfer|report --transfer-seeds 10   # the same with seeds 0-9 (the report adds
+                                                       # their row beside the 3-seed check)
     python scripts/lpo_study.py report                 # -> results/lpo/
     python scripts/lpo_study.py train|test|report --es-seed N   # another ES seed (1, 2) of both arms
                                                        # (its tests: the two drifts) -> results/lpo/es-seed-N/
@@ -71,7 +73,8 @@ COMMON = ["--objective", "lpo", "--inner-config", str(INNER), "--popsize", "16",
           "--no-progress", "--torch-threads", "1"]  # and --inner-steps HORIZON
 TEST_SEEDS = tuple(range(10_000, 10_032))
 TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
-TRANSFER_SEEDS = (0, 1, 2)
+STUDY_TRANSFER_SEEDS = 3  # the issue's check: >= PPO - 1 SE over seeds 0-2
+TRANSFER_SEEDS = tuple(range(STUDY_TRANSFER_SEEDS))  # --transfer-seeds N: seeds 0..N-1
 TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"
 HORIZONS = (0.5, 1.0, 2.0)
 CENTER_POINTS = 6  # `centers`: the ES center's return at this many evenly spaced generations (0: PPO, the start) ...
@@ -331,22 +334,85 @@ def _commit() -> str:
 
 
 def transfer_returns() -> dict[str, dict]:
-    """Each objective's Breakout returns over the transfer seeds: from its finished runs (then kept in
-    ``results/lpo/transfer.json``), else as kept there; objectives with a seed missing are left out."""
+    """Each objective's Breakout returns over its first seeds: from its finished runs (then kept in
+    ``results/lpo/transfer.json``), else as kept there; objectives with fewer than the study's 3 seeds
+    are left out. A record holds ``seeds``, ``returns`` and the ``commit`` and ``kernels`` of its
+    first runs; seeds added later (``--transfer-seeds``) are stamped in ``added``, one entry per
+    reading. Runs whose returns differ from the kept ones (rerun elsewhere) replace the record."""
     kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
     found = {}
     for name in map(transfer_name, objectives()):
-        values = [_summary_return(RUNS / "transfer" / f"{name}-s{seed}") for seed in TRANSFER_SEEDS]
-        if all(v is not None for v in values):
-            before = kept.get(name, {})
-            if before.get("returns") == values and before.get("seeds") == list(TRANSFER_SEEDS):
-                continue  # kept already, with the commit and kernels it ran on (the runs do not record them)
-            found[name] = {"seeds": list(TRANSFER_SEEDS), "returns": values, "commit": _commit(), "kernels": _kernels()}
+        values = []
+        for seed in TRANSFER_SEEDS:  # the finished prefix 0..M-1
+            value = _summary_return(RUNS / "transfer" / f"{name}-s{seed}")
+            if value is None:
+                break
+            values.append(value)
+        before = kept.get(name, {})
+        old = before.get("returns", [])
+        overlap = min(len(values), len(old))
+        same = values[:overlap] == old[:overlap]
+        if len(values) < STUDY_TRANSFER_SEEDS or (same and len(values) <= len(old)):
+            continue  # nothing new (the kept record has the commit and kernels it ran on: the runs do not record them)
+        stamp = {"commit": _commit(), "kernels": _kernels()}
+        if old and same and before.get("seeds") == list(range(len(old))):
+            record = dict(before)
+            record["added"] = [*before.get("added", []), {"seeds": list(range(len(old), len(values))), **stamp}]
+            record["seeds"], record["returns"] = list(range(len(values))), values
+        else:
+            record = {"seeds": list(range(len(values))), "returns": values, **stamp}
+        found[name] = record
     if found:
         kept.update(found)
         TRANSFER_RESULTS.parent.mkdir(parents=True, exist_ok=True)
         TRANSFER_RESULTS.write_text(json.dumps(kept, indent=2) + "\n")
     return kept
+
+
+def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
+    """The transfer check per objective: over the study's 3 seeds, >= PPO - 1 SE (the issue's), and
+    where PPO and the objective have more seeds, over all of them: the difference to PPO with its
+    standard error (Welch), its 90% confidence interval and the one-sided Welch p of ">= PPO"."""
+    lines = []
+    ppo = rows.get("ppo", [])
+    three = ppo[:STUDY_TRANSFER_SEEDS]
+    ppo_mean, ppo_se = mean_se(three)
+    for name, values in rows.items():
+        first = values[:STUDY_TRANSFER_SEEDS]
+        mean, se = mean_se(first)
+        verdict = "" if name == "ppo" or len(first) < 2 or len(three) < 2 else (
+            f"; >= PPO - 1 SE ({ppo_mean - ppo_se:.2f}): {'yes' if mean >= ppo_mean - ppo_se else 'no'}")
+        lines.append(f"- {name}: {mean:.2f} +- {se:.2f} (seeds 0-{len(first) - 1}: "
+                     f"{', '.join(f'{v:.2f}' for v in first)}){verdict}")
+    more = {name: values for name, values in rows.items() if len(values) > STUDY_TRANSFER_SEEDS}
+    if len(ppo) > STUDY_TRANSFER_SEEDS and len(more) > 1:
+        lines += ["", "All seeds kept (the difference to PPO: Welch standard error and 90% interval; p: one-sided "
+                  "Welch test of >= PPO):", "",
+                  "| objective | seeds | return | minus PPO | 90% interval | p (>= PPO) | >= PPO - 1 SE |",
+                  "|---|---|---|---|---|---|---|"]
+        pm, ps = mean_se(ppo)
+        for name, values in more.items():
+            mean, se = mean_se(values)
+            if name == "ppo":
+                lines.append(f"| ppo | {len(values)} | {mean:.2f} +- {se:.2f} | | | | |")
+                continue
+            diff, diff_se, low, high = welch_difference(values, ppo)
+            lines.append(f"| {name} | {len(values)} | {mean:.2f} +- {se:.2f} | {diff:+.2f} +- {diff_se:.2f} | "
+                         f"[{low:+.2f}, {high:+.2f}] | {welch_greater(values, ppo):.3f} | "
+                         f"{'yes' if mean >= pm - ps else 'no'} |")
+    return lines
+
+
+def welch_difference(a: list[float], b: list[float], level: float = 0.9) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b), its standard error and its two-sided ``level`` confidence interval (Welch's t,
+    Welch-Satterthwaite degrees of freedom)."""
+    from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return diff, se, diff - half, diff + half
 
 
 def final_returns(name: str, scale: float) -> list[float]:
@@ -399,17 +465,11 @@ def report() -> None:
     transfers = {name: transfers[name] for name in shown if name in transfers}
     transfer_rows = {name: kept["returns"] for name, kept in transfers.items()}
     if any(transfer_rows.values()):
-        commits = sorted({kept["commit"] for kept in transfers.values() if "commit" in kept})
+        commits = sorted({stamp["commit"] for kept in transfers.values()
+                          for stamp in (kept, *kept.get("added", [])) if "commit" in stamp})
         lines += ["", "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)", "",
                   "Kept in `transfer.json`" + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
-        ppo = transfer_rows.get("ppo", [])
-        ppo_mean, ppo_se = mean_se(ppo)
-        for name, values in transfer_rows.items():
-            mean, se = mean_se(values)
-            verdict = "" if name == "ppo" or len(values) < 2 or len(ppo) < 2 else (
-                f"; >= PPO - 1 SE ({ppo_mean - ppo_se:.2f}): {'yes' if mean >= ppo_mean - ppo_se else 'no'}")
-            lines.append(f"- {name}: {mean:.2f} +- {se:.2f} ({len(values)} seeds: "
-                         f"{', '.join(f'{v:.2f}' for v in values)}){verdict}")
+        lines += transfer_lines(transfer_rows)
     for arm in ARMS:
         if (ES_SEED or variant()) and drift_file(arm) == run_dir(arm) / "lpo.pt":  # keep the drift with the results
             shutil.copyfile(run_dir(arm) / "lpo.pt", out / f"{arm}.pt")
@@ -551,6 +611,9 @@ def main() -> None:
     parser.add_argument("name", nargs="?", help="test-one: the objective (ppo, dpo, lpo, ta-lpo)")
     parser.add_argument("scale", nargs="?", type=float, help="test-one: the horizon's multiple")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--transfer-seeds", type=int, default=STUDY_TRANSFER_SEEDS,
+                        help=f"transfer|report: Breakout seeds 0..N-1 (the check's: {STUDY_TRANSFER_SEEDS}; more add "
+                             "a row over all of them beside it)")
     parser.add_argument("--generations", type=int, default=None,
                         help=f"ES generations per arm (default: {STUDY_GENERATIONS} at the study's horizon, the same "
                              "env-step budget at another)")
@@ -571,7 +634,10 @@ def main() -> None:
                      f"[1024, {10 * STUDY_HORIZON}], got {args.horizon}")
     if args.generations is not None and args.generations < 1:
         parser.error(f"--generations must be >= 1, got {args.generations}")
-    global ES_SEED, SIGMA, HORIZON, GENERATIONS
+    if not STUDY_TRANSFER_SEEDS <= args.transfer_seeds <= 100:
+        parser.error(f"--transfer-seeds must be in [{STUDY_TRANSFER_SEEDS}, 100], got {args.transfer_seeds}")
+    global ES_SEED, SIGMA, HORIZON, GENERATIONS, TRANSFER_SEEDS
+    TRANSFER_SEEDS = tuple(range(args.transfer_seeds))
     ES_SEED, SIGMA, HORIZON = args.es_seed, args.sigma, args.horizon
     GENERATIONS = max(1, round(STUDY_GENERATIONS * STUDY_HORIZON / HORIZON))
     if args.generations is None:

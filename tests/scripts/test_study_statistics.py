@@ -202,6 +202,69 @@ def test_lpo_transfer_results_keep_the_commit_their_runs_ran_at(tmp_path, monkey
     assert json.loads((tmp_path / "transfer.json").read_text()) == found
 
 
+def _breakout_runs(tmp_path, lpo_study, returns: dict[str, list[float]]) -> None:
+    import json
+
+    for name, values in returns.items():
+        for seed, value in enumerate(values):
+            run = tmp_path / "runs" / "transfer" / f"{name}-s{seed}"
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "summary.json").write_text(json.dumps({"status": "completed", "eval": {"return_mean": value}}))
+
+
+def test_lpo_transfer_more_seeds_extend_the_kept_record_and_a_rerun_replaces_it(tmp_path, monkeypatch):
+    """``--transfer-seeds 5`` adds seeds 3-4 to a kept 3-seed record (its first commit kept, the new seeds
+    stamped in ``added``); reading 3 seeds again leaves a 5-seed record alone; runs whose returns
+    differ from the kept ones replace it; a prefix with a gap stops at the gap."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": [], "dpo": []})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    monkeypatch.setattr(lpo_study, "_kernels", lambda: {"torch": "AVX512"})
+    kept = {"ppo": {"seeds": [0, 1, 2], "returns": [9.0, 10.0, 11.0], "commit": "then", "kernels": {"torch": "AVX2"}},
+            "dpo": {"seeds": [0, 1, 2], "returns": [8.0, 8.5, 9.0], "commit": "then", "kernels": {"torch": "AVX2"}}}
+    (tmp_path / "transfer.json").write_text(json.dumps(kept))
+    _breakout_runs(tmp_path, lpo_study, {"ppo": [9.0, 10.0, 11.0, 12.0, 8.0], "dpo": [7.0, 8.5, 9.0, 9.5]})
+    monkeypatch.setattr(lpo_study, "TRANSFER_SEEDS", tuple(range(5)))
+    found = lpo_study.transfer_returns()
+    assert found["ppo"]["returns"] == [9.0, 10.0, 11.0, 12.0, 8.0] and found["ppo"]["seeds"] == [0, 1, 2, 3, 4]
+    assert found["ppo"]["commit"] == "then" and found["ppo"]["added"] == [
+        {"seeds": [3, 4], "commit": "today", "kernels": {"torch": "AVX512"}}]
+    # dpo's seed 0 was rerun elsewhere (7.0, not 8.0) and seed 4 is missing: seeds 0-3 replace the record
+    assert found["dpo"] == {"seeds": [0, 1, 2, 3], "returns": [7.0, 8.5, 9.0, 9.5], "commit": "today",
+                            "kernels": {"torch": "AVX512"}}
+    monkeypatch.setattr(lpo_study, "TRANSFER_SEEDS", (0, 1, 2))
+    assert lpo_study.transfer_returns() == found == json.loads((tmp_path / "transfer.json").read_text())
+
+
+def test_lpo_transfer_lines_check_three_seeds_and_compare_all_with_welch():
+    """The issue's check reads seeds 0-2 only; the table over all seeds has the Welch difference, its
+    90% interval (hand-computed here) and the one-sided p."""
+    import lpo_study
+    from scipy import stats
+
+    rows = {"ppo": [10.0, 12.0, 14.0, 10.0, 14.0], "dpo": [11.0, 11.0, 11.0, 13.0, 9.0]}
+    lines = lpo_study.transfer_lines(rows)
+    # 3 seeds: PPO 12.00 +- 1.15 (bar 10.85), DPO 11.00 +- 0.00
+    assert lines[0] == "- ppo: 12.00 +- 1.15 (seeds 0-2: 10.00, 12.00, 14.00)"
+    assert lines[1] == "- dpo: 11.00 +- 0.00 (seeds 0-2: 11.00, 11.00, 11.00); >= PPO - 1 SE (10.85): yes"
+    # all 5: PPO mean 12, variance 4 -> SE^2 0.8; DPO mean 11, variance 2 -> SE^2 0.4; diff -1 +- sqrt(1.2)
+    se = 1.2 ** 0.5
+    dof = 1.2 ** 2 / (0.8 ** 2 / 4 + 0.4 ** 2 / 4)
+    half = stats.t.ppf(0.95, dof) * se
+    diff, diff_se, low, high = lpo_study.welch_difference(rows["dpo"], rows["ppo"])
+    assert diff == pytest.approx(-1.0) and diff_se == pytest.approx(se)
+    assert (low, high) == pytest.approx((-1.0 - half, -1.0 + half))
+    dpo_row = next(line for line in lines if line.startswith("| dpo |"))
+    assert f"| -1.00 +- {se:.2f} | [{-1 - half:+.2f}, {-1 + half:+.2f}] |" in dpo_row
+    p = stats.ttest_ind(rows["dpo"], rows["ppo"], equal_var=False, alternative="greater").pvalue
+    assert dpo_row.endswith(f"| {p:.3f} | no |")  # over 5 seeds the bar is 12.0 - sqrt(0.8) = 11.11 > 11.0
+
+
 def test_ta_lpg_study_generations_variant_is_tagged_and_checked(monkeypatch):
     """``--generations N`` other than the study's runs and reports into its own folders; N < 1 is refused."""
     import ta_lpg_study
