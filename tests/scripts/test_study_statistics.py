@@ -333,3 +333,16 @@ def test_ta_lpg_report_gives_each_lifetimes_gap_across_seeds(tmp_path, monkeypat
     assert "| ta-lpg-es-unit-s0 (vs lpg-es-s0) | -0.20 +- 0.00 | -0.10 +- 0.00 | -0.150 |" in text
     # Across seeds: lifetime 10: mean -0.1, SE |(-0.2) - 0| / 2 = 0.1; lifetime 30: 0.0 and 0.1; means -0.15 and +0.05.
     assert "| ta-lpg-es-unit | 2 | -0.100 +- 0.100 | +0.000 +- 0.100 | -0.050 +- 0.100 |" in text
+
+
+@pytest.mark.parametrize("count", ["2", "101"])
+def test_lpo_study_refuses_a_transfer_seed_count_outside_its_range(monkeypatch, capsys, count):
+    """``--transfer-seeds`` below the issue's 3 (the check needs them) or above 100 stops before any run."""
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "TRANSFER_SEEDS", lpo_study.TRANSFER_SEEDS)
+    monkeypatch.setattr(lpo_study, "transfer", lambda *a: pytest.fail("transfer ran"))
+    monkeypatch.setattr(sys, "argv", ["lpo_study.py", "transfer", "--transfer-seeds", count])
+    with pytest.raises(SystemExit):
+        lpo_study.main()
+    assert "--transfer-seeds must be in [3, 100]" in capsys.readouterr().err
