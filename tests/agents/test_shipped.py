@@ -16,7 +16,8 @@ SHIPPED = shipped_objectives()
 
 
 def test_the_expected_objectives_ship():
-    assert {"lpg-grid-small", "ta-lpg-grid-small", "ta-lpg-grid-all"} <= set(shipped_objectives("lpg"))
+    assert {"lpg-grid-small", "ta-lpg-grid-small", "ta-lpg-grid-small-g600", "ta-lpg-grid-all"} <= set(
+        shipped_objectives("lpg"))
     assert {"lpo-cartpole", "ta-lpo-cartpole"} <= set(shipped_objectives("lpo"))
     assert set(shipped_objectives("lpg")) | set(shipped_objectives("lpo")) == set(SHIPPED)
     with pytest.raises(ValueError, match="kind must be one of"):
@@ -43,7 +44,7 @@ def test_each_shipped_objective_has_a_card_and_loads_by_name(name):
 
 
 def test_the_ta_lpg_cards_are_time_aware_lpgs_from_es_checked_on_their_levels():
-    for name, levels in (("ta-lpg-grid-small", "small"), ("ta-lpg-grid-all", "all")):
+    for name, levels in (("ta-lpg-grid-small", "small"), ("ta-lpg-grid-small-g600", "small"), ("ta-lpg-grid-all", "all")):
         card = shipped_card(name)
         assert card["network"]["lifetime_conditioning"] and card["generations"] >= 1 and "popsize" in card["config"]
         assert card["config"]["levels"] == card["check"]["args"]["levels"] == levels
