@@ -55,7 +55,7 @@ import sys
 from pathlib import Path
 
 from study_jobs import run_jobs
-from study_stats import mean_se
+from study_stats import mean_se, welch
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "lpo-study"
@@ -396,23 +396,11 @@ def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
             if name == "ppo":
                 lines.append(f"| ppo | {len(values)} | {mean:.2f} +- {se:.2f} | | | | |")
                 continue
-            diff, diff_se, low, high = welch_difference(values, ppo)
+            diff, diff_se, (low, high), p = welch(values, ppo, level=0.9)
             lines.append(f"| {name} | {len(values)} | {mean:.2f} +- {se:.2f} | {diff:+.2f} +- {diff_se:.2f} | "
-                         f"[{low:+.2f}, {high:+.2f}] | {welch_greater(values, ppo):.3f} | "
+                         f"[{low:+.2f}, {high:+.2f}] | {p:.3f} | "
                          f"{'yes' if mean >= pm - ps else 'no'} |")
     return lines
-
-
-def welch_difference(a: list[float], b: list[float], level: float = 0.9) -> tuple[float, float, float, float]:
-    """mean(a) - mean(b), its standard error and its two-sided ``level`` confidence interval (Welch's t,
-    Welch-Satterthwaite degrees of freedom)."""
-    from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
-
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    diff, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
-    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
-    return diff, se, diff - half, diff + half
 
 
 def final_returns(name: str, scale: float) -> list[float]:

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 from study_jobs import run_jobs
+from study_stats import welch
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "snake-reference-lecun"  # the runs with Haiku's initialisation (network.init)
@@ -172,19 +173,6 @@ def _window_mean(run: list[tuple[int, float]], milestone: int) -> float | None:
     if not run or run[-1][0] < milestone - 10_000:
         return None
     return statistics.fmean([v for s, v in run if milestone - WINDOW < s <= milestone + 10_000])
-
-
-def welch(a: list[float], b: list[float]) -> tuple[float, float, tuple[float, float], float]:
-    """mean(a) - mean(b), its Welch standard error, the 95% confidence interval (Welch-Satterthwaite
-    degrees of freedom) and the one-sided p-value for mean(a) > mean(b)."""
-    from scipy import stats  # noqa: PLC0415 - scipy comes with the es extra; only the report needs it
-
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    diff, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else float("inf")
-    half = stats.t.ppf(0.975, df) * se
-    p = float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
-    return diff, se, (diff - half, diff + half), p
 
 
 def verdicts(curves: dict[str, list[list[tuple[int, float]]]],

@@ -256,7 +256,7 @@ def test_lpo_transfer_lines_check_three_seeds_and_compare_all_with_welch():
     se = 1.2 ** 0.5
     dof = 1.2 ** 2 / (0.8 ** 2 / 4 + 0.4 ** 2 / 4)
     half = stats.t.ppf(0.95, dof) * se
-    diff, diff_se, low, high = lpo_study.welch_difference(rows["dpo"], rows["ppo"])
+    diff, diff_se, (low, high), _ = welch(rows["dpo"], rows["ppo"], level=0.9)
     assert diff == pytest.approx(-1.0) and diff_se == pytest.approx(se)
     assert (low, high) == pytest.approx((-1.0 - half, -1.0 + half))
     dpo_row = next(line for line in lines if line.startswith("| dpo |"))
