@@ -301,12 +301,16 @@ def transfer_name(name: str) -> str:
 
 
 def transfer(parallel: int) -> None:
-    """Every objective on MinAtar Breakout at 300k env steps, 3 seeds (skipping finished runs)."""
+    """Every objective on MinAtar Breakout at 300k env steps, 3 seeds (``--transfer-seeds``: more),
+    skipping finished runs and the seeds ``transfer.json`` already keeps (run elsewhere, perhaps on
+    other kernels: rerunning them here would replace their record; delete it there to rerun)."""
+    kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
     jobs = []
     for name, options in objectives().items():
+        recorded = set(kept.get(transfer_name(name), {}).get("seeds", []))
         for seed in TRANSFER_SEEDS:
             path = RUNS / "transfer" / f"{transfer_name(name)}-s{seed}"
-            if not (path / "summary.json").is_file():
+            if seed not in recorded and not (path / "summary.json").is_file():
                 jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
                                          *options, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
                                          "--no-progress", "--torch-threads", "1"], None))
@@ -338,20 +342,27 @@ def transfer_returns() -> dict[str, dict]:
     ``results/lpo/transfer.json``), else as kept there; objectives with fewer than the study's 3 seeds
     are left out. A record holds ``seeds``, ``returns`` and the ``commit`` and ``kernels`` of its
     first runs; seeds added later (``--transfer-seeds``) are stamped in ``added``, one entry per
-    reading. Runs whose returns differ from the kept ones (rerun elsewhere) replace the record."""
+    reading, and the kept seeds need not have their runs here. Runs whose returns differ from the kept
+    ones (rerun elsewhere) replace the record."""
     kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
     found = {}
     for name in map(transfer_name, objectives()):
-        values = []
-        for seed in TRANSFER_SEEDS:  # the finished prefix 0..M-1
-            value = _summary_return(RUNS / "transfer" / f"{name}-s{seed}")
-            if value is None:
-                break
-            values.append(value)
+        def finished(seeds: range | tuple) -> list[float]:  # the finished prefix of these seeds' runs
+            values = []
+            for seed in seeds:
+                value = _summary_return(RUNS / "transfer" / f"{name}-s{seed}")
+                if value is None:
+                    break
+                values.append(value)
+            return values
+
+        values = finished(TRANSFER_SEEDS)
         before = kept.get(name, {})
         old = before.get("returns", [])
         overlap = min(len(values), len(old))
         same = values[:overlap] == old[:overlap]
+        if same and old:  # the kept seeds stand for their runs where those are gone (run elsewhere)
+            values = old + finished(range(len(old), len(TRANSFER_SEEDS)))
         if len(values) < STUDY_TRANSFER_SEEDS or (same and len(values) <= len(old)):
             continue  # nothing new (the kept record has the commit and kernels it ran on: the runs do not record them)
         stamp = {"commit": _commit(), "kernels": _kernels()}

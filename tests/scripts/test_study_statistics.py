@@ -241,6 +241,41 @@ def test_lpo_transfer_more_seeds_extend_the_kept_record_and_a_rerun_replaces_it(
     assert lpo_study.transfer_returns() == found == json.loads((tmp_path / "transfer.json").read_text())
 
 
+def test_lpo_transfer_runs_only_the_seeds_not_kept_and_extends_a_record_whose_runs_are_gone(tmp_path, monkeypatch):
+    """In a fresh checkout (no runs), ``transfer --transfer-seeds 5`` runs only what ``transfer.json`` does
+    not keep (seeds 3-4 of a 3-seed record, every seed of a new objective), so a record made on other
+    kernels is extended, not replaced by reruns; the report then adds the new seeds to it."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": ["--algo", "ppo"], "lpo": ["--algo", "lpo"]})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    monkeypatch.setattr(lpo_study, "_kernels", lambda: {"torch": "AVX2"})
+    kept = {"ppo": {"seeds": [0, 1, 2], "returns": [9.0, 10.0, 11.0], "commit": "then", "kernels": {"torch": "AVX512"}}}
+    (tmp_path / "transfer.json").write_text(json.dumps(kept))
+    monkeypatch.setattr(lpo_study, "TRANSFER_SEEDS", tuple(range(5)))
+    jobs = []
+    monkeypatch.setattr(lpo_study, "run_jobs", lambda found, *a, **k: jobs.extend(name for name, *_ in found))
+    lpo_study.transfer(2)
+    assert jobs == ["ppo-s3", "ppo-s4", "lpo-s0", "lpo-s1", "lpo-s2", "lpo-s3", "lpo-s4"]
+    _breakout_runs(tmp_path, lpo_study, {"lpo": [7.0, 8.0, 9.0, 6.0, 5.0]})
+    for seed, value in ((3, 12.0), (4, 8.0)):
+        run = tmp_path / "runs" / "transfer" / f"ppo-s{seed}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "eval": {"return_mean": value}}))
+    found = lpo_study.transfer_returns()
+    assert found["ppo"] == {"seeds": [0, 1, 2, 3, 4], "returns": [9.0, 10.0, 11.0, 12.0, 8.0], "commit": "then",
+                            "kernels": {"torch": "AVX512"},
+                            "added": [{"seeds": [3, 4], "commit": "today", "kernels": {"torch": "AVX2"}}]}
+    assert found["lpo"]["returns"] == [7.0, 8.0, 9.0, 6.0, 5.0] and found["lpo"]["commit"] == "today"
+    jobs.clear()
+    lpo_study.transfer(2)
+    assert jobs == []
+
+
 def test_lpo_transfer_lines_check_three_seeds_and_compare_all_with_welch():
     """The issue's check reads seeds 0-2 only; the table over all seeds has the Welch difference, its
     90% interval (hand-computed here) and the one-sided p."""
