@@ -6,6 +6,8 @@
     python scripts/lpo_study.py transfer [--parallel 2] # MinAtar Breakout, 300k steps, 3 seeds (needs [minatar])
     python scripts/lpo_study.py transfer|report --transfer-seeds 10   # the same with seeds 0-9 (the report adds
                                                        # their row beside the 3-seed check)
+    python scripts/lpo_study.py kernel-check [--horizon 4096]  # PPO retested on this machine's kernels where its
+                                                       # committed returns ran on others (the report sets them side by side)
     python scripts/lpo_study.py report                 # -> results/lpo/
     python scripts/lpo_study.py train|test|report --es-seed N   # another ES seed (1, 2) of both arms
                                                        # (its tests: the two drifts) -> results/lpo/es-seed-N/
@@ -181,13 +183,60 @@ def test(parallel: int) -> None:
     run_jobs(jobs, parallel, ROOT, poll=2)
 
 
-def test_path(name: str, scale: float) -> Path:
-    """Where an objective's test returns go (committed): a learned drift's are named ``<arm>-s<ES seed>``."""
+def test_path(name: str, scale: float, kernels: str = "") -> Path:
+    """Where an objective's test returns go (committed): a learned drift's are named ``<arm>-s<ES seed>``;
+    ``kernels``: PPO's retest on other kernels (``kernel-check``), ``returns/kernels/ppo<tag>-<KERNELS>-h<x>.json``."""
     tag = f"{name}{variant()}-s{ES_SEED}" if name in ARMS else f"{name}{_horizon_tag()}"
+    if kernels:
+        return RETURNS / "kernels" / f"{tag}-{kernels}-h{scale:g}.json"
     return RETURNS / f"{tag}-h{scale:g}.json"
 
 
-def test_one(name: str, scale: float) -> None:
+def kernel_check(parallel: int) -> None:
+    """PPO retested at every horizon on this machine's kernels, where they differ from those its committed
+    returns ran on (a learned drift tested here is then compared with PPO on both): skipping what exists."""
+    here = _kernels()["torch"]
+    jobs = []
+    for scale in HORIZONS:
+        committed = test_path("ppo", scale)
+        if not committed.is_file():
+            raise SystemExit(f"kernel-check compares with PPO's committed returns: run `test` first ({committed})")
+        if json.loads(committed.read_text()).get("kernels", {}).get("torch") != here and not test_path(
+                "ppo", scale, here).is_file():
+            jobs.append((f"ppo at {scale:g}x on {here}", [sys.executable, str(Path(__file__).resolve()), "test-one",
+                                                          "ppo", f"{scale:g}", "--kernels-tag", *_study_flags()], None))
+    if not jobs:
+        print(f"nothing to run: PPO's returns on {here} kernels exist at every horizon (or are the committed ones)")
+    run_jobs(jobs, parallel, ROOT, poll=2)
+
+
+def kernel_rows(table: dict[str, dict[float, list[float]]]) -> list[str]:
+    """The kernels each objective's test returns ran on and, where PPO was retested on other kernels
+    (``kernel-check``), its returns there beside the committed ones (two-sided Welch p) and each
+    objective tested on those kernels against PPO on the same ones."""
+    kernels = {name: sorted({json.loads(test_path(name, h).read_text()).get("kernels", {}).get("torch", "?")
+                             for h in HORIZONS if test_path(name, h).is_file()}) for name in table}
+    lines = ["", "## Kernels", "", "The test returns ran on: " + "; ".join(
+        f"{name} {'/'.join(found)}" for name, found in kernels.items() if found) + "."]
+    for kernel in sorted({k for found in kernels.values() for k in found}):
+        retest = {h: json.loads(test_path("ppo", h, kernel).read_text())["returns"]
+                  for h in HORIZONS if test_path("ppo", h, kernel).is_file()}
+        if not retest:
+            continue
+        lines += ["", f"PPO retested on {kernel} kernels (`kernel-check`), the same seeds, against the committed "
+                  "PPO (two-sided Welch p: the kernels change each run, not the distribution), and the objectives "
+                  f"tested on {kernel} against it (one-sided Welch p of >= PPO):", ""]
+        for h, values in retest.items():
+            diff, _, _, p = welch(values, table["ppo"][h])
+            mean, se = mean_se(values)
+            cells = [f"PPO on {kernel} {mean:.1f} +- {se:.1f} (minus committed {diff:+.1f}, p = {min(1.0, 2 * min(p, 1 - p)):.2f})"]
+            cells += [f"{name} p = {welch_greater(table[name][h], values):.3f}" for name in table
+                      if name != "ppo" and kernels[name] == [kernel] and len(table[name][h]) > 1]
+            lines.append(f"- {h:g}x: " + "; ".join(cells))
+    return lines
+
+
+def test_one(name: str, scale: float, kernels_tag: bool = False) -> None:
     """Train ``name``'s agents on every test seed for ``scale`` x the horizon; write their final returns."""
     import dataclasses  # noqa: PLC0415 - the stage's own imports: the library loads torch
 
@@ -210,10 +259,10 @@ def test_one(name: str, scale: float) -> None:
             raise SystemExit(f"{name} (ES seed {ES_SEED}) has no learned drift yet: run `train` first")
         drift = load_lpo(str(path))
     returns = [lpo_return(config, drift, seed) for seed in TEST_SEEDS]
-    test_path(name, scale).parent.mkdir(parents=True, exist_ok=True)
+    path = test_path(name, scale, _kernels()["torch"] if kernels_tag else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_json({"objective": name, "scale": scale, "steps": config.total_steps, "seeds": list(TEST_SEEDS),
-                 "eval_episodes": config.eval_episodes, "kernels": _kernels(), "returns": returns},
-                test_path(name, scale))
+                 "eval_episodes": config.eval_episodes, "kernels": _kernels(), "returns": returns}, path)
 
 
 def center_path(arm: str, generation: int) -> Path:
@@ -459,6 +508,8 @@ def report() -> None:
             lines.append(f"- ta-lpo >= lpo over all horizons: mean {statistics.fmean(ta):.1f} vs "
                          f"{statistics.fmean(plain):.1f}, p = {welch_greater(ta, plain):.3f}")
     lines += center_rows()
+    if "ppo" in table and all(table["ppo"].values()):
+        lines += kernel_rows(table)
     transfers = {} if ES_SEED else transfer_returns()
     shown = [transfer_name(name) for name in objectives()]  # this report's objectives
     transfers = {name: transfers[name] for name in shown if name in transfers}
@@ -604,8 +655,9 @@ def _plot() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("train", "test", "transfer", "centers", "report", "pooled", "test-one",
-                                          "center-one"))
+    parser.add_argument("stage", choices=("train", "test", "kernel-check", "transfer", "centers", "report", "pooled",
+                                          "test-one", "center-one"))
+    parser.add_argument("--kernels-tag", action="store_true", help=argparse.SUPPRESS)  # test-one for kernel-check
     parser.add_argument("--generation", type=int, help="center-one: the checkpoint's generation")
     parser.add_argument("name", nargs="?", help="test-one: the objective (ppo, dpo, lpo, ta-lpo)")
     parser.add_argument("scale", nargs="?", type=float, help="test-one: the horizon's multiple")
@@ -648,7 +700,9 @@ def main() -> None:
     elif args.stage == "test-one":
         if args.name not in ("ppo", "dpo", *ARMS) or args.scale not in HORIZONS:
             parser.error(f"test-one needs an objective of {['ppo', 'dpo', *ARMS]} and a scale of {HORIZONS}")
-        test_one(args.name, args.scale)
+        test_one(args.name, args.scale, args.kernels_tag)
+    elif args.stage == "kernel-check":
+        kernel_check(args.parallel)
     elif args.stage == "centers":
         centers(args.parallel)
     elif args.stage == "center-one":

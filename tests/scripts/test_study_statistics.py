@@ -381,3 +381,41 @@ def test_lpo_study_refuses_a_transfer_seed_count_outside_its_range(monkeypatch, 
     with pytest.raises(SystemExit):
         lpo_study.main()
     assert "--transfer-seeds must be in [3, 100]" in capsys.readouterr().err
+
+
+def test_lpo_kernel_check_retests_ppo_only_on_other_kernels_and_the_report_pairs_like_with_like(tmp_path, monkeypatch):
+    """``kernel-check`` retests PPO where its committed returns ran on other kernels than this machine's
+    (and nothing once done, or where they match); the report's kernel rows compare a drift tested here
+    with PPO retested here, and PPO here with the committed PPO."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RETURNS", tmp_path / "returns")
+    monkeypatch.setattr(lpo_study, "_kernels", lambda: {"torch": "AVX2", "MKL_CBWR": None})
+    rng = np.random.default_rng(0)
+    table = {"ppo": {}, "lpo": {}}
+    for h in lpo_study.HORIZONS:
+        for name, kernels, shift in (("ppo", "AVX512", 0.0), ("lpo", "AVX2", 40.0)):
+            table[name][h] = (rng.normal(300, 50, 32) + shift).tolist()
+            path = lpo_study.test_path(name, h)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"kernels": {"torch": kernels}, "returns": table[name][h]}))
+    jobs = []
+    monkeypatch.setattr(lpo_study, "run_jobs", lambda found, *a, **k: jobs.extend(args for _, args, _ in found))
+    lpo_study.kernel_check(2)
+    assert len(jobs) == len(lpo_study.HORIZONS) and all("--kernels-tag" in args and "ppo" in args for args in jobs)
+    assert "ppo" not in [line for line in lpo_study.kernel_rows(table) if line.startswith("- ")]
+    for h in lpo_study.HORIZONS:
+        path = lpo_study.test_path("ppo", h, "AVX2")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kernels": {"torch": "AVX2"}, "returns": [v + 1.0 for v in table["ppo"][h]]}))
+    jobs.clear()
+    lpo_study.kernel_check(2)
+    assert jobs == []
+    rows = lpo_study.kernel_rows(table)
+    assert "The test returns ran on: ppo AVX512; lpo AVX2." in rows
+    one = next(line for line in rows if line.startswith("- 1x"))
+    retest = [v + 1.0 for v in table["ppo"][1.0]]
+    assert "(minus committed +1.0, p = " in one
+    assert f"lpo p = {lpo_study.welch_greater(table['lpo'][1.0], retest):.3f}" in one
