@@ -6,6 +6,8 @@
     python scripts/lpo_study.py transfer [--parallel 2] # MinAtar Breakout, 300k steps, 3 seeds (needs [minatar])
     python scripts/lpo_study.py transfer|report --transfer-seeds 10   # the same with seeds 0-9 (the report adds
                                                        # their row beside the 3-seed check)
+    python scripts/lpo_study.py transfer --transfer-steps 1000000 --transfer-objectives ppo dpo   # another budget
+                                                       # (results/lpo/transfer-1000k.json; the study's report adds it)
     python scripts/lpo_study.py kernel-check [--horizon 4096]  # PPO retested on this machine's kernels where its
                                                        # committed returns ran on others (the report sets them side by side)
     python scripts/lpo_study.py report                 # -> results/lpo/
@@ -77,7 +79,10 @@ TEST_SEEDS = tuple(range(10_000, 10_032))
 TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
 STUDY_TRANSFER_SEEDS = 3  # the issue's check: >= PPO - 1 SE over seeds 0-2
 TRANSFER_SEEDS = tuple(range(STUDY_TRANSFER_SEEDS))  # --transfer-seeds N: seeds 0..N-1
-TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"
+TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"  # the study's budget; another's: transfer-<k>k.json
+STUDY_TRANSFER_STEPS = 300_000  # the issue's (the config's); --transfer-steps runs another budget
+TRANSFER_STEPS = STUDY_TRANSFER_STEPS
+TRANSFER_ONLY: tuple[str, ...] = ()  # --transfer-objectives: only these (default: every objective)
 HORIZONS = (0.5, 1.0, 2.0)
 CENTER_POINTS = 6  # `centers`: the ES center's return at this many evenly spaced generations (0: PPO, the start) ...
 CENTER_SEEDS = TEST_SEEDS[:16]  # ... on the first test seeds at 1x, paired with PPO's test returns there
@@ -349,19 +354,37 @@ def transfer_name(name: str) -> str:
     return f"{name}{variant()}" if name in ARMS else name
 
 
+def _steps_tag(steps: int) -> str:
+    """The tag of a --transfer-steps budget's runs and results file ('' at the study's 300k)."""
+    return "" if steps == STUDY_TRANSFER_STEPS else f"-{steps // 1000}k"
+
+
+def transfer_file() -> Path:
+    """Where the Breakout returns at ``TRANSFER_STEPS`` are kept (committed)."""
+    tag = _steps_tag(TRANSFER_STEPS)
+    return TRANSFER_RESULTS.with_name(f"{TRANSFER_RESULTS.stem}{tag}.json") if tag else TRANSFER_RESULTS
+
+
+def transfer_objectives() -> dict[str, list[str]]:
+    """The objectives of the transfer stage (``--transfer-objectives``: a subset)."""
+    return {name: options for name, options in objectives().items() if not TRANSFER_ONLY or name in TRANSFER_ONLY}
+
+
 def transfer(parallel: int) -> None:
-    """Every objective on MinAtar Breakout at 300k env steps, 3 seeds (``--transfer-seeds``: more),
-    skipping finished runs and the seeds ``transfer.json`` already keeps (run elsewhere, perhaps on
-    other kernels: rerunning them here would replace their record; delete it there to rerun)."""
-    kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
+    """Every objective on MinAtar Breakout at 300k env steps (``--transfer-steps``: another budget), 3
+    seeds (``--transfer-seeds``: more), skipping finished runs and the seeds ``transfer.json`` already
+    keeps (run elsewhere, perhaps on other kernels: rerunning them here would replace their record;
+    delete it there to rerun)."""
+    kept = json.loads(transfer_file().read_text()) if transfer_file().is_file() else {}
+    steps = [] if TRANSFER_STEPS == STUDY_TRANSFER_STEPS else ["--total-steps", str(TRANSFER_STEPS)]
     jobs = []
-    for name, options in objectives().items():
+    for name, options in transfer_objectives().items():
         recorded = set(kept.get(transfer_name(name), {}).get("seeds", []))
         for seed in TRANSFER_SEEDS:
-            path = RUNS / "transfer" / f"{transfer_name(name)}-s{seed}"
+            path = RUNS / "transfer" / f"{transfer_name(name)}{_steps_tag(TRANSFER_STEPS)}-s{seed}"
             if seed not in recorded and not (path / "summary.json").is_file():
                 jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
-                                         *options, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
+                                         *options, *steps, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
                                          "--no-progress", "--torch-threads", "1"], None))
     run_jobs(jobs, parallel, ROOT, poll=2)
 
@@ -392,26 +415,29 @@ def transfer_returns() -> dict[str, dict]:
     are left out. A record holds ``seeds``, ``returns`` and the ``commit`` and ``kernels`` of its
     first runs; seeds added later (``--transfer-seeds``) are stamped in ``added``, one entry per
     reading, and the kept seeds need not have their runs here. Runs whose returns differ from the kept
-    ones (rerun elsewhere) replace the record."""
-    kept = json.loads(TRANSFER_RESULTS.read_text()) if TRANSFER_RESULTS.is_file() else {}
+    ones (rerun elsewhere) replace the record. At ``--transfer-steps``: the same in its own file."""
+    path = transfer_file()
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    tag = _steps_tag(TRANSFER_STEPS)
+
+    def finished(name: str, seeds: range | tuple) -> list[float]:  # the finished prefix of these seeds' runs
+        values = []
+        for seed in seeds:
+            value = _summary_return(RUNS / "transfer" / f"{name}{tag}-s{seed}")
+            if value is None:
+                break
+            values.append(value)
+        return values
+
     found = {}
     for name in map(transfer_name, objectives()):
-        def finished(seeds: range | tuple) -> list[float]:  # the finished prefix of these seeds' runs
-            values = []
-            for seed in seeds:
-                value = _summary_return(RUNS / "transfer" / f"{name}-s{seed}")
-                if value is None:
-                    break
-                values.append(value)
-            return values
-
-        values = finished(TRANSFER_SEEDS)
+        values = finished(name, TRANSFER_SEEDS)
         before = kept.get(name, {})
         old = before.get("returns", [])
         overlap = min(len(values), len(old))
         same = values[:overlap] == old[:overlap]
         if same and old:  # the kept seeds stand for their runs where those are gone (run elsewhere)
-            values = old + finished(range(len(old), len(TRANSFER_SEEDS)))
+            values = old + finished(name, range(len(old), len(TRANSFER_SEEDS)))
         if len(values) < STUDY_TRANSFER_SEEDS or (same and len(values) <= len(old)):
             continue  # nothing new (the kept record has the commit and kernels it ran on: the runs do not record them)
         stamp = {"commit": _commit(), "kernels": _kernels()}
@@ -424,8 +450,8 @@ def transfer_returns() -> dict[str, dict]:
         found[name] = record
     if found:
         kept.update(found)
-        TRANSFER_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        TRANSFER_RESULTS.write_text(json.dumps(kept, indent=2) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kept, indent=2) + "\n")
     return kept
 
 
@@ -460,6 +486,38 @@ def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
             lines.append(f"| {name} | {len(values)} | {mean:.2f} +- {se:.2f} | {diff:+.2f} +- {diff_se:.2f} | "
                          f"[{low:+.2f}, {high:+.2f}] | {p:.3f} | "
                          f"{'yes' if mean >= pm - ps else 'no'} |")
+    return lines
+
+
+def transfer_budgets() -> list[int]:
+    """The Breakout budgets to report: the study's, and in the study's own report (ES seed 0, no
+    variant) every other budget with a results file (``--transfer-steps``)."""
+    others = [] if variant() else sorted(int(p.stem.rsplit("-", 1)[1][:-1]) * 1000
+                                         for p in TRANSFER_RESULTS.parent.glob(f"{TRANSFER_RESULTS.stem}-*k.json"))
+    return [STUDY_TRANSFER_STEPS, *others]
+
+
+def transfer_sections() -> list[str]:
+    """The report's Breakout sections, one per budget, over this report's objectives."""
+    global TRANSFER_STEPS
+    lines, chosen = [], TRANSFER_STEPS
+    try:
+        for steps in transfer_budgets():
+            TRANSFER_STEPS = steps
+            transfers = transfer_returns()
+            shown = [transfer_name(name) for name in objectives()]  # this report's objectives
+            transfers = {name: transfers[name] for name in shown if name in transfers}
+            rows = {name: kept["returns"] for name, kept in transfers.items()}
+            if not any(rows.values()):
+                continue
+            commits = sorted({stamp["commit"] for kept in transfers.values()
+                              for stamp in (kept, *kept.get("added", [])) if "commit" in stamp})
+            lines += ["", f"## Transfer: MinAtar Breakout, {steps // 1000}k env steps (evaluation return, mean +- SE "
+                      "over seeds)", "", f"Kept in `{transfer_file().name}`"
+                      + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
+            lines += transfer_lines(rows)
+    finally:
+        TRANSFER_STEPS = chosen
     return lines
 
 
@@ -510,16 +568,7 @@ def report() -> None:
     lines += center_rows()
     if "ppo" in table and all(table["ppo"].values()):
         lines += kernel_rows(table)
-    transfers = {} if ES_SEED else transfer_returns()
-    shown = [transfer_name(name) for name in objectives()]  # this report's objectives
-    transfers = {name: transfers[name] for name in shown if name in transfers}
-    transfer_rows = {name: kept["returns"] for name, kept in transfers.items()}
-    if any(transfer_rows.values()):
-        commits = sorted({stamp["commit"] for kept in transfers.values()
-                          for stamp in (kept, *kept.get("added", [])) if "commit" in stamp})
-        lines += ["", "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)", "",
-                  "Kept in `transfer.json`" + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
-        lines += transfer_lines(transfer_rows)
+    lines += [] if ES_SEED else transfer_sections()
     for arm in ARMS:
         if (ES_SEED or variant()) and drift_file(arm) == run_dir(arm) / "lpo.pt":  # keep the drift with the results
             shutil.copyfile(run_dir(arm) / "lpo.pt", out / f"{arm}.pt")
@@ -665,6 +714,11 @@ def main() -> None:
     parser.add_argument("--transfer-seeds", type=int, default=STUDY_TRANSFER_SEEDS,
                         help=f"transfer|report: Breakout seeds 0..N-1 (the check's: {STUDY_TRANSFER_SEEDS}; more add "
                              "a row over all of them beside it)")
+    parser.add_argument("--transfer-steps", type=int, default=STUDY_TRANSFER_STEPS,
+                        help=f"transfer: Breakout env steps per run (the check's: {STUDY_TRANSFER_STEPS:,}; another "
+                             "budget keeps its returns in results/lpo/transfer-<k>k.json, reported beside)")
+    parser.add_argument("--transfer-objectives", nargs="+", choices=("ppo", "dpo", *ARMS), default=None,
+                        help="transfer: only these objectives (default: all)")
     parser.add_argument("--generations", type=int, default=None,
                         help=f"ES generations per arm (default: {STUDY_GENERATIONS} at the study's horizon, the same "
                              "env-step budget at another)")
@@ -687,8 +741,11 @@ def main() -> None:
         parser.error(f"--generations must be >= 1, got {args.generations}")
     if not STUDY_TRANSFER_SEEDS <= args.transfer_seeds <= 100:
         parser.error(f"--transfer-seeds must be in [{STUDY_TRANSFER_SEEDS}, 100], got {args.transfer_seeds}")
-    global ES_SEED, SIGMA, HORIZON, GENERATIONS, TRANSFER_SEEDS
+    if not 100_000 <= args.transfer_steps <= 20_000_000 or args.transfer_steps % 1000:
+        parser.error(f"--transfer-steps must be a multiple of 1000 in [100000, 20000000], got {args.transfer_steps}")
+    global ES_SEED, SIGMA, HORIZON, GENERATIONS, TRANSFER_SEEDS, TRANSFER_STEPS, TRANSFER_ONLY
     TRANSFER_SEEDS = tuple(range(args.transfer_seeds))
+    TRANSFER_STEPS, TRANSFER_ONLY = args.transfer_steps, tuple(args.transfer_objectives or ())
     ES_SEED, SIGMA, HORIZON = args.es_seed, args.sigma, args.horizon
     GENERATIONS = max(1, round(STUDY_GENERATIONS * STUDY_HORIZON / HORIZON))
     if args.generations is None:

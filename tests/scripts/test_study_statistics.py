@@ -383,6 +383,19 @@ def test_lpo_study_refuses_a_transfer_seed_count_outside_its_range(monkeypatch, 
     assert "--transfer-seeds must be in [3, 100]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("steps", ["99000", "1000500", "30000000"])
+def test_lpo_study_refuses_a_transfer_budget_outside_its_range(monkeypatch, capsys, steps):
+    """``--transfer-steps`` must be whole thousands (the results file is named by them) in [100k, 20M]."""
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.TRANSFER_STEPS)
+    monkeypatch.setattr(lpo_study, "transfer", lambda *a: pytest.fail("transfer ran"))
+    monkeypatch.setattr(sys, "argv", ["lpo_study.py", "transfer", "--transfer-steps", steps])
+    with pytest.raises(SystemExit):
+        lpo_study.main()
+    assert "--transfer-steps must be a multiple of 1000 in [100000, 20000000]" in capsys.readouterr().err
+
+
 def test_lpo_kernel_check_retests_ppo_only_on_other_kernels_and_the_report_pairs_like_with_like(tmp_path, monkeypatch):
     """``kernel-check`` retests PPO where its committed returns ran on other kernels than this machine's
     (and nothing once done, or where they match); the report's kernel rows compare a drift tested here
@@ -419,3 +432,38 @@ def test_lpo_kernel_check_retests_ppo_only_on_other_kernels_and_the_report_pairs
     retest = [v + 1.0 for v in table["ppo"][1.0]]
     assert "(minus committed +1.0, p = " in one
     assert f"lpo p = {lpo_study.welch_greater(table['lpo'][1.0], retest):.3f}" in one
+
+
+def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_report_adds_it(tmp_path, monkeypatch):
+    """``transfer --transfer-steps 1000000 --transfer-objectives ppo dpo`` trains only those, for that
+    many steps, in runs and a results file of its own (``transfer-1000k.json``), never touching the
+    study's; the study's report then has a section for each budget."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"],
+                                                          "lpo": ["--algo", "lpo"]})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", 1_000_000)
+    monkeypatch.setattr(lpo_study, "TRANSFER_ONLY", ("ppo", "dpo"))
+    jobs = []
+    monkeypatch.setattr(lpo_study, "run_jobs", lambda found, *a, **k: jobs.extend(found))
+    lpo_study.transfer(2)
+    assert [name for name, *_ in jobs] == ["ppo-1000k-s0", "ppo-1000k-s1", "ppo-1000k-s2",
+                                           "dpo-1000k-s0", "dpo-1000k-s1", "dpo-1000k-s2"]
+    assert all(args[args.index("--total-steps") + 1] == "1000000" for _, args, _ in jobs)
+    _breakout_runs(tmp_path, lpo_study, {"ppo-1000k": [20.0, 22.0, 24.0], "dpo-1000k": [21.0, 23.0, 25.0]})
+    assert lpo_study.transfer_file() == tmp_path / "transfer-1000k.json"
+    assert set(lpo_study.transfer_returns()) == {"ppo", "dpo"} and not (tmp_path / "transfer.json").exists()
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.STUDY_TRANSFER_STEPS)
+    _breakout_runs(tmp_path, lpo_study, {"ppo": [9.0, 10.0, 11.0], "lpo": [8.0, 8.5, 9.0]})
+    assert lpo_study.transfer_budgets() == [300_000, 1_000_000]
+    lines = lpo_study.transfer_sections()
+    assert "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)" in lines
+    assert "## Transfer: MinAtar Breakout, 1000k env steps (evaluation return, mean +- SE over seeds)" in lines
+    assert any(line.startswith("- dpo: 23.00 +- 1.15") for line in lines)
+    assert lpo_study.TRANSFER_STEPS == lpo_study.STUDY_TRANSFER_STEPS
+    assert json.loads((tmp_path / "transfer.json").read_text()).keys() == {"ppo", "lpo"}
