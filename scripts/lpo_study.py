@@ -19,6 +19,7 @@
                                                        # (runs and results tagged with it) -> results/lpo/sigma-0.04/
     python scripts/lpo_study.py ... --sigma 0.04 --horizon 4096   # and at another lifetime (the same env-step
                                                        # budget: 300 generations) -> results/lpo/sigma-0.04-horizon-4096/
+    python scripts/lpo_study.py ... --horizon 4096     # the study's sigma at that lifetime -> results/lpo/horizon-4096/
 
 Meta-training (``rlmeta es-train --objective lpo``): the drift network (128 tanh units, no biases)
 starts at its PPO-clip initialisation; a candidate's fitness is the greedy evaluation return (10
