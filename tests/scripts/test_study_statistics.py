@@ -370,30 +370,26 @@ def test_ta_lpg_report_gives_each_lifetimes_gap_across_seeds(tmp_path, monkeypat
     assert "| ta-lpg-es-unit | 2 | -0.100 +- 0.100 | +0.000 +- 0.100 | -0.050 +- 0.100 |" in text
 
 
-@pytest.mark.parametrize("count", ["2", "101"])
-def test_lpo_study_refuses_a_transfer_seed_count_outside_its_range(monkeypatch, capsys, count):
-    """``--transfer-seeds`` below the issue's 3 (the check needs them) or above 100 stops before any run."""
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--transfer-seeds", "2", "--transfer-seeds must be in [3, 100]"),
+    ("--transfer-seeds", "101", "--transfer-seeds must be in [3, 100]"),
+    ("--transfer-steps", "99000", "--transfer-steps must be a multiple of 1000 in [100000, 20000000]"),
+    ("--transfer-steps", "1000500", "--transfer-steps must be a multiple of 1000 in [100000, 20000000]"),
+    ("--transfer-steps", "30000000", "--transfer-steps must be a multiple of 1000 in [100000, 20000000]"),
+])
+def test_lpo_study_refuses_a_transfer_seed_count_or_budget_outside_its_range(monkeypatch, capsys, option, value,
+                                                                             message):
+    """``--transfer-seeds`` below the issue's 3 (the check needs them) or above 100, and ``--transfer-steps``
+    not in whole thousands (the results file is named by them) or outside [100k, 20M], stop before any run."""
     import lpo_study
 
     monkeypatch.setattr(lpo_study, "TRANSFER_SEEDS", lpo_study.TRANSFER_SEEDS)
-    monkeypatch.setattr(lpo_study, "transfer", lambda *a: pytest.fail("transfer ran"))
-    monkeypatch.setattr(sys, "argv", ["lpo_study.py", "transfer", "--transfer-seeds", count])
-    with pytest.raises(SystemExit):
-        lpo_study.main()
-    assert "--transfer-seeds must be in [3, 100]" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("steps", ["99000", "1000500", "30000000"])
-def test_lpo_study_refuses_a_transfer_budget_outside_its_range(monkeypatch, capsys, steps):
-    """``--transfer-steps`` must be whole thousands (the results file is named by them) in [100k, 20M]."""
-    import lpo_study
-
     monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.TRANSFER_STEPS)
     monkeypatch.setattr(lpo_study, "transfer", lambda *a: pytest.fail("transfer ran"))
-    monkeypatch.setattr(sys, "argv", ["lpo_study.py", "transfer", "--transfer-steps", steps])
+    monkeypatch.setattr(sys, "argv", ["lpo_study.py", "transfer", option, value])
     with pytest.raises(SystemExit):
         lpo_study.main()
-    assert "--transfer-steps must be a multiple of 1000 in [100000, 20000000]" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_lpo_kernel_check_retests_ppo_only_on_other_kernels_and_the_report_pairs_like_with_like(tmp_path, monkeypatch):
