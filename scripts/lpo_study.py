@@ -53,6 +53,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -493,8 +494,8 @@ def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
 def transfer_budgets() -> list[int]:
     """The Breakout budgets to report: the study's, and in the study's own report (ES seed 0, no
     variant) every other budget with a results file (``--transfer-steps``)."""
-    others = [] if variant() else sorted(int(p.stem.rsplit("-", 1)[1][:-1]) * 1000
-                                         for p in TRANSFER_RESULTS.parent.glob(f"{TRANSFER_RESULTS.stem}-*k.json"))
+    found = (re.fullmatch(rf"{TRANSFER_RESULTS.stem}-(\d+)k", p.stem) for p in TRANSFER_RESULTS.parent.glob("*.json"))
+    others = [] if variant() else sorted(int(m.group(1)) * 1000 for m in found if m)
     return [STUDY_TRANSFER_STEPS, *others]
 
 

@@ -456,6 +456,7 @@ def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_repo
     assert set(lpo_study.transfer_returns()) == {"ppo", "dpo"} and not (tmp_path / "transfer.json").exists()
     monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.STUDY_TRANSFER_STEPS)
     _breakout_runs(tmp_path, lpo_study, {"ppo": [9.0, 10.0, 11.0], "lpo": [8.0, 8.5, 9.0]})
+    (tmp_path / "transfer-notes.json").write_text("{}")  # another file beside them is no budget
     assert lpo_study.transfer_budgets() == [300_000, 1_000_000]
     lines = lpo_study.transfer_sections()
     assert "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)" in lines
