@@ -1,10 +1,21 @@
 """Shared test setup: ``scripts/`` (the benchmarks and studies, which are not installed) and ``tests/``
-(``helpers``) on ``sys.path``, markers, and a tiny deterministic user env."""
+(``helpers``) on ``sys.path``, markers, one thread per worker when pytest-xdist runs the suite on
+several processes, and a tiny deterministic user env."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+# Under pytest-xdist (the README's test command runs ``-n auto``) every worker shares the machine's
+# cores: torch's and numba's thread pools get the worker's share, set before either is imported, and
+# the processes a test starts (CLI runs, Ray workers) inherit it. Two workers with torch's own two
+# threads each spin against one another (several times slower than one thread each; see
+# ``rlmeta.agents.runs.set_threads``).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[_name] = str(_share)
 
 import gymnasium as gym
 import numpy as np
