@@ -493,10 +493,14 @@ def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
 
 def transfer_budgets() -> list[int]:
     """The Breakout budgets to report: the study's, and in the study's own report (ES seed 0, no
-    variant) every other budget with a results file (``--transfer-steps``)."""
-    found = (re.fullmatch(rf"{TRANSFER_RESULTS.stem}-(\d+)k", p.stem) for p in TRANSFER_RESULTS.parent.glob("*.json"))
-    others = [] if variant() else sorted(int(m.group(1)) * 1000 for m in found if m)
-    return [STUDY_TRANSFER_STEPS, *others]
+    variant) every other budget (``--transfer-steps``) with a results file or a finished run here (a
+    fresh ``transfer --transfer-steps N`` writes its file at the first report)."""
+    if variant():
+        return [STUDY_TRANSFER_STEPS]
+    kept = (re.fullmatch(rf"{TRANSFER_RESULTS.stem}-(\d+)k", p.stem) for p in TRANSFER_RESULTS.parent.glob("*.json"))
+    ran = (re.fullmatch(r".+-(\d+)k-s\d+", p.parent.name) for p in (RUNS / "transfer").glob("*/summary.json"))
+    others = {int(m.group(1)) * 1000 for m in (*kept, *ran) if m} - {STUDY_TRANSFER_STEPS}
+    return [STUDY_TRANSFER_STEPS, *sorted(others)]
 
 
 def transfer_sections() -> list[str]:

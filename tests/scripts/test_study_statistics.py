@@ -452,6 +452,7 @@ def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_repo
                                            "dpo-1000k-s0", "dpo-1000k-s1", "dpo-1000k-s2"]
     assert all(args[args.index("--total-steps") + 1] == "1000000" for _, args, _ in jobs)
     _breakout_runs(tmp_path, lpo_study, {"ppo-1000k": [20.0, 22.0, 24.0], "dpo-1000k": [21.0, 23.0, 25.0]})
+    assert lpo_study.transfer_budgets() == [300_000, 1_000_000]  # from its finished runs, before any file
     assert lpo_study.transfer_file() == tmp_path / "transfer-1000k.json"
     assert set(lpo_study.transfer_returns()) == {"ppo", "dpo"} and not (tmp_path / "transfer.json").exists()
     monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.STUDY_TRANSFER_STEPS)
