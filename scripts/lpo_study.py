@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -60,7 +61,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from study_jobs import run_jobs
+from study_jobs import run_jobs, run_scalars
 from study_stats import mean_se, welch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -522,8 +523,72 @@ def transfer_sections() -> list[str]:
                       "over seeds)", "", f"Kept in `{transfer_file().name}`"
                       + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
             lines += transfer_lines(rows)
+            lines += diagnostic_lines({name: kept for name, kept in transfer_diagnostics().items() if name in shown})
     finally:
         TRANSFER_STEPS = chosen
+    return lines
+
+
+DIAGNOSTIC_TAGS = {"entropy": "loss/entropy", "clip fraction": "loss/clip_fraction"}  # what the runs log
+
+
+def diagnostics_file() -> Path:
+    """Where the Breakout runs' entropy and clip fraction at ``TRANSFER_STEPS`` are kept (committed)."""
+    return TRANSFER_RESULTS.with_name(f"{TRANSFER_RESULTS.stem}{_steps_tag(TRANSFER_STEPS)}-diagnostics.json")
+
+
+def run_diagnostics(path: Path, steps: int) -> dict[str, list[float]] | None:
+    """A Breakout run's mean policy entropy (nats) and clip fraction (the share of samples with
+    |r - 1| > 0.2, whatever the objective) over the first and the last third of its ``steps``;
+    None where its events lack either third."""
+    scalars = run_scalars(path, tuple(DIAGNOSTIC_TAGS.values()))
+    out = {}
+    for key, tag in DIAGNOSTIC_TAGS.items():
+        first = [value for step, value in scalars[tag] if step <= steps / 3]
+        last = [value for step, value in scalars[tag] if step > 2 * steps / 3]
+        if not first or not last:
+            return None
+        out[key] = [statistics.fmean(first), statistics.fmean(last)]
+    return out
+
+
+def transfer_diagnostics() -> dict[str, dict]:
+    """Each objective's :func:`run_diagnostics` over its finished Breakout runs here (seeds 0, 1, ...
+    up to the first missing one or one without its logs), kept in ``transfer[-<k>k]-diagnostics.json``; a kept record with
+    more seeds than the runs here (run elsewhere) stays."""
+    path = diagnostics_file()
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    tag, changed = _steps_tag(TRANSFER_STEPS), False
+    for name in map(transfer_name, objectives()):
+        runs = []
+        for seed in itertools.count():
+            run = RUNS / "transfer" / f"{name}{tag}-s{seed}"
+            found = run_diagnostics(run, TRANSFER_STEPS) if _summary_return(run) is not None else None
+            if found is None:
+                break
+            runs.append(found)
+        if len(runs) > len(kept.get(name, {}).get("seeds", [])):
+            kept[name] = {"seeds": list(range(len(runs))), **{key: [r[key] for r in runs] for key in DIAGNOSTIC_TAGS}}
+            changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kept, indent=2) + "\n")
+    return kept
+
+
+def diagnostic_lines(kept: dict[str, dict]) -> list[str]:
+    """The table of the Breakout runs' policy entropy and clip fraction, early and late (mean +- SE over seeds)."""
+    if not kept:
+        return []
+    lines = ["", "Policy entropy (nats) and clip fraction (share of samples with |r - 1| > 0.2) over the first and "
+             "the last third of training, mean +- SE over seeds "
+             f"(`{diagnostics_file().name}`):", "",
+             "| objective | seeds | entropy, first third | entropy, last third | clip fraction, first third | "
+             "clip fraction, last third |", "|---|---|---|---|---|---|"]
+    for name, record in kept.items():
+        cells = [f"{m:.3f} +- {e:.3f}" for key in DIAGNOSTIC_TAGS for part in (0, 1)
+                 for m, e in [mean_se([pair[part] for pair in record[key]])]]
+        lines.append(f"| {name} | {len(record['seeds'])} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study_jobs import run_scalars
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "snake6_a2c.toml"
 VARIANTS = ("gamma=0.8", "gamma=0.99", "one-step", "multi-step K=4", "mixed K=4")
 META_VARIANTS = tuple(v for v in VARIANTS if not v.startswith("gamma="))
@@ -109,12 +111,7 @@ def variant_config(name: str, seed: int, cfg: MetaCurvesConfig, run_dir: Path):
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = ("episode/return", "hparams/gamma", "hparams/lambda")
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags}
+    return run_scalars(run_dir, ("episode/return", "hparams/gamma", "hparams/lambda"))
 
 
 def run(cfg: MetaCurvesConfig) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from study_jobs import run_jobs
+from study_jobs import run_jobs, run_scalars
 from study_stats import welch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,15 +85,9 @@ def train(parallel: int, steps: int, seeds: tuple[int, ...] = SEEDS) -> None:
 
 
 def _gamma_curve(path: Path) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415 - heavy
-
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    acc.Reload()
-    if "hparams/gamma" not in acc.Tags()["scalars"]:
-        return []
-    events = acc.Scalars("hparams/gamma")
+    events = run_scalars(path, ("hparams/gamma",))["hparams/gamma"]
     stride = max(len(events) // 400, 1)  # about 400 points per run
-    return [(e.step, e.value) for e in events[::stride]]
+    return events[::stride]
 
 
 def variance() -> None:

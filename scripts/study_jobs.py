@@ -1,4 +1,5 @@
-"""Running a study's subprocesses a few at a time (the studies' shared job runner)."""
+"""Running a study's subprocesses a few at a time, and reading their runs' TensorBoard scalars (the
+studies' shared job runner)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def run_jobs(jobs: Sequence[Job], parallel: int, cwd: Path, poll: float = 5.0) -
             if process.poll() is not None:
                 print(f"{time.strftime('%H:%M:%S')} {name} exited {process.returncode}", flush=True)
                 running.remove((process, name))
+
+
+def run_scalars(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """Each tag's (step, value) pairs in a run's TensorBoard events (every event; [] for a tag it never logged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415 - heavy
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = set(acc.Tags()["scalars"])
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] if tag in logged else [] for tag in tags}

@@ -465,3 +465,39 @@ def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_repo
     assert any(line.startswith("- dpo: 23.00 +- 1.15") for line in lines)
     assert lpo_study.TRANSFER_STEPS == lpo_study.STUDY_TRANSFER_STEPS
     assert json.loads((tmp_path / "transfer.json").read_text()).keys() == {"ppo", "lpo"}
+
+
+def test_lpo_transfer_diagnostics_read_entropy_and_clip_fraction_by_thirds_and_keep_longer_records(tmp_path, monkeypatch):
+    """The Breakout runs' entropy and clip fraction, averaged over the first and the last third of the
+    budget from their TensorBoard events, kept per budget beside the returns; a record with more seeds
+    (run elsewhere) is not replaced by fewer runs here; the report prints them as a table."""
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", 300_000)
+    _breakout_runs(tmp_path, lpo_study, {"ppo": [9.0, 10.0, 11.0], "dpo": [8.0]})  # ppo-s2 without events: not counted
+    for name, offset in (("ppo-s0", 0.0), ("ppo-s1", 0.1), ("dpo-s0", 0.5)):
+        with SummaryWriter(str(tmp_path / "runs" / "transfer" / name)) as writer:
+            for step in range(0, 300_001, 50_000):  # 0..100k: first third; 250k, 300k: last third
+                writer.add_scalar("loss/entropy", offset + (1.0 if step <= 100_000 else 0.2 if step > 200_000 else 9.0), step)
+                writer.add_scalar("loss/clip_fraction", 0.3 if step <= 100_000 else 0.05, step)
+    kept = lpo_study.transfer_diagnostics()
+    assert lpo_study.diagnostics_file() == tmp_path / "transfer-diagnostics.json"
+    assert kept["ppo"]["seeds"] == [0, 1] and kept["dpo"]["seeds"] == [0]
+    assert np.allclose(kept["ppo"]["entropy"], [[1.0, 0.2], [1.1, 0.3]])
+    assert np.allclose(kept["dpo"]["clip fraction"], [[0.3, 0.05]])
+    record = {"seeds": [0, 1, 2], "entropy": [[0.7, 0.6]] * 3, "clip fraction": [[0.3, 0.1]] * 3}
+    saved = json.loads(lpo_study.diagnostics_file().read_text())
+    lpo_study.diagnostics_file().write_text(json.dumps({**saved, "dpo": record}))
+    assert lpo_study.transfer_diagnostics()["dpo"] == record  # three seeds elsewhere beat one here
+    lines = lpo_study.diagnostic_lines(lpo_study.transfer_diagnostics())
+    assert "| ppo | 2 | 1.050 +- 0.050 | 0.250 +- 0.050 | 0.300 +- 0.000 | 0.050 +- 0.000 |" in lines
+    assert any(line.startswith("| dpo | 3 | 0.700 +- 0.000") for line in lines)
+    assert lpo_study.diagnostic_lines({}) == []
