@@ -493,11 +493,9 @@ def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
 
 
 def transfer_budgets() -> list[int]:
-    """The Breakout budgets to report: the study's, and in the study's own report (ES seed 0, no
-    variant) every other budget (``--transfer-steps``) with a results file or a finished run here (a
-    fresh ``transfer --transfer-steps N`` writes its file at the first report)."""
-    if variant():
-        return [STUDY_TRANSFER_STEPS]
+    """The Breakout budgets to report: the study's, and every other budget (``--transfer-steps``) with
+    a results file or a finished run here (a fresh ``transfer --transfer-steps N`` writes its file at
+    the first report); a variant's report shows another budget only where its own drifts ran there."""
     kept = (re.fullmatch(rf"{TRANSFER_RESULTS.stem}-(\d+)k", p.stem) for p in TRANSFER_RESULTS.parent.glob("*.json"))
     ran = (re.fullmatch(r".+-(\d+)k-s\d+", p.parent.name) for p in (RUNS / "transfer").glob("*/summary.json"))
     others = {int(m.group(1)) * 1000 for m in (*kept, *ran) if m} - {STUDY_TRANSFER_STEPS}
@@ -515,7 +513,8 @@ def transfer_sections() -> list[str]:
             shown = [transfer_name(name) for name in objectives()]  # this report's objectives
             transfers = {name: transfers[name] for name in shown if name in transfers}
             rows = {name: kept["returns"] for name, kept in transfers.items()}
-            if not any(rows.values()):
+            if not any(rows.values()) or (variant() and steps != STUDY_TRANSFER_STEPS
+                                           and not any(rows.get(transfer_name(arm)) for arm in ARMS)):
                 continue
             commits = sorted({stamp["commit"] for kept in transfers.values()
                               for stamp in (kept, *kept.get("added", [])) if "commit" in stamp})

@@ -465,6 +465,15 @@ def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_repo
     assert any(line.startswith("- dpo: 23.00 +- 1.15") for line in lines)
     assert lpo_study.TRANSFER_STEPS == lpo_study.STUDY_TRANSFER_STEPS
     assert json.loads((tmp_path / "transfer.json").read_text()).keys() == {"ppo", "lpo"}
+    # a --sigma variant's report: the other budget only once its own drifts ran there
+    monkeypatch.setattr(lpo_study, "SIGMA", 0.04)
+    _breakout_runs(tmp_path, lpo_study, {"lpo-sigma0.04": [8.0, 8.5, 9.0]})
+    lines = lpo_study.transfer_sections()
+    assert not any("1000k env steps" in line for line in lines) and any("300k env steps" in line for line in lines)
+    _breakout_runs(tmp_path, lpo_study, {"lpo-sigma0.04-1000k": [15.0, 16.0, 17.0]})
+    lines = lpo_study.transfer_sections()
+    assert any(line.startswith("- lpo-sigma0.04: 16.00 +- 0.58") for line in lines)
+    assert "## Transfer: MinAtar Breakout, 1000k env steps (evaluation return, mean +- SE over seeds)" in lines
 
 
 def test_lpo_transfer_diagnostics_read_entropy_and_clip_fraction_by_thirds_and_keep_longer_records(tmp_path, monkeypatch):
