@@ -7,7 +7,8 @@
     python scripts/lpo_study.py transfer|report --transfer-seeds 10   # the same with seeds 0-9 (the report adds
                                                        # their row beside the 3-seed check)
     python scripts/lpo_study.py transfer --transfer-steps 1000000 --transfer-objectives ppo dpo   # another budget
-                                                       # (results/lpo/transfer-1000k.json; the study's report adds it)
+                                                       # (results/lpo/transfer-1000k.json; the study's report adds it,
+                                                       # with each run's entropy and clip fraction from its logs)
     python scripts/lpo_study.py kernel-check [--horizon 4096]  # PPO retested on this machine's kernels where its
                                                        # committed returns ran on others (the report sets them side by side)
     python scripts/lpo_study.py report                 # -> results/lpo/
@@ -553,8 +554,8 @@ def run_diagnostics(path: Path, steps: int) -> dict[str, list[float]] | None:
 
 def transfer_diagnostics() -> dict[str, dict]:
     """Each objective's :func:`run_diagnostics` over its finished Breakout runs here (seeds 0, 1, ...
-    up to the first missing one or one without its logs), kept in ``transfer[-<k>k]-diagnostics.json``; a kept record with
-    more seeds than the runs here (run elsewhere) stays."""
+    up to the first missing one or one without its logs), kept in ``transfer[-<k>k]-diagnostics.json``;
+    a kept record with more seeds than the runs here (run elsewhere) stays."""
     path = diagnostics_file()
     kept = json.loads(path.read_text()) if path.is_file() else {}
     tag, changed = _steps_tag(TRANSFER_STEPS), False
