@@ -9,6 +9,8 @@
     python scripts/lpo_study.py transfer --transfer-steps 1000000 --transfer-objectives ppo dpo   # another budget
                                                        # (results/lpo/transfer-1000k.json; the study's report adds it,
                                                        # with each run's entropy and clip fraction from its logs)
+    python scripts/lpo_study.py transfer --transfer-envs 64 --transfer-seeds 10   # the reference batch (64 envs x
+                                                       # 128 steps, PureJaxRL's) -> results/lpo/transfer-e64.json
     python scripts/lpo_study.py kernel-check [--horizon 4096]  # PPO retested on this machine's kernels where its
                                                        # committed returns ran on others (the report sets them side by side)
     python scripts/lpo_study.py report                 # -> results/lpo/
@@ -60,6 +62,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from study_jobs import run_jobs, run_scalars
@@ -83,9 +86,11 @@ TEST_SEEDS = tuple(range(10_000, 10_032))
 TRANSFER = ROOT / "configs" / "minatar_breakout_ppo.toml"
 STUDY_TRANSFER_SEEDS = 3  # the issue's check: >= PPO - 1 SE over seeds 0-2
 TRANSFER_SEEDS = tuple(range(STUDY_TRANSFER_SEEDS))  # --transfer-seeds N: seeds 0..N-1
-TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"  # the study's budget; another's: transfer-<k>k.json
+TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"  # the study's budget; another's: transfer-<k>k[-e<n>].json
 STUDY_TRANSFER_STEPS = 300_000  # the issue's (the config's); --transfer-steps runs another budget
 TRANSFER_STEPS = STUDY_TRANSFER_STEPS
+STUDY_TRANSFER_ENVS = int(tomllib.loads(TRANSFER.read_text())["num_envs"])  # the config's; --transfer-envs: another
+TRANSFER_ENVS = STUDY_TRANSFER_ENVS
 TRANSFER_ONLY: tuple[str, ...] = ()  # --transfer-objectives: only these (default: every objective)
 HORIZONS = (0.5, 1.0, 2.0)
 CENTER_POINTS = 6  # `centers`: the ES center's return at this many evenly spaced generations (0: PPO, the start) ...
@@ -358,14 +363,21 @@ def transfer_name(name: str) -> str:
     return f"{name}{variant()}" if name in ARMS else name
 
 
-def _steps_tag(steps: int) -> str:
-    """The tag of a --transfer-steps budget's runs and results file ('' at the study's 300k)."""
-    return "" if steps == STUDY_TRANSFER_STEPS else f"-{steps // 1000}k"
+def _budget_tag(steps: int, envs: int) -> str:
+    """The tag of a Breakout budget's runs and results file: ``-<k>k`` at another --transfer-steps than the
+    study's 300k, ``-e<n>`` at another --transfer-envs than the config's ('' at the study's own)."""
+    return ("" if steps == STUDY_TRANSFER_STEPS else f"-{steps // 1000}k") + (
+        "" if envs == STUDY_TRANSFER_ENVS else f"-e{envs}")
+
+
+def _transfer_tag() -> str:
+    """The tag of the budget this stage runs or reads (``TRANSFER_STEPS``, ``TRANSFER_ENVS``)."""
+    return _budget_tag(TRANSFER_STEPS, TRANSFER_ENVS)
 
 
 def transfer_file() -> Path:
-    """Where the Breakout returns at ``TRANSFER_STEPS`` are kept (committed)."""
-    tag = _steps_tag(TRANSFER_STEPS)
+    """Where the Breakout returns at ``TRANSFER_STEPS`` with ``TRANSFER_ENVS`` envs are kept (committed)."""
+    tag = _transfer_tag()
     return TRANSFER_RESULTS.with_name(f"{TRANSFER_RESULTS.stem}{tag}.json") if tag else TRANSFER_RESULTS
 
 
@@ -381,11 +393,13 @@ def transfer(parallel: int) -> None:
     delete it there to rerun)."""
     kept = json.loads(transfer_file().read_text()) if transfer_file().is_file() else {}
     steps = [] if TRANSFER_STEPS == STUDY_TRANSFER_STEPS else ["--total-steps", str(TRANSFER_STEPS)]
+    if TRANSFER_ENVS != STUDY_TRANSFER_ENVS:
+        steps += ["--num-envs", str(TRANSFER_ENVS)]
     jobs = []
     for name, options in transfer_objectives().items():
         recorded = set(kept.get(transfer_name(name), {}).get("seeds", []))
         for seed in TRANSFER_SEEDS:
-            path = RUNS / "transfer" / f"{transfer_name(name)}{_steps_tag(TRANSFER_STEPS)}-s{seed}"
+            path = RUNS / "transfer" / f"{transfer_name(name)}{_transfer_tag()}-s{seed}"
             if seed not in recorded and not (path / "summary.json").is_file():
                 jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
                                          *options, *steps, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
@@ -419,10 +433,10 @@ def transfer_returns() -> dict[str, dict]:
     are left out. A record holds ``seeds``, ``returns`` and the ``commit`` and ``kernels`` of its
     first runs; seeds added later (``--transfer-seeds``) are stamped in ``added``, one entry per
     reading, and the kept seeds need not have their runs here. Runs whose returns differ from the kept
-    ones (rerun elsewhere) replace the record. At ``--transfer-steps``: the same in its own file."""
+    ones (rerun elsewhere) replace the record. At ``--transfer-steps`` or ``--transfer-envs``: the same in its own file."""
     path = transfer_file()
     kept = json.loads(path.read_text()) if path.is_file() else {}
-    tag = _steps_tag(TRANSFER_STEPS)
+    tag = _transfer_tag()
 
     def finished(name: str, seeds: range | tuple) -> list[float]:  # the finished prefix of these seeds' runs
         values = []
@@ -493,39 +507,45 @@ def transfer_lines(rows: dict[str, list[float]]) -> list[str]:
     return lines
 
 
-def transfer_budgets() -> list[int]:
-    """The Breakout budgets to report: the study's, and every other budget (``--transfer-steps``) with
-    a results file or a finished run here (a fresh ``transfer --transfer-steps N`` writes its file at
-    the first report); a variant's report shows another budget only where its own drifts ran there."""
-    kept = (re.fullmatch(rf"{TRANSFER_RESULTS.stem}-(\d+)k", p.stem) for p in TRANSFER_RESULTS.parent.glob("*.json"))
-    ran = (re.fullmatch(r".+-(\d+)k-s\d+", p.parent.name) for p in (RUNS / "transfer").glob("*/summary.json"))
-    others = {int(m.group(1)) * 1000 for m in (*kept, *ran) if m} - {STUDY_TRANSFER_STEPS}
-    return [STUDY_TRANSFER_STEPS, *sorted(others)]
+def transfer_budgets() -> list[tuple[int, int]]:
+    """The Breakout budgets (env steps, envs) to report: the study's, and every other one
+    (``--transfer-steps``, ``--transfer-envs``) with a results file or a finished run here (a fresh
+    ``transfer --transfer-steps N`` writes its file at the first report); a variant's report shows
+    another budget only where its own drifts ran there."""
+    tagged = r"(?:-(\d+)k)?(?:-e(\d+))?"
+    kept = (re.fullmatch(rf"{TRANSFER_RESULTS.stem}{tagged}", p.stem) for p in TRANSFER_RESULTS.parent.glob("*.json"))
+    ran = (re.fullmatch(rf".+?{tagged}-s\d+", p.parent.name) for p in (RUNS / "transfer").glob("*/summary.json"))
+    study = (STUDY_TRANSFER_STEPS, STUDY_TRANSFER_ENVS)
+    found = {(int(m.group(1)) * 1000 if m.group(1) else STUDY_TRANSFER_STEPS,
+              int(m.group(2)) if m.group(2) else STUDY_TRANSFER_ENVS) for m in (*kept, *ran) if m}
+    return [study, *sorted(found - {study}, key=lambda budget: (budget[1] != STUDY_TRANSFER_ENVS, *budget))]
 
 
 def transfer_sections() -> list[str]:
     """The report's Breakout sections, one per budget, over this report's objectives."""
-    global TRANSFER_STEPS
-    lines, chosen = [], TRANSFER_STEPS
+    global TRANSFER_STEPS, TRANSFER_ENVS
+    lines, chosen = [], (TRANSFER_STEPS, TRANSFER_ENVS)
     try:
-        for steps in transfer_budgets():
-            TRANSFER_STEPS = steps
+        for steps, envs in transfer_budgets():
+            TRANSFER_STEPS, TRANSFER_ENVS = steps, envs
+            study = (steps, envs) == (STUDY_TRANSFER_STEPS, STUDY_TRANSFER_ENVS)
             transfers = transfer_returns()
             shown = [transfer_name(name) for name in objectives()]  # this report's objectives
             transfers = {name: transfers[name] for name in shown if name in transfers}
             rows = {name: kept["returns"] for name, kept in transfers.items()}
-            if not any(rows.values()) or (variant() and steps != STUDY_TRANSFER_STEPS
+            if not any(rows.values()) or (variant() and not study
                                            and not any(rows.get(transfer_name(arm)) for arm in ARMS)):
                 continue
             commits = sorted({stamp["commit"] for kept in transfers.values()
                               for stamp in (kept, *kept.get("added", [])) if "commit" in stamp})
-            lines += ["", f"## Transfer: MinAtar Breakout, {steps // 1000}k env steps (evaluation return, mean +- SE "
-                      "over seeds)", "", f"Kept in `{transfer_file().name}`"
+            batch = "" if envs == STUDY_TRANSFER_ENVS else f", {envs} envs (the study's: {STUDY_TRANSFER_ENVS})"
+            lines += ["", f"## Transfer: MinAtar Breakout, {steps // 1000}k env steps{batch} (evaluation return, "
+                      "mean +- SE over seeds)", "", f"Kept in `{transfer_file().name}`"
                       + (f"; runs of commit {', '.join(commits)}" if commits else "") + ".", ""]
             lines += transfer_lines(rows)
             lines += diagnostic_lines({name: kept for name, kept in transfer_diagnostics().items() if name in shown})
     finally:
-        TRANSFER_STEPS = chosen
+        TRANSFER_STEPS, TRANSFER_ENVS = chosen
     return lines
 
 
@@ -533,8 +553,8 @@ DIAGNOSTIC_TAGS = {"entropy": "loss/entropy", "clip fraction": "loss/clip_fracti
 
 
 def diagnostics_file() -> Path:
-    """Where the Breakout runs' entropy and clip fraction at ``TRANSFER_STEPS`` are kept (committed)."""
-    return TRANSFER_RESULTS.with_name(f"{TRANSFER_RESULTS.stem}{_steps_tag(TRANSFER_STEPS)}-diagnostics.json")
+    """Where the Breakout runs' entropy and clip fraction at this budget are kept (committed)."""
+    return TRANSFER_RESULTS.with_name(f"{TRANSFER_RESULTS.stem}{_transfer_tag()}-diagnostics.json")
 
 
 def run_diagnostics(path: Path, steps: int) -> dict[str, list[float]] | None:
@@ -554,11 +574,11 @@ def run_diagnostics(path: Path, steps: int) -> dict[str, list[float]] | None:
 
 def transfer_diagnostics() -> dict[str, dict]:
     """Each objective's :func:`run_diagnostics` over its finished Breakout runs here (seeds 0, 1, ...
-    up to the first missing one or one without its logs), kept in ``transfer[-<k>k]-diagnostics.json``;
+    up to the first missing one or one without its logs), kept in ``transfer[-<k>k][-e<n>]-diagnostics.json``;
     a kept record with more seeds than the runs here (run elsewhere) stays."""
     path = diagnostics_file()
     kept = json.loads(path.read_text()) if path.is_file() else {}
-    tag, changed = _steps_tag(TRANSFER_STEPS), False
+    tag, changed = _transfer_tag(), False
     for name in map(transfer_name, objectives()):
         runs = []
         for seed in itertools.count():
@@ -788,6 +808,9 @@ def main() -> None:
     parser.add_argument("--transfer-steps", type=int, default=STUDY_TRANSFER_STEPS,
                         help=f"transfer: Breakout env steps per run (the check's: {STUDY_TRANSFER_STEPS:,}; another "
                              "budget keeps its returns in results/lpo/transfer-<k>k.json, reported beside)")
+    parser.add_argument("--transfer-envs", type=int, default=STUDY_TRANSFER_ENVS,
+                        help=f"transfer: Breakout envs per rollout (the config's: {STUDY_TRANSFER_ENVS}; another keeps "
+                             "its returns in results/lpo/transfer[-<k>k]-e<n>.json, reported beside)")
     parser.add_argument("--transfer-objectives", nargs="+", choices=("ppo", "dpo", *ARMS), default=None,
                         help="transfer: only these objectives (default: all)")
     parser.add_argument("--generations", type=int, default=None,
@@ -814,9 +837,12 @@ def main() -> None:
         parser.error(f"--transfer-seeds must be in [{STUDY_TRANSFER_SEEDS}, 100], got {args.transfer_seeds}")
     if not 100_000 <= args.transfer_steps <= 20_000_000 or args.transfer_steps % 1000:
         parser.error(f"--transfer-steps must be a multiple of 1000 in [100000, 20000000], got {args.transfer_steps}")
-    global ES_SEED, SIGMA, HORIZON, GENERATIONS, TRANSFER_SEEDS, TRANSFER_STEPS, TRANSFER_ONLY
+    if not 1 <= args.transfer_envs <= 1024:
+        parser.error(f"--transfer-envs must be in [1, 1024], got {args.transfer_envs}")
+    global ES_SEED, SIGMA, HORIZON, GENERATIONS, TRANSFER_SEEDS, TRANSFER_STEPS, TRANSFER_ENVS, TRANSFER_ONLY
     TRANSFER_SEEDS = tuple(range(args.transfer_seeds))
     TRANSFER_STEPS, TRANSFER_ONLY = args.transfer_steps, tuple(args.transfer_objectives or ())
+    TRANSFER_ENVS = args.transfer_envs
     ES_SEED, SIGMA, HORIZON = args.es_seed, args.sigma, args.horizon
     GENERATIONS = max(1, round(STUDY_GENERATIONS * STUDY_HORIZON / HORIZON))
     if args.generations is None:

@@ -452,13 +452,13 @@ def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_repo
                                            "dpo-1000k-s0", "dpo-1000k-s1", "dpo-1000k-s2"]
     assert all(args[args.index("--total-steps") + 1] == "1000000" for _, args, _ in jobs)
     _breakout_runs(tmp_path, lpo_study, {"ppo-1000k": [20.0, 22.0, 24.0], "dpo-1000k": [21.0, 23.0, 25.0]})
-    assert lpo_study.transfer_budgets() == [300_000, 1_000_000]  # from its finished runs, before any file
+    assert lpo_study.transfer_budgets() == [(300_000, 16), (1_000_000, 16)]  # from its finished runs, before any file
     assert lpo_study.transfer_file() == tmp_path / "transfer-1000k.json"
     assert set(lpo_study.transfer_returns()) == {"ppo", "dpo"} and not (tmp_path / "transfer.json").exists()
     monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.STUDY_TRANSFER_STEPS)
     _breakout_runs(tmp_path, lpo_study, {"ppo": [9.0, 10.0, 11.0], "lpo": [8.0, 8.5, 9.0]})
     (tmp_path / "transfer-notes.json").write_text("{}")  # another file beside them is no budget
-    assert lpo_study.transfer_budgets() == [300_000, 1_000_000]
+    assert lpo_study.transfer_budgets() == [(300_000, 16), (1_000_000, 16)]
     lines = lpo_study.transfer_sections()
     assert "## Transfer: MinAtar Breakout, 300k env steps (evaluation return, mean +- SE over seeds)" in lines
     assert "## Transfer: MinAtar Breakout, 1000k env steps (evaluation return, mean +- SE over seeds)" in lines
@@ -474,6 +474,53 @@ def test_lpo_transfer_at_another_budget_keeps_its_own_file_and_runs_and_the_repo
     lines = lpo_study.transfer_sections()
     assert any(line.startswith("- lpo-sigma0.04: 16.00 +- 0.58") for line in lines)
     assert "## Transfer: MinAtar Breakout, 1000k env steps (evaluation return, mean +- SE over seeds)" in lines
+
+
+def test_lpo_transfer_with_another_env_count_runs_and_reports_it_apart(tmp_path, monkeypatch, capsys):
+    """``transfer --transfer-envs 64`` passes ``--num-envs 64`` to its runs, tags them and its results file
+    with ``-e64`` (with the budget's own tag before it), leaves the study's file alone, and the report
+    adds a section naming the env count; a count outside [1, 1024] stops before any run."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": ["--algo", "ppo"], "dpo": ["--algo", "dpo"]})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    assert lpo_study.STUDY_TRANSFER_ENVS == 16  # the config's
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.STUDY_TRANSFER_STEPS)
+    monkeypatch.setattr(lpo_study, "TRANSFER_ENVS", 64)
+    jobs = []
+    monkeypatch.setattr(lpo_study, "run_jobs", lambda found, *a, **k: jobs.extend(found))
+    lpo_study.transfer(2)
+    assert [name for name, *_ in jobs][:3] == ["ppo-e64-s0", "ppo-e64-s1", "ppo-e64-s2"]
+    assert all(args[args.index("--num-envs") + 1] == "64" and "--total-steps" not in args for _, args, _ in jobs)
+    assert lpo_study.transfer_file() == tmp_path / "transfer-e64.json"
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", 1_000_000)
+    assert lpo_study.transfer_file() == tmp_path / "transfer-1000k-e64.json"
+    assert lpo_study.diagnostics_file() == tmp_path / "transfer-1000k-e64-diagnostics.json"
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", lpo_study.STUDY_TRANSFER_STEPS)
+    _breakout_runs(tmp_path, lpo_study, {"ppo-e64": [9.0, 10.0, 11.0], "dpo-e64": [7.0, 8.0, 9.0],
+                                         "ppo-1000k-e64": [15.0, 16.0, 17.0], "ppo-1000k": [18.0, 18.5, 19.0]})
+    monkeypatch.setattr(lpo_study, "TRANSFER_ENVS", lpo_study.STUDY_TRANSFER_ENVS)
+    _breakout_runs(tmp_path, lpo_study, {"ppo": [11.0, 12.0, 13.0]})
+    assert lpo_study.transfer_budgets() == [(300_000, 16), (1_000_000, 16), (300_000, 64), (1_000_000, 64)]
+    lines = lpo_study.transfer_sections()
+    assert (lpo_study.TRANSFER_STEPS, lpo_study.TRANSFER_ENVS) == (300_000, 16)
+    assert "## Transfer: MinAtar Breakout, 300k env steps, 64 envs (the study's: 16) (evaluation return, " \
+           "mean +- SE over seeds)" in lines
+    assert "## Transfer: MinAtar Breakout, 1000k env steps, 64 envs (the study's: 16) (evaluation return, " \
+           "mean +- SE over seeds)" in lines
+    assert any(line.startswith("- dpo: 8.00 +- 0.58") and "(9.42): no" in line for line in lines)
+    assert json.loads((tmp_path / "transfer-e64.json").read_text()).keys() == {"ppo", "dpo"}
+    assert json.loads((tmp_path / "transfer.json").read_text()).keys() == {"ppo"}
+    monkeypatch.setattr(lpo_study, "transfer", lambda *a: pytest.fail("transfer ran"))
+    for bad in ("0", "2000"):
+        monkeypatch.setattr(sys, "argv", ["lpo_study.py", "transfer", "--transfer-envs", bad])
+        with pytest.raises(SystemExit):
+            lpo_study.main()
+        assert "--transfer-envs must be in [1, 1024]" in capsys.readouterr().err
 
 
 def test_lpo_transfer_diagnostics_read_entropy_and_clip_fraction_by_thirds_and_keep_longer_records(tmp_path, monkeypatch):
