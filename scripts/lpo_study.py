@@ -363,16 +363,12 @@ def transfer_name(name: str) -> str:
     return f"{name}{variant()}" if name in ARMS else name
 
 
-def _budget_tag(steps: int, envs: int) -> str:
-    """The tag of a Breakout budget's runs and results file: ``-<k>k`` at another --transfer-steps than the
-    study's 300k, ``-e<n>`` at another --transfer-envs than the config's ('' at the study's own)."""
-    return ("" if steps == STUDY_TRANSFER_STEPS else f"-{steps // 1000}k") + (
-        "" if envs == STUDY_TRANSFER_ENVS else f"-e{envs}")
-
-
 def _transfer_tag() -> str:
-    """The tag of the budget this stage runs or reads (``TRANSFER_STEPS``, ``TRANSFER_ENVS``)."""
-    return _budget_tag(TRANSFER_STEPS, TRANSFER_ENVS)
+    """The tag of the Breakout budget this stage runs or reads, in its runs' and results file's names:
+    ``-<k>k`` at another --transfer-steps than the study's 300k, ``-e<n>`` at another --transfer-envs
+    than the config's ('' at the study's own)."""
+    return ("" if TRANSFER_STEPS == STUDY_TRANSFER_STEPS else f"-{TRANSFER_STEPS // 1000}k") + (
+        "" if TRANSFER_ENVS == STUDY_TRANSFER_ENVS else f"-e{TRANSFER_ENVS}")
 
 
 def transfer_file() -> Path:
