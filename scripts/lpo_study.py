@@ -89,6 +89,7 @@ TRANSFER_SEEDS = tuple(range(STUDY_TRANSFER_SEEDS))  # --transfer-seeds N: seeds
 TRANSFER_RESULTS = ROOT / "results" / "lpo" / "transfer.json"  # the study's budget; another's: transfer-<k>k[-e<n>].json
 STUDY_TRANSFER_STEPS = 300_000  # the issue's (the config's); --transfer-steps runs another budget
 TRANSFER_STEPS = STUDY_TRANSFER_STEPS
+LONG_TRANSFER = 1_000_000  # beyond it a transfer run evaluates and checkpoints every tenth of its budget
 STUDY_TRANSFER_ENVS = int(tomllib.loads(TRANSFER.read_text())["num_envs"])  # the config's; --transfer-envs: another
 TRANSFER_ENVS = STUDY_TRANSFER_ENVS
 TRANSFER_ONLY: tuple[str, ...] = ()  # --transfer-objectives: only these (default: every objective)
@@ -386,20 +387,28 @@ def transfer(parallel: int) -> None:
     """Every objective on MinAtar Breakout at 300k env steps (``--transfer-steps``: another budget), 3
     seeds (``--transfer-seeds``: more), skipping finished runs and the seeds ``transfer.json`` already
     keeps (run elsewhere, perhaps on other kernels: rerunning them here would replace their record;
-    delete it there to rerun)."""
+    delete it there to rerun). An interrupted run (a checkpoint, no completed summary) resumes from its
+    last checkpoint; beyond 1M steps a run evaluates and checkpoints every tenth of its budget."""
     kept = json.loads(transfer_file().read_text()) if transfer_file().is_file() else {}
     steps = [] if TRANSFER_STEPS == STUDY_TRANSFER_STEPS else ["--total-steps", str(TRANSFER_STEPS)]
+    if TRANSFER_STEPS > LONG_TRANSFER:  # ten evaluations and checkpoints a run, as at 1M
+        steps += ["--eval-interval", str(TRANSFER_STEPS // 10), "--checkpoint-interval", str(TRANSFER_STEPS // 10)]
     if TRANSFER_ENVS != STUDY_TRANSFER_ENVS:
         steps += ["--num-envs", str(TRANSFER_ENVS)]
+    train = [sys.executable, "-m", "rlmeta.cli", "train"]
     jobs = []
     for name, options in transfer_objectives().items():
         recorded = set(kept.get(transfer_name(name), {}).get("seeds", []))
         for seed in TRANSFER_SEEDS:
             path = RUNS / "transfer" / f"{transfer_name(name)}{_transfer_tag()}-s{seed}"
-            if seed not in recorded and not (path / "summary.json").is_file():
-                jobs.append((path.name, [sys.executable, "-m", "rlmeta.cli", "train", "--config", str(TRANSFER),
-                                         *options, *steps, "--seed", str(seed), "--run-dir", str(path), "--overwrite",
-                                         "--no-progress", "--torch-threads", "1"], None))
+            if seed in recorded or _summary_return(path) is not None:
+                continue
+            if (path / "checkpoints" / "latest.pt").is_file() and (path / "config.json").is_file():
+                args = [*train, "--run-dir", str(path), "--resume"]  # an interrupted run continues
+            else:
+                args = [*train, "--config", str(TRANSFER), *options, *steps, "--seed", str(seed),
+                        "--run-dir", str(path), "--overwrite"]
+            jobs.append((path.name, [*args, "--no-progress", "--torch-threads", "1"], None))
     run_jobs(jobs, parallel, ROOT, poll=2)
 
 

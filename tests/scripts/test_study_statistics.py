@@ -523,6 +523,46 @@ def test_lpo_transfer_with_another_env_count_runs_and_reports_it_apart(tmp_path,
         assert "--transfer-envs must be in [1, 1024]" in capsys.readouterr().err
 
 
+def test_lpo_transfer_resumes_an_interrupted_run_and_spaces_a_long_runs_evaluations(tmp_path, monkeypatch):
+    """At 10M steps a run evaluates and checkpoints every 1M (ten a run, as at 1M); a run stopped after a
+    checkpoint (an ``interrupted`` summary) resumes from it instead of starting over; one without a
+    checkpoint (or a failed one) starts afresh; a completed one is left alone."""
+    import json
+
+    import lpo_study
+
+    monkeypatch.setattr(lpo_study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(lpo_study, "TRANSFER_RESULTS", tmp_path / "transfer.json")
+    monkeypatch.setattr(lpo_study, "objectives", lambda: {"ppo": ["--algo", "ppo"]})
+    monkeypatch.setattr(lpo_study, "_commit", lambda: "today")
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", 10_000_000)
+    monkeypatch.setattr(lpo_study, "TRANSFER_SEEDS", (0, 1, 2, 3))
+    runs = tmp_path / "runs" / "transfer"
+    for seed, status in ((0, "interrupted"), (1, "failed"), (2, "completed")):
+        run = runs / f"ppo-10000k-s{seed}"
+        (run / "checkpoints").mkdir(parents=True)
+        summary = {"status": status, "eval": {"return_mean": 30.0} if status == "completed" else None}
+        (run / "summary.json").write_text(json.dumps(summary))
+        if seed == 0:
+            (run / "config.json").write_text("{}")
+            (run / "checkpoints" / "latest.pt").write_bytes(b"")
+    jobs = []
+    monkeypatch.setattr(lpo_study, "run_jobs", lambda found, *a, **k: jobs.extend(found))
+    lpo_study.transfer(2)
+    assert [name for name, *_ in jobs] == ["ppo-10000k-s0", "ppo-10000k-s1", "ppo-10000k-s3"]
+    resumed, fresh = jobs[0][1], jobs[2][1]
+    assert "--resume" in resumed and "--overwrite" not in resumed and "--config" not in resumed
+    assert resumed[resumed.index("--run-dir") + 1] == str(runs / "ppo-10000k-s0")
+    assert "--overwrite" in jobs[1][1] and "--resume" not in jobs[1][1]
+    for flag, value in (("--total-steps", "10000000"), ("--eval-interval", "1000000"),
+                        ("--checkpoint-interval", "1000000"), ("--seed", "3")):
+        assert fresh[fresh.index(flag) + 1] == value
+    jobs.clear()
+    monkeypatch.setattr(lpo_study, "TRANSFER_STEPS", 1_000_000)  # at 1M and below: the config's intervals
+    lpo_study.transfer(2)
+    assert jobs and all("--eval-interval" not in args for _, args, _ in jobs)
+
+
 def test_lpo_transfer_diagnostics_read_entropy_and_clip_fraction_by_thirds_and_keep_longer_records(tmp_path, monkeypatch):
     """The Breakout runs' entropy and clip fraction, averaged over the first and the last third of the
     budget from their TensorBoard events, kept per budget beside the returns; a record with more seeds
