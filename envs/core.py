@@ -149,6 +149,48 @@ class ArrayPool:
         return array
 
 
+class ArrayGroupPool:
+    """Recycled groups of arrays handed out together (a native env's small per-step outputs).
+
+    ``make()`` returns a tuple of arrays; ``take()`` returns a pooled group that nobody outside the
+    pool references any more, else a new ``make()``. A group is free only when *every* array in it is:
+    the reference count of each array is back to what it was when the group was made (so arrays that
+    are views of one buffer of the group, or hold one another as ``base``, are handled: a caller's
+    view of any of them raises the count of the buffer that owns the memory). As with
+    :class:`ArrayPool`, arrays a caller keeps (or views, or ``torch.from_numpy`` tensors of them)
+    stay valid; contents of a recycled group are undefined, so the env must rewrite every element it
+    returns.
+
+    Why: at 64 sub-envs a ``np.empty`` costs about as much as stepping a few sub-envs; Snake returns
+    eleven small arrays per step, and checking a pooled group is about ten times cheaper than
+    allocating it.
+    """
+
+    def __init__(self, make: Callable[[], tuple[np.ndarray, ...]], size: int = 4):
+        self._make, self.size = make, size
+        self._groups: list[tuple[tuple[np.ndarray, ...], int, int]] = []
+
+    def take(self) -> tuple[np.ndarray, ...]:
+        """A group of arrays with undefined contents."""
+        for arrays, first, free in self._groups:
+            # The group's own references stay, so no count is ever below its free value: the sum
+            # is back to the free sum only when every array is free. The free counts are measured
+            # by the same expressions when the group is made, so they do not depend on how CPython
+            # counts the references of a loop or a call. The first array alone is checked first: a
+            # caller that keeps outputs most likely keeps that one (the reward).
+            if sys.getrefcount(arrays[0]) == first and sum(map(sys.getrefcount, arrays)) == free:
+                return arrays
+        arrays = self._make()
+        if len(self._groups) < self.size:
+            self._groups.append((arrays, sys.getrefcount(arrays[0]), sum(map(sys.getrefcount, arrays))))
+        return arrays
+
+    def __deepcopy__(self, memo: dict) -> "ArrayGroupPool":
+        # An empty pool: copied groups would lose the views-of-one-buffer structure their free
+        # counts were measured with (and a pooled group's contents do not matter).
+        return ArrayGroupPool(self._make, self.size)
+
+
 class EpisodeTracker:
     """Accumulates per-env return, length and success, and reports ended episodes in ``info``."""
 

@@ -5,6 +5,9 @@ The reference below is a direct transcription of the rules of Jumanji's ``Snake.
 ring-buffer implementation in ``envs.snake``.
 """
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -299,6 +302,51 @@ def test_parallel_kernel_gives_the_same_trajectory():
         np.testing.assert_array_equal(oa, ob)
         np.testing.assert_array_equal(ra, rb)
         np.testing.assert_array_equal(ta, tb)
+
+
+def test_any_integer_actions_give_the_same_trajectory():
+    """int64 C-contiguous actions take a direct call of the compiled kernel, the others numba's dispatcher."""
+    kinds = {
+        "int64": lambda a: a.astype(np.int64),
+        "int32": lambda a: a.astype(np.int32),
+        "uint8": lambda a: a.astype(np.uint8),
+        "strided int64": lambda a: np.repeat(a.astype(np.int64), 2)[::2],
+        "read-only int64": lambda a: a.astype(np.int64),  # made read-only below
+        "list": lambda a: a.tolist(),
+    }
+    made = {k: envs.make("snake", num_envs=9, seed=4, observation="dict") for k in kinds}
+    first = {k: e.reset() for k, e in made.items()}
+    assert all(np.array_equal(first[k][0]["grid"], first["int64"][0]["grid"]) for k in kinds)
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        actions = rng.integers(0, 4, 9)
+        outs = {}
+        for k, convert in kinds.items():
+            a = convert(actions)
+            if k == "read-only int64":
+                a.flags.writeable = False
+            obs, reward, term, trunc, info = made[k].step(a)
+            outs[k] = (obs["grid"].copy(), obs["action_mask"].copy(), obs["step_count"].copy(), reward.copy(),
+                       term.copy(), trunc.copy(), info["final_obs"]["grid"].copy() if "final_obs" in info else None)
+        for k in kinds:
+            for x, y in zip(outs[k], outs["int64"]):
+                assert (x is None and y is None) or np.array_equal(x, y), f"step {t}: {k} actions differ from int64"
+
+
+def test_env_is_freed_as_soon_as_it_is_dropped():
+    """No reference cycle: a dropped env (and its pooled buffers) goes at once, not at the next garbage collection."""
+    gc.disable()
+    try:
+        for options in ({}, {"observation": "dict"}):
+            env = envs.make("snake", num_envs=4, seed=0, **options)
+            env.reset()
+            for actions in (np.zeros(4, np.int64), np.zeros(4, np.int32), [0, 1, 2, 3]):  # every path of step
+                env.step(actions)
+            ref = weakref.ref(env)
+            del env
+            assert ref() is None, f"snake {options} was kept alive by a reference cycle"
+    finally:
+        gc.enable()
 
 
 def test_set_state_rejects_impossible_states(env):
